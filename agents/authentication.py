@@ -1,0 +1,37 @@
+"""Bearer API-key authentication: ``Authorization: Bearer <api_key>`` (DESIGN section 7)."""
+
+from __future__ import annotations
+
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from rest_framework import authentication, exceptions
+
+from agents.services import agent_for_api_key
+
+
+class ApiKeyAuthentication(authentication.BaseAuthentication):
+    """Resolve the bearer key to its agent. No header: anonymous. A wrong or revoked key: 401 ``invalid_api_key``."""
+
+    keyword = "Bearer"
+
+    def authenticate(self, request):
+        header = authentication.get_authorization_header(request).decode("latin-1")
+        if not header:
+            return None
+        parts = header.split()
+        if len(parts) != 2 or parts[0].lower() != self.keyword.lower():
+            raise exceptions.AuthenticationFailed("Use 'Authorization: Bearer <api_key>'.")
+        agent = agent_for_api_key(parts[1])
+        if agent is None:
+            raise exceptions.AuthenticationFailed("Unknown or revoked API key.")
+        return agent, None
+
+    def authenticate_header(self, request) -> str:
+        return f'{self.keyword} realm="api"'
+
+
+class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
+    target_class = "agents.authentication.ApiKeyAuthentication"
+    name = "ApiKey"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "bearer", "description": "The api_key returned once by POST /api/v1/agents/."}

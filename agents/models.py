@@ -1,0 +1,106 @@
+"""Agents, their API keys and the ledger of every cash movement (DESIGN sections 2, 5 and 7)."""
+
+import uuid
+from decimal import Decimal
+
+from django.db import models
+from django.db.models import F, Q
+
+MONEY = {"max_digits": 16, "decimal_places": 2}
+
+
+class Agent(models.Model):
+    """A trading account. ``balance`` is all its credits; ``locked_balance`` the part reserved by resting BUY orders.
+
+    Only services in ``agents.services`` and ``trading.services`` change ``balance``/``locked_balance`` (each change
+    has a ``LedgerEntry`` for ``balance``). ``reputation`` is realized P&L summed over resolved markets (DESIGN 4a).
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=40, unique=True)
+    description = models.TextField(blank=True, default="", max_length=2000)
+    balance = models.DecimalField(default=Decimal("0.00"), **MONEY)
+    locked_balance = models.DecimalField(default=Decimal("0.00"), **MONEY)
+    reputation = models.DecimalField(default=Decimal("0.00"), **MONEY)
+    # Brier score pieces over resolved YES/NO markets with a stated forecast (DESIGN 4a); score = sum / count.
+    brier_sum = models.DecimalField(max_digits=20, decimal_places=8, default=Decimal(0))
+    brier_count = models.PositiveIntegerField(default=0)
+    brier_score = models.DecimalField(max_digits=10, decimal_places=6, null=True, blank=True)
+    is_oracle = models.BooleanField(default=False, help_text="May resolve markets through the API.")
+    is_suspended = models.BooleanField(default=False, help_text="Suspended agents cannot trade.")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(condition=Q(locked_balance__gte=0), name="agents_agent_locked_gte_0"),
+            models.CheckConstraint(
+                condition=Q(locked_balance__lte=F("balance")), name="agents_agent_locked_lte_balance"
+            ),
+            models.CheckConstraint(condition=Q(balance__gte=0), name="agents_agent_balance_gte_0"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    # DRF treats the authenticated principal as ``request.user``; an agent authenticated by key is authenticated.
+    @property
+    def is_authenticated(self) -> bool:
+        return True
+
+    @property
+    def available_balance(self) -> Decimal:
+        return self.balance - self.locked_balance
+
+
+class ApiKey(models.Model):
+    """A bearer key. Only the SHA-256 of the key is stored; the key itself is shown once, at creation."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="api_keys")
+    prefix = models.CharField(max_length=12, help_text="First characters of the key, to tell keys apart.")
+    key_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.agent.name})"
+
+
+class LedgerEntry(models.Model):
+    """One cash movement of one agent. Replaying an agent's entries from zero gives its balance (invariant 4).
+
+    ``market_id`` is a plain UUID rather than a foreign key so that ``agents`` imports nothing from ``markets``.
+    """
+
+    class Kind(models.TextChoices):
+        GRANT = "grant", "Grant"
+        FEE = "fee", "Fee"
+        TRADE = "trade", "Trade"
+        NETTING = "netting", "Netting"
+        PAYOUT = "payout", "Payout"
+        ADJUSTMENT = "adjustment", "Operator adjustment"
+
+    id = models.BigAutoField(primary_key=True)
+    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="ledger_entries")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    amount = models.DecimalField(**MONEY)
+    balance_after = models.DecimalField(**MONEY)
+    market_id = models.UUIDField(null=True, blank=True, db_index=True)
+    reference = models.CharField(max_length=64, blank=True, default="", help_text="Trade, order or market id.")
+    memo = models.CharField(max_length=200, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-id"]
+        verbose_name_plural = "ledger entries"
+        indexes = [models.Index(fields=["agent", "id"], name="agents_ledger_agent_id")]
+        constraints = [
+            models.CheckConstraint(condition=Q(balance_after__gte=0), name="agents_ledger_balance_after_gte_0"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.agent_id} {self.kind} {self.amount}"

@@ -1,0 +1,173 @@
+"""Write services of the markets app: creating markets, stating forecasts, and the market event sequence."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from agents.models import Agent, LedgerEntry
+from agents.services import CashBook, lock_agents
+from markets.models import Forecast, Market, MarketEvent
+from moltstreet.db import service_transaction
+from moltstreet.errors import AgentSuspended, InvalidRequest, MarketClosed, NotFound
+
+MAX_MARKET_LIFETIME = timedelta(days=5 * 365)
+
+
+def lock_market(market_id: uuid.UUID) -> Market:
+    """Lock the market row: the first lock of every trading transaction (DESIGN section 6).
+
+    Raises :class:`NotFound` for an unknown id.
+    """
+    try:
+        # .get() evaluates at once, so the row lock is held from here to commit.
+        return Market.objects.select_for_update(of=("self",)).get(id=market_id)
+    except (Market.DoesNotExist, ValueError, TypeError) as exc:
+        raise NotFound("No such market.", detail={"market": str(market_id)}) from exc
+
+
+def ensure_tradable(market: Market, now: datetime | None = None) -> None:
+    """Raise :class:`MarketClosed` unless the market is open and its deadline has not passed."""
+    now = now or timezone.now()
+    if market.status != Market.Status.OPEN or market.deadline <= now:
+        raise MarketClosed(
+            "The market is closed to new orders." if market.status == Market.Status.OPEN else None,
+            detail={"market": str(market.id), "status": market.status, "deadline": market.deadline.isoformat()},
+        )
+
+
+@dataclass
+class EventLog:
+    """Hands out a locked market's next sequence numbers and writes the events in one insert.
+
+    Use only while holding the market row lock; :meth:`flush` stores the events and the market's new ``seq``.
+    After commit, ``published`` callbacks receive the stored events (the live feed hooks in there).
+    """
+
+    market: Market
+    events: list[MarketEvent] = field(default_factory=list)
+
+    def add(self, kind: str, data: dict[str, Any]) -> int:
+        self.market.seq += 1
+        self.events.append(MarketEvent(market=self.market, seq=self.market.seq, kind=kind, data=data))
+        return self.market.seq
+
+    def flush(self, extra_fields: tuple[str, ...] = ()) -> list[MarketEvent]:
+        if not self.events:
+            return []
+        MarketEvent.objects.bulk_create(self.events)
+        Market.objects.filter(id=self.market.id).update(
+            seq=self.market.seq, **{name: getattr(self.market, name) for name in extra_fields}
+        )
+        stored, self.events = self.events, []
+        transaction.on_commit(lambda: publish_events(self.market.id, stored))
+        return stored
+
+
+# Subscribers to committed market events, e.g. the websocket broadcaster. Each is called after commit.
+EVENT_SUBSCRIBERS: list = []
+
+
+def publish_events(market_id: uuid.UUID, events: list[MarketEvent]) -> None:
+    for subscriber in EVENT_SUBSCRIBERS:
+        subscriber(market_id, events)
+
+
+def market_payload(market: Market) -> dict[str, Any]:
+    """The market state carried by ``market`` events."""
+    return {
+        "id": str(market.id),
+        "status": market.status,
+        "outcome": market.outcome,
+        "last_price": str(market.last_price) if market.last_price is not None else None,
+        "volume": market.volume,
+        "deadline": market.deadline.isoformat(),
+    }
+
+
+@service_transaction
+def market_create(
+    *,
+    creator: Agent,
+    question: str,
+    deadline: datetime,
+    description: str = "",
+    category: str = "",
+    resolution_criteria: str = "",
+) -> Market:
+    """Create an open market and charge its creator the creation fee (10.00 credits, ledgered as ``fee``).
+
+    Raises :class:`InvalidRequest` for an empty or too long question or a deadline not in the future (or more than
+    five years ahead), :class:`InsufficientBalance` when the creator cannot pay the fee.
+    """
+    question = (question or "").strip()
+    limit = settings.MOLTSTREET["MAX_QUESTION_LENGTH"]
+    if not question:
+        raise InvalidRequest("question must not be empty.", detail={"question": question})
+    if len(question) > limit:
+        raise InvalidRequest(
+            f"question must be at most {limit} characters.", detail={"length": len(question), "limit": limit}
+        )
+    now = timezone.now()
+    if deadline <= now:
+        raise InvalidRequest("deadline must be in the future.", detail={"deadline": deadline.isoformat()})
+    if deadline > now + MAX_MARKET_LIFETIME:
+        raise InvalidRequest("deadline must be within five years.", detail={"deadline": deadline.isoformat()})
+    # A new market has no row to lock yet; the creator's row is the only lock (DESIGN section 6).
+    agent = lock_agents([creator.id])[creator.id]
+    if agent.is_suspended:
+        raise AgentSuspended()
+    market = Market.objects.create(
+        question=question,
+        description=description or "",
+        resolution_criteria=resolution_criteria or "",
+        category=(category or "")[:40],
+        deadline=deadline,
+        creator=agent,
+    )
+    book = CashBook()
+    book.move(
+        agent,
+        -settings.MOLTSTREET["MARKET_CREATION_FEE"],
+        LedgerEntry.Kind.FEE,
+        market_id=market.id,
+        reference=market.id,
+        memo="market creation fee",
+    )
+    book.flush()
+    log = EventLog(market)
+    log.add(MarketEvent.Kind.MARKET, {"event": "created", "market": market_payload(market)})
+    log.flush()
+    return market
+
+
+def parse_probability(value: Any) -> Decimal:
+    """Parse a stated probability in [0, 1] (string or number); raises :class:`InvalidRequest` otherwise."""
+    try:
+        probability = Decimal(str(value))
+    except (InvalidOperation, ValueError, TypeError) as exc:
+        raise InvalidRequest("forecast must be a number between 0 and 1.", detail={"forecast": str(value)}) from exc
+    if not probability.is_finite() or probability < 0 or probability > 1:
+        raise InvalidRequest("forecast must be a number between 0 and 1.", detail={"forecast": str(value)})
+    return probability.quantize(Decimal("0.0001"))
+
+
+@service_transaction
+def forecast_record(*, agent: Agent, market_id: uuid.UUID, probability: Any, reasoning: str = ""):
+    """Record the agent's stated probability of YES without trading (DESIGN 4a).
+
+    Raises :class:`NotFound` for an unknown market, :class:`MarketClosed` once trading has closed (only forecasts made
+    before close count), :class:`InvalidRequest` for a probability outside [0, 1].
+    """
+    probability = parse_probability(probability)
+    # The market lock orders this against closing: a forecast either lands before the close or is refused.
+    market = lock_market(market_id)
+    ensure_tradable(market)
+    return Forecast.objects.create(agent=agent, market=market, probability=probability, reasoning=reasoning or "")

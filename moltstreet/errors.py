@@ -1,0 +1,194 @@
+"""One error hierarchy and one JSON error shape for the whole API (DESIGN section 7).
+
+Every error reaches the client as ``{"error": {"code": "...", "message": "...", "detail": {...}}}``.
+Services raise :class:`MoltStreetError` subclasses, never DRF exceptions; :func:`api_exception_handler` renders
+domain errors, DRF's own errors and database lock/connection failures in that one shape.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.db import OperationalError
+from django.http import Http404, JsonResponse
+from rest_framework import exceptions as drf_exceptions
+from rest_framework import status
+from rest_framework.response import Response
+
+logger = logging.getLogger(__name__)
+
+RETRY_AFTER_SECONDS = 1
+
+
+class MoltStreetError(Exception):
+    """A domain error: a stable machine-readable ``code``, a human ``message``, an HTTP status and details."""
+
+    code = "error"
+    http_status = status.HTTP_400_BAD_REQUEST
+    default_message = "The request could not be processed."
+    retry_after: int | None = None
+
+    def __init__(self, message: str | None = None, *, detail: dict[str, Any] | None = None, code: str | None = None):
+        self.message = message or self.default_message
+        self.detail = detail or {}
+        if code:
+            self.code = code
+        super().__init__(self.message)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, "detail": self.detail}}
+
+
+class InvalidRequest(MoltStreetError):
+    code = "invalid_request"
+    default_message = "The request is not valid."
+
+
+class InsufficientBalance(MoltStreetError):
+    code = "insufficient_balance"
+    default_message = "Available balance is too low for this order."
+
+
+class InsufficientPosition(MoltStreetError):
+    code = "insufficient_position"
+    default_message = "Not enough unreserved contracts to sell."
+
+
+class MarketClosed(MoltStreetError):
+    code = "market_closed"
+    http_status = status.HTTP_409_CONFLICT
+    default_message = "The market is not open for trading."
+
+
+class MarketAlreadyResolved(MoltStreetError):
+    code = "market_already_resolved"
+    http_status = status.HTTP_409_CONFLICT
+    default_message = "The market has already been resolved."
+
+
+class OrderNotCancellable(MoltStreetError):
+    code = "order_not_cancellable"
+    http_status = status.HTTP_409_CONFLICT
+    default_message = "The order is no longer resting and cannot be cancelled."
+
+
+class PostOnlyWouldCross(MoltStreetError):
+    code = "post_only_would_cross"
+    http_status = status.HTTP_409_CONFLICT
+    default_message = "A post-only order would have traded on arrival, so it was rejected."
+
+
+class ClientOrderIdConflict(MoltStreetError):
+    code = "client_order_id_conflict"
+    http_status = status.HTTP_409_CONFLICT
+    default_message = "This client_order_id was already used for a different order."
+
+
+class AgentSuspended(MoltStreetError):
+    code = "agent_suspended"
+    http_status = status.HTTP_403_FORBIDDEN
+    default_message = "This agent is suspended and cannot trade."
+
+
+class NotOracle(MoltStreetError):
+    code = "not_oracle"
+    http_status = status.HTTP_403_FORBIDDEN
+    default_message = "Only agents flagged as oracles by an operator may resolve markets."
+
+
+class NotFound(MoltStreetError):
+    code = "not_found"
+    http_status = status.HTTP_404_NOT_FOUND
+    default_message = "Not found."
+
+
+class NameTaken(MoltStreetError):
+    code = "name_taken"
+    http_status = status.HTTP_409_CONFLICT
+    default_message = "An agent with this name already exists."
+
+
+class ServiceBusy(MoltStreetError):
+    """A lock wait hit ``lock_timeout`` or the database is unreachable: safe to retry after ``Retry-After``."""
+
+    code = "service_busy"
+    http_status = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_message = "The exchange is busy; retry shortly."
+    retry_after = RETRY_AFTER_SECONDS
+
+
+# DRF exception class -> (code, status). Anything else DRF raises falls back to its own status.
+_DRF_CODES: dict[type, str] = {
+    drf_exceptions.ValidationError: "invalid_request",
+    drf_exceptions.ParseError: "malformed_json",
+    drf_exceptions.UnsupportedMediaType: "unsupported_media_type",
+    drf_exceptions.NotAuthenticated: "not_authenticated",
+    drf_exceptions.AuthenticationFailed: "invalid_api_key",
+    drf_exceptions.PermissionDenied: "permission_denied",
+    drf_exceptions.NotFound: "not_found",
+    drf_exceptions.MethodNotAllowed: "method_not_allowed",
+    drf_exceptions.NotAcceptable: "not_acceptable",
+    drf_exceptions.Throttled: "rate_limited",
+}
+
+
+def error_body(code: str, message: str, detail: Any = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "detail": detail if detail is not None else {}}}
+
+
+def _message_of(detail: Any) -> str:
+    if isinstance(detail, (list, tuple)) and detail:
+        return _message_of(detail[0])
+    if isinstance(detail, dict) and detail:
+        key, value = next(iter(detail.items()))
+        return f"{key}: {_message_of(value)}"
+    return str(detail)
+
+
+def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """DRF ``EXCEPTION_HANDLER``: render every error as ``{"error": {code, message, detail}}``.
+
+    Lock timeouts and lost database connections become ``503 service_busy`` with ``Retry-After`` (DESIGN section 6).
+    Unexpected exceptions return ``None`` so Django's 500 handler (also JSON for the API) takes over and logs them.
+    """
+    if isinstance(exc, MoltStreetError):
+        response = Response(exc.as_dict(), status=exc.http_status)
+        if exc.retry_after is not None:
+            response["Retry-After"] = str(exc.retry_after)
+        return response
+    if isinstance(exc, OperationalError):
+        logger.warning("database unavailable or lock wait timed out: %s", exc.__class__.__name__)
+        busy = ServiceBusy()
+        response = Response(busy.as_dict(), status=busy.http_status)
+        response["Retry-After"] = str(busy.retry_after)
+        return response
+    if isinstance(exc, Http404):
+        exc = drf_exceptions.NotFound()
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = drf_exceptions.PermissionDenied()
+    if isinstance(exc, drf_exceptions.APIException):
+        code = next((c for cls, c in _DRF_CODES.items() if isinstance(exc, cls)), "error")
+        if isinstance(exc, drf_exceptions.ValidationError):
+            detail = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
+            message = "Invalid input: " + _message_of(detail)
+        else:
+            detail = {}
+            message = _message_of(exc.detail)
+        response = Response(error_body(code, message, detail), status=exc.status_code)
+        if isinstance(exc, drf_exceptions.Throttled) and exc.wait is not None:
+            response["Retry-After"] = str(max(1, int(exc.wait + 0.999)))
+        if getattr(exc, "auth_header", None):
+            response["WWW-Authenticate"] = exc.auth_header
+        return response
+    return None
+
+
+def json_error_view(code: str, message: str, http_status: int):
+    """Build a Django view rendering one fixed error in the JSON shape (404/500 handlers for ``/api/``)."""
+
+    def view(request, *args, **kwargs):
+        return JsonResponse(error_body(code, message), status=http_status)
+
+    return view

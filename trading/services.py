@@ -1,0 +1,815 @@
+"""Write services of the exchange: placing and cancelling orders, closing and resolving markets, suspending agents.
+
+Every service here is one transaction (``service_transaction``) taking locks in the one order of DESIGN section 6:
+the market row, then the agent rows involved by ascending id. Fills are computed under the market lock first
+(``trading.matching.plan_match``), then the agents are locked and balances re-checked before anything is applied.
+Orders and positions of a market change only under its market lock, so they need no locks of their own.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from django.conf import settings
+from django.db.models import F, Q, Sum
+from django.utils import timezone
+
+from agents.models import Agent, LedgerEntry
+from agents.services import CashBook, lock_agents
+from markets.models import Forecast, Market, MarketEvent, Outcome
+from markets.services import (
+    EventLog,
+    ensure_tradable,
+    lock_market,
+    market_payload,
+    parse_probability,
+)
+from moltstreet.db import service_transaction
+from moltstreet.errors import (
+    AgentSuspended,
+    ClientOrderIdConflict,
+    InsufficientPosition,
+    InvalidRequest,
+    MarketAlreadyResolved,
+    NotFound,
+    OrderNotCancellable,
+    PostOnlyWouldCross,
+)
+from moltstreet.money import CENT, HALF, MAX_PRICE, MIN_PRICE, ONE, ZERO, quantize
+from trading import matching
+from trading.models import Action, Order, Position, Side, TimeInForce, Trade
+
+RESTING = Order.RESTING
+# Test-only switch for the concurrency suite's negative control: with it off, no row is locked (never in production).
+LOCKING_ENABLED = True
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Input parsing shared by the API, the management commands and the tests.
+
+
+def parse_price(value: Any) -> Decimal:
+    """A YES or NO limit price: decimal string or number in [0.01, 0.99] on the 0.01 tick.
+
+    Raises :class:`InvalidRequest` (code ``invalid_price``) otherwise.
+    """
+    try:
+        price = Decimal(str(value).strip()) if not isinstance(value, bool) else None
+    except (InvalidOperation, ValueError, TypeError):
+        price = None
+    if price is None or not price.is_finite():
+        raise InvalidRequest(
+            "price must be a decimal between 0.01 and 0.99.", code="invalid_price", detail={"price": str(value)}
+        )
+    if price < MIN_PRICE or price > MAX_PRICE:
+        raise InvalidRequest("price must be between 0.01 and 0.99.", code="invalid_price", detail={"price": str(value)})
+    if price != price.quantize(CENT):
+        raise InvalidRequest(
+            "price must be on the 0.01 tick.", code="invalid_price", detail={"price": str(value), "tick": "0.01"}
+        )
+    return price.quantize(CENT)
+
+
+def parse_size(value: Any) -> int:
+    """Whole contracts from 1 to ``MAX_ORDER_SIZE``; raises :class:`InvalidRequest` (code ``invalid_size``)."""
+    limit = settings.MOLTSTREET["MAX_ORDER_SIZE"]
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value.strip())
+        else:
+            raise InvalidRequest(
+                "size must be a whole number of contracts.", code="invalid_size", detail={"size": str(value)}
+            )
+    if value < 1 or value > limit:
+        raise InvalidRequest(
+            f"size must be between 1 and {limit} contracts.", code="invalid_size", detail={"size": value, "max": limit}
+        )
+    return value
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The working set of one transaction on one locked market.
+
+
+def _order_snapshot(order: Order) -> dict[str, Any]:
+    return {
+        "id": str(order.id),
+        "agent": str(order.agent_id),
+        "side": order.side,
+        "action": order.action,
+        "price": str(order.price),
+        "size": order.size,
+        "filled": order.filled,
+        "status": order.status,
+        "book_side": order.book_side,
+        "book_price": str(order.book_price),
+    }
+
+
+@dataclass
+class MarketTx:
+    """Everything one transaction changes in one locked market, written out once by :meth:`flush`.
+
+    ``levels`` tracks the absolute resting size of every book level the transaction touches, so each order event
+    carries its level's new size (what the live feed's ``book`` messages publish).
+    """
+
+    market: Market
+    agents: dict[uuid.UUID, Agent] = field(default_factory=dict)
+    cash: CashBook = field(default_factory=CashBook)
+    positions: dict[uuid.UUID, Position] = field(default_factory=dict)
+    new_positions: set[uuid.UUID] = field(default_factory=set)
+    orders: dict[uuid.UUID, Order] = field(default_factory=dict)
+    new_orders: list[Order] = field(default_factory=list)
+    trades: list[Trade] = field(default_factory=list)
+    levels: dict[tuple[str, Decimal], int] = field(default_factory=dict)
+    market_fields: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.log = EventLog(self.market)
+
+    # -- locks and rows ------------------------------------------------------------------------------------------
+    def lock_agents(self, ids) -> None:
+        """Lock every agent this transaction touches, once, in ascending id order (after the market lock)."""
+        wanted = set(ids) - set(self.agents)
+        if not wanted:
+            return
+        if self.agents and min(wanted) < max(self.agents):
+            raise AssertionError("agents must be locked in one ascending batch")
+        if LOCKING_ENABLED:
+            self.agents.update(lock_agents(wanted))
+        else:
+            self.agents.update({a.id: a for a in Agent.objects.filter(id__in=wanted)})
+
+    def position(self, agent_id: uuid.UUID) -> Position:
+        if agent_id not in self.positions:
+            self.load_positions([agent_id])
+        return self.positions[agent_id]
+
+    def load_positions(self, agent_ids) -> None:
+        missing = set(agent_ids) - set(self.positions)
+        if not missing:
+            return
+        for pos in Position.objects.filter(market=self.market, agent_id__in=missing):
+            self.positions[pos.agent_id] = pos
+        for agent_id in missing - set(self.positions):
+            self.positions[agent_id] = Position(agent_id=agent_id, market=self.market)
+            self.new_positions.add(agent_id)
+
+    def load_levels(self, keys) -> None:
+        keys = {k for k in keys if k not in self.levels}
+        if not keys:
+            return
+        cond = Q()
+        for side, price in keys:
+            cond |= Q(book_side=side, book_price=price)
+        rows = (
+            Order.objects.filter(cond, market=self.market, status__in=RESTING)
+            .values("book_side", "book_price")
+            .annotate(size=Sum(F("size") - F("filled")))
+        )
+        for key in keys:
+            self.levels[key] = 0
+        for row in rows:
+            self.levels[(row["book_side"], row["book_price"])] = row["size"]
+
+    # -- events --------------------------------------------------------------------------------------------------
+    def order_event(self, order: Order, event: str, level_delta: int = 0, seq: int | None = None) -> int:
+        """Record an order change; ``level_delta`` is the change of resting contracts at the order's book level."""
+        key = (order.book_side, order.book_price)
+        data: dict[str, Any] = {"event": event, "order": _order_snapshot(order)}
+        if level_delta:
+            self.levels[key] = self.levels.get(key, 0) + level_delta
+            data["level"] = {"side": key[0], "price": str(key[1]), "size": self.levels[key]}
+        if seq is None:
+            seq = self.log.add(MarketEvent.Kind.ORDER, data)
+        else:  # fill in an event whose sequence number was reserved earlier
+            next(e for e in self.log.events if e.seq == seq).data = data
+        order.updated_seq = seq
+        if order.id not in {o.id for o in self.new_orders}:
+            self.orders[order.id] = order
+        return seq
+
+    # -- money and contracts -------------------------------------------------------------------------------------
+    def buy(self, order: Order, qty: int, paid: Decimal, reference: str) -> None:
+        """The order's agent pays ``paid`` per contract for ``qty`` contracts of ``order.side``; its reserve shrinks
+        by the limit price, so any price improvement returns to its available balance."""
+        agent = self.agents[order.agent_id]
+        pos = self.position(order.agent_id)
+        cost = quantize(paid * qty)
+        self.cash.unlock(agent, order.price * qty)
+        self.cash.move(
+            agent,
+            -cost,
+            LedgerEntry.Kind.TRADE,
+            market_id=self.market.id,
+            reference=reference,
+            memo=f"buy {qty} {order.side} @ {paid}",
+        )
+        if order.side == Side.YES:
+            pos.yes_shares += qty
+            pos.yes_cost += cost
+        else:
+            pos.no_shares += qty
+            pos.no_cost += cost
+
+    def sell(self, order: Order, qty: int, received: Decimal, reference: str) -> None:
+        """The order's agent delivers ``qty`` reserved contracts of ``order.side`` for ``received`` each."""
+        agent = self.agents[order.agent_id]
+        pos = self.position(order.agent_id)
+        proceeds = quantize(received * qty)
+        self.cash.move(
+            agent,
+            proceeds,
+            LedgerEntry.Kind.TRADE,
+            market_id=self.market.id,
+            reference=reference,
+            memo=f"sell {qty} {order.side} @ {received}",
+        )
+        basis = self._remove(pos, order.side, qty, reserved=True)
+        pos.realized_pnl += proceeds - basis
+
+    @staticmethod
+    def _remove(pos: Position, side: str, qty: int, *, reserved: bool) -> Decimal:
+        """Take ``qty`` contracts out of a position at their average cost; returns the cost basis removed."""
+        shares = pos.yes_shares if side == Side.YES else pos.no_shares
+        cost = pos.yes_cost if side == Side.YES else pos.no_cost
+        basis = cost if qty == shares else quantize(cost * qty / shares)
+        if side == Side.YES:
+            pos.yes_shares -= qty
+            pos.yes_cost -= basis
+            if reserved:
+                pos.yes_reserved -= qty
+        else:
+            pos.no_shares -= qty
+            pos.no_cost -= basis
+            if reserved:
+                pos.no_reserved -= qty
+        return basis
+
+    def net(self, agent_id: uuid.UUID) -> None:
+        """Merge the agent's unreserved YES and NO contracts pairwise into 1.00 credit each (DESIGN section 3)."""
+        pos = self.position(agent_id)
+        pairs = min(pos.yes_shares - pos.yes_reserved, pos.no_shares - pos.no_reserved)
+        if pairs <= 0:
+            return
+        basis = self._remove(pos, Side.YES, pairs, reserved=False) + self._remove(pos, Side.NO, pairs, reserved=False)
+        credit = ONE * pairs
+        pos.realized_pnl += credit - basis
+        self.cash.move(
+            self.agents[agent_id],
+            credit,
+            LedgerEntry.Kind.NETTING,
+            market_id=self.market.id,
+            reference=self.market.id,
+            memo=f"netted {pairs} YES/NO pairs",
+        )
+
+    def release(self, order: Order) -> None:
+        """Give back what a resting order still reserves (credits for a BUY, contracts for a SELL)."""
+        left = order.size - order.filled
+        if order.action == Action.BUY:
+            self.cash.unlock(self.agents[order.agent_id], order.price * left)
+        else:
+            pos = self.position(order.agent_id)
+            if order.side == Side.YES:
+                pos.yes_reserved -= left
+            else:
+                pos.no_reserved -= left
+
+    def end_order(self, order: Order, status: str, reason: str, event: str) -> None:
+        """Take a resting order out of the book (cancelled or expired), releasing its reserve."""
+        left = order.size - order.filled
+        self.release(order)
+        order.status = status
+        order.cancel_reason = reason
+        self.order_event(order, event, level_delta=-left)
+
+    # -- write out -----------------------------------------------------------------------------------------------
+    def flush(self) -> list[MarketEvent]:
+        self.cash.flush()
+        new_positions = [self.positions[a] for a in self.new_positions]
+        old_positions = [p for a, p in self.positions.items() if a not in self.new_positions]
+        if new_positions:
+            Position.objects.bulk_create([p for p in new_positions if p.yes_shares or p.no_shares or p.realized_pnl])
+        if old_positions:
+            Position.objects.bulk_update(
+                old_positions,
+                [
+                    "yes_shares",
+                    "no_shares",
+                    "yes_reserved",
+                    "no_reserved",
+                    "yes_cost",
+                    "no_cost",
+                    "realized_pnl",
+                    "updated_at",
+                ],
+            )
+        if self.new_orders:
+            Order.objects.bulk_create(self.new_orders)
+        if self.orders:
+            Order.objects.bulk_update(
+                list(self.orders.values()), ["filled", "status", "cancel_reason", "updated_seq", "updated_at"]
+            )
+        if self.trades:
+            Trade.objects.bulk_create(self.trades)
+        return self.log.flush(extra_fields=tuple(sorted(self.market_fields)))
+
+
+def _lock_market(market_id) -> Market:
+    if LOCKING_ENABLED:
+        return lock_market(market_id)
+    try:
+        return Market.objects.get(id=market_id)
+    except (Market.DoesNotExist, ValueError) as exc:
+        raise NotFound("No such market.", detail={"market": str(market_id)}) from exc
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Placing orders.
+
+
+@dataclass
+class PlaceResult:
+    order: Order
+    trades: list[Trade]
+    created: bool
+
+
+def _same_request(order: Order, **params) -> bool:
+    return (
+        str(order.market_id) == str(params["market_id"])
+        and order.side == params["side"]
+        and order.action == params["action"]
+        and order.price == params["price"]
+        and order.size == params["size"]
+    )
+
+
+def _existing(agent: Agent, client_order_id: str | None, **params) -> PlaceResult | None:
+    if not client_order_id:
+        return None
+    order = Order.objects.filter(agent=agent, client_order_id=client_order_id).first()
+    if order is None:
+        return None
+    if not _same_request(order, **params):
+        raise ClientOrderIdConflict(detail={"client_order_id": client_order_id, "order": str(order.id)})
+    return PlaceResult(order=order, trades=list(order.taker_trades.order_by("seq")), created=False)
+
+
+@service_transaction
+def order_place(
+    *,
+    agent: Agent,
+    market_id: uuid.UUID | str,
+    side: str,
+    action: str,
+    price: Any,
+    size: Any,
+    time_in_force: str = TimeInForce.GTC,
+    expires_at: datetime | None = None,
+    post_only: bool = False,
+    client_order_id: str | None = None,
+    forecast: Any = None,
+    reasoning: str = "",
+) -> PlaceResult:
+    """Place a limit order and match it against the book (DESIGN section 3).
+
+    ``side`` YES or NO, ``action`` BUY or SELL, ``price`` the limit on the order's own side (credits per contract,
+    0.01-0.99 on the 0.01 tick), ``size`` whole contracts. A BUY reserves ``price * size`` credits; a SELL reserves
+    ``size`` held, unreserved contracts. Trades execute at the maker's price. ``time_in_force``: GTC, GTD (needs a
+    future ``expires_at``), IOC, FOK. ``post_only`` rejects an order that would cross. A repeated
+    ``client_order_id`` returns the original order (``created=False``) and creates nothing. ``forecast`` (0-1)
+    records the agent's stated probability of YES.
+
+    Returns :class:`PlaceResult` with the order and the trades it took as taker.
+    Raises :class:`InvalidRequest`, :class:`NotFound` (market), :class:`MarketClosed`, :class:`AgentSuspended`,
+    :class:`InsufficientBalance`, :class:`InsufficientPosition`, :class:`PostOnlyWouldCross`,
+    :class:`ClientOrderIdConflict`, :class:`ServiceBusy` (lock timeout).
+    """
+    side, action, tif = str(side).upper(), str(action).upper(), str(time_in_force or TimeInForce.GTC).upper()
+    if side not in Side.values:
+        raise InvalidRequest("side must be YES or NO.", detail={"side": side})
+    if action not in Action.values:
+        raise InvalidRequest("action must be BUY or SELL.", detail={"action": action})
+    if tif not in TimeInForce.values:
+        raise InvalidRequest("time_in_force must be GTC, GTD, IOC or FOK.", detail={"time_in_force": tif})
+    price, size = parse_price(price), parse_size(size)
+    now = timezone.now()
+    if tif == TimeInForce.GTD:
+        if expires_at is None or expires_at <= now:
+            raise InvalidRequest("A GTD order needs expires_at in the future.", detail={"expires_at": str(expires_at)})
+    elif expires_at is not None:
+        raise InvalidRequest("expires_at is only allowed with time_in_force GTD.", detail={"time_in_force": tif})
+    if post_only and tif in (TimeInForce.IOC, TimeInForce.FOK):
+        raise InvalidRequest("post_only cannot be combined with IOC or FOK.", detail={"time_in_force": tif})
+    if client_order_id is not None and (not str(client_order_id) or len(str(client_order_id)) > 64):
+        raise InvalidRequest("client_order_id must be 1-64 characters.", detail={"client_order_id": client_order_id})
+    stated = parse_probability(forecast) if forecast is not None else None
+    params = {"market_id": market_id, "side": side, "action": action, "price": price, "size": size}
+    if (found := _existing(agent, client_order_id, **params)) is not None:
+        return found
+
+    market = _lock_market(market_id)
+    ensure_tradable(market, now)
+    tx = MarketTx(market)
+    book_side, book_price = matching.book_position(side, action, price)
+
+    # Plan the match under the market lock: the book cannot change until commit.
+    crossing = Order.objects.filter(
+        market=market,
+        book_side=matching.opposite(book_side),
+        status__in=RESTING,
+        book_price__gte=ONE - book_price,
+    ).order_by("-book_price", "seq")
+    plan = matching.plan_match(
+        agent_id=agent.id,
+        book_side=book_side,
+        book_price=book_price,
+        size=size,
+        resting=crossing.iterator(chunk_size=200),
+        now=now,
+    )
+    if post_only and (plan.fills or plan.self_trade_cancels):
+        raise PostOnlyWouldCross(detail={"price": str(price)})
+    fok_killed = tif == TimeInForce.FOK and plan.filled < size
+    if fok_killed:  # fill or kill: nothing trades, nothing else changes
+        plan = matching.MatchPlan()
+
+    # Then lock every agent involved, ascending, and re-check under the locks.
+    touched = plan.expired + plan.self_trade_cancels + [f.maker for f in plan.fills]
+    tx.lock_agents({agent.id} | {o.agent_id for o in touched})
+    taker_agent = tx.agents[agent.id]
+    if taker_agent.is_suspended:
+        raise AgentSuspended()
+    if (found := _existing(taker_agent, client_order_id, **params)) is not None:
+        return found  # a concurrent twin of this request committed first
+    tx.load_positions(tx.agents)
+    tx.load_levels({(o.book_side, o.book_price) for o in touched} | {(book_side, book_price)})
+
+    for order in plan.expired:
+        tx.end_order(order, Order.Status.EXPIRED, Order.CancelReason.EXPIRED, "expired")
+    for order in plan.self_trade_cancels:
+        tx.end_order(order, Order.Status.CANCELLED, Order.CancelReason.SELF_TRADE, "cancelled")
+    for order in touched:
+        tx.net(order.agent_id)
+
+    # Reserve collateral for the whole order.
+    if action == Action.BUY:
+        tx.cash.lock(taker_agent, price * size)
+    else:
+        pos = tx.position(agent.id)
+        held, reserved = (pos.yes_shares, pos.yes_reserved) if side == Side.YES else (pos.no_shares, pos.no_reserved)
+        if held - reserved < size:
+            raise InsufficientPosition(
+                f"Selling {size} {side} needs {size} unreserved contracts; {held - reserved} are available.",
+                detail={"side": side, "required": size, "available": held - reserved},
+            )
+        if side == Side.YES:
+            pos.yes_reserved += size
+        else:
+            pos.no_reserved += size
+
+    taker = Order(
+        id=uuid.uuid4(),
+        market=market,
+        agent=taker_agent,
+        side=side,
+        action=action,
+        price=price,
+        size=size,
+        time_in_force=tif,
+        post_only=post_only,
+        expires_at=expires_at,
+        client_order_id=client_order_id or None,
+        forecast=stated,
+        book_side=book_side,
+        book_price=book_price,
+        seq=0,
+        updated_seq=0,
+    )
+    taker_seq = tx.log.add(MarketEvent.Kind.ORDER, {})  # reserved now: the taker's time priority
+    taker.seq = taker.updated_seq = taker_seq
+    tx.new_orders.append(taker)
+
+    for fill in plan.fills:
+        _execute(tx, taker, fill)
+
+    left = taker.size - taker.filled
+    if taker.filled == taker.size:
+        taker.status = Order.Status.FILLED
+        tx.order_event(taker, "filled", seq=taker_seq)
+    elif fok_killed or tif == TimeInForce.IOC:
+        tx.release(taker)
+        taker.status = Order.Status.CANCELLED
+        taker.cancel_reason = Order.CancelReason.FOK_UNFILLED if fok_killed else Order.CancelReason.IOC_REMAINDER
+        tx.order_event(taker, "cancelled", seq=taker_seq)
+    else:
+        taker.status = Order.Status.PARTIAL if taker.filled else Order.Status.OPEN
+        tx.order_event(taker, "placed", level_delta=left, seq=taker_seq)
+
+    for agent_id in {taker.agent_id} | {f.maker.agent_id for f in plan.fills}:
+        tx.net(agent_id)
+    if stated is not None:
+        Forecast.objects.create(agent=taker_agent, market=market, probability=stated, reasoning=reasoning or "")
+    tx.flush()
+    return PlaceResult(order=taker, trades=tx.trades, created=True)
+
+
+def _execute(tx: MarketTx, taker: Order, fill: matching.Fill) -> None:
+    """Apply one fill: move cash and contracts for both parties per DESIGN section 3's table, record the trade."""
+    maker, qty, x = fill.maker, fill.size, fill.yes_price
+    yes_party, no_party = (taker, maker) if taker.book_side == Side.YES else (maker, taker)
+    trade = Trade(
+        id=uuid.uuid4(),
+        market=tx.market,
+        price=x,
+        size=qty,
+        taker_side=taker.book_side,
+        kind=matching.trade_kind(yes_party.action, no_party.action),
+        maker_order=maker,
+        taker_order=taker,
+        maker_agent_id=maker.agent_id,
+        taker_agent_id=taker.agent_id,
+        seq=0,
+    )
+    ref = str(trade.id)
+    # The YES-bid party buys YES at x or sells NO at 1 - x; the NO-bid party buys NO at 1 - x or sells YES at x.
+    if yes_party.action == Action.BUY:
+        tx.buy(yes_party, qty, x, ref)
+    else:
+        tx.sell(yes_party, qty, ONE - x, ref)
+    if no_party.action == Action.BUY:
+        tx.buy(no_party, qty, ONE - x, ref)
+    else:
+        tx.sell(no_party, qty, x, ref)
+    maker.filled += qty
+    taker.filled += qty
+    maker.status = Order.Status.FILLED if maker.filled == maker.size else Order.Status.PARTIAL
+    trade.seq = tx.log.add(
+        MarketEvent.Kind.TRADE,
+        {
+            "trade": {
+                "id": ref,
+                "price": str(x),
+                "size": qty,
+                "taker_side": taker.book_side,
+                "kind": trade.kind,
+                "maker_order": str(maker.id),
+                "taker_order": str(taker.id),
+            }
+        },
+    )
+    tx.trades.append(trade)
+    tx.order_event(maker, maker.status, level_delta=-qty)
+    tx.market.last_price = x
+    tx.market.volume += qty
+    tx.market_fields.update({"last_price", "volume"})
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Cancelling.
+
+
+def _cancel_in_market(market_id, orders_filter: Q, reason: str) -> list[Order]:
+    """Cancel the resting orders of one market that match ``orders_filter``; the caller's transaction holds nothing."""
+    market = _lock_market(market_id)
+    # Re-read under the market lock: only what is still resting now is cancelled.
+    orders = list(Order.objects.filter(orders_filter, market=market, status__in=RESTING).order_by("seq"))
+    if not orders:
+        return []
+    tx = MarketTx(market)
+    tx.lock_agents({o.agent_id for o in orders})
+    tx.load_positions(tx.agents)
+    tx.load_levels({(o.book_side, o.book_price) for o in orders})
+    for order in orders:
+        tx.end_order(order, Order.Status.CANCELLED, reason, "cancelled")
+    for agent_id in tx.agents:
+        tx.net(agent_id)
+    tx.flush()
+    return orders
+
+
+@service_transaction
+def order_cancel(*, agent: Agent, order_id: uuid.UUID | str) -> Order:
+    """Cancel one of the agent's resting orders and release its reserve.
+
+    Raises :class:`NotFound` for an unknown order or another agent's order, :class:`OrderNotCancellable` when it is
+    already filled, cancelled or expired.
+    """
+    try:
+        order = Order.objects.only("id", "market_id", "agent_id").get(id=order_id, agent=agent)
+    except (Order.DoesNotExist, ValueError, TypeError) as exc:
+        raise NotFound("No such order.", detail={"order": str(order_id)}) from exc
+    cancelled = _cancel_in_market(order.market_id, Q(id=order.id), Order.CancelReason.USER)
+    if not cancelled:
+        order = Order.objects.get(id=order.id)
+        raise OrderNotCancellable(detail={"order": str(order.id), "status": order.status})
+    return cancelled[0]
+
+
+@service_transaction
+def order_cancel_all(
+    *, agent: Agent, market_id: uuid.UUID | str | None = None, reason: str = Order.CancelReason.USER
+) -> list[Order]:
+    """Cancel every resting order of the agent, optionally only in one market; returns the cancelled orders.
+
+    Markets are locked one after another in ascending id order, each before the agent (DESIGN section 6).
+    """
+    resting = Order.objects.filter(agent=agent, status__in=RESTING)
+    if market_id is not None:
+        resting = resting.filter(market_id=market_id)
+    cancelled: list[Order] = []
+    for mid in sorted(set(resting.values_list("market_id", flat=True))):
+        cancelled += _cancel_in_market(mid, Q(agent=agent), reason)
+    return cancelled
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Lifecycle: expiry, close, resolve.
+
+
+def _end_all_resting(tx: MarketTx, status: str, reason: str, extra_agents=()) -> None:
+    orders = list(Order.objects.filter(market=tx.market, status__in=RESTING).order_by("seq"))
+    tx.lock_agents({o.agent_id for o in orders} | set(extra_agents))
+    tx.load_positions(tx.agents)
+    tx.load_levels({(o.book_side, o.book_price) for o in orders})
+    for order in orders:
+        tx.end_order(order, status, reason, "cancelled")
+    for agent_id in {o.agent_id for o in orders}:
+        tx.net(agent_id)
+
+
+@service_transaction
+def orders_expire(*, market_id: uuid.UUID | str, now: datetime | None = None) -> int:
+    """Expire the market's GTD orders whose ``expires_at`` has passed; returns how many."""
+    now = now or timezone.now()
+    market = _lock_market(market_id)
+    orders = list(Order.objects.filter(market=market, status__in=RESTING, expires_at__lte=now).order_by("seq"))
+    if not orders:
+        return 0
+    tx = MarketTx(market)
+    tx.lock_agents({o.agent_id for o in orders})
+    tx.load_positions(tx.agents)
+    tx.load_levels({(o.book_side, o.book_price) for o in orders})
+    for order in orders:
+        tx.end_order(order, Order.Status.EXPIRED, Order.CancelReason.EXPIRED, "expired")
+    for agent_id in tx.agents:
+        tx.net(agent_id)
+    tx.flush()
+    return len(orders)
+
+
+@service_transaction
+def market_close(*, market_id: uuid.UUID | str) -> Market:
+    """Close a market: no new orders; every resting order is cancelled and its reserve released.
+
+    Closing a closed market changes nothing. Raises :class:`MarketAlreadyResolved` for a resolved market.
+    """
+    market = _lock_market(market_id)
+    if market.status == Market.Status.RESOLVED:
+        raise MarketAlreadyResolved(detail={"market": str(market.id)})
+    if market.status == Market.Status.CLOSED:
+        return market
+    tx = MarketTx(market)
+    _end_all_resting(tx, Order.Status.CANCELLED, Order.CancelReason.MARKET_CLOSED)
+    market.status, market.closed_at = Market.Status.CLOSED, timezone.now()
+    tx.market_fields.update({"status", "closed_at"})
+    tx.log.add(MarketEvent.Kind.MARKET, {"event": "closed", "market": market_payload(market)})
+    tx.flush()
+    return market
+
+
+PAYOUT = {Outcome.YES: (ONE, ZERO), Outcome.NO: (ZERO, ONE), Outcome.VOID: (HALF, HALF)}
+
+
+@service_transaction
+def market_resolve(*, market_id: uuid.UUID | str, outcome: str) -> Market:
+    """Resolve a market YES, NO or VOID (DESIGN section 4).
+
+    Cancels every resting order, pays each winning contract 1.00 credit (VOID: 0.50 per YES and per NO contract),
+    fixes every agent's realized P&L in the market, adds it to their reputation and updates Brier scores with each
+    agent's last forecast (YES/NO only). Raises :class:`InvalidRequest` for an unknown outcome and
+    :class:`MarketAlreadyResolved` when called twice.
+    """
+    outcome = str(outcome).upper()
+    if outcome not in Outcome.values:
+        raise InvalidRequest("outcome must be YES, NO or VOID.", detail={"outcome": outcome})
+    market = _lock_market(market_id)
+    if market.status == Market.Status.RESOLVED:
+        raise MarketAlreadyResolved(detail={"market": str(market.id), "outcome": market.outcome})
+    now = timezone.now()
+    forecasts = _last_forecasts(market) if outcome != Outcome.VOID else {}
+    holders = set(Position.objects.filter(market=market).values_list("agent_id", flat=True))
+    tx = MarketTx(market)
+    _end_all_resting(
+        tx, Order.Status.CANCELLED, Order.CancelReason.MARKET_RESOLVED, extra_agents=holders | set(forecasts)
+    )
+    yes_pays, no_pays = PAYOUT[outcome]
+    for agent_id in holders:
+        pos = tx.position(agent_id)
+        payout = quantize(yes_pays * pos.yes_shares + no_pays * pos.no_shares)
+        pos.realized_pnl += payout - pos.yes_cost - pos.no_cost
+        pos.yes_shares = pos.no_shares = pos.yes_reserved = pos.no_reserved = 0
+        pos.yes_cost = pos.no_cost = ZERO
+        agent = tx.agents[agent_id]
+        tx.cash.move(
+            agent, payout, LedgerEntry.Kind.PAYOUT, market_id=market.id, reference=market.id, memo=f"resolved {outcome}"
+        )
+        agent.reputation += pos.realized_pnl
+    o = Decimal(1) if outcome == Outcome.YES else Decimal(0)
+    for agent_id, probability in forecasts.items():
+        agent = tx.agents[agent_id]
+        agent.brier_sum += (probability - o) ** 2
+        agent.brier_count += 1
+        agent.brier_score = (agent.brier_sum / agent.brier_count).quantize(Decimal("0.000001"))
+    market.status, market.outcome, market.resolved_at = Market.Status.RESOLVED, outcome, now
+    market.closed_at = market.closed_at or now
+    tx.market_fields.update({"status", "outcome", "resolved_at", "closed_at"})
+    tx.log.add(MarketEvent.Kind.MARKET, {"event": "resolved", "market": market_payload(market)})
+    tx.flush()
+    score_agents = [tx.agents[a] for a in holders | set(forecasts)]
+    if score_agents:
+        Agent.objects.bulk_update(score_agents, ["reputation", "brier_sum", "brier_count", "brier_score"])
+    return market
+
+
+def _last_forecasts(market: Market) -> dict[uuid.UUID, Decimal]:
+    """Each agent's last stated probability of YES in the market (forecasts are refused once it closes)."""
+    latest: dict[uuid.UUID, Decimal] = {}
+    for agent_id, probability in (
+        Forecast.objects.filter(market=market).order_by("agent_id", "-id").values_list("agent_id", "probability")
+    ):
+        latest.setdefault(agent_id, probability)
+    return latest
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Agents.
+
+
+@service_transaction
+def _agent_set_suspended(agent_id: uuid.UUID, suspended: bool) -> Agent:
+    agent = lock_agents([agent_id])[agent_id]
+    agent.is_suspended = suspended
+    agent.save(update_fields=["is_suspended"])
+    return agent
+
+
+def agent_suspend(*, agent_id: uuid.UUID) -> list[Order]:
+    """Suspend an agent and cancel its resting orders; returns the cancelled orders.
+
+    Two transactions: the flag first (under the agent lock, so no order placement can slip past it: ``order_place``
+    checks the flag under the same lock), then the cancellations, market by market in the usual lock order.
+    """
+    agent = _agent_set_suspended(agent_id, True)
+    return order_cancel_all(agent=agent, reason=Order.CancelReason.AGENT_SUSPENDED)
+
+
+def agent_reinstate(*, agent_id: uuid.UUID) -> Agent:
+    """Lift a suspension."""
+    return _agent_set_suspended(agent_id, False)
+
+
+def markets_close_due(now: datetime | None = None) -> list[Market]:
+    """Close every open market whose deadline has passed (the scheduler calls this)."""
+    now = now or timezone.now()
+    due = Market.objects.filter(status=Market.Status.OPEN, deadline__lte=now).values_list("id", flat=True)
+    return [market_close(market_id=mid) for mid in list(due)]
+
+
+def orders_expire_due(now: datetime | None = None) -> int:
+    """Expire every GTD order past its ``expires_at``, one transaction per market (the scheduler calls this)."""
+    now = now or timezone.now()
+    markets = (
+        Order.objects.filter(status__in=RESTING, expires_at__lte=now).values_list("market_id", flat=True).distinct()
+    )
+    return sum(orders_expire(market_id=mid, now=now) for mid in list(markets))
+
+
+def position_totals(market: Market) -> dict[str, int]:
+    """Total YES and NO contracts held in a market (equal by invariant 2: the pairs outstanding)."""
+    totals = Position.objects.filter(market=market).aggregate(yes=Sum("yes_shares"), no=Sum("no_shares"))
+    return {"yes": totals["yes"] or 0, "no": totals["no"] or 0}
+
+
+__all__ = [
+    "PlaceResult",
+    "agent_reinstate",
+    "agent_suspend",
+    "market_close",
+    "market_resolve",
+    "markets_close_due",
+    "order_cancel",
+    "order_cancel_all",
+    "order_place",
+    "orders_expire",
+    "orders_expire_due",
+    "parse_price",
+    "parse_size",
+]
