@@ -1,0 +1,45 @@
+# MoltStreet: `make run` serves the whole app on SQLite; `make test` runs the suite on PostgreSQL and Redis.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8000
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/moltstreet
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
+DATA ?= ../shared/data
+
+.PHONY: run test setup lint format audit clean
+
+$(STAMP): requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py bootstrap --data $(DATA)
+	$(BIN)/python manage.py run_scheduler & echo $$! > .scheduler.pid; \
+	trap 'kill $$(cat .scheduler.pid) 2>/dev/null; rm -f .scheduler.pid' EXIT INT TERM; \
+	$(BIN)/daphne -b $(HOST) -p $(PORT) moltstreet.asgi:application
+
+test: $(STAMP)
+	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
+		$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+audit: $(STAMP)
+	$(BIN)/python manage.py audit
+
+clean:
+	rm -rf $(VENV) staticfiles .pytest_cache .ruff_cache .hypothesis

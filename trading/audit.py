@@ -1,0 +1,189 @@
+"""Checks of every invariant of DESIGN section 5, for ``manage.py audit`` and the test suite.
+
+:func:`run_audit` reads the whole database and returns an :class:`AuditReport`; it changes nothing.
+Run it on a quiet database (or accept that a trade committing mid-read may show as a transient breach).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from django.db.models import Count, F, Max, Min, Q, Sum
+
+from agents.models import Agent, LedgerEntry
+from markets.models import Market, MarketEvent
+from moltstreet.money import ONE, ZERO
+from trading.models import Action, Order, Position, Side, Trade
+
+
+@dataclass
+class AuditReport:
+    breaches: list[str] = field(default_factory=list)
+    figures: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.breaches
+
+    def breach(self, invariant: int, message: str) -> None:
+        self.breaches.append(f"[invariant {invariant}] {message}")
+
+    def render(self) -> str:
+        lines = [f"{k}: {v}" for k, v in self.figures.items()]
+        lines += self.breaches or ["All invariants hold."]
+        return "\n".join(lines)
+
+
+def run_audit() -> AuditReport:
+    """Check invariants 1-6 of DESIGN section 5 across all agents, markets, orders, trades and the ledger."""
+    report = AuditReport()
+    _balances_and_reserves(report)
+    _pairs(report)
+    _money(report)
+    _ledger(report)
+    _book(report)
+    _sequences(report)
+    return report
+
+
+def _balances_and_reserves(report: AuditReport) -> None:
+    locked_by_agent = defaultdict(lambda: ZERO)
+    rows = Order.objects.filter(status__in=Order.RESTING, action=Action.BUY).values_list(
+        "agent_id", "price", "size", "filled"
+    )
+    for agent_id, price, size, filled in rows:
+        locked_by_agent[agent_id] += price * (size - filled)
+    for agent in Agent.objects.only("id", "name", "balance", "locked_balance"):
+        if not (ZERO <= agent.locked_balance <= agent.balance):
+            report.breach(1, f"agent {agent.name}: locked {agent.locked_balance} not within 0..balance {agent.balance}")
+        if agent.locked_balance != locked_by_agent[agent.id]:
+            report.breach(
+                1,
+                f"agent {agent.name}: locked {agent.locked_balance} != reserves of resting BUYs {locked_by_agent[agent.id]}",
+            )
+    reserved = defaultdict(int)
+    rows = Order.objects.filter(status__in=Order.RESTING, action=Action.SELL).values_list(
+        "agent_id", "market_id", "side", "size", "filled"
+    )
+    for agent_id, market_id, side, size, filled in rows:
+        reserved[(agent_id, market_id, side)] += size - filled
+    for pos in Position.objects.all():
+        for side, shares, res in (
+            (Side.YES, pos.yes_shares, pos.yes_reserved),
+            (Side.NO, pos.no_shares, pos.no_reserved),
+        ):
+            if shares < 0 or res < 0 or res > shares:
+                report.breach(1, f"position {pos.id}: {side} shares {shares}, reserved {res}")
+            if res != reserved[(pos.agent_id, pos.market_id, side)]:
+                report.breach(
+                    1,
+                    f"position {pos.id}: {side} reserved {res} != resting SELLs {reserved[(pos.agent_id, pos.market_id, side)]}",
+                )
+
+
+def _pairs(report: AuditReport) -> None:
+    for row in Position.objects.values("market_id").annotate(yes=Sum("yes_shares"), no=Sum("no_shares")):
+        if row["yes"] != row["no"]:
+            report.breach(2, f"market {row['market_id']}: {row['yes']} YES held != {row['no']} NO held")
+
+
+def _money(report: AuditReport) -> None:
+    balances = Agent.objects.aggregate(s=Sum("balance"))["s"] or ZERO
+    pairs = Position.objects.aggregate(s=Sum("yes_shares"))["s"] or 0
+    by_kind = dict(LedgerEntry.objects.values_list("kind").annotate(s=Sum("amount")).values_list("kind", "s"))
+    external = sum((by_kind.get(k, ZERO) for k in ("grant", "fee", "adjustment")), ZERO)
+    report.figures.update(
+        {
+            "agents": Agent.objects.count(),
+            "credits held by agents": balances,
+            "pairs outstanding": pairs,
+            "grants - fees +/- adjustments": external,
+        }
+    )
+    if balances + pairs * ONE != external:
+        report.breach(3, f"balances {balances} + pairs {pairs} x 1.00 != grants - fees +/- adjustments {external}")
+
+
+def _ledger(report: AuditReport) -> None:
+    sums = dict(LedgerEntry.objects.values("agent_id").annotate(s=Sum("amount")).values_list("agent_id", "s"))
+    for agent in Agent.objects.only("id", "name", "balance"):
+        if sums.get(agent.id, ZERO) != agent.balance:
+            report.breach(
+                4, f"agent {agent.name}: ledger replays to {sums.get(agent.id, ZERO)}, balance is {agent.balance}"
+            )
+    # Each row's balance_after must continue the previous one (the ledger replays row by row).
+    running: dict = defaultdict(lambda: ZERO)
+    for agent_id, amount, after, entry_id in (
+        LedgerEntry.objects.order_by("id")
+        .values_list("agent_id", "amount", "balance_after", "id")
+        .iterator(chunk_size=5000)
+    ):
+        running[agent_id] += amount
+        if running[agent_id] != after:
+            report.breach(4, f"ledger entry {entry_id}: balance_after {after} but replay gives {running[agent_id]}")
+            running[agent_id] = after
+    report.figures["ledger entries"] = LedgerEntry.objects.count()
+
+
+def _book(report: AuditReport) -> None:
+    best = (
+        Order.objects.filter(status__in=Order.RESTING).values("market_id", "book_side").annotate(best=Max("book_price"))
+    )
+    tops: dict = defaultdict(dict)
+    for row in best:
+        tops[row["market_id"]][row["book_side"]] = row["best"]
+    for market_id, top in tops.items():
+        if Side.YES in top and Side.NO in top and top[Side.YES] + top[Side.NO] >= ONE:
+            report.breach(
+                5, f"market {market_id}: book crossed (best YES bid {top[Side.YES]} + best NO bid {top[Side.NO]} >= 1)"
+            )
+    closed = Order.objects.filter(status__in=Order.RESTING).exclude(market__status=Market.Status.OPEN).count()
+    if closed:
+        report.breach(5, f"{closed} orders still resting in closed or resolved markets")
+    if Order.objects.filter(filled__gt=F("size")).exists():
+        report.breach(5, "an order has filled > size")
+    traded = defaultdict(int)
+    for order_id, size in (
+        Trade.objects.values_list("maker_order_id").annotate(s=Sum("size")).values_list("maker_order_id", "s")
+    ):
+        traded[order_id] += size
+    for order_id, size in (
+        Trade.objects.values_list("taker_order_id").annotate(s=Sum("size")).values_list("taker_order_id", "s")
+    ):
+        traded[order_id] += size
+    for order_id, filled in Order.objects.filter(filled__gt=0).values_list("id", "filled"):
+        if traded.pop(order_id, 0) != filled:
+            report.breach(5, f"order {order_id}: filled {filled} != traded contracts")
+    if any(traded.values()):
+        report.breach(5, f"trades against orders with filled = 0: {list(traded)[:5]}")
+    report.figures["trades"] = Trade.objects.count()
+    report.figures["resting orders"] = Order.objects.filter(status__in=Order.RESTING).count()
+
+
+def _sequences(report: AuditReport) -> None:
+    stats = {
+        row["market_id"]: row
+        for row in MarketEvent.objects.values("market_id").annotate(n=Count("id"), lo=Min("seq"), hi=Max("seq"))
+    }
+    for market in Market.objects.only("id", "seq"):
+        row = stats.get(market.id, {"n": 0, "lo": None, "hi": None})
+        if market.seq and (row["n"] != market.seq or row["lo"] != 1 or row["hi"] != market.seq):
+            report.breach(
+                6, f"market {market.id}: seq {market.seq} but events {row['n']} from {row['lo']} to {row['hi']}"
+            )
+        if not market.seq and row["n"]:
+            report.breach(6, f"market {market.id}: events exist but seq is 0")
+    stray = (
+        Trade.objects.annotate(
+            ev=Count("market__events", filter=Q(market__events__seq=F("seq"), market__events__kind="trade"))
+        )
+        .filter(ev=0)
+        .count()
+    )
+    if stray:
+        report.breach(6, f"{stray} trades without a trade event at their seq")
+    report.figures["markets"] = Market.objects.count()
+
+
+__all__ = ["AuditReport", "run_audit"]
