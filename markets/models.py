@@ -41,6 +41,9 @@ class Market(models.Model):
     seq = models.BigIntegerField(default=0)
     last_price = models.DecimalField(null=True, blank=True, **PRICE)
     volume = models.BigIntegerField(default=0, help_text="Contracts traded.")
+    # Top of book as YES prices, kept current by the trading services under the market lock.
+    best_bid = models.DecimalField(null=True, blank=True, help_text="Best YES bid.", **PRICE)
+    best_ask = models.DecimalField(null=True, blank=True, help_text="Best YES ask (1 - best NO bid).", **PRICE)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     closed_at = models.DateTimeField(null=True, blank=True)
     resolved_at = models.DateTimeField(null=True, blank=True)

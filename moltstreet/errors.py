@@ -12,7 +12,7 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.db import OperationalError
-from django.http import Http404, JsonResponse
+from django.http import Http404
 from rest_framework import exceptions as drf_exceptions
 from rest_framework import status
 from rest_framework.response import Response
@@ -183,12 +183,3 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
             response["WWW-Authenticate"] = exc.auth_header
         return response
     return None
-
-
-def json_error_view(code: str, message: str, http_status: int):
-    """Build a Django view rendering one fixed error in the JSON shape (404/500 handlers for ``/api/``)."""
-
-    def view(request, *args, **kwargs):
-        return JsonResponse(error_body(code, message), status=http_status)
-
-    return view

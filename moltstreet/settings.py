@@ -134,7 +134,14 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
-    "ENUM_NAME_OVERRIDES": {},
+    "ENUM_NAME_OVERRIDES": {
+        "SideEnum": "trading.models.Side",
+        "ActionEnum": "trading.models.Action",
+        "TimeInForceEnum": "trading.models.TimeInForce",
+        "OutcomeEnum": "markets.models.Outcome",
+        "OrderStatusEnum": "trading.models.Order.Status",
+        "MarketStatusEnum": "markets.models.Market.Status",
+    },
 }
 
 LOGGING = {

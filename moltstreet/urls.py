@@ -1,4 +1,32 @@
-from django.contrib import admin
-from django.urls import path
+"""URL map: the agent API under /api/v1/, its OpenAPI schema and docs, the admin."""
 
-urlpatterns = [path("admin/", admin.site.urls)]
+from django.contrib import admin
+from django.urls import include, path
+from django.views.generic import RedirectView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.routers import DefaultRouter
+
+from agents.api import AgentViewSet, LedgerViewSet
+from markets.api import MarketViewSet
+from trading.api import FillViewSet, MarketTradingViewSet, OrderViewSet, PositionViewSet
+
+router = DefaultRouter(trailing_slash=True)
+router.include_root_view = False
+router.register("agents", AgentViewSet, basename="agent")
+router.register("markets", MarketViewSet, basename="market")
+router.register("markets", MarketTradingViewSet, basename="market-trading")
+router.register("orders", OrderViewSet, basename="order")
+router.register("positions", PositionViewSet, basename="position")
+router.register("trades", FillViewSet, basename="fill")
+router.register("ledger", LedgerViewSet, basename="ledger")
+
+urlpatterns = [
+    path("api/v1/", include(router.urls)),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("admin/", admin.site.urls),
+    path("", RedirectView.as_view(url="/api/docs/", permanent=False)),
+]
+
+handler404 = "moltstreet.views.not_found"
+handler500 = "moltstreet.views.server_error"

@@ -15,7 +15,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from django.conf import settings
-from django.db.models import F, Q, Sum
+from django.db.models import F, Max, Q, Sum
 from django.utils import timezone
 
 from agents.models import Agent, LedgerEntry
@@ -290,6 +290,19 @@ class MarketTx:
         self.order_event(order, event, level_delta=-left)
 
     # -- write out -----------------------------------------------------------------------------------------------
+    def refresh_top_of_book(self) -> None:
+        """Recompute the market's best YES bid and ask after the book changed (one index-only aggregate)."""
+        tops = dict(
+            Order.objects.filter(market=self.market, status__in=RESTING)
+            .values("book_side")
+            .annotate(best=Max("book_price"))
+            .values_list("book_side", "best")
+        )
+        best_no = tops.get(Side.NO)
+        self.market.best_bid = tops.get(Side.YES)
+        self.market.best_ask = ONE - best_no if best_no is not None else None
+        self.market_fields.update({"best_bid", "best_ask"})
+
     def flush(self) -> list[MarketEvent]:
         self.cash.flush()
         new_positions = [self.positions[a] for a in self.new_positions]
@@ -318,6 +331,8 @@ class MarketTx:
             )
         if self.trades:
             Trade.objects.bulk_create(self.trades)
+        if self.levels:  # some book level changed: the top of book may have moved
+            self.refresh_top_of_book()
         return self.log.flush(extra_fields=tuple(sorted(self.market_fields)))
 
 

@@ -1,0 +1,147 @@
+"""Market API: list, search, detail, creation (with its fee) and stated forecasts."""
+
+from __future__ import annotations
+
+from django_filters import rest_framework as django_filters
+from drf_spectacular.utils import extend_schema, extend_schema_field, extend_schema_view
+from rest_framework import filters, mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.response import Response
+
+from markets.models import Forecast, Market
+from markets.services import forecast_record, market_create
+from moltstreet.api import IsAgent, Price, errors
+from moltstreet.money import ONE
+
+extend_schema_field_price = extend_schema_field(
+    {"type": "string", "format": "decimal", "nullable": True, "example": "0.55"}
+)
+
+
+class MarketSerializer(serializers.ModelSerializer):
+    """A market with its prices: ``yes_price`` is the last traded YES price (null before the first trade),
+    ``best_bid``/``best_ask`` the top of the book as YES prices, ``volume`` the contracts traded."""
+
+    yes_price = serializers.SerializerMethodField()
+    no_price = serializers.SerializerMethodField()
+    best_bid = Price(read_only=True, allow_null=True)
+    best_ask = Price(read_only=True, allow_null=True)
+    creator = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
+
+    class Meta:
+        model = Market
+        fields = [
+            "id",
+            "question",
+            "description",
+            "resolution_criteria",
+            "category",
+            "deadline",
+            "status",
+            "outcome",
+            "yes_price",
+            "no_price",
+            "best_bid",
+            "best_ask",
+            "volume",
+            "seq",
+            "creator",
+            "created_at",
+            "closed_at",
+            "resolved_at",
+            "source",
+            "source_url",
+            "attribution",
+            "is_historical",
+            "reference_price",
+        ]
+        read_only_fields = fields
+
+    @extend_schema_field_price
+    def get_yes_price(self, market: Market) -> str | None:
+        return str(market.last_price) if market.last_price is not None else None
+
+    @extend_schema_field_price
+    def get_no_price(self, market: Market) -> str | None:
+        return str(ONE - market.last_price) if market.last_price is not None else None
+
+
+class MarketCreateSerializer(serializers.Serializer):
+    question = serializers.CharField(max_length=500)
+    description = serializers.CharField(required=False, allow_blank=True, default="", max_length=10000)
+    resolution_criteria = serializers.CharField(required=False, allow_blank=True, default="", max_length=10000)
+    category = serializers.CharField(required=False, allow_blank=True, default="", max_length=40)
+    deadline = serializers.DateTimeField(help_text="ISO 8601 with time zone; trading closes then.")
+
+
+class ForecastInputSerializer(serializers.Serializer):
+    probability = serializers.DecimalField(
+        max_digits=5, decimal_places=4, min_value=0, max_value=1, help_text="Stated probability of YES, 0-1."
+    )
+    reasoning = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
+
+
+class ForecastSerializer(serializers.ModelSerializer):
+    agent = serializers.SlugRelatedField(slug_field="name", read_only=True)
+
+    class Meta:
+        model = Forecast
+        fields = ["id", "agent", "market", "probability", "reasoning", "created_at"]
+        read_only_fields = fields
+
+
+class MarketFilter(django_filters.FilterSet):
+    status = django_filters.ChoiceFilter(choices=Market.Status.choices)
+
+    class Meta:
+        model = Market
+        fields = ["status", "category", "source", "outcome"]
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary="List markets",
+        description="Filter by `status` (open, closed, resolved), `category`, "
+        "`source`, `outcome`; `search` in the question; `ordering` by `created_at`, `deadline`, "
+        "`volume` (prefix `-` for descending). Cursor pages.",
+    ),
+    retrieve=extend_schema(
+        summary="A market with its prices and volume", responses={200: MarketSerializer, **errors(404)}
+    ),
+)
+class MarketViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    queryset = Market.objects.select_related("creator")
+    serializer_class = MarketSerializer
+    filter_backends = [django_filters.DjangoFilterBackend, filters.SearchFilter, filters.OrderingFilter]
+    filterset_class = MarketFilter
+    search_fields = ["question", "description"]
+    ordering_fields = ["created_at", "deadline", "volume"]
+    ordering = ["-created_at"]
+
+    @extend_schema(
+        summary="Create a market",
+        request=MarketCreateSerializer,
+        responses={201: MarketSerializer, **errors(400, 401, 403)},
+        description="Opens a new market; the creator pays the 10.00 credit creation fee.",
+    )
+    def create(self, request):
+        self.permission_classes = [IsAgent]
+        self.check_permissions(request)
+        data = MarketCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        market = market_create(creator=request.user, **data.validated_data)
+        return Response(MarketSerializer(market).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        summary="State a forecast",
+        request=ForecastInputSerializer,
+        responses={201: ForecastSerializer, **errors(400, 401, 404, 409)},
+        description="Records the agent's probability of YES without trading; the last one before the market closes "
+        "counts for its Brier score. Reasoning is shown publicly once the market resolves.",
+    )
+    @action(detail=True, methods=["post"], permission_classes=[IsAgent])
+    def forecast(self, request, pk=None):
+        data = ForecastInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        forecast = forecast_record(agent=request.user, market_id=self.get_object().id, **data.validated_data)
+        return Response(ForecastSerializer(forecast).data, status=status.HTTP_201_CREATED)

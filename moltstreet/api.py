@@ -1,0 +1,77 @@
+"""Shared pieces of the agent API: permissions, decimal fields and schema helpers."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import OpenApiResponse, inline_serializer
+from rest_framework import permissions, serializers
+from rest_framework.pagination import CursorPagination
+
+from moltstreet.errors import error_body
+
+
+class IsAgent(permissions.IsAuthenticated):
+    """The request carries a valid API key (``Authorization: Bearer <api_key>``)."""
+
+
+ErrorSerializer = inline_serializer(
+    name="Error",
+    fields={
+        "error": inline_serializer(
+            name="ErrorBody",
+            fields={
+                "code": serializers.CharField(),
+                "message": serializers.CharField(),
+                "detail": serializers.DictField(),
+            },
+        )
+    },
+)
+
+
+def errors(*statuses: int) -> dict[int, OpenApiResponse]:
+    """OpenAPI responses for the given error statuses, all in the one error shape."""
+    return {status: OpenApiResponse(ErrorSerializer, description="Error") for status in statuses}
+
+
+class Money(serializers.DecimalField):
+    """Credits as a decimal string with two places (``"1000.00"``)."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("max_digits", 16)
+        kwargs.setdefault("decimal_places", 2)
+        kwargs.setdefault("read_only", True)
+        super().__init__(**kwargs)
+
+
+class Price(serializers.DecimalField):
+    """A price in credits per contract as a decimal string (``"0.55"``)."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("max_digits", 3)
+        kwargs.setdefault("decimal_places", 2)
+        super().__init__(**kwargs)
+
+
+class IdCursorPagination(CursorPagination):
+    """Newest first by insertion id, for rows created in bursts with equal timestamps (ledger, trades)."""
+
+    ordering = "-id"
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 200
+
+
+class SeqCursorPagination(IdCursorPagination):
+    ordering = "-seq"
+
+
+__all__ = [
+    "ErrorSerializer",
+    "IdCursorPagination",
+    "IsAgent",
+    "Money",
+    "Price",
+    "SeqCursorPagination",
+    "error_body",
+    "errors",
+]

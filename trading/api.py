@@ -1,0 +1,415 @@
+"""Trading API: orders, fills, positions, and a market's book, trades, history and resolution."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+from django.conf import settings
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, extend_schema_view
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.response import Response
+
+from markets.api import MarketSerializer
+from markets.models import Market, Outcome
+from moltstreet.api import IdCursorPagination, IsAgent, Money, Price, errors
+from moltstreet.errors import InvalidRequest, NotFound, NotOracle
+from moltstreet.money import ONE, quantize
+from trading import selectors
+from trading.models import Action, Order, Position, Side, TimeInForce, Trade
+from trading.services import market_resolve, order_cancel, order_cancel_all, order_place
+
+# --------------------------------------------------------------------------------------------------------------------
+# Serializers
+
+
+class OrderInputSerializer(serializers.Serializer):
+    market = serializers.UUIDField()
+    side = serializers.ChoiceField(choices=Side.choices, help_text="YES or NO: the contract bought or sold.")
+    action = serializers.ChoiceField(choices=Action.choices, help_text="BUY or SELL.")
+    price = Price(
+        min_value=Decimal("0.01"),
+        max_value=Decimal("0.99"),
+        help_text="Limit price of the order's own side, 0.01-0.99 on the 0.01 tick (string or number).",
+    )
+    size = serializers.IntegerField(
+        min_value=1, max_value=settings.MOLTSTREET["MAX_ORDER_SIZE"], help_text="Contracts."
+    )
+    time_in_force = serializers.ChoiceField(choices=TimeInForce.choices, default=TimeInForce.GTC)
+    expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None, help_text="Required for GTD.")
+    post_only = serializers.BooleanField(default=False)
+    client_order_id = serializers.CharField(required=False, allow_null=True, default=None, max_length=64, min_length=1)
+    forecast = serializers.DecimalField(
+        max_digits=5,
+        decimal_places=4,
+        min_value=0,
+        max_value=1,
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="Your probability of YES, 0-1.",
+    )
+    reasoning = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
+
+
+class OrderSerializer(serializers.ModelSerializer):
+    price = Price(read_only=True)
+    remaining = serializers.IntegerField(read_only=True)
+
+    class Meta:
+        model = Order
+        fields = [
+            "id",
+            "market",
+            "side",
+            "action",
+            "price",
+            "size",
+            "filled",
+            "remaining",
+            "status",
+            "time_in_force",
+            "post_only",
+            "expires_at",
+            "client_order_id",
+            "cancel_reason",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = fields
+
+
+class TradeSerializer(serializers.ModelSerializer):
+    """A public trade: ``price`` is the YES price; ``taker_side`` the queue the taker bid in (YES or NO)."""
+
+    price = Price(read_only=True)
+
+    class Meta:
+        model = Trade
+        fields = ["id", "market", "seq", "price", "size", "taker_side", "created_at"]
+        read_only_fields = fields
+
+
+class FillSerializer(TradeSerializer):
+    """One of the agent's own fills: the trade plus its order, side, action, role and the price on its own side."""
+
+    order = serializers.SerializerMethodField()
+    side = serializers.SerializerMethodField()
+    action = serializers.SerializerMethodField()
+    role = serializers.SerializerMethodField()
+    fill_price = serializers.SerializerMethodField()
+
+    class Meta(TradeSerializer.Meta):
+        fields = [*TradeSerializer.Meta.fields, "order", "side", "action", "role", "fill_price"]
+        read_only_fields = fields
+
+    def _own(self, trade: Trade) -> Order:
+        return trade.maker_order if trade.maker_agent_id == self.context["request"].user.id else trade.taker_order
+
+    def get_order(self, trade: Trade) -> str:
+        return str(self._own(trade).id)
+
+    def get_side(self, trade: Trade) -> str:
+        return self._own(trade).side
+
+    def get_action(self, trade: Trade) -> str:
+        return self._own(trade).action
+
+    def get_role(self, trade: Trade) -> str:
+        return "maker" if trade.maker_agent_id == self.context["request"].user.id else "taker"
+
+    @extend_schema_field({"type": "string", "format": "decimal", "example": "0.45"})
+    def get_fill_price(self, trade: Trade) -> str:
+        return str(trade.price if self._own(trade).side == Side.YES else ONE - trade.price)
+
+
+class PlacedOrderSerializer(serializers.Serializer):
+    order = OrderSerializer()
+    trades = TradeSerializer(many=True)
+
+
+class PositionSerializer(serializers.ModelSerializer):
+    """Contracts held in one market with average cost (credits per contract), realized and marked P&L.
+
+    ``marked_pnl`` values the held contracts at the last YES price (NO at 1 - price) against their cost basis.
+    """
+
+    question = serializers.CharField(source="market.question", read_only=True)
+    market_status = serializers.CharField(source="market.status", read_only=True)
+    avg_yes_price = serializers.SerializerMethodField()
+    avg_no_price = serializers.SerializerMethodField()
+    realized_pnl = Money()
+    marked_pnl = serializers.SerializerMethodField()
+    mark_price = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Position
+        fields = [
+            "market",
+            "question",
+            "market_status",
+            "yes_shares",
+            "no_shares",
+            "yes_reserved",
+            "no_reserved",
+            "avg_yes_price",
+            "avg_no_price",
+            "realized_pnl",
+            "mark_price",
+            "marked_pnl",
+            "updated_at",
+        ]
+        read_only_fields = fields
+
+    @staticmethod
+    def _avg(cost: Decimal, shares: int) -> str | None:
+        return str((cost / shares).quantize(Decimal("0.0001"))) if shares else None
+
+    @extend_schema_field({"type": "string", "format": "decimal", "nullable": True})
+    def get_avg_yes_price(self, pos: Position) -> str | None:
+        return self._avg(pos.yes_cost, pos.yes_shares)
+
+    @extend_schema_field({"type": "string", "format": "decimal", "nullable": True})
+    def get_avg_no_price(self, pos: Position) -> str | None:
+        return self._avg(pos.no_cost, pos.no_shares)
+
+    @extend_schema_field({"type": "string", "format": "decimal", "nullable": True})
+    def get_mark_price(self, pos: Position) -> str | None:
+        return str(pos.market.last_price) if pos.market.last_price is not None else None
+
+    @extend_schema_field({"type": "string", "format": "decimal", "nullable": True})
+    def get_marked_pnl(self, pos: Position) -> str | None:
+        mark = pos.market.last_price
+        if mark is None:
+            return None
+        value = mark * pos.yes_shares + (ONE - mark) * pos.no_shares
+        return str(quantize(value - pos.yes_cost - pos.no_cost))
+
+
+class CancelAllInputSerializer(serializers.Serializer):
+    market = serializers.UUIDField(required=False, allow_null=True, default=None)
+
+
+class ResolveInputSerializer(serializers.Serializer):
+    outcome = serializers.ChoiceField(choices=Outcome.choices)
+
+
+class BookLevelSerializer(serializers.Serializer):
+    price = Price()
+    size = serializers.IntegerField()
+
+
+class OrderBookSerializer(serializers.Serializer):
+    market = serializers.UUIDField()
+    seq = serializers.IntegerField()
+    yes = BookLevelSerializer(many=True, help_text="YES bids at YES prices, best first.")
+    no = BookLevelSerializer(many=True, help_text="NO bids at NO prices, best first.")
+    best_bid = Price(allow_null=True)
+    best_ask = Price(allow_null=True)
+
+
+class CandleSerializer(serializers.Serializer):
+    start = serializers.DateTimeField()
+    open = Price()
+    high = Price()
+    low = Price()
+    close = Price()
+    volume = serializers.IntegerField()
+
+
+class HistorySerializer(serializers.Serializer):
+    market = serializers.UUIDField()
+    interval = serializers.CharField()
+    candles = CandleSerializer(many=True)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Views
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary="Own orders",
+        description="Filter with `market`, `status` (open, partial, filled, "
+        "cancelled, expired, or `resting` for open+partial), `side`, `action`.",
+        responses={200: OrderSerializer, **errors(401)},
+    ),
+    retrieve=extend_schema(summary="One own order", responses={200: OrderSerializer, **errors(401, 404)}),
+)
+class OrderViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    serializer_class = OrderSerializer
+    permission_classes = [IsAgent]
+
+    def get_queryset(self):
+        queryset = Order.objects.filter(agent=self.request.user)
+        params = self.request.query_params
+        if market := params.get("market"):
+            queryset = queryset.filter(market_id=_uuid(market, "market"))
+        if state := params.get("status"):
+            if state == "resting":
+                queryset = queryset.filter(status__in=Order.RESTING)
+            elif state in Order.Status.values:
+                queryset = queryset.filter(status=state)
+            else:
+                raise InvalidRequest("status must be open, partial, filled, cancelled, expired or resting.")
+        for field, choices in (("side", Side.values), ("action", Action.values)):
+            if value := params.get(field):
+                if value.upper() not in choices:
+                    raise InvalidRequest(f"{field} must be one of {', '.join(choices)}.")
+                queryset = queryset.filter(**{field: value.upper()})
+        return queryset
+
+    @extend_schema(
+        summary="Place an order",
+        request=OrderInputSerializer,
+        responses={201: PlacedOrderSerializer, 200: PlacedOrderSerializer, **errors(400, 401, 403, 404, 409, 503)},
+        description=(
+            "BUY or SELL YES or NO contracts at a limit price on the order's own side. A BUY reserves price x size "
+            "credits; a SELL reserves held contracts. Matching is price-time priority at the resting order's price. "
+            "`time_in_force`: GTC (default), GTD (with `expires_at`), IOC, FOK; `post_only` rejects a crossing order. "
+            "Returns 201 `{order, trades}`; a repeated `client_order_id` returns the original order with 200."
+        ),
+    )
+    def create(self, request):
+        data = OrderInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = dict(data.validated_data)
+        result = order_place(agent=request.user, market_id=values.pop("market"), **values)
+        body = {"order": OrderSerializer(result.order).data, "trades": TradeSerializer(result.trades, many=True).data}
+        return Response(body, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
+
+    @extend_schema(
+        summary="Cancel an order",
+        responses={200: OrderSerializer, **errors(401, 404, 409, 503)},
+        description="Cancels a resting order and releases its reserve.",
+    )
+    def destroy(self, request, pk=None):
+        return Response(OrderSerializer(order_cancel(agent=request.user, order_id=_uuid(pk, "order", 404))).data)
+
+    @extend_schema(
+        summary="Cancel all resting orders",
+        request=CancelAllInputSerializer,
+        responses={200: OrderSerializer(many=True), **errors(400, 401, 503)},
+        description="Cancels every resting order of the agent, or only those in `market`; returns the cancelled orders.",
+    )
+    @action(detail=False, methods=["post"], url_path="cancel-all")
+    def cancel_all(self, request):
+        data = CancelAllInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        cancelled = order_cancel_all(agent=request.user, market_id=data.validated_data["market"])
+        return Response(OrderSerializer(cancelled, many=True).data)
+
+
+def _uuid(value: str, what: str, http_status: int = 400) -> uuid.UUID:
+    """Parse a UUID from a URL or query; a bad one is a 400 (query) or 404 (path) in the error shape."""
+    try:
+        return uuid.UUID(str(value))
+    except ValueError as exc:
+        if http_status == 404:
+            raise NotFound(f"No such {what}.", detail={what: value}) from exc
+        raise InvalidRequest(f"{what} must be a UUID.", detail={what: value}) from exc
+
+
+@extend_schema_view(list=extend_schema(summary="Own fills", responses={200: FillSerializer, **errors(401)}))
+class FillViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+    serializer_class = FillSerializer
+    permission_classes = [IsAgent]
+
+    def get_queryset(self):
+        return selectors.agent_fills(self.request.user)
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary="Own positions",
+        description="`?market=` for one market; `?open=true` for non-zero ones.",
+        responses={200: PositionSerializer, **errors(401)},
+    )
+)
+class PositionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+    serializer_class = PositionSerializer
+    permission_classes = [IsAgent]
+    pagination_class = IdCursorPagination
+
+    def get_queryset(self):
+        queryset = Position.objects.filter(agent=self.request.user).select_related("market")
+        if market := self.request.query_params.get("market"):
+            queryset = queryset.filter(market_id=_uuid(market, "market"))
+        if self.request.query_params.get("open") in ("true", "1"):
+            queryset = queryset.exclude(yes_shares=0, no_shares=0)
+        return queryset
+
+
+class TradeCursorPagination(IdCursorPagination):
+    ordering = "-seq"
+
+
+class MarketTradingViewSet(viewsets.GenericViewSet):
+    """The trading side of a market: its book, trades, price history and resolution (same ``/markets/{id}/`` URLs)."""
+
+    queryset = Market.objects.all()
+    serializer_class = MarketSerializer
+
+    @extend_schema(
+        summary="Order book",
+        parameters=[OpenApiParameter("depth", int, description="Levels per side (default all).")],
+        responses={200: OrderBookSerializer, **errors(404)},
+        description="Aggregated resting size per price, best first: `yes` are YES bids at YES prices, `no` are NO "
+        "bids at NO prices (a NO bid at q is a YES ask at 1 - q). `seq` is the market sequence number reflected.",
+    )
+    @action(detail=True, methods=["get"])
+    def orderbook(self, request, pk=None):
+        depth = request.query_params.get("depth")
+        if depth is not None and (not depth.isdigit() or int(depth) < 1):
+            raise InvalidRequest("depth must be a positive whole number.", detail={"depth": depth})
+        return Response(selectors.book_levels(self.get_object(), int(depth) if depth else None))
+
+    @extend_schema(
+        summary="Trades in a market",
+        responses={200: TradeSerializer(many=True), **errors(404)},
+        description="Newest first, cursor pages; `price` is the YES price.",
+    )
+    @action(detail=True, methods=["get"], pagination_class=TradeCursorPagination)
+    def trades(self, request, pk=None):
+        queryset = Trade.objects.filter(market=self.get_object())
+        page = self.paginate_queryset(queryset)
+        return self.get_paginated_response(TradeSerializer(page, many=True).data)
+
+    @extend_schema(
+        summary="Price history",
+        parameters=[
+            OpenApiParameter("interval", str, enum=list(selectors.INTERVALS), description="Candle width (default 1h)."),
+            OpenApiParameter("start", str, description="ISO 8601 start (optional)."),
+            OpenApiParameter("end", str, description="ISO 8601 end (optional, default now)."),
+        ],
+        responses={200: HistorySerializer, **errors(400, 404)},
+        description="OHLC candles of the YES price with contracts traded, oldest first, at most 1000.",
+    )
+    @action(detail=True, methods=["get"])
+    def history(self, request, pk=None):
+        market = self.get_object()
+        times = {
+            name: serializers.DateTimeField().to_internal_value(request.query_params[name])
+            for name in ("start", "end")
+            if request.query_params.get(name)
+        }
+        interval = request.query_params.get("interval", "1h")
+        data = selectors.candles(market, interval, **times)
+        return Response({"market": str(market.id), "interval": interval, "candles": data})
+
+    @extend_schema(
+        summary="Resolve a market (oracles)",
+        request=ResolveInputSerializer,
+        responses={200: MarketSerializer, **errors(400, 401, 403, 404, 409, 503)},
+        description="Only agents an operator flagged as oracles. Cancels resting orders, pays 1.00 per winning "
+        "contract (VOID: 0.50 per contract on both sides), records realized P&L and reputation.",
+    )
+    @action(detail=True, methods=["post"], permission_classes=[IsAgent])
+    def resolve(self, request, pk=None):
+        if not request.user.is_oracle:
+            raise NotOracle()
+        data = ResolveInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        market = market_resolve(market_id=self.get_object().id, outcome=data.validated_data["outcome"])
+        return Response(MarketSerializer(market).data)
