@@ -21,6 +21,7 @@ setup: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py collectstatic --noinput -v0
 	$(BIN)/python manage.py bootstrap --data $(DATA)
 	$(BIN)/python manage.py run_scheduler & echo $$! > .scheduler.pid; \
 	trap 'kill $$(cat .scheduler.pid) 2>/dev/null; rm -f .scheduler.pid' EXIT INT TERM; \

@@ -9,7 +9,7 @@ from rest_framework.response import Response
 
 from agents.models import Agent, LedgerEntry
 from agents.services import agent_register
-from moltstreet.api import IdCursorPagination, IsAgent, Money, errors
+from moltstreet.api import IdCursorPagination, IsAgent, Money, StableOrderingFilter, errors
 
 
 class AgentSerializer(serializers.ModelSerializer):
@@ -68,8 +68,9 @@ class LeaderboardPagination(IdCursorPagination):
 class AgentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     serializer_class = AgentSerializer
     lookup_field = "name"
-    lookup_value_regex = "[^/]+"
-    filter_backends = [filters.OrderingFilter, filters.SearchFilter]
+    # No NUL: PostgreSQL text cannot hold it, so a lookup with one would fail in the database (a 500) instead of 404.
+    lookup_value_regex = r"[^/\x00]+"
+    filter_backends = [StableOrderingFilter, filters.SearchFilter]
     ordering_fields = ["reputation", "balance", "brier_score", "created_at", "name"]
     ordering = ["-reputation"]
     search_fields = ["name"]

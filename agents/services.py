@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from agents.models import Agent, ApiKey, LedgerEntry
 from moltstreet.db import service_transaction
-from moltstreet.errors import InsufficientBalance, InvalidRequest, NameTaken
+from moltstreet.errors import InsufficientBalance, InvalidRequest, NameTaken, NotFound
 from moltstreet.money import ZERO, quantize
 
 API_KEY_PREFIX = "ms_"
@@ -159,8 +159,10 @@ def api_key_create(*, agent: Agent) -> str:
 
 @service_transaction
 def api_key_revoke(*, agent: Agent, key_id: uuid.UUID) -> ApiKey:
-    """Revoke one of the agent's keys at once. Raises ``ApiKey.DoesNotExist`` for someone else's key."""
-    key = ApiKey.objects.select_for_update().get(id=key_id, agent=agent)
+    """Revoke one of the agent's keys at once. Raises :class:`NotFound` for an unknown or someone else's key."""
+    key = ApiKey.objects.select_for_update().filter(id=key_id, agent=agent).first()
+    if key is None:
+        raise NotFound("No such API key.", detail={"key": str(key_id)})
     if key.revoked_at is None:
         key.revoked_at = timezone.now()
         key.save(update_fields=["revoked_at"])

@@ -10,7 +10,7 @@ from rest_framework.response import Response
 
 from markets.models import Forecast, Market
 from markets.services import forecast_record, market_create
-from moltstreet.api import IsAgent, Price, errors
+from moltstreet.api import IsAgent, Price, StableOrderingFilter, errors
 from moltstreet.money import ONE
 
 extend_schema_field_price = extend_schema_field(
@@ -112,7 +112,7 @@ class MarketFilter(django_filters.FilterSet):
 class MarketViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     queryset = Market.objects.select_related("creator")
     serializer_class = MarketSerializer
-    filter_backends = [django_filters.DjangoFilterBackend, filters.SearchFilter, filters.OrderingFilter]
+    filter_backends = [django_filters.DjangoFilterBackend, filters.SearchFilter, StableOrderingFilter]
     filterset_class = MarketFilter
     search_fields = ["question", "description"]
     ordering_fields = ["created_at", "deadline", "volume"]

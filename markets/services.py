@@ -9,7 +9,8 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from agents.models import Agent, LedgerEntry
@@ -29,7 +30,7 @@ def lock_market(market_id: uuid.UUID) -> Market:
     try:
         # .get() evaluates at once, so the row lock is held from here to commit.
         return Market.objects.select_for_update(of=("self",)).get(id=market_id)
-    except (Market.DoesNotExist, ValueError, TypeError) as exc:
+    except (Market.DoesNotExist, ValidationError, ValueError, TypeError) as exc:  # malformed ids are unknown ids
         raise NotFound("No such market.", detail={"market": str(market_id)}) from exc
 
 
@@ -171,3 +172,97 @@ def forecast_record(*, agent: Agent, market_id: uuid.UUID, probability: Any, rea
     market = lock_market(market_id)
     ensure_tradable(market)
     return Forecast.objects.create(agent=agent, market=market, probability=probability, reasoning=reasoning or "")
+
+
+IMPORT_PRICE_PLACES = Decimal("0.0001")
+
+
+@service_transaction
+def market_import(
+    *,
+    question: str,
+    deadline: datetime,
+    source: str,
+    external_id: str,
+    description: str = "",
+    resolution_criteria: str = "",
+    category: str = "",
+    source_url: str = "",
+    attribution: str = "",
+    reference_price: Decimal | None = None,
+    is_historical: bool = False,
+) -> Market:
+    """Create an open market for a real question of another venue: no creator, no fee (an operator import).
+
+    ``source`` names the venue (``manifold``, ``polymarket``, …) and ``external_id`` the question's id there; the pair
+    is unique, so an import never duplicates a market. ``deadline`` (time-zone aware) may lie in the past for a
+    question that already closed at its source: the caller then closes or resolves the market through
+    ``trading.services``. ``reference_price`` is the source market's probability of YES (0-1, kept to four places),
+    ``attribution`` the provenance and licence of the text, ``is_historical`` marks a past question reopened for
+    trading. Writes the market and its ``created`` event (sequence number 1); moves no money.
+
+    Raises :class:`InvalidRequest` for an empty or too long question (the importer shortens it first), an empty or
+    too long ``source``/``external_id``/``source_url``, a naive deadline or a reference price outside [0, 1], and
+    :class:`InvalidRequest` with code ``market_exists`` (detail ``market``: the existing id) when ``source`` and
+    ``external_id`` are already imported.
+    """
+    question = (question or "").strip()
+    source, external_id = (source or "").strip(), (external_id or "").strip()
+    for name, value in (("question", question), ("source", source), ("external_id", external_id)):
+        if not value:
+            raise InvalidRequest(f"{name} must not be empty.", detail={name: value})
+    for name, value in (
+        ("question", question),
+        ("source", source),
+        ("external_id", external_id),
+        ("source_url", source_url or ""),
+    ):
+        limit = Market._meta.get_field(name).max_length
+        if len(value) > limit:
+            raise InvalidRequest(
+                f"{name} must be at most {limit} characters.", detail={name: value[:80], "limit": limit}
+            )
+    if timezone.is_naive(deadline):
+        raise InvalidRequest("deadline must carry a time zone.", detail={"deadline": deadline.isoformat()})
+    if reference_price is not None:
+        try:
+            reference_price = Decimal(str(reference_price))
+        except (InvalidOperation, ValueError) as exc:
+            raise InvalidRequest(
+                "reference_price must be a number.", detail={"reference_price": str(reference_price)}
+            ) from exc
+        if not reference_price.is_finite() or not 0 <= reference_price <= 1:
+            raise InvalidRequest(
+                "reference_price must be between 0 and 1.", detail={"reference_price": str(reference_price)}
+            )
+        reference_price = reference_price.quantize(IMPORT_PRICE_PLACES)
+    existing = Market.objects.filter(source=source, external_id=external_id).values_list("id", flat=True).first()
+    if existing is not None:
+        raise InvalidRequest(
+            "This question is already imported.", code="market_exists", detail={"market": str(existing)}
+        )
+    try:
+        # A savepoint: a concurrent import of the same question hits the unique constraint, not a broken transaction.
+        with transaction.atomic():
+            market = Market.objects.create(
+                question=question,
+                description=description or "",
+                resolution_criteria=resolution_criteria or "",
+                category=(category or "")[:40],
+                deadline=deadline,
+                source=source,
+                source_url=source_url or "",
+                external_id=external_id,
+                attribution=attribution or "",
+                reference_price=reference_price,
+                is_historical=is_historical,
+            )
+    except IntegrityError as exc:
+        raise InvalidRequest(
+            "This question is already imported.", code="market_exists", detail={"source": source, "id": external_id}
+        ) from exc
+    # The new row is not visible to anyone else before commit, so no lock is needed to number its first event.
+    log = EventLog(market)
+    log.add(MarketEvent.Kind.MARKET, {"event": "created", "market": market_payload(market)})
+    log.flush()
+    return market

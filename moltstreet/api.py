@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from drf_spectacular.utils import OpenApiResponse, inline_serializer
-from rest_framework import permissions, serializers
-from rest_framework.pagination import CursorPagination
+from rest_framework import filters, permissions, serializers
 
 from moltstreet.errors import error_body
+from moltstreet.pagination import CheckedCursorPagination
 
 
 class IsAgent(permissions.IsAuthenticated):
@@ -44,15 +46,22 @@ class Money(serializers.DecimalField):
 
 
 class Price(serializers.DecimalField):
-    """A price in credits per contract as a decimal string (``"0.55"``)."""
+    """A price in credits per contract as a decimal string (``"0.55"``).
+
+    Input may be a string or a number; trailing zeros past the tick are fine (``"0.550"``), other digits are not.
+    """
 
     def __init__(self, **kwargs):
         kwargs.setdefault("max_digits", 3)
         kwargs.setdefault("decimal_places", 2)
         super().__init__(**kwargs)
 
+    def validate_precision(self, value):
+        normalized = value.quantize(Decimal("0.01")) if value == value.quantize(Decimal("0.01")) else value
+        return super().validate_precision(normalized)
 
-class IdCursorPagination(CursorPagination):
+
+class IdCursorPagination(CheckedCursorPagination):
     """Newest first by insertion id, for rows created in bursts with equal timestamps (ledger, trades)."""
 
     ordering = "-id"
@@ -65,6 +74,18 @@ class SeqCursorPagination(IdCursorPagination):
     ordering = "-seq"
 
 
+class StableOrderingFilter(filters.OrderingFilter):
+    """``OrderingFilter`` that breaks ties by ``id``. Cursor pages over equal values (reputation 0.00, volume 0) need
+    a total order: without one the database may return ties in another order for each page, repeating some rows and
+    skipping others."""
+
+    def get_ordering(self, request, queryset, view):
+        ordering = super().get_ordering(request, queryset, view)
+        if ordering and not any(field.lstrip("-") in ("id", "pk") for field in ordering):
+            ordering = [*ordering, "id"]
+        return ordering
+
+
 __all__ = [
     "ErrorSerializer",
     "IdCursorPagination",
@@ -72,6 +93,7 @@ __all__ = [
     "Money",
     "Price",
     "SeqCursorPagination",
+    "StableOrderingFilter",
     "error_body",
     "errors",
 ]

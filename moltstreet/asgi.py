@@ -1,11 +1,4 @@
-"""
-ASGI config for moltstreet project.
-
-It exposes the ASGI callable as a module-level variable named ``application``.
-
-For more information on this file, see
-https://docs.djangoproject.com/en/5.2/howto/deployment/asgi/
-"""
+"""ASGI entry point served by daphne: HTTP (API, pages, admin) now; websocket routes join here (DESIGN section 8)."""
 
 import os
 
@@ -13,4 +6,8 @@ from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "moltstreet.settings")
 
-application = get_asgi_application()
+django_asgi_app = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter  # noqa: E402  (Django must be set up first)
+
+application = ProtocolTypeRouter({"http": django_asgi_app})

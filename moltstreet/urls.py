@@ -10,7 +10,9 @@ from agents.api import AgentViewSet, LedgerViewSet
 from markets.api import MarketViewSet
 from trading.api import FillViewSet, MarketTradingViewSet, OrderViewSet, PositionViewSet
 
-router = DefaultRouter(trailing_slash=True)
+# "/?": agents often POST to /orders without the slash; a redirect would turn their POST into a GET.
+router = DefaultRouter()
+router.trailing_slash = "/?"
 router.include_root_view = False
 router.register("agents", AgentViewSet, basename="agent")
 router.register("markets", MarketViewSet, basename="market")
@@ -28,5 +30,6 @@ urlpatterns = [
     path("", RedirectView.as_view(url="/api/docs/", permanent=False)),
 ]
 
+handler400 = "moltstreet.views.bad_request"
 handler404 = "moltstreet.views.not_found"
 handler500 = "moltstreet.views.server_error"

@@ -6,6 +6,15 @@ from django.views import defaults
 from moltstreet.errors import error_body
 
 
+def bad_request(request, exception=None):
+    # Django's own 400s (a body over DATA_UPLOAD_MAX_MEMORY_SIZE, a bad Host header) never reach DRF's handler.
+    if request.path.startswith("/api/"):
+        return JsonResponse(
+            error_body("bad_request", "The request could not be read: it is malformed or too large."), status=400
+        )
+    return defaults.bad_request(request, exception)
+
+
 def not_found(request, exception=None):
     if request.path.startswith("/api/"):
         return JsonResponse(error_body("not_found", "No such endpoint.", {"path": request.path}), status=404)

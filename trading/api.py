@@ -24,8 +24,18 @@ from trading.services import market_resolve, order_cancel, order_cancel_all, ord
 # Serializers
 
 
+class UUIDStringField(serializers.UUIDField):
+    """A UUID sent as a string. DRF's ``UUIDField`` also turns a JSON integer into a UUID (``7`` becomes
+    ``00000000-0000-0000-0000-000000000007``), so a mistyped id would read as an unknown market, or cancel nothing."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class OrderInputSerializer(serializers.Serializer):
-    market = serializers.UUIDField()
+    market = UUIDStringField()
     side = serializers.ChoiceField(choices=Side.choices, help_text="YES or NO: the contract bought or sold.")
     action = serializers.ChoiceField(choices=Action.choices, help_text="BUY or SELL.")
     price = Price(
@@ -188,7 +198,7 @@ class PositionSerializer(serializers.ModelSerializer):
 
 
 class CancelAllInputSerializer(serializers.Serializer):
-    market = serializers.UUIDField(required=False, allow_null=True, default=None)
+    market = UUIDStringField(required=False, allow_null=True, default=None)
 
 
 class ResolveInputSerializer(serializers.Serializer):

@@ -13,7 +13,7 @@ from django.db.models import Count, F, Max, Min, Q, Sum
 
 from agents.models import Agent, LedgerEntry
 from markets.models import Market, MarketEvent
-from moltstreet.money import ONE, ZERO
+from moltstreet.money import ONE, ZERO, quantize
 from trading.models import Action, Order, Position, Side, Trade
 
 
@@ -89,10 +89,11 @@ def _pairs(report: AuditReport) -> None:
 
 
 def _money(report: AuditReport) -> None:
-    balances = Agent.objects.aggregate(s=Sum("balance"))["s"] or ZERO
+    # quantize: SQLite sums decimals in floating point; PostgreSQL's sums are exact already.
+    balances = quantize(Agent.objects.aggregate(s=Sum("balance"))["s"] or ZERO)
     pairs = Position.objects.aggregate(s=Sum("yes_shares"))["s"] or 0
     by_kind = dict(LedgerEntry.objects.values_list("kind").annotate(s=Sum("amount")).values_list("kind", "s"))
-    external = sum((by_kind.get(k, ZERO) for k in ("grant", "fee", "adjustment")), ZERO)
+    external = quantize(sum((by_kind.get(k, ZERO) for k in ("grant", "fee", "adjustment")), ZERO))
     report.figures.update(
         {
             "agents": Agent.objects.count(),
@@ -106,7 +107,12 @@ def _money(report: AuditReport) -> None:
 
 
 def _ledger(report: AuditReport) -> None:
-    sums = dict(LedgerEntry.objects.values("agent_id").annotate(s=Sum("amount")).values_list("agent_id", "s"))
+    sums = {
+        agent_id: quantize(total)
+        for agent_id, total in LedgerEntry.objects.values("agent_id")
+        .annotate(s=Sum("amount"))
+        .values_list("agent_id", "s")
+    }
     for agent in Agent.objects.only("id", "name", "balance"):
         if sums.get(agent.id, ZERO) != agent.balance:
             report.breach(

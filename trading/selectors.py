@@ -68,7 +68,10 @@ def candles(
         raise InvalidRequest(f"interval must be one of {', '.join(INTERVALS)}.", detail={"interval": interval})
     step = INTERVALS[interval]
     end = end or timezone.now()
-    earliest = end - step * MAX_CANDLES
+    try:
+        earliest = end - step * MAX_CANDLES
+    except OverflowError:  # an ``end`` near year 1: the window starts at the earliest representable time
+        earliest = datetime.min.replace(tzinfo=end.tzinfo)
     start = max(start, earliest) if start else earliest
     trades = (
         Trade.objects.filter(market=market, created_at__gte=start, created_at__lte=end)

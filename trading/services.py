@@ -8,6 +8,7 @@ Orders and positions of a market change only under its market lock, so they need
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -15,6 +16,8 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import DatabaseError
 from django.db.models import F, Max, Q, Sum
 from django.utils import timezone
 
@@ -35,6 +38,7 @@ from moltstreet.errors import (
     InsufficientPosition,
     InvalidRequest,
     MarketAlreadyResolved,
+    MoltStreetError,
     NotFound,
     OrderNotCancellable,
     PostOnlyWouldCross,
@@ -42,6 +46,8 @@ from moltstreet.errors import (
 from moltstreet.money import CENT, HALF, MAX_PRICE, MIN_PRICE, ONE, ZERO, quantize
 from trading import matching
 from trading.models import Action, Order, Position, Side, TimeInForce, Trade
+
+logger = logging.getLogger(__name__)
 
 RESTING = Order.RESTING
 # Test-only switch for the concurrency suite's negative control: with it off, no row is locked (never in production).
@@ -305,6 +311,9 @@ class MarketTx:
 
     def flush(self) -> list[MarketEvent]:
         self.cash.flush()
+        now = timezone.now()  # bulk_update does not apply auto_now
+        for row in [*self.positions.values(), *self.orders.values()]:
+            row.updated_at = now
         new_positions = [self.positions[a] for a in self.new_positions]
         old_positions = [p for a, p in self.positions.items() if a not in self.new_positions]
         if new_positions:
@@ -337,6 +346,10 @@ class MarketTx:
 
 
 def _lock_market(market_id) -> Market:
+    try:  # a malformed id is an unknown market (Django would raise ValidationError, not DoesNotExist)
+        uuid.UUID(str(market_id))
+    except ValueError as exc:
+        raise NotFound("No such market.", detail={"market": str(market_id)}) from exc
     if LOCKING_ENABLED:
         return lock_market(market_id)
     try:
@@ -471,8 +484,10 @@ def order_place(
         tx.end_order(order, Order.Status.EXPIRED, Order.CancelReason.EXPIRED, "expired")
     for order in plan.self_trade_cancels:
         tx.end_order(order, Order.Status.CANCELLED, Order.CancelReason.SELF_TRADE, "cancelled")
-    for order in touched:
-        tx.net(order.agent_id)
+    for agent_id in {o.agent_id for o in touched}:
+        # A selling taker reserves its contracts first (below): netting now could merge away what it offers.
+        if agent_id != agent.id or action == Action.BUY:
+            tx.net(agent_id)
 
     # Reserve collateral for the whole order.
     if action == Action.BUY:
@@ -619,7 +634,7 @@ def order_cancel(*, agent: Agent, order_id: uuid.UUID | str) -> Order:
     """
     try:
         order = Order.objects.only("id", "market_id", "agent_id").get(id=order_id, agent=agent)
-    except (Order.DoesNotExist, ValueError, TypeError) as exc:
+    except (Order.DoesNotExist, ValidationError, ValueError, TypeError) as exc:
         raise NotFound("No such order.", detail={"order": str(order_id)}) from exc
     cancelled = _cancel_in_market(order.market_id, Q(id=order.id), Order.CancelReason.USER)
     if not cancelled:
@@ -634,13 +649,18 @@ def order_cancel_all(
 ) -> list[Order]:
     """Cancel every resting order of the agent, optionally only in one market; returns the cancelled orders.
 
-    Markets are locked one after another in ascending id order, each before the agent (DESIGN section 6).
+    All its markets are locked first, in ascending id order, then the agent (DESIGN section 6).
     """
     resting = Order.objects.filter(agent=agent, status__in=RESTING)
     if market_id is not None:
         resting = resting.filter(market_id=market_id)
     cancelled: list[Order] = []
-    for mid in sorted(set(resting.values_list("market_id", flat=True))):
+    market_ids = sorted(set(resting.values_list("market_id", flat=True)))
+    # Every market row first, then the agent: holding the agent while waiting for the next market deadlocks with a
+    # trade in that market, which holds the market and waits for the agent (DESIGN section 6).
+    for mid in market_ids:
+        _lock_market(mid)
+    for mid in market_ids:
         cancelled += _cancel_in_market(mid, Q(agent=agent), reason)
     return cancelled
 
@@ -792,19 +812,36 @@ def agent_reinstate(*, agent_id: uuid.UUID) -> Agent:
 
 
 def markets_close_due(now: datetime | None = None) -> list[Market]:
-    """Close every open market whose deadline has passed (the scheduler calls this)."""
+    """Close every open market whose deadline has passed (the scheduler calls this).
+
+    One transaction per market; a market that fails (e.g. a lock timeout) is logged and left for the next pass, so it
+    cannot hold up the others.
+    """
     now = now or timezone.now()
     due = Market.objects.filter(status=Market.Status.OPEN, deadline__lte=now).values_list("id", flat=True)
-    return [market_close(market_id=mid) for mid in list(due)]
+    closed = []
+    for mid in list(due):
+        try:
+            closed.append(market_close(market_id=mid))
+        except (MoltStreetError, DatabaseError):
+            logger.exception("closing market %s failed; retrying on the next pass", mid)
+    return closed
 
 
 def orders_expire_due(now: datetime | None = None) -> int:
-    """Expire every GTD order past its ``expires_at``, one transaction per market (the scheduler calls this)."""
+    """Expire every GTD order past its ``expires_at``, one transaction per market (the scheduler calls this).
+
+    A market that fails is logged and left for the next pass. Returns how many orders expired.
+    """
     now = now or timezone.now()
-    markets = (
-        Order.objects.filter(status__in=RESTING, expires_at__lte=now).values_list("market_id", flat=True).distinct()
-    )
-    return sum(orders_expire(market_id=mid, now=now) for mid in list(markets))
+    markets = Order.objects.filter(status__in=RESTING, expires_at__lte=now).values_list("market_id", flat=True)
+    expired = 0
+    for mid in list(markets.distinct()):
+        try:
+            expired += orders_expire(market_id=mid, now=now)
+        except (MoltStreetError, DatabaseError):
+            logger.exception("expiring orders in market %s failed; retrying on the next pass", mid)
+    return expired
 
 
 def position_totals(market: Market) -> dict[str, int]:

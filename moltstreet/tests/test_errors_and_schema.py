@@ -1,0 +1,352 @@
+"""Every route of /api/v1/ answers errors in the one shape (DESIGN section 7), and the OpenAPI schema and docs are served.
+
+``ROUTES`` lists every method and path of the agent API; a test checks it against the URL conf, so a new endpoint
+without an entry here fails the suite. Every test in the API suites uses :func:`moltstreet.testing.api_client`, which
+checks the error shape of every 4xx/5xx response it receives.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import pytest
+import yaml
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.db import OperationalError
+from django.http import Http404
+from rest_framework import exceptions as drf_exceptions
+
+from moltstreet import errors
+from moltstreet.testing import API, api_client, assert_error, assert_error_shape, make_oracle, unchanged
+from moltstreet.urls import router
+
+pytestmark = pytest.mark.django_db
+
+UNKNOWN = "00000000-0000-0000-0000-000000000000"
+
+# (method, path under /api/v1/, who may call it). Placeholders: {market}, {order}, {name}.
+ROUTES = [
+    ("POST", "/agents/", "anyone"),
+    ("GET", "/agents/", "anyone"),
+    ("GET", "/agents/me/", "agent"),
+    ("GET", "/agents/{name}/", "anyone"),
+    ("POST", "/markets/", "agent"),
+    ("GET", "/markets/", "anyone"),
+    ("GET", "/markets/{market}/", "anyone"),
+    ("GET", "/markets/{market}/orderbook/", "anyone"),
+    ("GET", "/markets/{market}/trades/", "anyone"),
+    ("GET", "/markets/{market}/history/", "anyone"),
+    ("POST", "/markets/{market}/resolve/", "oracle"),
+    ("POST", "/markets/{market}/forecast/", "agent"),
+    ("POST", "/orders/", "agent"),
+    ("GET", "/orders/", "agent"),
+    ("GET", "/orders/{order}/", "agent"),
+    ("DELETE", "/orders/{order}/", "agent"),
+    ("POST", "/orders/cancel-all/", "agent"),
+    ("GET", "/positions/", "agent"),
+    ("GET", "/trades/", "agent"),
+    ("GET", "/ledger/", "agent"),
+]
+ROUTE_IDS = [f"{method} {path}" for method, path, _ in ROUTES]
+
+# A valid body per POST route, so that the error a test provokes is the one it means to.
+VALID_BODIES = {
+    "/agents/": lambda ctx: {"name": "newcomer"},
+    "/markets/": lambda ctx: {"question": "Will it work?", "deadline": "2030-01-01T00:00:00Z"},
+    "/markets/{market}/resolve/": lambda ctx: {"outcome": "YES"},
+    "/markets/{market}/forecast/": lambda ctx: {"probability": "0.5"},
+    "/orders/": lambda ctx: {"market": ctx["market"], "side": "YES", "action": "BUY", "price": "0.50", "size": 1},
+    "/orders/cancel-all/": lambda ctx: {},
+}
+
+
+def _shape(path: str) -> str:
+    return re.sub(r"\{[^}]+\}", "{}", path)
+
+
+def _url(path: str, **values: str) -> str:
+    return API + path.format(**values)
+
+
+def _call(client, method: str, url: str, body=None):
+    if method == "GET":
+        return client.get(url)
+    if method == "DELETE":
+        return client.delete(url)
+    return client.generic(method, url, json.dumps(body if body is not None else {}), content_type="application/json")
+
+
+@pytest.fixture
+def ctx(make_agent, market):
+    """An oracle agent with a resting order in an open market: something for every wrong request to damage."""
+    oracle = make_agent("oracle-agent")
+    make_oracle(oracle)
+    response = api_client(oracle).post(
+        f"{API}/orders/", {"market": str(market.id), "side": "YES", "action": "BUY", "price": "0.40", "size": 5}
+    )
+    assert response.status_code == 201
+    return {"agent": oracle, "market": str(market.id), "order": response.json()["order"]["id"], "name": oracle.name}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The route table is complete
+
+
+def test_the_route_table_lists_every_endpoint_of_the_api():
+    served = set()
+    for pattern in router.urls:
+        regex = pattern.pattern.regex.pattern
+        if "(?P<format>" in regex:
+            continue
+        # The router makes the trailing slash optional ("/?"); the table writes it.
+        path = "/" + re.sub(r"\(\?P<\w+>[^)]*\)", "{}", regex).lstrip("^").rstrip("$").replace("/?", "/")
+        # DRF adds HEAD to a viewset's actions once it has served a GET: HEAD comes with every GET.
+        for method in set(pattern.callback.actions) - {"head", "options"}:
+            served.add((method.upper(), path))
+    assert served == {(method, _shape(path)) for method, path, _ in ROUTES}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Every route: errors in the one shape, and nothing changed
+
+
+@pytest.mark.parametrize(("method", "path", "who"), ROUTES, ids=ROUTE_IDS)
+def test_every_route_refuses_a_wrong_key(method, path, who, ctx, audit_clean):
+    url = _url(path, **ctx)
+    body = VALID_BODIES[path](ctx) if path in VALID_BODIES else None
+    with unchanged(audit_clean):
+        assert_error(_call(api_client(key="ms_" + "0" * 43), method, url, body), 401, "invalid_api_key")
+        assert_error(_call(api_client(authorization="Token abc"), method, url, body), 401, "invalid_api_key")
+
+
+@pytest.mark.parametrize(("method", "path", "who"), [r for r in ROUTES if r[2] != "anyone"], ids=str)
+def test_every_agent_route_asks_for_a_key(method, path, who, ctx, audit_clean):
+    body = VALID_BODIES[path](ctx) if path in VALID_BODIES else None
+    with unchanged(audit_clean):
+        response = _call(api_client(), method, _url(path, **ctx), body)
+        assert_error(response, 401, "not_authenticated")
+        assert response["WWW-Authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize(("method", "path", "who"), [r for r in ROUTES if "{" in r[1]], ids=str)
+@pytest.mark.parametrize("missing", [UNKNOWN, "not-a-uuid", "0"])
+def test_every_route_with_an_id_answers_404_for_an_unknown_one(method, path, who, missing, ctx, audit_clean):
+    values = {**ctx, "market": missing, "order": missing, "name": "no-such-agent-" + missing}
+    body = VALID_BODIES[path](ctx) if path in VALID_BODIES else None
+    with unchanged(audit_clean):
+        assert_error(_call(api_client(ctx["agent"]), method, _url(path, **values), body), 404, "not_found")
+
+
+@pytest.mark.parametrize(("method", "path", "who"), ROUTES, ids=ROUTE_IDS)
+def test_every_route_refuses_a_method_it_does_not_serve(method, path, who, ctx, audit_clean):
+    served = {m for m, p, _ in ROUTES if p == path}
+    with unchanged(audit_clean):
+        for other in sorted({"GET", "POST", "PUT", "PATCH", "DELETE"} - served):
+            response = _call(api_client(ctx["agent"]), other, _url(path, **ctx), {})
+            assert_error(response, 405, "method_not_allowed")
+
+
+@pytest.mark.parametrize(("method", "path", "who"), [r for r in ROUTES if r[0] == "POST"], ids=str)
+@pytest.mark.parametrize("raw", ['{"unterminated": ', "{'single': 'quotes'}", "\x00"], ids=["cut", "quotes", "nul"])
+def test_every_post_route_refuses_malformed_json(method, path, who, raw, ctx, audit_clean):
+    with unchanged(audit_clean):
+        response = api_client(ctx["agent"]).post(_url(path, **ctx), raw, content_type="application/json")
+        assert_error(response, 400, "malformed_json")
+
+
+@pytest.mark.parametrize(("method", "path", "who"), [r for r in ROUTES if r[0] == "POST"], ids=str)
+def test_every_post_route_refuses_a_body_that_is_not_json(method, path, who, ctx, audit_clean):
+    with unchanged(audit_clean):
+        response = api_client(ctx["agent"]).post(_url(path, **ctx), "a=1", content_type="text/plain")
+        assert_error(response, 415, "unsupported_media_type")
+
+
+LIST_ROUTES = [(m, p, w) for m, p, w in ROUTES if m == "GET" and p.endswith(("s/", "ledger/")) and "{" not in p]
+LIST_ROUTES.append(("GET", "/markets/{market}/trades/", "anyone"))
+
+
+@pytest.mark.parametrize(("method", "path", "who"), LIST_ROUTES, ids=str)
+@pytest.mark.parametrize("forged", ["p=abc", "p=NaN", "r=1&p=x", "o=1&p=one", "p=2026-13-45"])
+def test_every_list_refuses_a_forged_cursor(method, path, who, forged, ctx, audit_clean):
+    # A cursor is opaque but decodable: one made up or mangled by a client must be refused, not break the query.
+    cursor = base64.b64encode(forged.encode()).decode()
+    with unchanged(audit_clean):
+        response = api_client(ctx["agent"]).get(_url(path, **ctx) + f"?cursor={cursor}")
+        assert_error(response, 404, "not_found")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Unknown endpoints, server errors, busy database
+
+
+@pytest.mark.parametrize(
+    "url", ["/api/v1/nope/", "/api/v1/nope", "/api/v1/", "/api/v2/markets/", "/api/v1/markets/{market}/bogus/"]
+)
+def test_an_unknown_api_endpoint_answers_404_in_the_error_shape(url, ctx, audit_clean):
+    with unchanged(audit_clean):
+        for client in (api_client(), api_client(ctx["agent"])):
+            assert_error(client.get(url.format(**ctx)), 404, "not_found")
+            assert_error(client.post(url.format(**ctx), {}), 404, "not_found")
+
+
+def test_a_body_too_large_to_read_is_refused_in_the_error_shape(ctx, audit_clean):
+    body = json.dumps({**VALID_BODIES["/orders/"](ctx), "reasoning": "x" * 3_000_000})
+    with unchanged(audit_clean):
+        response = api_client(ctx["agent"]).post(f"{API}/orders/", body, content_type="application/json")
+        assert_error(response, 400, "bad_request")
+
+
+def test_the_checking_client_catches_an_error_in_another_shape(db):
+    # Outside /api/ Django's own HTML 404 page is served: the client must refuse it, or its checks prove nothing.
+    with pytest.raises(AssertionError):
+        api_client().get("/definitely-not-a-page/")
+
+
+def test_an_unexpected_exception_becomes_a_500_in_the_error_shape(ctx, monkeypatch, audit_clean):
+    def explode(**kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("trading.api.order_place", explode)
+    client = api_client(ctx["agent"])
+    client.raise_request_exception = False
+    with unchanged(audit_clean):
+        response = client.post(f"{API}/orders/", VALID_BODIES["/orders/"](ctx))
+        error = assert_error(response, 500, "internal_error")
+    assert "boom" not in error["message"]
+
+
+@pytest.mark.parametrize(
+    "exc", [errors.ServiceBusy(), OperationalError("lock timeout")], ids=["service_busy", "operational_error"]
+)
+def test_a_busy_database_becomes_a_503_with_retry_after(exc, ctx, monkeypatch, audit_clean):
+    def busy(**kwargs):
+        raise exc
+
+    monkeypatch.setattr("trading.api.order_place", busy)
+    with unchanged(audit_clean):
+        response = api_client(ctx["agent"]).post(f"{API}/orders/", VALID_BODIES["/orders/"](ctx))
+        assert_error(response, 503, "service_busy")
+    assert int(response["Retry-After"]) >= 1
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The exception handler itself
+
+
+def _all_subclasses(cls):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _all_subclasses(sub)
+
+
+class _Rendered:
+    """Just enough of a response for :func:`assert_error_shape`."""
+
+    def __init__(self, response):
+        self.status_code = response.status_code
+        self._headers = {"Content-Type": "application/json"}
+        self._data = json.loads(json.dumps(response.data))
+
+    def __getitem__(self, name):
+        return self._headers[name]
+
+    def json(self):
+        return self._data
+
+
+@pytest.mark.parametrize("cls", sorted(_all_subclasses(errors.MoltStreetError), key=lambda c: c.__name__), ids=str)
+def test_every_domain_error_renders_in_the_one_shape(cls):
+    response = errors.api_exception_handler(cls(detail={"price": "0.5"}), {})
+    assert 400 <= response.status_code < 600
+    error = assert_error_shape(_Rendered(response))
+    assert error["code"] == cls.code
+    assert error["detail"] == {"price": "0.5"}
+    assert (response.get("Retry-After") is not None) == (cls.retry_after is not None)
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "code"),
+    [
+        (drf_exceptions.ValidationError({"size": ["bad"]}), 400, "invalid_request"),
+        (drf_exceptions.ValidationError(["bad"]), 400, "invalid_request"),
+        (drf_exceptions.ParseError(), 400, "malformed_json"),
+        (drf_exceptions.NotAuthenticated(), 401, "not_authenticated"),
+        (drf_exceptions.AuthenticationFailed(), 401, "invalid_api_key"),
+        (drf_exceptions.PermissionDenied(), 403, "permission_denied"),
+        (drf_exceptions.NotFound(), 404, "not_found"),
+        (drf_exceptions.MethodNotAllowed("PUT"), 405, "method_not_allowed"),
+        (drf_exceptions.NotAcceptable(), 406, "not_acceptable"),
+        (drf_exceptions.UnsupportedMediaType("text/plain"), 415, "unsupported_media_type"),
+        (drf_exceptions.Throttled(wait=2.5), 429, "rate_limited"),
+        (Http404(), 404, "not_found"),
+        (DjangoPermissionDenied(), 403, "permission_denied"),
+        (OperationalError(), 503, "service_busy"),
+    ],
+    ids=lambda value: value if isinstance(value, (int, str)) else type(value).__name__,
+)
+def test_framework_errors_render_in_the_one_shape(exc, status, code):
+    response = errors.api_exception_handler(exc, {})
+    assert response.status_code == status
+    assert assert_error_shape(_Rendered(response))["code"] == code
+    if status == 429:
+        assert response["Retry-After"] == "3"
+
+
+def test_validation_errors_keep_their_field_details():
+    response = errors.api_exception_handler(drf_exceptions.ValidationError({"size": ["too big"]}), {})
+    assert response.data["error"]["detail"] == {"size": ["too big"]}
+    assert "size" in response.data["error"]["message"]
+
+
+def test_an_unknown_exception_is_left_to_the_500_handler():
+    assert errors.api_exception_handler(RuntimeError("boom"), {}) is None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# OpenAPI schema and docs
+
+
+def _schema_operations(schema: dict) -> set[tuple[str, str]]:
+    return {
+        (method.upper(), _shape(path.removeprefix(API)))
+        for path, operations in schema["paths"].items()
+        for method in operations
+        if method in {"get", "post", "put", "patch", "delete"}
+    }
+
+
+def test_the_openapi_schema_is_served_as_yaml_and_documents_every_route(db):
+    response = api_client().get("/api/schema/")
+
+    assert response.status_code == 200
+    schema = yaml.safe_load(response.content)
+    assert schema["openapi"].startswith("3.")
+    assert schema["info"]["title"]
+    assert _schema_operations(schema) == {(method, _shape(path)) for method, path, _ in ROUTES}
+    security = schema["components"]["securitySchemes"]
+    assert {"type": "http", "scheme": "bearer"}.items() <= next(iter(security.values())).items()
+    error = schema["components"]["schemas"]["Error"]
+    assert set(error["properties"]) == {"error"}
+
+
+def test_the_openapi_schema_is_served_as_json(db):
+    response = api_client().get("/api/schema/?format=json")
+
+    assert response.status_code == 200
+    assert "json" in response["Content-Type"]
+    schema = json.loads(response.content)
+    assert _schema_operations(schema) == {(method, _shape(path)) for method, path, _ in ROUTES}
+    order_input = schema["components"]["schemas"]["OrderInputRequest"]
+    assert {"market", "side", "action", "price", "size"} <= set(order_input["required"])
+
+
+def test_the_api_docs_page_is_served(db):
+    response = api_client().get("/api/docs/")
+
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/html")
+    page = response.content.decode()
+    assert "swagger" in page.lower()
+    assert "/api/schema/" in page
