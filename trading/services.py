@@ -376,6 +376,8 @@ def _same_request(order: Order, **params) -> bool:
         and order.action == params["action"]
         and order.price == params["price"]
         and order.size == params["size"]
+        and order.time_in_force == params["time_in_force"]
+        and order.post_only == params["post_only"]
     )
 
 
@@ -440,6 +442,7 @@ def order_place(
         raise InvalidRequest("client_order_id must be 1-64 characters.", detail={"client_order_id": client_order_id})
     stated = parse_probability(forecast) if forecast is not None else None
     params = {"market_id": market_id, "side": side, "action": action, "price": price, "size": size}
+    params |= {"time_in_force": tif, "post_only": bool(post_only)}
     if (found := _existing(agent, client_order_id, **params)) is not None:
         return found
 
@@ -653,7 +656,10 @@ def order_cancel_all(
     """
     resting = Order.objects.filter(agent=agent, status__in=RESTING)
     if market_id is not None:
-        resting = resting.filter(market_id=market_id)
+        try:
+            resting = resting.filter(market_id=uuid.UUID(str(market_id)))
+        except ValueError as exc:
+            raise NotFound("No such market.", detail={"market": str(market_id)}) from exc
     cancelled: list[Order] = []
     market_ids = sorted(set(resting.values_list("market_id", flat=True)))
     # Every market row first, then the agent: holding the agent while waiting for the next market deadlocks with a

@@ -1,0 +1,378 @@
+"""Random sequences of exchange commands keep every invariant of DESIGN section 5 (a Hypothesis state machine).
+
+Each step calls one service the way the API would: registering agents, creating markets, placing orders of all four
+intents with random prices, sizes and times in force (and invalid ones), selling held contracts, cancelling,
+expiring, closing, resolving and adjusting credits. After every step ``run_audit`` (which replays the ledger) must
+find nothing. Only ``MoltStreetError`` may escape a service, and a refused call must change nothing at all.
+
+Each example runs inside its own savepoint that is rolled back afterwards, so examples are independent.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.db import transaction
+from django.db.models import Sum
+from django.utils import timezone
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from agents.models import Agent, LedgerEntry
+from agents.services import agent_grant_credits
+from markets.models import Market
+from markets.services import forecast_record
+from moltstreet.errors import (
+    InsufficientBalance,
+    InsufficientPosition,
+    MoltStreetError,
+)
+from trading.audit import run_audit
+from trading.models import Order, Position
+from trading.services import (
+    agent_reinstate,
+    agent_suspend,
+    market_close,
+    market_resolve,
+    order_cancel,
+    order_cancel_all,
+    order_place,
+    orders_expire_due,
+)
+from trading.tests.factories import new_agent, new_market, snapshot
+
+ZERO = Decimal("0.00")
+ONE = Decimal("1.00")
+CENT = Decimal("0.01")
+
+# Mostly near 0.50 (Hypothesis favours the offset 0, and 0.50 + 0.50 crosses), so that orders often trade; now and
+# then anywhere on the tick grid.
+prices = st.one_of(st.integers(min_value=-15, max_value=15).map(lambda d: 50 + d), st.integers(1, 99)).map(
+    lambda cents: Decimal(cents) * CENT
+)
+sizes = st.one_of(st.integers(min_value=1, max_value=20), st.integers(min_value=21, max_value=3000))
+tifs = st.sampled_from(["GTC", "GTC", "GTD", "IOC", "FOK"])
+client_ids = st.sampled_from([None, None, None, None, None, None, "c-1", "c-2"])
+forecasts = st.one_of(st.none(), st.integers(min_value=0, max_value=100).map(lambda n: Decimal(n) / 100))
+picks = st.integers(min_value=0, max_value=1_000)
+order_requests = st.fixed_dictionaries(
+    {
+        "agent": picks,
+        "market": picks,
+        # "SELL held" first: Hypothesis often draws the first choice.
+        "intent": st.sampled_from(
+            ["SELL held", "BUY YES", "BUY NO", "SELL held", "BUY YES", "BUY NO", "SELL YES", "SELL NO"]
+        ),
+        "price": prices,
+        "size": sizes,
+        "share": st.integers(min_value=1, max_value=100),
+        "tif": tifs,
+        "post_only": st.booleans(),
+        "expiry_hours": st.integers(min_value=1, max_value=6),
+        "client_order_id": client_ids,
+        "forecast": forecasts,
+    }
+)
+
+# About 45 seconds: each step that changed something runs the full audit (about 15 queries and a ledger replay).
+MAX_EXAMPLES = 10
+STEPS = 40
+
+# (kwargs override, why it is invalid): each must raise a MoltStreetError and change nothing.
+INVALID = [
+    ({"price": "0.00"}, "price below 0.01"),
+    ({"price": "1.00"}, "price above 0.99"),
+    ({"price": "0.555"}, "price off the tick"),
+    ({"price": "abc"}, "price not a number"),
+    ({"size": 0}, "size below 1"),
+    ({"size": 10_000_000}, "size above the maximum"),
+    ({"size": "2.5"}, "size not whole"),
+    ({"side": "MAYBE"}, "unknown side"),
+    ({"action": "HOLD"}, "unknown action"),
+    ({"time_in_force": "DAY"}, "unknown time in force"),
+    ({"time_in_force": "GTD"}, "GTD without expiry"),
+    ({"time_in_force": "IOC", "expires_at": "soon"}, "expiry without GTD"),
+    ({"time_in_force": "FOK", "post_only": True}, "post_only with FOK"),
+    ({"market_id": "00000000-0000-0000-0000-000000000000"}, "unknown market"),
+    ({"market_id": "not-a-market"}, "malformed market id"),
+    ({"forecast": "1.5"}, "forecast above 1"),
+    ({"client_order_id": "x" * 65}, "client_order_id too long"),
+]
+
+
+class Exchange(RuleBasedStateMachine):
+    def __init__(self):
+        super().__init__()
+        # Every example runs in a savepoint rolled back at teardown: the next example starts from an empty exchange.
+        self._atomic = transaction.atomic()
+        self._atomic.__enter__()
+        self.agents: list = []
+        self.markets: list = []
+        self.orders: list[uuid.UUID] = []
+        self.keyed: list[dict] = []  # successful requests with a client_order_id, to repeat
+        self.names = itertools.count()
+        self.audited = None  # the snapshot() of the last audited state
+
+    def teardown(self):
+        transaction.set_rollback(True)
+        self._atomic.__exit__(None, None, None)
+
+    # -- helpers ------------------------------------------------------------------------------------------------
+    def call(self, fn, /, **kwargs):
+        """Call a service; a refusal must be a MoltStreetError and leave every row as it was."""
+        before = snapshot()
+        try:
+            return fn(**kwargs), None
+        except MoltStreetError as exc:
+            assert snapshot() == before, f"{fn.__name__} refused with {exc.code} but changed something"
+            return None, exc
+
+    def pick(self, items, n):
+        return items[n % len(items)]
+
+    def refresh(self, agent):
+        agent.refresh_from_db()
+        return agent
+
+    def check_fills(self, kwargs, result):
+        """The taker never trades beyond its limit, and its order's state matches its time in force."""
+        order, price = result.order, Decimal(str(kwargs["price"]))
+        assert order.filled == sum(t.size for t in result.trades) or not result.created
+        for trade in result.trades:
+            own_price = trade.price if kwargs["side"] == "YES" else ONE - trade.price
+            if kwargs["action"] == "BUY":
+                assert own_price <= price, (trade.price, kwargs)
+            else:
+                assert own_price >= price, (trade.price, kwargs)
+            assert trade.maker_agent_id != trade.taker_agent_id
+        if result.created:
+            if kwargs.get("time_in_force") in ("IOC", "FOK"):
+                assert order.status in ("filled", "cancelled")
+            if kwargs.get("time_in_force") == "FOK":
+                assert order.filled in (0, order.size)
+            if kwargs.get("post_only"):
+                assert result.trades == []
+
+    def open_market(self, n):
+        """A market still open for trading, when there is one (most orders should have a chance to trade)."""
+        open_ids = set(Market.objects.filter(status=Market.Status.OPEN).values_list("id", flat=True))
+        return self.pick([m for m in self.markets if m.id in open_ids] or self.markets, n)
+
+    def place(self, kwargs):
+        agent = self.refresh(kwargs["agent"])
+        available = agent.available_balance
+        result, error = self.call(order_place, **kwargs)
+        if result is not None:
+            self.check_fills(kwargs, result)
+            if result.created:
+                self.orders.append(result.order.id)
+                if kwargs.get("client_order_id"):
+                    self.keyed.append(kwargs)
+        elif isinstance(error, InsufficientBalance):
+            # Only a BUY beyond the available balance may be refused for money.
+            price, size = Decimal(str(kwargs["price"])), kwargs["size"]
+            assert kwargs["action"] == "BUY" and price * size > available, (kwargs, available)
+        return result, error
+
+    # -- rules --------------------------------------------------------------------------------------------------
+    @initialize()
+    def open_the_exchange(self):
+        self.agents = [new_agent(f"prop-{next(self.names)}") for _ in range(4)]
+        self.markets = [new_market(self.agents[0]), new_market(self.agents[1])]
+
+    @rule(orders=st.lists(order_requests, min_size=1, max_size=4))
+    def place_orders(self, orders):
+        """One to four orders in a row, each of any intent. "SELL held" sells part of what some agent holds
+        unreserved (or buys when nobody holds anything); plain SELLs may exceed the position and must be refused."""
+        for request in orders:
+            self.place_one(**request)
+
+    @rule(orders=st.lists(order_requests, min_size=1, max_size=4))
+    def place_more_orders(self, orders):
+        """The same again, so that placing orders gets about two thirds of the steps."""
+        for request in orders:
+            self.place_one(**request)
+
+    def place_one(
+        self, agent, market, intent, price, size, share, tif, post_only, expiry_hours, client_order_id, forecast
+    ):
+        action, side = intent.split()
+        kwargs = {
+            "agent": self.pick(self.agents, agent),
+            "market_id": self.open_market(market).id,
+            "side": side,
+            "action": action,
+            "price": price,
+            "size": size,
+            "time_in_force": tif,
+            "post_only": post_only and tif in ("GTC", "GTD"),
+            "expires_at": timezone.now() + timedelta(hours=expiry_hours) if tif == "GTD" else None,
+            "client_order_id": client_order_id,
+            "forecast": forecast,
+        }
+        free = None
+        if side == "held":
+            sellable = [
+                (p, side, free)
+                for p in Position.objects.filter(market__in=[m.id for m in self.markets]).order_by("id")
+                for side, free in (("YES", p.yes_shares - p.yes_reserved), ("NO", p.no_shares - p.no_reserved))
+                if free > 0
+            ]
+            if sellable:
+                pos, side, free = self.pick(sellable, agent)
+                kwargs |= {"agent": pos.agent, "market_id": pos.market_id, "side": side}
+                kwargs["size"] = max(1, free * share // 100)
+            else:
+                kwargs |= {"action": "BUY", "side": "YES" if share % 2 else "NO"}
+        _result, error = self.place(kwargs)
+        if free is not None:  # selling contracts it holds unreserved is never refused for the position
+            assert not isinstance(error, InsufficientPosition), (kwargs, free)
+
+    @precondition(lambda self: self.keyed)
+    @rule(which=picks)
+    def repeat_a_keyed_order(self, which):
+        """A repeated client_order_id returns the original order and creates nothing."""
+        kwargs = self.pick(self.keyed, which)
+        before = snapshot()
+        result = order_place(**kwargs)
+        assert result.created is False
+        assert snapshot() == before
+
+    @rule(
+        what=st.sampled_from(
+            [
+                "cancel",
+                "cancel",
+                "cancel_all",
+                "expire",
+                "close",
+                "resolve",
+                "forecast",
+                "grant",
+                "suspend",
+                "reinstate",
+                "register",
+                "create_market",
+                "invalid_order",
+                "invalid_order",
+            ]
+        ),
+        agent=picks,
+        index=picks,
+        own=st.booleans(),
+        outcome=st.sampled_from(["YES", "NO", "VOID", "MAYBE"]),
+        hours=st.integers(min_value=1, max_value=7),
+        number=st.integers(min_value=-100_000, max_value=50_000),
+    )
+    def operate(self, what, agent, index, own, outcome, hours, number):
+        """Everything besides placing orders, in one rule so that trading keeps most of the steps."""
+        agent = self.pick(self.agents, agent)
+        market = self.pick(self.markets, index)
+        if what == "cancel" and self.orders:
+            order_id = self.pick(self.orders, index)
+            owner = Order.objects.get(id=order_id).agent if own else agent
+            self.call(order_cancel, agent=owner, order_id=order_id)
+        elif what == "cancel_all":
+            self.call(order_cancel_all, agent=agent, market_id=market.id if own else None)
+        elif what == "expire":
+            orders_expire_due(now=timezone.now() + timedelta(hours=hours))
+        elif what == "close":
+            self.call(market_close, market_id=market.id)
+        elif what == "resolve":
+            was_resolved = Market.objects.get(id=market.id).status == Market.Status.RESOLVED
+            _result, error = self.call(market_resolve, market_id=market.id, outcome=outcome)
+            assert (error is None) == (outcome != "MAYBE" and not was_resolved), (outcome, was_resolved, error)
+        elif what == "forecast":
+            self.call(forecast_record, agent=agent, market_id=market.id, probability=Decimal(hours) / 7)
+        elif what == "grant":
+            self.call(agent_grant_credits, agent_id=agent.id, amount=Decimal(number) * CENT)
+        elif what == "suspend":
+            agent_suspend(agent_id=agent.id)
+            assert not Order.objects.filter(agent=agent, status__in=Order.RESTING).exists()
+        elif what == "reinstate":
+            agent_reinstate(agent_id=agent.id)
+        elif what == "invalid_order":
+            override, why = INVALID[number % len(INVALID)]
+            kwargs = {
+                "agent": agent,
+                "market_id": self.open_market(index).id,
+                "side": "YES",
+                "action": "BUY",
+                "price": "0.50",
+                "size": 1,
+            } | override
+            _result, error = self.call(order_place, **kwargs)
+            assert error is not None, f"accepted an order with {why}"
+        elif what == "register" and len(self.agents) < 6:
+            self.agents.append(new_agent(f"prop-{next(self.names)}"))
+        elif what == "create_market" and len(self.markets) < 6:
+            before = snapshot()
+            try:
+                self.markets.append(new_market(agent))
+            except MoltStreetError:
+                assert snapshot() == before
+
+    # -- invariants ---------------------------------------------------------------------------------------------
+    @invariant()
+    def every_invariant_of_section_5_holds(self):
+        # The audit is a pure function of the rows; a step that changed none of them (a refusal) cannot break it.
+        state = snapshot()
+        if state == self.audited:
+            return
+        report = run_audit()
+        assert report.ok, report.render()
+        self.pnl_and_reputation_match_the_ledger()
+        self.audited = state
+
+    def pnl_and_reputation_match_the_ledger(self):
+        """DESIGN 4a: in a resolved market an agent's realized P&L is its payouts + sale proceeds + netting credits -
+        purchase costs, i.e. the sum of its ledger rows for that market (the fee aside); summed over the agents that
+        is zero, as every pair was paid out; reputation is the sum of realized P&L over resolved markets."""
+        resolved = list(Market.objects.filter(status=Market.Status.RESOLVED).values_list("id", flat=True))
+        flows = {
+            (agent_id, market_id): total
+            for agent_id, market_id, total in LedgerEntry.objects.filter(
+                market_id__in=resolved, kind__in=["trade", "netting", "payout"]
+            )
+            .values("agent_id", "market_id")
+            .annotate(total=Sum("amount"))
+            .values_list("agent_id", "market_id", "total")
+        }
+        pnl = {
+            (agent_id, market_id): realized
+            for agent_id, market_id, realized in Position.objects.filter(market_id__in=resolved).values_list(
+                "agent_id", "market_id", "realized_pnl"
+            )
+        }
+        assert pnl == {key: total for key, total in flows.items() if total or key in pnl}, (pnl, flows)
+        for market_id in resolved:
+            assert sum((v for (_, m), v in pnl.items() if m == market_id), ZERO) == ZERO
+        for agent_id, reputation in Agent.objects.values_list("id", "reputation"):
+            assert reputation == sum((v for (a, _), v in pnl.items() if a == agent_id), ZERO), agent_id
+
+
+@pytest.mark.django_db
+def test_random_command_sequences_keep_every_invariant():
+    run_state_machine_as_test(
+        Exchange,
+        settings=settings(
+            max_examples=MAX_EXAMPLES,
+            stateful_step_count=STEPS,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        ),
+    )
