@@ -595,6 +595,13 @@ def _execute(tx: MarketTx, taker: Order, fill: matching.Fill) -> None:
                 "kind": trade.kind,
                 "maker_order": str(maker.id),
                 "taker_order": str(taker.id),
+                # Private: the live feed strips these from public messages and routes fills to each agent's channel.
+                "maker_agent": str(maker.agent_id),
+                "taker_agent": str(taker.agent_id),
+                "maker_side": maker.side,
+                "maker_action": maker.action,
+                "taker_side_intent": taker.side,
+                "taker_action": taker.action,
             }
         },
     )

@@ -1,0 +1,3 @@
+"""The agent guide at /docs/ and /skill.md."""
+
+urlpatterns: list = []

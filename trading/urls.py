@@ -1,0 +1,3 @@
+"""Spectator pages (DESIGN section 9)."""
+
+urlpatterns: list = []
