@@ -266,3 +266,39 @@ def market_import(
     log.add(MarketEvent.Kind.MARKET, {"event": "created", "market": market_payload(market)})
     log.flush()
     return market
+
+
+MARKET_EDITABLE_FIELDS = ("question", "description", "resolution_criteria", "category", "deadline")
+
+
+@service_transaction
+def market_update(*, market_id: uuid.UUID, **changes: Any) -> Market:
+    """Edit an open market's text or deadline (operators), recording a ``market`` event ``updated`` in its sequence.
+
+    Only ``question``, ``description``, ``resolution_criteria``, ``category`` and ``deadline`` may change. Raises
+    :class:`InvalidRequest` for other fields, an empty or too long question, or a deadline not in the future;
+    :class:`MarketClosed` once the market is closed or resolved; :class:`NotFound` for an unknown market.
+    """
+    unknown = set(changes) - set(MARKET_EDITABLE_FIELDS)
+    if unknown:
+        raise InvalidRequest("Only a market's text and deadline can be edited.", detail={"fields": sorted(unknown)})
+    # The market lock orders this edit against trades and closing: a trade's seq or a close can never be overwritten.
+    market = lock_market(market_id)
+    if market.status != Market.Status.OPEN:
+        raise MarketClosed("Only open markets can be edited.", detail={"status": market.status})
+    if "question" in changes:
+        question = (changes["question"] or "").strip()
+        limit = Market._meta.get_field("question").max_length
+        if not question or len(question) > limit:
+            raise InvalidRequest(f"question must be 1-{limit} characters.", detail={"length": len(question)})
+        changes["question"] = question
+    if "deadline" in changes and changes["deadline"] <= timezone.now():
+        raise InvalidRequest("deadline must be in the future; close the market to stop trading now.")
+    if not changes:
+        return market
+    for name, value in changes.items():
+        setattr(market, name, value)
+    log = EventLog(market)
+    log.add(MarketEvent.Kind.MARKET, {"event": "updated", "market": market_payload(market), "fields": sorted(changes)})
+    log.flush(extra_fields=tuple(sorted(changes)))
+    return market

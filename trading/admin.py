@@ -32,8 +32,9 @@ from agents.models import Agent
 from agents.services import agent_grant_credits
 from markets.models import Market, Outcome
 from markets.selectors import market_payout_summary
-from markets.services import MAX_MARKET_LIFETIME
-from moltstreet.errors import MoltStreetError
+from markets.services import MARKET_EDITABLE_FIELDS as MARKET_EDITABLE
+from markets.services import MAX_MARKET_LIFETIME, market_update
+from moltstreet.errors import MarketClosed, MoltStreetError
 from moltstreet.money import ONE
 from trading.models import Order, Position, Trade
 from trading.services import agent_reinstate, agent_suspend, market_close, market_resolve
@@ -147,7 +148,6 @@ class UUIDSearchMixin:
 
 # What an operator may edit on an open market. Everything else is set by services (money, book, lifecycle) or by the
 # importers (provenance), and is shown read-only.
-MARKET_EDITABLE = ("question", "description", "resolution_criteria", "category", "deadline")
 MARKET_SOURCE = ("source", "source_url", "external_id", "attribution", "is_historical", "reference_price")
 POSITIONS_SHOWN = 50  # on a market's page; the Positions list has them all
 
@@ -246,16 +246,22 @@ class MarketAdmin(ServiceActionsMixin, UUIDSearchMixin, admin.ModelAdmin):
 
         The admin reads the row without a lock, then saves: ``obj.save()`` would write back every column as read, so a
         trade committing in between would lose its ``seq``, ``last_price`` and ``volume``, and a market closed in
-        between would reopen. The compare-and-set on ``status`` refuses the edit once the market is no longer open.
+        between would reopen. ``market_update`` writes the edited columns under the market lock, refuses them once the
+        market is no longer open, and records an ``updated`` market event for the live feed.
         """
         changed = {name: getattr(obj, name) for name in form.changed_data if name in MARKET_EDITABLE}
         if not changed:
             return
-        if not Market.objects.filter(pk=obj.pk, status=Market.Status.OPEN).update(**changed):
+        try:
+            market_update(market_id=obj.pk, **changed)
+        except MarketClosed:
             obj._edit_refused = True  # type: ignore[attr-defined]
             self.message_user(
                 request, "The market was closed or resolved meanwhile; your changes were not saved.", messages.ERROR
             )
+        except MoltStreetError as exc:
+            obj._edit_refused = True  # type: ignore[attr-defined]
+            self.message_user(request, f"Your changes were not saved: {exc.message}", messages.ERROR)
 
     def response_change(self, request: HttpRequest, obj: Market) -> HttpResponse:
         if getattr(obj, "_edit_refused", False):  # skip Django's "changed successfully" message
