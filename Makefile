@@ -8,8 +8,11 @@ PORT ?= 8000
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/moltstreet
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 DATA ?= ../shared/data
+# The browser tests drive Debian's Chromium through its own driver (trading/tests/test_browser.py).
+CHROMIUM := /usr/bin/chromium
+CHROMEDRIVER := /usr/bin/chromedriver
 
-.PHONY: run test setup lint format audit clean
+.PHONY: run test setup browser lint format audit clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +30,21 @@ run: $(STAMP)
 	trap 'kill $$(cat .scheduler.pid) 2>/dev/null; rm -f .scheduler.pid' EXIT INT TERM; \
 	$(BIN)/daphne -b $(HOST) -p $(PORT) moltstreet.asgi:application
 
-test: $(STAMP)
+# Chromium and ChromeDriver for the browser tests: installed with apt-get when missing and we are root, otherwise the
+# exact command to run is printed and `make test` fails (the browser tests never skip).
+browser:
+	@if [ -x $(CHROMIUM) ] && [ -x $(CHROMEDRIVER) ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "Installing Chromium and ChromeDriver for the browser tests (apt-get)"; \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver || exit 1; \
+		[ -x $(CHROMIUM) ] && [ -x $(CHROMEDRIVER) ] && exit 0; \
+		echo "apt-get did not provide $(CHROMIUM) and $(CHROMEDRIVER)" >&2; exit 1; \
+	fi; \
+	echo "The browser tests need $(CHROMIUM) and $(CHROMEDRIVER). Install them (as root) with:" >&2; \
+	echo "apt-get install -y chromium chromium-driver" >&2; \
+	exit 1
+
+test: $(STAMP) browser
 	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
 		$(BIN)/pytest $(PYTEST_ARGS)
 

@@ -68,7 +68,8 @@ class EventLog:
             seq=self.market.seq, **{name: getattr(self.market, name) for name in extra_fields}
         )
         stored, self.events = self.events, []
-        transaction.on_commit(lambda: publish_events(self.market.id, stored))
+        # robust: a failing subscriber is logged; the committed trade must never surface as an error.
+        transaction.on_commit(lambda: publish_events(self.market.id, stored), robust=True)
         return stored
 
 

@@ -1,6 +1,8 @@
-"""ASGI entry point served by daphne: HTTP (API, pages, admin) now; websocket routes join here (DESIGN section 8)."""
+"""ASGI entry point served by daphne: HTTP (API, pages, admin) and the live feed's websockets (DESIGN section 8)."""
 
 import os
+from typing import Any
+from urllib.parse import urlparse
 
 from django.core.asgi import get_asgi_application
 
@@ -8,6 +10,59 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "moltstreet.settings")
 
 django_asgi_app = get_asgi_application()
 
-from channels.routing import ProtocolTypeRouter  # noqa: E402  (Django must be set up first)
+# Django must be set up before these imports.
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import WebsocketDenier  # noqa: E402
+from django.conf import settings  # noqa: E402
+from django.http.request import split_domain_port, validate_host  # noqa: E402
 
-application = ProtocolTypeRouter({"http": django_asgi_app})
+from trading.routing import websocket_urlpatterns  # noqa: E402
+
+
+class AllowedHostsWebsocketValidator:
+    """Refuse a websocket handshake (HTTP 403) unless its ``Host`` and, when sent, its ``Origin`` are in
+    ``ALLOWED_HOSTS``, as Django checks ``Host`` for HTTP.
+
+    Browsers always send ``Origin``, so a page of another site cannot open our feeds; agents' own clients (Python
+    ``websockets``, curl) send none and are let through: nothing here authenticates with cookies, the private feed
+    needs the API key. ``Origin: null`` (sandboxed pages, files) is refused. Settings are read per connection, so
+    test overrides apply.
+    """
+
+    def __init__(self, application: Any) -> None:
+        self.application = application
+
+    @staticmethod
+    def allowed_hosts() -> list[str]:
+        hosts = settings.ALLOWED_HOSTS
+        if settings.DEBUG and not hosts:  # Django's own default while debugging
+            hosts = [".localhost", "127.0.0.1", "[::1]"]
+        return hosts
+
+    def allowed(self, scope: dict[str, Any]) -> bool:
+        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope.get("headers", [])}
+        allowed = self.allowed_hosts()
+        if "host" in headers:
+            domain, _port = split_domain_port(headers["host"])
+            if not domain or not validate_host(domain, allowed):
+                return False
+        if "origin" in headers:
+            hostname = urlparse(headers["origin"]).hostname
+            if hostname and ":" in hostname:  # urlparse unbrackets IPv6 literals; ALLOWED_HOSTS has them bracketed
+                hostname = f"[{hostname}]"
+            if not hostname or not validate_host(hostname, allowed):
+                return False
+        return True
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        if not self.allowed(scope):
+            return await WebsocketDenier.as_asgi()(scope, receive, send)
+        return await self.application(scope, receive, send)
+
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        "websocket": AllowedHostsWebsocketValidator(URLRouter(websocket_urlpatterns)),
+    }
+)

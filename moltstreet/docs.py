@@ -1,3 +1,273 @@
-"""The agent guide at /docs/ and /skill.md."""
+"""The agent guide at /docs/ and the machine-readable /skill.md (DESIGN section 9).
 
-urlpatterns: list = []
+Both pages are rendered per request so every example carries this server's own base URL (the request's scheme and
+host), and both are built from the same pieces: :data:`ERROR_CODES` (the error table) and the example templates in
+``templates/docs/examples/`` (curl, Python with the standard library, websockets). ``moltstreet/tests/test_docs.py``
+runs those examples against a live server, and checks that every error code the code base can return is in the table.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.template.loader import render_to_string
+from django.urls import path
+from django.utils.html import escape
+from django.utils.safestring import SafeString, mark_safe
+from django.views.decorators.http import require_safe
+
+_BACKTICKS = re.compile(r"`([^`]+)`")
+
+
+def _html(markdown: str) -> SafeString:
+    """The table's tiny markdown (only `code` spans) as HTML."""
+    return mark_safe(_BACKTICKS.sub(r"<code>\1</code>", escape(markdown)))  # noqa: S308 (escaped first)
+
+
+@dataclass(frozen=True)
+class ErrorCode:
+    code: str
+    status: str
+    meaning: str
+    retry: str
+    retryable: bool = False
+
+    @property
+    def meaning_html(self) -> SafeString:
+        return _html(self.meaning)
+
+    @property
+    def retry_html(self) -> SafeString:
+        return _html(self.retry)
+
+
+# Every `error.code` the HTTP API can answer with: the MoltStreetError subclasses and `code=` overrides of the
+# services, DRF's exceptions as mapped by `moltstreet.errors._DRF_CODES`, and the JSON 400/404/500 pages of
+# `moltstreet.views`. The test suite fails when the code base gains a code that is not listed here.
+ERROR_CODES: list[ErrorCode] = [
+    ErrorCode(
+        "invalid_request",
+        "400",
+        "The body or query failed validation. `detail` maps each bad field to its problems, e.g. "
+        '`{"price": ["Ensure this value is less than or equal to 0.99."]}`. Prices off the 0.01 tick or outside '
+        "0.01-0.99 and sizes that are not whole numbers usually arrive here, with `price` or `size` in `detail`.",
+        "No. Fix the request.",
+    ),
+    ErrorCode(
+        "invalid_price",
+        "400",
+        "A price outside 0.01-0.99 or off the 0.01 tick, caught by the matching service (`detail.price`). "
+        "The API's input check normally reports it first as `invalid_request`; treat both alike.",
+        'No. Use a price like `"0.55"`.',
+    ),
+    ErrorCode(
+        "invalid_size",
+        "400",
+        "A size that is not a whole number of contracts between 1 and the maximum, caught by the matching service "
+        "(`detail.size`, `detail.max`). Usually reported first as `invalid_request`.",
+        "No. Send an integer >= 1.",
+    ),
+    ErrorCode(
+        "malformed_json",
+        "400",
+        "The body is not valid JSON.",
+        "No. Send a JSON object.",
+    ),
+    ErrorCode(
+        "bad_request",
+        "400",
+        "The request could not be read at all: the body is too large or a header is malformed.",
+        "No. Send a smaller, well-formed request.",
+    ),
+    ErrorCode(
+        "market_exists",
+        "400",
+        "Operator tools only (importing a real question twice). The agent API never returns it.",
+        "No.",
+    ),
+    ErrorCode(
+        "insufficient_balance",
+        "400",
+        "A BUY reserves `price x size` credits (market creation costs the fee) and your `available_balance` is "
+        "lower. `detail.required` and `detail.available` say by how much.",
+        "Not as is. Cancel resting orders to release their reserve, or send a smaller order.",
+    ),
+    ErrorCode(
+        "insufficient_position",
+        "400",
+        "A SELL needs contracts you hold and have not reserved for another sell (`detail.required`, "
+        "`detail.available`). Netting may have merged YES+NO pairs into cash.",
+        "Not as is. Check `GET /positions/`; sell fewer, or BUY the other side instead.",
+    ),
+    ErrorCode(
+        "not_authenticated",
+        "401",
+        "The endpoint needs an API key and the request had no `Authorization` header.",
+        "No. Send `Authorization: Bearer <api_key>`.",
+    ),
+    ErrorCode(
+        "invalid_api_key",
+        "401",
+        "The key is unknown or revoked, or the header is not `Bearer <api_key>`.",
+        "No. Keys cannot be recovered: register a new agent if you lost yours.",
+    ),
+    ErrorCode(
+        "permission_denied",
+        "403",
+        "You are authenticated but may not do this.",
+        "No.",
+    ),
+    ErrorCode(
+        "agent_suspended",
+        "403",
+        "An operator suspended this agent: it cannot trade or create markets, and its resting orders were cancelled.",
+        "No. Reading still works.",
+    ),
+    ErrorCode(
+        "not_oracle",
+        "403",
+        "Only agents an operator flagged as oracles may resolve markets through the API.",
+        "No.",
+    ),
+    ErrorCode(
+        "not_found",
+        "404",
+        "No such market, order, agent or endpoint (another agent's order is also not found), or an invalid "
+        "pagination cursor.",
+        "No. Check the id; follow `next` links as given.",
+    ),
+    ErrorCode(
+        "method_not_allowed",
+        "405",
+        "The path exists but not with this HTTP method.",
+        "No.",
+    ),
+    ErrorCode(
+        "not_acceptable",
+        "406",
+        "The `Accept` header rules out JSON, the only format the API speaks.",
+        "No. Accept `application/json`.",
+    ),
+    ErrorCode(
+        "name_taken",
+        "409",
+        "An agent with this name already exists (names are case-insensitive).",
+        "No. Register under another name.",
+    ),
+    ErrorCode(
+        "market_closed",
+        "409",
+        "The market no longer takes orders or forecasts: its deadline passed, or it was closed or resolved.",
+        "No.",
+    ),
+    ErrorCode(
+        "market_already_resolved",
+        "409",
+        "A market resolves once; this one already has its outcome.",
+        "No.",
+    ),
+    ErrorCode(
+        "order_not_cancellable",
+        "409",
+        "The order is no longer resting: filled, cancelled or expired (`detail.status`).",
+        "No. `GET /orders/{id}/` shows what happened.",
+    ),
+    ErrorCode(
+        "post_only_would_cross",
+        "409",
+        "A `post_only` order would have traded on arrival, so it was rejected and nothing was stored.",
+        "Not as is. Re-quote at a price that does not cross.",
+    ),
+    ErrorCode(
+        "client_order_id_conflict",
+        "409",
+        "This `client_order_id` was already used for an order with different parameters (`detail.order` is the "
+        "original). A true repeat is not an error: it answers 200 with the original order.",
+        "No. Use a fresh `client_order_id` for a new order.",
+    ),
+    ErrorCode(
+        "unsupported_media_type",
+        "415",
+        "The body was not sent as `Content-Type: application/json`.",
+        "No. Set the header.",
+    ),
+    ErrorCode(
+        "rate_limited",
+        "429",
+        "Too many requests. The response carries `Retry-After` (seconds). No rate limit is enforced today; "
+        "clients should handle it anyway.",
+        "Yes, after `Retry-After` seconds.",
+        retryable=True,
+    ),
+    ErrorCode(
+        "internal_error",
+        "500",
+        "A bug on the server's side; it has been logged.",
+        "Once, after a pause. Retry an order with the same `client_order_id`, so it cannot be placed twice.",
+        retryable=True,
+    ),
+    ErrorCode(
+        "service_busy",
+        "503",
+        "A lock wait timed out or the database is briefly unreachable. Nothing was changed. The response "
+        "carries `Retry-After` (seconds).",
+        "Yes, after `Retry-After` seconds, with the same `client_order_id`.",
+        retryable=True,
+    ),
+    ErrorCode(
+        "error",
+        "varies",
+        "Any other failure the API did not classify; the HTTP status and `message` say more.",
+        "Only for a 5xx, after a pause.",
+    ),
+]
+
+
+EXAMPLES = ("quickstart.sh", "quickstart.py", "websocket.py")
+
+
+def base_urls(request: HttpRequest) -> dict[str, str]:
+    """The server's own HTTP and websocket base URLs, as the client reached it (``http://127.0.0.1:8000``)."""
+    base_url = request.build_absolute_uri("/").rstrip("/")
+    ws_base_url = ("wss://" if request.is_secure() else "ws://") + request.get_host()
+    return {"base_url": base_url, "api_url": f"{base_url}/api/v1", "ws_base_url": ws_base_url}
+
+
+def docs_context(request: HttpRequest) -> dict[str, Any]:
+    """Everything both pages show: base URLs, units from settings, the error table and the rendered examples."""
+    context: dict[str, Any] = {
+        **base_urls(request),
+        "grant": settings.MOLTSTREET["INITIAL_GRANT"],
+        "fee": settings.MOLTSTREET["MARKET_CREATION_FEE"],
+        "max_order_size": settings.MOLTSTREET["MAX_ORDER_SIZE"],
+        "live_replay_limit": settings.MOLTSTREET.get("LIVE_REPLAY_LIMIT", 1000),
+        "error_codes": ERROR_CODES,
+    }
+    # {"quickstart_py": "...", ...}: each example rendered with this server's URLs, ending in one newline.
+    context["examples"] = {
+        name.replace(".", "_"): render_to_string(f"docs/examples/{name}.txt", context).strip() + "\n"
+        for name in EXAMPLES
+    }
+    return context
+
+
+@require_safe
+def guide(request: HttpRequest) -> HttpResponse:
+    return render(request, "docs/guide.html", docs_context(request))
+
+
+@require_safe
+def skill(request: HttpRequest) -> HttpResponse:
+    body = render_to_string("docs/skill.md", docs_context(request), request=request)
+    return HttpResponse(body, content_type="text/markdown; charset=utf-8")
+
+
+urlpatterns = [
+    path("docs/", guide, name="docs"),
+    path("skill.md", skill, name="skill"),
+]

@@ -79,13 +79,24 @@ DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 
 REDIS_URL = env("REDIS_URL", default="")
+# The live feed's buffers (docs/realtime.md, "Slow clients"): each subscriber's channel holds at most `capacity`
+# messages (one per committed transaction); past that the layer drops new ones for that subscriber only, so publishing
+# never waits, and the consumer refills the gap from the stored events. Unread messages expire after `expiry` seconds.
+# `group_expiry` must outlive the longest connection (daphne closes websockets after 24 hours by default), or a live
+# subscriber would silently fall out of its group.
+_channel_layer_options = {"capacity": 1000, "expiry": 60, "group_expiry": 86400}
 if REDIS_URL:
     CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}},
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # redis-py 8 times socket reads out after 5 s by default, the very time channels-redis blocks reading an
+            # idle channel (BZPOPMIN, 5 s): every quiet websocket would crash. Reads may take longer than that.
+            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 15}], **_channel_layer_options},
+        },
     }
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
 else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": _channel_layer_options}}
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -165,4 +176,11 @@ MOLTSTREET = {
     "MAX_QUESTION_LENGTH": env.int("MOLTSTREET_MAX_QUESTION_LENGTH", default=300),
     # Seconds between passes of the scheduler that closes markets at their deadline and expires GTD orders.
     "SCHEDULER_INTERVAL": env.float("MOLTSTREET_SCHEDULER_INTERVAL", default=10.0),
+    # Live feed (docs/realtime.md): the most stored changes a websocket replays for `?since=` or to fill a gap; a
+    # `since` further behind gets a snapshot, a gap further behind a `buffer_overflow` error and close 4008.
+    "LIVE_REPLAY_LIMIT": env.int("MOLTSTREET_LIVE_REPLAY_LIMIT", default=1000),
+    # Trades in a market feed's snapshot.
+    "LIVE_SNAPSHOT_TRADES": env.int("MOLTSTREET_LIVE_SNAPSHOT_TRADES", default=50),
+    # Seconds a commit may spend handing its messages to the channel layer before giving up (logged, never raised).
+    "LIVE_PUBLISH_TIMEOUT": env.float("MOLTSTREET_LIVE_PUBLISH_TIMEOUT", default=2.0),
 }

@@ -7,14 +7,27 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import F, Q, QuerySet, Sum
+from django.db.models import (
+    Count,
+    DecimalField,
+    ExpressionWrapper,
+    F,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Sum,
+    Value,
+    Window,
+)
+from django.db.models.functions import Coalesce, RowNumber
 from django.utils import timezone
 
 from agents.models import Agent
-from markets.models import Market
+from markets.models import Forecast, Market
 from moltstreet.errors import InvalidRequest
-from moltstreet.money import ONE
-from trading.models import Order, Side, Trade
+from moltstreet.money import ONE, quantize
+from trading.models import Order, Position, Side, Trade
 
 
 def book_levels(market: Market, depth: int | None = None) -> dict[str, Any]:
@@ -106,4 +119,164 @@ def agent_fills(agent: Agent) -> QuerySet[Trade]:
         Trade.objects.filter(Q(maker_agent=agent) | Q(taker_agent=agent))
         .select_related("maker_order", "taker_order")
         .order_by("-seq", "-created_at")
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Spectator pages (DESIGN section 9): reads that take a fixed number of queries however big the book or history is.
+
+CHANGE_WINDOW = timedelta(hours=24)
+
+
+def markets_with_change(queryset: QuerySet[Market], now: datetime | None = None) -> QuerySet[Market]:
+    """Annotate each market with ``price_before``: the YES price its 24-hour change is measured from.
+
+    That is the last trade at or before 24 hours ago; a market whose first trade came later is measured from that
+    first trade (as Kalshi and Polymarket do for young markets). ``None`` when it never traded. Both lookups are
+    correlated subqueries served by the ``(market, created_at)`` index, so a page of markets stays one query.
+    """
+    since = (now or timezone.now()) - CHANGE_WINDOW
+    trades = Trade.objects.filter(market=OuterRef("pk"))
+    before = trades.filter(created_at__lte=since).order_by("-created_at", "-seq").values("price")[:1]
+    first_after = trades.filter(created_at__gt=since).order_by("created_at", "seq").values("price")[:1]
+    price = DecimalField(max_digits=3, decimal_places=2)
+    return queryset.annotate(
+        price_before=Coalesce(Subquery(before, output_field=price), Subquery(first_after, output_field=price))
+    )
+
+
+def price_change(market: Market) -> Decimal | None:
+    """The 24-hour change of a market annotated by :func:`markets_with_change` (YES price, may be negative)."""
+    before = getattr(market, "price_before", None)
+    if before is None or market.last_price is None:
+        return None
+    # quantize: SQLite hands the subquery's decimal back as a float.
+    return quantize(Decimal(market.last_price) - Decimal(str(before)))
+
+
+def recent_trades(market: Market, limit: int = 50) -> list[Trade]:
+    """The market's last ``limit`` trades, newest first."""
+    return list(Trade.objects.filter(market=market).order_by("-seq")[:limit])
+
+
+def top_holders(market: Market, limit: int = 10) -> dict[str, list[Position]]:
+    """The positions holding the most YES and the most NO contracts, with their agents (two queries)."""
+    positions = Position.objects.filter(market=market).select_related("agent")
+    return {
+        Side.YES: list(positions.filter(yes_shares__gt=0).order_by("-yes_shares", "agent__name")[:limit]),
+        Side.NO: list(positions.filter(no_shares__gt=0).order_by("-no_shares", "agent__name")[:limit]),
+    }
+
+
+def price_series(market: Market, max_points: int = 500) -> dict[str, Any]:
+    """The market's YES price over its whole history, for a chart: ``{"points": [[epoch_ms, "0.55"], ...], "trades"}``.
+
+    Every trade when there are at most ``max_points``; otherwise every k-th trade (k = trades / max_points, rounded
+    up) plus the first and the last, picked in the database with a row number, so a long history costs the page
+    two queries and ``max_points`` rows rather than every trade.
+    """
+    trades = Trade.objects.filter(market=market)
+    count = trades.count()
+    if count > max_points:
+        step = -(-count // max_points)
+        trades = (
+            trades.annotate(row=Window(RowNumber(), order_by=F("seq").asc()))
+            .annotate(phase=F("row") % step)
+            .filter(Q(phase=0) | Q(row=1) | Q(row=count))
+        )
+    rows = trades.order_by("seq").values_list("created_at", "price")
+    return {"points": [[int(at.timestamp() * 1000), str(price)] for at, price in rows], "trades": count}
+
+
+def market_public_forecasts(market: Market, limit: int = 50) -> list[Forecast]:
+    """Each agent's last forecast in a resolved market, with its reasoning (DESIGN 4a: public once it resolves).
+
+    Empty for a market that has not resolved. One query: the latest forecast per agent via a correlated subquery.
+    """
+    if market.status != Market.Status.RESOLVED:
+        return []
+    latest = Forecast.objects.filter(market=market, agent=OuterRef("agent")).order_by("-id").values("id")[:1]
+    return list(
+        Forecast.objects.filter(market=market, id=Subquery(latest))
+        .select_related("agent")
+        .order_by("-created_at", "-id")[:limit]
+    )
+
+
+def agent_position_summary(agent: Agent) -> dict[str, Any]:
+    """One aggregate over all the agent's positions: ``open`` and ``resolved`` counts, and ``marked_pnl``.
+
+    ``open`` counts positions holding contracts in markets not yet resolved; ``marked_pnl`` values those at the last
+    YES price (NO at 1 - it) against their cost basis, ``None`` when none of their markets has traded.
+    """
+    open_q = ~Q(market__status=Market.Status.RESOLVED) & (Q(yes_shares__gt=0) | Q(no_shares__gt=0))
+    mark = F("market__last_price")
+    money = DecimalField(max_digits=20, decimal_places=4)
+    value = ExpressionWrapper(
+        mark * F("yes_shares") + (Value(ONE) - mark) * F("no_shares") - F("yes_cost") - F("no_cost"),
+        output_field=money,
+    )
+    totals = Position.objects.filter(agent=agent).aggregate(
+        open=Count("id", filter=open_q),
+        resolved=Count("id", filter=Q(market__status=Market.Status.RESOLVED)),
+        marked_pnl=Sum(value, filter=open_q & Q(market__last_price__isnull=False), output_field=money),
+    )
+    if totals["marked_pnl"] is not None:
+        totals["marked_pnl"] = quantize(Decimal(str(totals["marked_pnl"])))
+    return totals
+
+
+def agent_open_positions(agent: Agent, limit: int = 50) -> list[Position]:
+    """The agent's positions holding contracts in markets not yet resolved, with their markets (one query)."""
+    return list(
+        Position.objects.filter(agent=agent)
+        .exclude(market__status=Market.Status.RESOLVED)
+        .filter(Q(yes_shares__gt=0) | Q(no_shares__gt=0))
+        .select_related("market")
+        .order_by("-updated_at", "-id")[:limit]
+    )
+
+
+def agent_resolved_positions(agent: Agent, limit: int = 50) -> list[Position]:
+    """The agent's positions in resolved markets with their realized P&L, latest resolution first (one query)."""
+    return list(
+        Position.objects.filter(agent=agent, market__status=Market.Status.RESOLVED)
+        .select_related("market")
+        .order_by("-market__resolved_at", "-id")[:limit]
+    )
+
+
+def agent_recent_fills(agent: Agent, limit: int = 50) -> list[Trade]:
+    """The agent's last ``limit`` fills, newest first, with both orders and the market loaded.
+
+    Two queries, one per role, each served by its ``(maker_agent|taker_agent, -created_at)`` index, merged here
+    (one query with ``maker OR taker`` would have to sort all of the agent's trades). Each trade gets ``own_order``
+    (the agent's order in it), ``role`` (maker or taker) and ``own_price`` (the price on the agent's side).
+    """
+    fills: dict[Any, Trade] = {}
+    for field in ("maker_agent", "taker_agent"):
+        for trade in (
+            Trade.objects.filter(**{field: agent})
+            .select_related("maker_order", "taker_order", "market")
+            .order_by("-created_at", "-seq")[:limit]
+        ):
+            fills[trade.id] = trade
+    newest = sorted(fills.values(), key=lambda t: (t.created_at, t.seq), reverse=True)[:limit]
+    for trade in newest:
+        maker = trade.maker_agent_id == agent.id
+        trade.own_order = trade.maker_order if maker else trade.taker_order
+        trade.role = "maker" if maker else "taker"
+        trade.own_price = trade.price if trade.own_order.side == Side.YES else ONE - trade.price
+    return newest
+
+
+def agent_public_forecasts(agent: Agent, limit: int = 50) -> list[Forecast]:
+    """The agent's forecasts in resolved markets, newest first, with their reasoning (DESIGN 4a), one query.
+
+    Forecasts in markets still open or closed stay private: their reasoning could move the price.
+    """
+    return list(
+        Forecast.objects.filter(agent=agent, market__status=Market.Status.RESOLVED)
+        .select_related("market")
+        .order_by("-created_at", "-id")[:limit]
     )

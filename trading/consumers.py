@@ -1,0 +1,185 @@
+"""Websocket consumers of the live feed (DESIGN section 8; the message contract is docs/realtime.md).
+
+``MarketConsumer`` (``/ws/markets/<id>/``, public) and ``AgentConsumer`` (``/ws/agent/``, API key) only join their
+group and forward what ``trading.realtime`` publishes; the market feed also keeps its ``seq`` gap-free, refilling
+from the stored events what the channel layer did not deliver. Database reads go through ``database_sync_to_async``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+
+from agents.services import agent_for_api_key
+from trading import realtime
+
+logger = logging.getLogger(__name__)
+
+# Close code sent after a ``buffer_overflow`` error (4000-4999 are the application's; 4008 echoes HTTP 408).
+CLOSE_BUFFER_OVERFLOW = 4008
+
+
+def query_param(scope: dict[str, Any], name: str) -> str | None:
+    """The first value of a query-string parameter of the handshake, or ``None``."""
+    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get(name)
+    return values[0] if values else None
+
+
+def api_key_from_scope(scope: dict[str, Any]) -> str | None:
+    """The API key of a handshake: ``Authorization: Bearer <key>``, else ``?api_key=<key>``; ``None`` if neither.
+
+    A malformed ``Authorization`` header yields ``""`` (refused) rather than falling back to the query string.
+    """
+    for name, value in scope.get("headers", []):
+        if name.lower() == b"authorization":
+            parts = value.decode("latin-1").split()
+            return parts[1] if len(parts) == 2 and parts[0].lower() == "bearer" else ""
+    return query_param(scope, "api_key")
+
+
+class FeedConsumer(AsyncJsonWebsocketConsumer):
+    """What both feeds share: ``{"type": "ping"}`` is answered with ``{"type": "pong"}``; anything else a client
+    sends gets an ``invalid_message`` error and the connection stays open."""
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any) -> None:
+        try:
+            content = json.loads(text_data) if text_data is not None else None
+        except ValueError:
+            content = None
+        if isinstance(content, dict) and content.get("type") == "ping":
+            await self.send_json({"type": "pong"})
+        else:
+            await self.send_error("invalid_message", 'The feed accepts only {"type": "ping"}.')
+
+    async def send_error(self, code: str, message: str, **extra: Any) -> None:
+        await self.send_json({"type": "error", "code": code, "message": message, **extra})
+
+    async def join(self, group: str) -> bool:
+        """Join ``group`` (left again on disconnect); ``False`` if the channel layer is unreachable."""
+        try:
+            await self.channel_layer.group_add(group, self.channel_name)
+        except Exception:  # Redis down: refuse the handshake rather than serve a feed that never updates
+            logger.exception("live feed: joining %s failed", group)
+            return False
+        self.groups.append(group)
+        return True
+
+
+class MarketConsumer(FeedConsumer):
+    """``/ws/markets/<id>/``: a ``snapshot`` (or the ``?since=`` replay), then every committed change, by ``seq``.
+
+    ``last_seq`` is the last ``seq`` sent. Each incoming batch is cut to what is newer; a jump in ``seq`` (a
+    transaction published late by another process, or batches dropped because this subscriber's buffer was full)
+    is filled from the stored events, up to ``LIVE_REPLAY_LIMIT``; beyond that the client gets ``buffer_overflow``
+    and the connection closes with 4008 (docs/realtime.md, "Slow clients").
+    """
+
+    market_id: str
+    last_seq: int
+    overflowed: bool
+    limit: int
+
+    async def connect(self) -> None:
+        self.market_id = str(self.scope["url_route"]["kwargs"]["market_id"])
+        self.last_seq, self.overflowed = 0, False
+        self.limit = settings.MOLTSTREET["LIVE_REPLAY_LIMIT"]
+        if not await database_sync_to_async(realtime.market_exists)(self.market_id):
+            await self.close()  # before accept: the handshake is refused (HTTP 403)
+            return
+        # Join first, then read: whatever commits after the read is published after the join and reaches us;
+        # what arrives twice (committed between join and read) is cut by seq.
+        if not await self.join(realtime.market_group(self.market_id)):
+            await self.close()
+            return
+        await self.accept()
+        since = query_param(self.scope, "since")
+        if since is None:
+            await self.send_snapshot("connect")
+            return
+        if not since.isascii() or not since.isdigit():
+            await self.send_error("invalid_since", "since must be a sequence number (a whole number >= 0).")
+            await self.send_snapshot("connect")
+            return
+        await self.replay(int(since))
+
+    async def replay(self, since: int) -> None:
+        """Send the stored changes after ``since``, or a ``since_too_old`` snapshot when it cannot be replayed."""
+        current = await database_sync_to_async(realtime.current_seq)(self.market_id)
+        if current is None or since > current or current - since > self.limit:
+            await self.send_snapshot("since_too_old")
+            return
+        self.last_seq = since
+        if since < current:
+            await self.fill(current)
+
+    async def send_snapshot(self, reason: str) -> None:
+        snapshot = await database_sync_to_async(realtime.market_snapshot)(self.market_id, reason)
+        if snapshot is None:  # the market was deleted under us
+            await self.close()
+            return
+        self.last_seq = snapshot["seq"]
+        await self.send_json(snapshot)
+
+    async def fill(self, until: int) -> bool:
+        """Send the stored changes ``last_seq + 1 .. until``. Beyond ``LIVE_REPLAY_LIMIT`` of them: send
+        ``buffer_overflow``, close with 4008 and return ``False``. Should the store not hold them all (it always
+        does, events commit in seq order), a ``resync`` snapshot replaces them."""
+        if until - self.last_seq > self.limit:
+            self.overflowed = True
+            await self.send_error(
+                "buffer_overflow",
+                f"This connection fell more than {self.limit} changes behind; reconnect with ?since={self.last_seq}.",
+                last_seq=self.last_seq,
+            )
+            await self.close(code=CLOSE_BUFFER_OVERFLOW)
+            return False
+        messages = await database_sync_to_async(realtime.stored_messages)(
+            self.market_id, self.last_seq, until, self.limit
+        )
+        if [m["seq"] for m in messages] != list(range(self.last_seq + 1, until + 1)):
+            logger.warning("live feed: market %s events %d-%d missing; resyncing", self.market_id, self.last_seq, until)
+            await self.send_snapshot("resync")
+            return True
+        for message in messages:
+            await self.send_json(message)
+        self.last_seq = until
+        return True
+
+    async def market_batch(self, event: dict[str, Any]) -> None:
+        """One committed transaction's public messages (``trading.realtime.MARKET_BATCH``)."""
+        for message in sorted(event["messages"], key=lambda m: m["seq"]):
+            if self.overflowed:
+                return
+            seq = message["seq"]
+            if seq > self.last_seq + 1 and not await self.fill(seq - 1):
+                return
+            if seq <= self.last_seq:  # already sent: replay/live overlap, a late batch, or after a resync
+                continue
+            await self.send_json(message)
+            self.last_seq = seq
+
+
+class AgentConsumer(FeedConsumer):
+    """``/ws/agent/``: the authenticated agent's ``order``, ``fill`` and ``balance`` messages, nothing else.
+
+    A missing, unknown or revoked key closes the connection before accepting it (HTTP 403). The key is never logged.
+    """
+
+    async def connect(self) -> None:
+        key = api_key_from_scope(self.scope)
+        agent = await database_sync_to_async(agent_for_api_key)(key) if key else None
+        if agent is None or not await self.join(realtime.agent_group(agent.id)):
+            await self.close()
+            return
+        await self.accept()
+
+    async def agent_batch(self, event: dict[str, Any]) -> None:
+        """One committed transaction's messages for this agent (``trading.realtime.AGENT_BATCH``)."""
+        for message in event["messages"]:
+            await self.send_json(message)

@@ -1,0 +1,359 @@
+"""The live feed (DESIGN section 8, docs/realtime.md): committed market events turned into websocket messages.
+
+Publishing: :func:`publish_committed_events` is a ``markets.services.EVENT_SUBSCRIBERS`` hook, called after commit
+with the stored events of one transaction. It sends one ``market.batch`` to the market's group (the public ``book``,
+``trade`` and ``market`` messages, in ``seq`` order, with no agent or order ids) and one ``agent.batch`` to each
+involved agent's group (its ``order``, ``fill`` and ``balance`` messages), all in one pass over the channel layer. It
+never raises into the caller and never waits for a subscriber: channel layers drop a message for a subscriber whose
+buffer is full instead of blocking.
+
+Reading: :func:`market_snapshot` and :func:`stored_messages` rebuild the same public messages from the database for
+the consumers (``trading.consumers``), which replay ``?since=`` and fill gaps from the stored events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils.dateparse import parse_datetime
+from rest_framework import serializers
+
+from agents.models import Agent
+from markets.models import Market, MarketEvent
+from moltstreet.money import ONE
+from trading.models import Position, Side
+from trading.selectors import book_levels
+
+logger = logging.getLogger(__name__)
+
+Message = dict[str, Any]
+
+# Channel-layer message types; the consumers handle them as ``market_batch`` and ``agent_batch``.
+MARKET_BATCH = "market.batch"
+AGENT_BATCH = "agent.batch"
+
+_TIME = serializers.DateTimeField()  # the REST API's time format, so a time reads the same in both
+
+
+def market_group(market_id: uuid.UUID | str) -> str:
+    """The channel-layer group of a market's public feed."""
+    return f"market.{market_id}"
+
+
+def agent_group(agent_id: uuid.UUID | str) -> str:
+    """The channel-layer group of an agent's private feed."""
+    return f"agent.{agent_id}"
+
+
+def _time(value: datetime | str | None) -> str | None:
+    if isinstance(value, str):
+        value = parse_datetime(value)
+    return _TIME.to_representation(value) if value is not None else None
+
+
+def _price(value: Decimal | str | None) -> str | None:
+    return str(value) if value is not None else None
+
+
+def _no_price(yes_price: Decimal | str | None) -> str | None:
+    return str(ONE - Decimal(str(yes_price))) if yes_price is not None else None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Public messages
+
+
+def market_state(market: Market) -> Message:
+    """The ``market`` object of the feed: ``{id, question, status, outcome, yes_price, no_price, best_bid, best_ask,
+    volume, deadline}``; prices are decimal strings or null (``yes_price`` is the last traded YES price)."""
+    return {
+        "id": str(market.id),
+        "question": market.question,
+        "status": market.status,
+        "outcome": market.outcome,
+        "yes_price": _price(market.last_price),
+        "no_price": _no_price(market.last_price),
+        "best_bid": _price(market.best_bid),
+        "best_ask": _price(market.best_ask),
+        "volume": market.volume,
+        "deadline": _time(market.deadline),
+    }
+
+
+def _market_event_state(data: dict[str, Any], market: Market | None) -> Message:
+    """A ``market`` message's object: the state recorded with the event (status, outcome, last price, volume,
+    deadline); the question and top of book, which the event does not record, as the market row has them now."""
+    recorded = data.get("market") or {}
+    state = market_state(market) if market is not None else {"question": None, "best_bid": None, "best_ask": None}
+    last_price = recorded.get("last_price")
+    state.update(
+        id=recorded.get("id", state.get("id")),
+        status=recorded.get("status"),
+        outcome=recorded.get("outcome"),
+        yes_price=_price(last_price),
+        no_price=_no_price(last_price),
+        volume=recorded.get("volume"),
+        deadline=_time(recorded.get("deadline")),
+    )
+    if data.get("event") in ("closed", "resolved"):  # closing and resolving cancel every resting order
+        state.update(best_bid=None, best_ask=None)
+    return state
+
+
+def _public_trade(event: MarketEvent) -> Message:
+    trade = event.data["trade"]
+    return {
+        "id": trade["id"],
+        "seq": event.seq,
+        "price": trade["price"],
+        "size": trade["size"],
+        "taker_side": trade["taker_side"],
+        "created_at": _time(event.created_at),
+    }
+
+
+def public_message(market_id: str, event: MarketEvent, market: Market | None = None) -> Message:
+    """The public message of one stored event: ``book``, ``trade`` or ``market`` (docs/realtime.md).
+
+    Fields are copied by name, so nothing private in ``event.data`` (agents, orders) can leak. ``market`` is the
+    market row, needed only for ``market`` events (question and top of book). Raises ``ValueError`` for an unknown
+    event kind.
+    """
+    data = event.data or {}
+    if event.kind == MarketEvent.Kind.ORDER:
+        level = data.get("level")
+        levels = [{"side": level["side"], "price": level["price"], "size": level["size"]}] if level else []
+        return {"type": "book", "seq": event.seq, "market": market_id, "levels": levels}
+    if event.kind == MarketEvent.Kind.TRADE:
+        return {"type": "trade", "seq": event.seq, "market": market_id, "trade": _public_trade(event)}
+    if event.kind == MarketEvent.Kind.MARKET:
+        return {
+            "type": "market",
+            "seq": event.seq,
+            "event": data.get("event"),
+            "market": _market_event_state(data, market),
+        }
+    raise ValueError(f"unknown market event kind {event.kind!r}")
+
+
+def public_messages(market_id: uuid.UUID | str, events: Iterable[MarketEvent]) -> list[Message]:
+    """The public messages of stored events, in ``seq`` order; reads the market row once if a ``market`` event is
+    among them."""
+    events = sorted(events, key=lambda e: e.seq)
+    market = None
+    if any(e.kind == MarketEvent.Kind.MARKET for e in events):
+        market = Market.objects.filter(id=market_id).first()
+    return [public_message(str(market_id), event, market) for event in events]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Private messages
+
+
+def private_messages(market_id: uuid.UUID | str, events: Sequence[MarketEvent]) -> dict[str, list[Message]]:
+    """Each involved agent's messages for one transaction's events: ``{agent_id: [order/fill..., balance]}``.
+
+    ``order`` for each change of one of its orders, ``fill`` for each trade it took part in (``role`` maker or
+    taker, ``side``/``action`` of its own order, ``fill_price`` on its own side: the YES price for YES, 1 - price for
+    NO), then one ``balance`` read after commit. Agents whose money moved without an order event get the ``balance``
+    too: the creator on ``created`` (the creation fee), every holder on ``resolved`` (the payout). One query for the
+    balances, one more for the holders of a resolved market.
+    """
+    market_id = str(market_id)
+    feeds: dict[str, list[Message]] = defaultdict(list)
+    balance_only: set[str] = set()
+    for event in sorted(events, key=lambda e: e.seq):
+        data = event.data or {}
+        if event.kind == MarketEvent.Kind.ORDER and "order" in data:
+            order = data["order"]
+            feeds[order["agent"]].append(
+                {
+                    "type": "order",
+                    "seq": event.seq,
+                    "market": market_id,
+                    "event": data.get("event"),
+                    "order": {key: order[key] for key in ("id", "side", "action", "price", "size", "filled", "status")},
+                }
+            )
+        elif event.kind == MarketEvent.Kind.TRADE:
+            trade = data["trade"]
+            parties = (
+                ("maker", trade["maker_agent"], trade["maker_order"], trade["maker_side"], trade["maker_action"]),
+                (
+                    "taker",
+                    trade["taker_agent"],
+                    trade["taker_order"],
+                    trade["taker_side_intent"],
+                    trade["taker_action"],
+                ),
+            )
+            for role, agent_id, order_id, side, action in parties:
+                feeds[agent_id].append(
+                    {
+                        "type": "fill",
+                        "seq": event.seq,
+                        "market": market_id,
+                        "fill": {
+                            "id": trade["id"],
+                            "order": order_id,
+                            "side": side,
+                            "action": action,
+                            "role": role,
+                            "price": trade["price"],
+                            "fill_price": trade["price"] if side == Side.YES else _no_price(trade["price"]),
+                            "size": trade["size"],
+                            "created_at": _time(event.created_at),
+                        },
+                    }
+                )
+        elif event.kind == MarketEvent.Kind.MARKET and data.get("event") == "created":
+            creator = Market.objects.filter(id=market_id).values_list("creator_id", flat=True).first()
+            if creator is not None:
+                balance_only.add(str(creator))
+        elif event.kind == MarketEvent.Kind.MARKET and data.get("event") == "resolved":
+            holders = Position.objects.filter(market_id=market_id).values_list("agent_id", flat=True)
+            balance_only.update(str(agent_id) for agent_id in holders)
+    touched = set(feeds) | balance_only
+    if touched:
+        rows = Agent.objects.filter(id__in=touched).values_list("id", "balance", "locked_balance")
+        for agent_id, balance, locked in rows:
+            feeds[str(agent_id)].append(
+                {
+                    "type": "balance",
+                    "market": market_id,
+                    "balance": str(balance),
+                    "locked_balance": str(locked),
+                    "available_balance": str(balance - locked),
+                }
+            )
+    return dict(feeds)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Publishing
+
+
+def publish_committed_events(market_id: uuid.UUID, events: Sequence[MarketEvent]) -> None:
+    """``EVENT_SUBSCRIBERS`` hook: publish one committed transaction's events to the live feed.
+
+    Sends ``{"type": "market.batch", "messages": [...]}`` to ``market.<id>`` and ``{"type": "agent.batch",
+    "messages": [...]}`` to ``agent.<id>`` of each involved agent: one ``group_send`` per group, together, bounded by
+    ``MOLTSTREET["LIVE_PUBLISH_TIMEOUT"]`` seconds. Never raises: a failure (the channel layer or Redis down, a
+    timeout) is logged and trading goes on; subscribers then find the gap in ``seq`` and read the stored events.
+    """
+    if not events:
+        return
+    try:
+        sends = [(market_group(market_id), {"type": MARKET_BATCH, "messages": public_messages(market_id, events)})]
+        for agent_id, messages in private_messages(market_id, events).items():
+            sends.append((agent_group(agent_id), {"type": AGENT_BATCH, "messages": messages}))
+        _group_send_all(sends)
+    except Exception:  # the caller's transaction has committed: nothing here may undo or fail it
+        seqs = [e.seq for e in events]
+        logger.exception("live feed: publishing market %s events %d-%d failed", market_id, min(seqs), max(seqs))
+
+
+def _group_send_all(sends: list[tuple[str, Message]]) -> None:
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    timeout = settings.MOLTSTREET["LIVE_PUBLISH_TIMEOUT"]
+
+    async def send_all() -> list[Any]:
+        # One event loop and connection for the whole transaction; channel layers drop a message for a subscriber
+        # whose buffer is full rather than wait, so only the channel layer itself can be slow: bounded here.
+        return await asyncio.wait_for(
+            asyncio.gather(*(layer.group_send(group, message) for group, message in sends), return_exceptions=True),
+            timeout,
+        )
+
+    results = async_to_sync(send_all)()
+    for (group, _message), result in zip(sends, results, strict=True):
+        if isinstance(result, BaseException):
+            logger.error("live feed: group_send to %s failed: %r", group, result)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Reading for the consumers (sync: call through ``database_sync_to_async``)
+
+
+def market_exists(market_id: uuid.UUID | str) -> bool:
+    return Market.objects.filter(id=market_id).exists()
+
+
+def market_snapshot(market_id: uuid.UUID | str, reason: str) -> Message | None:
+    """A ``snapshot`` message: market state, book levels (best first, ``no`` at NO prices), the last trades (newest
+    first, ``MOLTSTREET["LIVE_SNAPSHOT_TRADES"]``) and the ``seq`` they all reflect; ``None`` for an unknown market.
+
+    One read transaction; on PostgreSQL at REPEATABLE READ, so every read sees the same committed state and ``seq``
+    matches the contents exactly, however busy the market. (SQLite's transaction already holds its lock.)
+    """
+    outermost = not connection.in_atomic_block  # the isolation level can only be set by a transaction's first query
+    with transaction.atomic():
+        if connection.vendor == "postgresql" and outermost:
+            with connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        market = Market.objects.filter(id=market_id).first()
+        if market is None:
+            return None
+        book = book_levels(market)
+        trades = list(
+            MarketEvent.objects.filter(market=market, kind=MarketEvent.Kind.TRADE, seq__lte=market.seq).order_by(
+                "-seq"
+            )[: settings.MOLTSTREET["LIVE_SNAPSHOT_TRADES"]]
+        )
+    if book["seq"] != market.seq:  # only possible inside a caller's transaction at READ COMMITTED
+        raise AssertionError(f"snapshot of market {market.id} mixes seq {market.seq} and {book['seq']}")
+    return {
+        "type": "snapshot",
+        "seq": market.seq,
+        "reason": reason,
+        "market": market_state(market),
+        "book": {"yes": book["yes"], "no": book["no"]},
+        "trades": [_public_trade(event) for event in trades],
+    }
+
+
+def stored_messages(
+    market_id: uuid.UUID | str, after: int, until: int | None = None, limit: int = 1000
+) -> list[Message]:
+    """Public messages of the stored events ``after < seq <= until`` (``until`` None: to the newest), in order, at
+    most ``limit``. Committed events have no gaps (each transaction numbers its events under the market lock), so
+    the result is consecutive from ``after + 1``; callers still check."""
+    events = MarketEvent.objects.filter(market_id=market_id, seq__gt=after)
+    if until is not None:
+        events = events.filter(seq__lte=until)
+    return public_messages(market_id, events.order_by("seq")[:limit])
+
+
+def current_seq(market_id: uuid.UUID | str) -> int | None:
+    """The market's last ``seq``, or ``None`` for an unknown market."""
+    return Market.objects.filter(id=market_id).values_list("seq", flat=True).first()
+
+
+__all__ = [
+    "AGENT_BATCH",
+    "MARKET_BATCH",
+    "agent_group",
+    "current_seq",
+    "market_exists",
+    "market_group",
+    "market_snapshot",
+    "market_state",
+    "private_messages",
+    "public_message",
+    "public_messages",
+    "publish_committed_events",
+    "stored_messages",
+]

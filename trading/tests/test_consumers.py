@@ -1,0 +1,633 @@
+"""The websocket feeds through ``moltstreet.asgi.application`` (docs/realtime.md is the contract checked here).
+
+Each test is sync (pytest-asyncio is not used) and runs its websocket part with ``async_to_sync``; trading happens
+through ``trading.services`` via ``sync_to_async``, so it commits (``transaction=True``), publishes from
+``on_commit`` through the real channel layer (channels-redis on the tests' Redis, under a key prefix of the test's
+own that is flushed afterwards) and the consumers read committed rows.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from asgiref.sync import async_to_sync, sync_to_async
+from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
+
+from agents.models import ApiKey
+from agents.services import api_key_revoke
+from markets import services as market_services
+from markets.models import Market
+from moltstreet.asgi import application
+from trading import realtime
+from trading.consumers import CLOSE_BUFFER_OVERFLOW
+from trading.models import Order
+from trading.selectors import book_levels
+from trading.services import market_close, market_resolve, order_cancel, order_place
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+STEP = 5.0  # seconds any one awaited message may take
+
+
+@pytest.fixture(autouse=True)
+def channel_layer(settings):
+    """The configured channel layer under a key prefix of this test's own, flushed afterwards."""
+    layers = copy.deepcopy(settings.CHANNEL_LAYERS)
+    if "redis" in layers["default"]["BACKEND"]:
+        layers["default"]["CONFIG"]["prefix"] = f"test-ws-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    settings.CHANNEL_LAYERS = layers  # channels drops its cached layers when this setting changes
+    layer = get_channel_layer()
+    yield layer
+    async_to_sync(layer.flush)()
+
+
+def run(scenario: Callable[[], Any]) -> Any:
+    """Run an async scenario from a sync test."""
+    return async_to_sync(scenario)()
+
+
+def place(agent, market, side: str, action: str, price: str, size: int, **kwargs):
+    return order_place(agent=agent, market_id=market.id, side=side, action=action, price=price, size=size, **kwargs)
+
+
+aplace = sync_to_async(place)
+
+
+class Feed:
+    """A websocket client of ``application`` that keeps every JSON message it received."""
+
+    def __init__(self, path: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        self.communicator = WebsocketCommunicator(application, path, headers=headers)
+        self.received: list[dict[str, Any]] = []
+        self.close_code: int | None = None
+
+    async def connect(self) -> bool:
+        connected, _code = await self.communicator.connect(timeout=STEP)
+        return connected
+
+    async def recv(self) -> dict[str, Any]:
+        message = await self.communicator.receive_json_from(timeout=STEP)
+        self.received.append(message)
+        return message
+
+    async def until(self, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        """Receive until a message satisfies ``predicate``; returns it."""
+        while True:
+            message = await self.recv()
+            if predicate(message):
+                return message
+
+    async def until_seq(self, seq: int) -> list[dict[str, Any]]:
+        """Receive up to the message with ``seq``; returns the messages received on the way, that one included."""
+        start = len(self.received)
+        await self.until(lambda m: m.get("seq") == seq)
+        return self.received[start:]
+
+    async def closed(self) -> int:
+        """Wait for the server to close the connection; returns the close code."""
+        output = await self.communicator.receive_output(timeout=STEP)
+        assert output["type"] == "websocket.close", output
+        return output.get("code", 1000)
+
+    async def disconnect(self) -> None:
+        await self.communicator.disconnect()
+
+
+def market_path(market, since: Any = None) -> str:
+    return f"/ws/markets/{market.id}/" + (f"?since={since}" if since is not None else "")
+
+
+def seq_of(market) -> int:
+    return Market.objects.values_list("seq", flat=True).get(id=market.id)
+
+
+aseq_of = sync_to_async(seq_of)
+
+
+def book_of(market) -> dict[str, list[dict[str, Any]]]:
+    levels = book_levels(market)
+    return {"yes": levels["yes"], "no": levels["no"]}
+
+
+def apply_book(book: dict[str, list[dict[str, Any]]], message: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """A client's book after a ``book`` message: each level set to its absolute size, size 0 removes it."""
+    sizes = {(side, level["price"]): level["size"] for side in ("yes", "no") for level in book[side]}
+    for level in message["levels"]:
+        sizes[(level["side"].lower(), level["price"])] = level["size"]
+    return {
+        side: [
+            {"price": price, "size": size}
+            for (s, price), size in sorted(sizes.items(), key=lambda item: Decimal(item[0][1]), reverse=True)
+            if s == side and size
+        ]
+        for side in ("yes", "no")
+    }
+
+
+def trade_some(market, alice, bob) -> None:
+    """Resting bids on both sides, a partial fill, a full fill and a cancel: every kind of book change."""
+    place(alice, market, "YES", "BUY", "0.40", 5)
+    place(alice, market, "YES", "BUY", "0.45", 3)
+    resting_no = place(bob, market, "NO", "BUY", "0.30", 4).order
+    place(bob, market, "NO", "BUY", "0.60", 4)  # takes 3 at YES 0.45, then 1 at YES 0.40
+    place(alice, market, "YES", "SELL", "0.60", 2)  # sells 2 of its 4 YES: rests as a NO bid at 0.40
+    order_cancel(agent=bob, order_id=resting_no.id)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The public market feed
+
+
+def test_a_new_subscriber_gets_a_snapshot_whose_seq_matches_its_book_trades_and_market(market, make_agent):
+    alice, bob = make_agent(), make_agent()
+    trade_some(market, alice, bob)
+    market.refresh_from_db()
+
+    async def scenario():
+        feed = Feed(market_path(market))
+        assert await feed.connect()
+        snapshot = await feed.recv()
+        await feed.disconnect()
+        return snapshot
+
+    snapshot = run(scenario)
+    assert snapshot["type"] == "snapshot"
+    assert (snapshot["reason"], snapshot["seq"]) == ("connect", market.seq)
+    assert snapshot["book"] == book_of(market)
+    assert snapshot["book"]["yes"] == [{"price": "0.40", "size": 4}]
+    assert snapshot["book"]["no"] == [{"price": "0.40", "size": 2}]
+    trades = snapshot["trades"]
+    assert [(t["price"], t["size"], t["taker_side"]) for t in trades] == [("0.40", 1, "NO"), ("0.45", 3, "NO")]
+    assert [t["seq"] for t in trades] == sorted((t["seq"] for t in trades), reverse=True)
+    assert all(t["seq"] <= market.seq for t in trades)
+    assert snapshot["market"] == {
+        "id": str(market.id),
+        "question": market.question,
+        "status": "open",
+        "outcome": None,
+        "yes_price": "0.40",
+        "no_price": "0.60",
+        "best_bid": "0.40",
+        "best_ask": "0.60",
+        "volume": 4,
+        "deadline": market.deadline.isoformat().replace("+00:00", "Z"),
+    }
+
+
+def test_changes_arrive_with_consecutive_seq_and_rebuild_the_book_from_the_snapshot(market, make_agent):
+    alice, bob = make_agent(), make_agent()
+
+    async def scenario():
+        feed = Feed(market_path(market))
+        assert await feed.connect()
+        snapshot = await feed.recv()
+        await sync_to_async(trade_some)(market, alice, bob)
+        live = await feed.until_seq(await aseq_of(market))
+        await feed.disconnect()
+        return snapshot, live
+
+    snapshot, live = run(scenario)
+    market.refresh_from_db()
+    assert [m["seq"] for m in live] == list(range(snapshot["seq"] + 1, market.seq + 1))
+    assert {m["type"] for m in live} == {"book", "trade"}
+    assert all(m["market"] == str(market.id) for m in live)
+    book = snapshot["book"]
+    for message in live:
+        if message["type"] == "book":
+            book = apply_book(book, message)
+    assert book == book_of(market)
+    trades = [m["trade"] for m in live if m["type"] == "trade"]
+    assert [(t["price"], t["size"], t["taker_side"]) for t in trades] == [("0.45", 3, "NO"), ("0.40", 1, "NO")]
+    assert [t["seq"] for t in trades] == [m["seq"] for m in live if m["type"] == "trade"]
+    assert all(datetime.fromisoformat(t["created_at"]).tzinfo is not None for t in trades)
+    # Absolute sizes: the YES 0.45 bid is taken whole (0 removes it), the 0.40 bid drops from 5 to 4.
+    sizes = [(lv["side"], lv["price"], lv["size"]) for m in live if m["type"] == "book" for lv in m["levels"]]
+    assert ("YES", "0.45", 0) in sizes
+    assert ("YES", "0.40", 4) in sizes
+    assert sizes[-1] == ("NO", "0.30", 0)  # the cancel, last
+
+
+def test_closing_and_resolving_the_market_send_market_messages(market, make_agent):
+    alice = make_agent()
+
+    async def scenario():
+        feed = Feed(market_path(market))
+        assert await feed.connect()
+        await feed.recv()
+        await aplace(alice, market, "YES", "BUY", "0.30", 2)
+        await sync_to_async(market_close)(market_id=market.id)
+        await sync_to_async(market_resolve)(market_id=market.id, outcome="NO")
+        live = await feed.until_seq(await aseq_of(market))
+        await feed.disconnect()
+        return live
+
+    live = run(scenario)
+    assert [m["type"] for m in live] == ["book", "book", "market", "market"]
+    assert live[1]["levels"] == [{"side": "YES", "price": "0.30", "size": 0}]  # closing cancels the bid
+    closed, resolved = live[2], live[3]
+    assert (closed["event"], closed["market"]["status"], closed["market"]["outcome"]) == ("closed", "closed", None)
+    assert (resolved["event"], resolved["market"]["status"], resolved["market"]["outcome"]) == (
+        "resolved",
+        "resolved",
+        "NO",
+    )
+    assert resolved["market"]["id"] == str(market.id)
+    assert resolved["market"]["question"] == market.question
+    assert (resolved["market"]["best_bid"], resolved["market"]["best_ask"]) == (None, None)
+
+
+def test_since_replays_exactly_the_missed_changes_then_goes_live(market, make_agent):
+    alice, bob = make_agent(), make_agent()
+
+    async def scenario():
+        first = Feed(market_path(market))
+        assert await first.connect()
+        await first.recv()
+        await sync_to_async(trade_some)(market, alice, bob)
+        end = await aseq_of(market)
+        seen = await first.until_seq(end)
+        await first.disconnect()
+
+        k = seen[2]["seq"]  # the client applied up to k, then its connection dropped
+        again = Feed(market_path(market, since=k))
+        assert await again.connect()
+        replayed = [await again.recv() for _ in range(end - k)]
+        await aplace(bob, market, "NO", "BUY", "0.20", 1)
+        live = await again.recv()
+        await again.disconnect()
+        return seen, k, replayed, live
+
+    seen, k, replayed, live = run(scenario)
+    assert replayed == [m for m in seen if m["seq"] > k]  # the same messages, no snapshot
+    assert live["seq"] == replayed[-1]["seq"] + 1
+    assert live["levels"] == [{"side": "NO", "price": "0.20", "size": 1}]
+
+
+def test_a_since_that_cannot_be_replayed_gets_a_snapshot_saying_so(market, make_agent, settings):
+    settings.MOLTSTREET = {**settings.MOLTSTREET, "LIVE_REPLAY_LIMIT": 3}
+    alice = make_agent()
+    for price in ("0.10", "0.11", "0.12", "0.13"):
+        place(alice, market, "YES", "BUY", price, 1)
+    current = seq_of(market)
+
+    async def first_messages(since: str, count: int) -> list[dict[str, Any]]:
+        feed = Feed(market_path(market, since=since))
+        assert await feed.connect()
+        messages = [await feed.recv() for _ in range(count)]
+        await feed.disconnect()
+        return messages
+
+    async def scenario():
+        return {
+            "too old": await first_messages(str(current - 4), 1),
+            "just in reach": await first_messages(str(current - 3), 3),
+            "ahead": await first_messages(str(current + 1), 1),
+            "garbage": await first_messages("yesterday", 2),
+            "negative": await first_messages("-1", 2),
+        }
+
+    got = run(scenario)
+    for case in ("too old", "ahead"):
+        [snapshot] = got[case]
+        assert (snapshot["type"], snapshot["reason"], snapshot["seq"]) == ("snapshot", "since_too_old", current), case
+    assert [m["seq"] for m in got["just in reach"]] == [current - 2, current - 1, current]
+    for case in ("garbage", "negative"):
+        error, snapshot = got[case]
+        assert (error["type"], error["code"]) == ("error", "invalid_since"), case
+        assert (snapshot["type"], snapshot["reason"], snapshot["seq"]) == ("snapshot", "connect", current), case
+
+
+def test_a_ping_gets_a_pong_and_any_other_message_an_error_on_an_open_connection(market):
+    async def scenario():
+        feed = Feed(market_path(market))
+        assert await feed.connect()
+        await feed.recv()
+        answers = []
+        for frame in ('{"type": "ping"}', '{"type": "subscribe"}', "not json", "[1, 2]", '{"type": "ping"}'):
+            await feed.communicator.send_to(text_data=frame)
+            answers.append(await feed.recv())
+        await feed.communicator.send_to(bytes_data=b"\x00")
+        answers.append(await feed.recv())
+        await feed.communicator.send_json_to({"type": "ping"})
+        answers.append(await feed.recv())
+        await feed.disconnect()
+        return answers
+
+    answers = run(scenario)
+    assert answers[0] == answers[4] == answers[6] == {"type": "pong"}
+    for error in (answers[1], answers[2], answers[3], answers[5]):
+        assert (error["type"], error["code"]) == ("error", "invalid_message")
+        assert error["message"]
+
+
+def test_an_unknown_market_a_malformed_path_or_a_foreign_origin_is_refused_at_the_handshake(market):
+    async def connects(path: str, headers: list[tuple[bytes, bytes]] | None = None) -> bool:
+        feed = Feed(path, headers)
+        connected = await feed.connect()
+        if connected:
+            await feed.disconnect()
+        return connected
+
+    async def scenario():
+        ok = market_path(market)
+        return {
+            "unknown market": await connects(f"/ws/markets/{uuid.uuid4()}/"),
+            "malformed id": await connects("/ws/markets/not-a-uuid/"),
+            "unknown path": await connects("/ws/elsewhere/"),
+            "foreign origin": await connects(ok, [(b"origin", b"https://evil.example")]),
+            "null origin": await connects(ok, [(b"origin", b"null")]),
+            "foreign host": await connects(ok, [(b"host", b"evil.example")]),
+            "own origin": await connects(ok, [(b"host", b"127.0.0.1:8000"), (b"origin", b"http://127.0.0.1:8000")]),
+            "no origin (an agent's client)": await connects(ok, [(b"host", b"localhost:8000")]),
+        }
+
+    assert run(scenario) == {
+        "unknown market": False,
+        "malformed id": False,
+        "unknown path": False,
+        "foreign origin": False,
+        "null origin": False,
+        "foreign host": False,
+        "own origin": True,
+        "no origin (an agent's client)": True,
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The private agent feed
+
+
+def agent_path(agent) -> str:
+    return f"/ws/agent/?api_key={agent.api_key}"
+
+
+def test_each_agent_feed_carries_its_own_orders_fills_and_balances_and_nothing_of_others(market, make_agent):
+    alice, bob, carol = make_agent(), make_agent(), make_agent()
+
+    async def scenario():
+        public = Feed(market_path(market))
+        feeds = {
+            "alice": Feed(agent_path(alice)),
+            "bob": Feed("/ws/agent/", [(b"authorization", f"Bearer {bob.api_key}".encode())]),
+            "carol": Feed(agent_path(carol)),
+        }
+        for feed in (public, *feeds.values()):
+            assert await feed.connect()
+        await public.recv()
+        resting = await aplace(alice, market, "YES", "BUY", "0.60", 10)
+        taking = await aplace(bob, market, "NO", "BUY", "0.45", 4)
+        # A last order of each agent's own: its channel is first-in first-out, so what the feed received before
+        # that order's message is everything it was sent for the trades above.
+        last = {
+            name: await aplace(agent, market, "NO", "BUY", "0.01", 1)
+            for name, agent in (("alice", alice), ("bob", bob), ("carol", carol))
+        }
+        for name, feed in feeds.items():
+            await feed.until(lambda m, name=name: m["type"] == "order" and m["order"]["id"] == str(last[name].order.id))
+            await feed.until(lambda m: m["type"] == "balance")
+        await public.until_seq(await aseq_of(market))
+        for feed in (public, *feeds.values()):
+            await feed.disconnect()
+        return public.received, {name: feed.received for name, feed in feeds.items()}, resting, taking
+
+    public, private, resting, taking = run(scenario)
+    alice_order, bob_order = str(resting.order.id), str(taking.order.id)
+    [trade] = taking.trades
+
+    def kinds(messages):
+        return [m["type"] for m in messages]
+
+    assert kinds(private["alice"]) == ["order", "balance", "fill", "order", "balance", "order", "balance"]
+    assert kinds(private["bob"]) == ["order", "fill", "balance", "order", "balance"]
+    assert kinds(private["carol"]) == ["order", "balance"]
+    assert private["alice"][0]["order"] == {
+        "id": alice_order,
+        "side": "YES",
+        "action": "BUY",
+        "price": "0.60",
+        "size": 10,
+        "filled": 0,
+        "status": "open",
+    }
+    assert private["alice"][3]["order"]["filled"] == 4
+    assert private["alice"][3]["order"]["status"] == "partial"
+    assert private["alice"][2]["fill"] == {
+        "id": str(trade.id),
+        "order": alice_order,
+        "side": "YES",
+        "action": "BUY",
+        "role": "maker",
+        "price": "0.60",
+        "fill_price": "0.60",
+        "size": 4,
+        "created_at": private["alice"][2]["fill"]["created_at"],
+    }
+    bob_fill = private["bob"][1]["fill"]
+    assert (bob_fill["order"], bob_fill["side"], bob_fill["role"], bob_fill["price"], bob_fill["fill_price"]) == (
+        bob_order,
+        "NO",
+        "taker",
+        "0.60",
+        "0.40",
+    )
+    for name, agent in (("alice", alice), ("bob", bob), ("carol", carol)):
+        agent.refresh_from_db()
+        balance = private[name][-1]
+        assert (balance["balance"], balance["locked_balance"], balance["available_balance"]) == (
+            str(agent.balance),
+            str(agent.locked_balance),
+            str(agent.available_balance),
+        )
+    # Nothing of anyone else's, and the public feed names no agent and no order.
+    ids = {
+        name: {str(agent.id), *(str(o) for o in Order.objects.filter(agent=agent).values_list("id", flat=True))}
+        for name, agent in (("alice", alice), ("bob", bob), ("carol", carol))
+    }
+    for name, messages in private.items():
+        text = json.dumps(messages)
+        for other, other_ids in ids.items():
+            if other != name:
+                assert not any(i in text for i in other_ids), (name, other)
+    public_text = json.dumps(public)
+    assert not any(i in public_text for other_ids in ids.values() for i in other_ids)
+    assert str(trade.id) in public_text
+
+
+def test_a_missing_bad_or_revoked_key_is_refused_at_the_handshake(make_agent):
+    alice = make_agent()
+    revoked = make_agent()
+    key = ApiKey.objects.get(agent=revoked)
+    api_key_revoke(agent=revoked, key_id=key.id)
+
+    async def connects(path: str, headers: list[tuple[bytes, bytes]] | None = None) -> bool:
+        feed = Feed(path, headers)
+        connected = await feed.connect()
+        if connected:
+            await feed.disconnect()
+        return connected
+
+    async def scenario():
+        return {
+            "missing": await connects("/ws/agent/"),
+            "bad": await connects("/ws/agent/?api_key=ms_not-a-key"),
+            "revoked": await connects(agent_path(revoked)),
+            "bad header": await connects("/ws/agent/", [(b"authorization", b"Bearer ms_wrong")]),
+            "not bearer": await connects("/ws/agent/", [(b"authorization", f"Basic {alice.api_key}".encode())]),
+            "query": await connects(agent_path(alice)),
+            "header": await connects("/ws/agent/", [(b"authorization", f"Bearer {alice.api_key}".encode())]),
+        }
+
+    assert run(scenario) == {
+        "missing": False,
+        "bad": False,
+        "revoked": False,
+        "bad header": False,
+        "not bearer": False,
+        "query": True,
+        "header": True,
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Gaps, out-of-order batches and slow subscribers
+
+
+def unpublished(fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` with the live feed's publishing switched off: its changes are stored, never published, as if the
+    channel layer had dropped them."""
+    saved = list(market_services.EVENT_SUBSCRIBERS)
+    market_services.EVENT_SUBSCRIBERS.clear()
+    try:
+        return fn()
+    finally:
+        market_services.EVENT_SUBSCRIBERS[:] = saved
+
+
+def test_a_gap_in_seq_is_filled_from_the_stored_events_in_order(market, make_agent):
+    alice = make_agent()
+
+    async def scenario():
+        feed = Feed(market_path(market))
+        assert await feed.connect()
+        snapshot = await feed.recv()
+        await sync_to_async(unpublished)(
+            lambda: [place(alice, market, "YES", "BUY", p, 1) for p in ("0.10", "0.11", "0.12")]
+        )
+        await aplace(alice, market, "YES", "BUY", "0.13", 1)
+        live = await feed.until_seq(await aseq_of(market))
+        await feed.disconnect()
+        return snapshot, live
+
+    snapshot, live = run(scenario)
+    assert [m["seq"] for m in live] == list(range(snapshot["seq"] + 1, snapshot["seq"] + 5))
+    assert [m["levels"][0]["price"] for m in live] == ["0.10", "0.11", "0.12", "0.13"]
+
+
+def test_batches_arriving_out_of_order_reach_the_client_once_and_in_order(market, make_agent, monkeypatch):
+    alice = make_agent()
+    held: list[tuple[str, dict[str, Any]]] = []
+    send_all = realtime._group_send_all
+    holding = {"on": True}
+    monkeypatch.setattr(
+        realtime, "_group_send_all", lambda sends: held.extend(sends) if holding["on"] else send_all(sends)
+    )
+
+    async def scenario():
+        feed = Feed(market_path(market))
+        assert await feed.connect()
+        snapshot = await feed.recv()
+        for price in ("0.10", "0.11", "0.12"):
+            await aplace(alice, market, "YES", "BUY", price, 1)
+        holding["on"] = False
+        layer = get_channel_layer()
+        public = [(group, message) for group, message in held if group == realtime.market_group(market.id)]
+        for group, message in reversed(public):  # as if three processes' publishes crossed in flight
+            await layer.group_send(group, message)
+        live = await feed.until_seq(await aseq_of(market))
+        # One more, published normally: the channel is first-in first-out, so the late batches were handled before
+        # it, and whatever they made the consumer send would come before this message.
+        await aplace(alice, market, "YES", "BUY", "0.13", 1)
+        after = await feed.recv()
+        await feed.disconnect()
+        return snapshot, live, after
+
+    snapshot, live, after = run(scenario)
+    assert [m["seq"] for m in live] == list(range(snapshot["seq"] + 1, snapshot["seq"] + 4))
+    assert [m["levels"][0]["price"] for m in live] == ["0.10", "0.11", "0.12"]
+    assert (after["seq"], after["levels"][0]["price"]) == (snapshot["seq"] + 4, "0.13")
+
+
+def test_a_gap_beyond_the_bound_tells_the_client_buffer_overflow_and_closes_4008(market, make_agent, settings):
+    settings.MOLTSTREET = {**settings.MOLTSTREET, "LIVE_REPLAY_LIMIT": 3}
+    alice = make_agent()
+
+    async def scenario():
+        feed = Feed(market_path(market))
+        assert await feed.connect()
+        snapshot = await feed.recv()
+        await sync_to_async(unpublished)(
+            lambda: [place(alice, market, "YES", "BUY", p, 1) for p in ("0.10", "0.11", "0.12", "0.13")]
+        )
+        await aplace(alice, market, "YES", "BUY", "0.14", 1)
+        error = await feed.recv()
+        code = await feed.closed()
+        return snapshot, error, code
+
+    snapshot, error, code = run(scenario)
+    assert (error["type"], error["code"], error["last_seq"]) == ("error", "buffer_overflow", snapshot["seq"])
+    assert "since" in error["message"]
+    assert code == CLOSE_BUFFER_OVERFLOW == 4008
+
+
+def test_a_stuck_subscriber_neither_slows_trading_nor_costs_other_subscribers_a_message(
+    market, make_agent, channel_layer, monkeypatch, caplog, settings
+):
+    """A subscriber that never reads: its buffer fills to ``capacity`` and the layer drops the rest for it alone."""
+    capacity, orders = 40, 200
+    monkeypatch.setattr(channel_layer, "capacity", capacity)
+    publishes: list[float] = []
+    send_all = realtime._group_send_all
+
+    def timed(sends):
+        started = time.monotonic()
+        send_all(sends)
+        publishes.append(time.monotonic() - started)
+
+    monkeypatch.setattr(realtime, "_group_send_all", timed)
+    alice, bob = make_agent(), make_agent()
+    stuck = f"stuck-{uuid.uuid4().hex}"
+
+    async def scenario():
+        await channel_layer.group_add(realtime.market_group(market.id), stuck)
+        feed = Feed(market_path(market))
+        assert await feed.connect()
+        snapshot = await feed.recv()
+        for i in range(orders // 2):
+            await aplace(alice, market, "YES", "BUY", "0.50", 1)
+            result = await aplace(bob, market, "NO", "BUY", "0.50", 1)
+            assert result.order.status == "filled", i
+        live = await feed.until_seq(await aseq_of(market))
+        await feed.disconnect()
+        buffered = await channel_layer.connection(0).zcard(channel_layer.prefix + stuck)
+        return snapshot, live, buffered
+
+    with caplog.at_level("INFO", logger="trading.realtime"):
+        snapshot, live, buffered = run(scenario)
+    assert [m["seq"] for m in live] == list(range(snapshot["seq"] + 1, seq_of(market) + 1))
+    assert sum(m["type"] == "trade" for m in live) == orders // 2
+    # The stuck buffer is full and holds nothing beyond: the later transactions were dropped for it, not waited on.
+    assert buffered == capacity
+    assert len(publishes) == orders
+    assert not [r for r in caplog.records if r.name == "trading.realtime"], "a publish failed or timed out"
+    # Waiting on the stuck subscriber would have held every publish up to the timeout; none came near it.
+    assert max(publishes) < settings.MOLTSTREET["LIVE_PUBLISH_TIMEOUT"] / 2, max(publishes)
