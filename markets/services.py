@@ -34,6 +34,18 @@ def lock_market(market_id: uuid.UUID) -> Market:
         raise NotFound("No such market.", detail={"market": str(market_id)}) from exc
 
 
+def clean_question(question: str | None, *, limit: int) -> str:
+    """A market question stripped of surrounding space; raises :class:`InvalidRequest` if empty or over ``limit``."""
+    question = (question or "").strip()
+    if not question:
+        raise InvalidRequest("question must not be empty.", detail={"question": question})
+    if len(question) > limit:
+        raise InvalidRequest(
+            f"question must be at most {limit} characters.", detail={"length": len(question), "limit": limit}
+        )
+    return question
+
+
 def ensure_tradable(market: Market, now: datetime | None = None) -> None:
     """Raise :class:`MarketClosed` unless the market is open and its deadline has not passed."""
     now = now or timezone.now()
@@ -109,14 +121,7 @@ def market_create(
     Raises :class:`InvalidRequest` for an empty or too long question or a deadline not in the future (or more than
     five years ahead), :class:`InsufficientBalance` when the creator cannot pay the fee.
     """
-    question = (question or "").strip()
-    limit = settings.MOLTSTREET["MAX_QUESTION_LENGTH"]
-    if not question:
-        raise InvalidRequest("question must not be empty.", detail={"question": question})
-    if len(question) > limit:
-        raise InvalidRequest(
-            f"question must be at most {limit} characters.", detail={"length": len(question), "limit": limit}
-        )
+    question = clean_question(question, limit=settings.MOLTSTREET["MAX_QUESTION_LENGTH"])
     now = timezone.now()
     if deadline <= now:
         raise InvalidRequest("deadline must be in the future.", detail={"deadline": deadline.isoformat()})
@@ -288,11 +293,7 @@ def market_update(*, market_id: uuid.UUID, **changes: Any) -> Market:
     if market.status != Market.Status.OPEN:
         raise MarketClosed("Only open markets can be edited.", detail={"status": market.status})
     if "question" in changes:
-        question = (changes["question"] or "").strip()
-        limit = Market._meta.get_field("question").max_length
-        if not question or len(question) > limit:
-            raise InvalidRequest(f"question must be 1-{limit} characters.", detail={"length": len(question)})
-        changes["question"] = question
+        changes["question"] = clean_question(changes["question"], limit=Market._meta.get_field("question").max_length)
     if "deadline" in changes and changes["deadline"] <= timezone.now():
         raise InvalidRequest("deadline must be in the future; close the market to stop trading now.")
     if not changes:

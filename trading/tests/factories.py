@@ -15,10 +15,11 @@ from django.utils import timezone
 
 from agents.models import Agent, LedgerEntry
 from agents.services import agent_register
-from markets.models import Market, MarketEvent
+from markets.models import Market
 from markets.services import market_create
 from moltstreet.money import ONE, ZERO
-from trading.models import Order, Position, Trade
+from moltstreet.testing import state as snapshot  # noqa: F401  (re-exported for the trading tests)
+from trading.models import Order, Position
 from trading.services import PlaceResult, order_place
 
 _names = itertools.count(1)
@@ -102,20 +103,3 @@ def total_money() -> Decimal:
 def external_money() -> Decimal:
     """Σ grants - Σ fees ± Σ adjustments (DESIGN invariant 3's right side)."""
     return LedgerEntry.objects.filter(kind__in=["grant", "fee", "adjustment"]).aggregate(s=Sum("amount"))["s"] or ZERO
-
-
-def snapshot() -> dict[str, object]:
-    """Every row a rejected request must leave alone: balances, positions, orders, trades, ledger, sequences."""
-    return {
-        "agents": list(Agent.objects.order_by("id").values_list("id", "balance", "locked_balance", "reputation")),
-        "positions": list(
-            Position.objects.order_by("id").values_list(
-                "id", "yes_shares", "no_shares", "yes_reserved", "no_reserved", "yes_cost", "no_cost", "realized_pnl"
-            )
-        ),
-        "orders": list(Order.objects.order_by("id").values_list("id", "status", "filled", "cancel_reason")),
-        "trades": Trade.objects.count(),
-        "ledger": LedgerEntry.objects.count(),
-        "markets": list(Market.objects.order_by("id").values_list("id", "status", "seq", "volume")),
-        "events": MarketEvent.objects.count(),
-    }
