@@ -12,4 +12,5 @@ RUN DATABASE_URL=sqlite:////tmp/build.sqlite3 python manage.py collectstatic --n
 
 EXPOSE 8000
 # Migrations run once per deploy (`docker run ... python manage.py migrate`), not in every web process.
-CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "moltstreet.asgi:application"]
+# -v 0: no daphne access log, which would write query strings (keys) verbatim; moltstreet.middleware logs requests.
+CMD ["daphne", "-v", "0", "-b", "0.0.0.0", "-p", "8000", "moltstreet.asgi:application"]

@@ -28,7 +28,7 @@ run: $(STAMP)
 	$(BIN)/python manage.py bootstrap --data $(DATA)
 	$(BIN)/python manage.py run_scheduler & echo $$! > .scheduler.pid; \
 	trap 'kill $$(cat .scheduler.pid) 2>/dev/null; rm -f .scheduler.pid' EXIT INT TERM; \
-	$(BIN)/daphne -b $(HOST) -p $(PORT) moltstreet.asgi:application
+	$(BIN)/daphne -v 0 -b $(HOST) -p $(PORT) moltstreet.asgi:application
 
 # Chromium and ChromeDriver for the browser tests: installed with apt-get when missing and we are root, otherwise the
 # exact command to run is printed and `make test` fails (the browser tests never skip).

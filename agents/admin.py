@@ -52,7 +52,7 @@ class ApiKeyAdmin(ReadOnlyModelAdmin):
     def revoke_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         revoked = 0
         for key in queryset.filter(revoked_at__isnull=True):
-            api_key_revoke(agent=key.agent, key_id=key.id)
+            api_key_revoke(agent=key.agent, key_id=key.id, allow_last=True)
             self.log_change(request, key, "Revoked.")
             revoked += 1
         skipped = queryset.count() - revoked

@@ -7,9 +7,10 @@ from rest_framework import filters, mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from agents.models import Agent, LedgerEntry
-from agents.services import agent_register
+from agents.models import Agent, ApiKey, LedgerEntry
+from agents.services import agent_register, api_key_create, api_key_revoke
 from moltstreet.api import IdCursorPagination, IsAgent, Money, StableOrderingFilter, errors
+from moltstreet.throttling import DEFAULT_THROTTLES, RegisterThrottle
 
 
 class AgentSerializer(serializers.ModelSerializer):
@@ -51,6 +52,37 @@ class RegisteredAgentSerializer(AgentSerializer):
     class Meta(AgentSerializer.Meta):
         fields = [*AgentSerializer.Meta.fields, "api_key"]
         read_only_fields = fields
+
+
+class ApiKeySerializer(serializers.ModelSerializer):
+    """One of the agent's API keys: never the key itself, only its first characters (``prefix``)."""
+
+    is_current = serializers.SerializerMethodField(help_text="True for the key that authenticated this request.")
+
+    class Meta:
+        model = ApiKey
+        fields = ["id", "prefix", "created_at", "revoked_at", "is_current"]
+        read_only_fields = fields
+
+    def get_is_current(self, key: ApiKey) -> bool:
+        current = self.context.get("current")
+        return current is not None and key.id == current.id
+
+
+class NewApiKeySerializer(ApiKeySerializer):
+    api_key = serializers.CharField(read_only=True, help_text="Shown once. Send as 'Authorization: Bearer <api_key>'.")
+
+    class Meta(ApiKeySerializer.Meta):
+        fields = [*ApiKeySerializer.Meta.fields, "api_key"]
+        read_only_fields = fields
+
+
+class KeyRotationSerializer(serializers.Serializer):
+    revoke_current = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="Also revoke the key this request is sent with, in the same transaction (rotation).",
+    )
 
 
 class LeaderboardPagination(IdCursorPagination):
@@ -96,10 +128,68 @@ class AgentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         agent.api_key = key
         return Response(RegisteredAgentSerializer(agent).data, status=status.HTTP_201_CREATED)
 
+    def get_throttles(self):
+        if self.action == "create":  # registration: its own per-IP budget on top of the anonymous one
+            return [throttle() for throttle in (*DEFAULT_THROTTLES, RegisterThrottle)]
+        return super().get_throttles()
+
     @extend_schema(summary="The authenticated agent", responses={200: AgentSerializer, **errors(401)})
     @action(detail=False, methods=["get"], permission_classes=[IsAgent])
     def me(self, request):
         return Response(AgentSerializer(request.user).data)
+
+    @extend_schema(
+        methods=["GET"],
+        summary="Own API keys",
+        description="Every key of the agent, active and revoked, newest first (never the key itself).",
+        responses={200: ApiKeySerializer(many=True), **errors(401)},
+    )
+    @extend_schema(
+        methods=["POST"],
+        summary="Create or rotate an API key",
+        description="Issues a new key, shown once in `api_key`. With `revoke_current: true` the key this request "
+        "is sent with is revoked in the same transaction, so exactly one of the two works afterwards: rotation. "
+        "A revoked key is refused (401 `invalid_api_key`) from the next request on.",
+        request=KeyRotationSerializer,
+        responses={201: NewApiKeySerializer, **errors(400, 401, 429)},
+    )
+    @action(
+        detail=False,
+        methods=["get", "post"],
+        url_path="me/keys",
+        permission_classes=[IsAgent],
+        pagination_class=None,
+        filter_backends=[],  # the keys come in one list, neither searched nor ordered
+    )
+    def keys(self, request):
+        if request.method == "GET":
+            keys = ApiKey.objects.filter(agent=request.user).order_by("-created_at", "-id")
+            return Response(ApiKeySerializer(keys, many=True, context={"current": request.auth}).data)
+        data = KeyRotationSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        revoke = request.auth.id if data.validated_data["revoke_current"] else None
+        key, raw = api_key_create(agent=request.user, revoke_key_id=revoke)
+        key.api_key = raw
+        current = None if revoke else request.auth
+        return Response(NewApiKeySerializer(key, context={"current": current}).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        summary="Revoke an API key",
+        description="Revokes one of the agent's keys at once; any request with it, this one's included if it is "
+        "the same key, is refused afterwards. The agent's last active key cannot be revoked (409 `last_api_key`): "
+        "create another first.",
+        responses={200: ApiKeySerializer, **errors(401, 404, 409)},
+    )
+    @action(
+        detail=False,
+        methods=["delete"],
+        url_path=r"me/keys/(?P<key_id>[^/\x00]+)",
+        permission_classes=[IsAgent],
+        pagination_class=None,
+    )
+    def revoke_key(self, request, key_id: str):
+        key = api_key_revoke(agent=request.user, key_id=key_id)
+        return Response(ApiKeySerializer(key, context={"current": request.auth}).data)
 
 
 class LedgerEntrySerializer(serializers.ModelSerializer):

@@ -5,11 +5,15 @@ from __future__ import annotations
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
-from agents.services import agent_for_api_key
+from agents.services import api_key_lookup
 
 
 class ApiKeyAuthentication(authentication.BaseAuthentication):
-    """Resolve the bearer key to its agent. No header: anonymous. A wrong or revoked key: 401 ``invalid_api_key``."""
+    """Resolve the bearer key to its agent. No header: anonymous. A wrong or revoked key: 401 ``invalid_api_key``.
+
+    ``request.user`` is the :class:`~agents.models.Agent`, ``request.auth`` the :class:`~agents.models.ApiKey` used
+    (so ``POST /agents/me/keys/`` can rotate the very key of the request). The raw key is never logged or stored.
+    """
 
     keyword = "Bearer"
 
@@ -20,10 +24,10 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         parts = header.split()
         if len(parts) != 2 or parts[0].lower() != self.keyword.lower():
             raise exceptions.AuthenticationFailed("Use 'Authorization: Bearer <api_key>'.")
-        agent = agent_for_api_key(parts[1])
-        if agent is None:
+        key = api_key_lookup(parts[1])
+        if key is None:
             raise exceptions.AuthenticationFailed("Unknown or revoked API key.")
-        return agent, None
+        return key.agent, key
 
     def authenticate_header(self, request) -> str:
         return f'{self.keyword} realm="api"'

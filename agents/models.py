@@ -3,6 +3,7 @@
 import uuid
 from decimal import Decimal
 
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import F, Q
 
@@ -28,6 +29,21 @@ class Agent(models.Model):
     brier_score = models.DecimalField(max_digits=10, decimal_places=6, null=True, blank=True)
     is_oracle = models.BooleanField(default=False, help_text="May resolve markets through the API.")
     is_suspended = models.BooleanField(default=False, help_text="Suspended agents cannot trade.")
+    # Risk limits an operator sets in the admin (empty: none beyond the balance). Checked before matching.
+    max_position = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Most contracts of one side in one market: held plus resting BUY orders plus the new order. "
+        "Orders beyond it are refused with position_limit.",
+    )
+    max_reserved = models.DecimalField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(Decimal("0.00"))],
+        help_text="Most credits reserved by resting BUY orders at once (the new order included). "
+        "Orders beyond it are refused with reserved_limit.",
+        **MONEY,
+    )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:

@@ -7,6 +7,7 @@ Every change of an agent's ``balance`` goes through :class:`CashBook`, which wri
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
 import secrets
 import uuid
@@ -20,7 +21,7 @@ from django.utils import timezone
 
 from agents.models import Agent, ApiKey, LedgerEntry
 from moltstreet.db import service_transaction
-from moltstreet.errors import InsufficientBalance, InvalidRequest, NameTaken, NotFound
+from moltstreet.errors import InsufficientBalance, InvalidRequest, LastApiKey, NameTaken, NotFound
 from moltstreet.money import ZERO, quantize
 
 API_KEY_PREFIX = "ms_"
@@ -32,16 +33,25 @@ def hash_api_key(raw_key: str) -> str:
     return hashlib.sha256(raw_key.encode()).hexdigest()
 
 
-def agent_for_api_key(raw_key: str) -> Agent | None:
-    """The agent owning an unrevoked key, or ``None``. The lookup is by hash, so timing reveals nothing of the key."""
-    if not raw_key.startswith(API_KEY_PREFIX) or len(raw_key) > 100:
+def api_key_lookup(raw_key: str) -> ApiKey | None:
+    """The unrevoked :class:`ApiKey` matching ``raw_key`` (its agent joined in), or ``None``.
+
+    Constant time in the secret: the database is searched by the key's SHA-256, so how long the index lookup takes
+    depends on the hash, which an attacker cannot steer towards a real key's; the found hash is compared again with
+    ``hmac.compare_digest``. A revoked key is never returned, so revocation takes effect on the next request.
+    """
+    if not isinstance(raw_key, str) or not raw_key.startswith(API_KEY_PREFIX) or len(raw_key) > 100:
         return None
-    key = (
-        ApiKey.objects.select_related("agent")
-        .filter(key_hash=hash_api_key(raw_key), revoked_at__isnull=True)
-        .only("agent")
-        .first()
-    )
+    digest = hash_api_key(raw_key)
+    key = ApiKey.objects.select_related("agent").filter(key_hash=digest, revoked_at__isnull=True).first()
+    if key is None or not hmac.compare_digest(key.key_hash, digest):
+        return None
+    return key
+
+
+def agent_for_api_key(raw_key: str) -> Agent | None:
+    """The agent owning an unrevoked key, or ``None`` (see :func:`api_key_lookup`)."""
+    key = api_key_lookup(raw_key)
     return key.agent if key else None
 
 
@@ -119,10 +129,9 @@ class CashBook:
         self.touched.clear()
 
 
-def _new_key(agent: Agent) -> str:
+def _new_key(agent: Agent) -> tuple[ApiKey, str]:
     raw = API_KEY_PREFIX + secrets.token_urlsafe(32)
-    ApiKey.objects.create(agent=agent, prefix=raw[:10], key_hash=hash_api_key(raw))
-    return raw
+    return ApiKey.objects.create(agent=agent, prefix=raw[:10], key_hash=hash_api_key(raw)), raw
 
 
 @service_transaction
@@ -148,25 +157,47 @@ def agent_register(*, name: str, description: str = "") -> tuple[Agent, str]:
     book = CashBook()
     book.move(agent, settings.MOLTSTREET["INITIAL_GRANT"], LedgerEntry.Kind.GRANT, memo="initial grant")
     book.flush()
-    return agent, _new_key(agent)
+    return agent, _new_key(agent)[1]
 
 
 @service_transaction
-def api_key_create(*, agent: Agent) -> str:
-    """Issue an additional API key for ``agent``; returns the raw key (shown once)."""
-    return _new_key(agent)
+def api_key_create(*, agent: Agent, revoke_key_id: uuid.UUID | None = None) -> tuple[ApiKey, str]:
+    """Issue a new API key for ``agent`` and, to rotate, revoke ``revoke_key_id`` in the same transaction.
+
+    Returns ``(key, raw_key)``; the raw key is shown once and only its SHA-256 is stored.
+    Raises :class:`NotFound` if ``revoke_key_id`` is not one of the agent's keys.
+    """
+    key, raw = _new_key(agent)
+    if revoke_key_id is not None:
+        _revoke(agent, revoke_key_id)
+    return key, raw
 
 
-@service_transaction
-def api_key_revoke(*, agent: Agent, key_id: uuid.UUID) -> ApiKey:
-    """Revoke one of the agent's keys at once. Raises :class:`NotFound` for an unknown or someone else's key."""
-    key = ApiKey.objects.select_for_update().filter(id=key_id, agent=agent).first()
+def _revoke(agent: Agent, key_id, *, allow_last: bool = False) -> ApiKey:
+    try:
+        key_id = uuid.UUID(str(key_id))
+    except ValueError:
+        key_id = None
+    # The agent's keys are locked together, so two concurrent revocations cannot both leave it with none.
+    keys = {k.id: k for k in ApiKey.objects.select_for_update().filter(agent=agent).order_by("id")}
+    key = keys.get(key_id)
     if key is None:
         raise NotFound("No such API key.", detail={"key": str(key_id)})
     if key.revoked_at is None:
+        if not allow_last and not any(k.revoked_at is None for k in keys.values() if k.id != key.id):
+            raise LastApiKey(detail={"key": str(key.id)})
         key.revoked_at = timezone.now()
         key.save(update_fields=["revoked_at"])
     return key
+
+
+@service_transaction
+def api_key_revoke(*, agent: Agent, key_id: uuid.UUID | str, allow_last: bool = False) -> ApiKey:
+    """Revoke one of the agent's keys; the next request with it gets 401 ``invalid_api_key``. Revoking a revoked key
+    changes nothing. Raises :class:`NotFound` for an unknown or another agent's key and :class:`LastApiKey` for the
+    agent's only active key (the agent would lock itself out for good) unless ``allow_last`` (operators, who lock a
+    compromised agent out on purpose)."""
+    return _revoke(agent, key_id, allow_last=allow_last)
 
 
 @service_transaction
