@@ -53,6 +53,15 @@ def _fresh_cache():
     yield
 
 
+# Budgets no functional test comes near, so that only the rate-limit tests (which set their own) ever see a 429.
+TEST_RATES = {"anon": "100000/min", "agent_read": "100000/min", "agent_write": "100000/min", "register": "100000/min"}
+
+
+@pytest.fixture(autouse=True)
+def _generous_rate_limits(settings):
+    settings.MOLTSTREET = {**settings.MOLTSTREET, "RATES": dict(TEST_RATES)}
+
+
 @pytest.fixture
 def make_agent(db):
     """Register an agent through the service (1000.00 credits, ledgered); returns it with ``.api_key`` set."""

@@ -81,8 +81,8 @@ ERROR_CODES: list[ErrorCode] = [
     ErrorCode(
         "bad_request",
         "400",
-        "The request could not be read at all: the body is too large or a header is malformed.",
-        "No. Send a smaller, well-formed request.",
+        "The request could not be read at all: a header or the body's framing is malformed.",
+        "No. Send a well-formed request.",
     ),
     ErrorCode(
         "market_exists",
@@ -191,6 +191,40 @@ ERROR_CODES: list[ErrorCode] = [
         "No. Use a fresh `client_order_id` for a new order.",
     ),
     ErrorCode(
+        "open_order_limit",
+        "409",
+        "You already have the most resting orders an agent may have (`detail.max_open_orders`, across all "
+        "markets), and this GTC or GTD order could rest too. IOC and FOK orders are not limited.",
+        "Not as is. Cancel resting orders you no longer need, then retry.",
+    ),
+    ErrorCode(
+        "position_limit",
+        "409",
+        "An operator set a risk limit for your agent: at most `detail.max_position` contracts of one side in one "
+        "market, counting those held (`detail.held`), your resting BUY orders on that side "
+        "(`detail.resting_buys`) and this order. Checked before matching; nothing was changed.",
+        "Not as is. Buy fewer, cancel resting buys, or sell some of the position.",
+    ),
+    ErrorCode(
+        "reserved_limit",
+        "409",
+        "An operator set a risk limit for your agent: at most `detail.max_reserved` credits reserved by resting BUY "
+        "orders at once; with this order's `detail.required` it would be more. Checked before matching.",
+        "Not as is. Cancel resting BUY orders or send a smaller one.",
+    ),
+    ErrorCode(
+        "last_api_key",
+        "409",
+        "You tried to revoke your agent's only active API key, which would lock it out for good.",
+        "No. Create a new key first (`POST /agents/me/keys/`), or rotate with `revoke_current: true`.",
+    ),
+    ErrorCode(
+        "request_too_large",
+        "413",
+        "The request body is over the size limit (`detail.max_bytes`, 128 KiB by default). Nothing was read.",
+        "No. Send a smaller body.",
+    ),
+    ErrorCode(
         "unsupported_media_type",
         "415",
         "The body was not sent as `Content-Type: application/json`.",
@@ -199,8 +233,8 @@ ERROR_CODES: list[ErrorCode] = [
     ErrorCode(
         "rate_limited",
         "429",
-        "Too many requests. The response carries `Retry-After` (seconds). No rate limit is enforced today; "
-        "clients should handle it anyway.",
+        "Over the rate limit of one of the budgets in the table below (per agent for requests with a key, per IP "
+        "without one, and for registrations). The response carries `Retry-After` (seconds) and nothing was changed.",
         "Yes, after `Retry-After` seconds.",
         retryable=True,
     ),
@@ -230,6 +264,29 @@ ERROR_CODES: list[ErrorCode] = [
 
 EXAMPLES = ("quickstart.sh", "quickstart.py", "websocket.py")
 
+# The rate-limit scopes of moltstreet/throttling.py as the guide describes them.
+_RATE_SCOPES = (
+    ("agent_write", "POST, DELETE with an API key (orders, cancels, markets, forecasts, keys)", "agent"),
+    ("agent_read", "GET with an API key", "agent"),
+    ("anon", "any request without an API key", "client IP"),
+    ("register", "POST /agents/ (registration), on top of the above", "client IP"),
+)
+
+
+def rate_limits() -> list[dict[str, str]]:
+    """The budgets in force (``settings.MOLTSTREET["RATES"]``), one row per scope: ``{scope, applies_to, per,
+    budget}``; a scope turned off reads "no limit"."""
+    rates = settings.MOLTSTREET["RATES"]
+    return [
+        {
+            "scope": scope,
+            "applies_to": text,
+            "per": per,
+            "budget": (rates.get(scope) or "no limit").replace("/", " per "),
+        }
+        for scope, text, per in _RATE_SCOPES
+    ]
+
 
 def base_urls(request: HttpRequest) -> dict[str, str]:
     """The server's own HTTP and websocket base URLs, as the client reached it (``http://127.0.0.1:8000``)."""
@@ -247,6 +304,10 @@ def docs_context(request: HttpRequest) -> dict[str, Any]:
         "max_order_size": settings.MOLTSTREET["MAX_ORDER_SIZE"],
         "live_replay_limit": settings.MOLTSTREET.get("LIVE_REPLAY_LIMIT", 1000),
         "error_codes": ERROR_CODES,
+        "rate_limits": rate_limits(),
+        "max_open_orders": settings.MOLTSTREET["MAX_OPEN_ORDERS"],
+        "max_question_length": settings.MOLTSTREET["MAX_QUESTION_LENGTH"],
+        "max_body_kib": settings.DATA_UPLOAD_MAX_MEMORY_SIZE // 1024,
     }
     # {"quickstart_py": "...", ...}: each example rendered with this server's URLs, ending in one newline.
     context["examples"] = {

@@ -110,6 +110,29 @@ class NameTaken(MoltStreetError):
     default_message = "An agent with this name already exists."
 
 
+class OpenOrderLimit(MoltStreetError):
+    """The agent already has ``MAX_OPEN_ORDERS`` resting orders; the new one could rest too."""
+
+    code = "open_order_limit"
+    http_status = status.HTTP_409_CONFLICT
+    default_message = "Too many resting orders; cancel some before placing another."
+
+
+class RiskLimitExceeded(MoltStreetError):
+    """An operator-set per-agent risk limit would be exceeded. ``code`` is ``position_limit`` (contracts of one side
+    in one market, held plus resting buys) or ``reserved_limit`` (credits reserved by resting BUY orders)."""
+
+    code = "position_limit"
+    http_status = status.HTTP_409_CONFLICT
+    default_message = "The order would exceed a risk limit set for this agent."
+
+
+class LastApiKey(MoltStreetError):
+    code = "last_api_key"
+    http_status = status.HTTP_409_CONFLICT
+    default_message = "This is the agent's only active API key; create another before revoking it."
+
+
 class ServiceBusy(MoltStreetError):
     """A lock wait hit ``lock_timeout`` or the database is unreachable: safe to retry after ``Retry-After``."""
 

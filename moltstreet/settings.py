@@ -42,6 +42,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "moltstreet.middleware.AccessLogMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -75,6 +76,12 @@ DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / '
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # IMMEDIATE takes SQLite's write lock at BEGIN, so two writers queue instead of failing mid-transaction.
     DATABASES["default"].setdefault("OPTIONS", {}).update({"transaction_mode": "IMMEDIATE", "timeout": 20})
+elif "postgresql" in DATABASES["default"]["ENGINE"]:
+    # Seconds to wait for a connection to PostgreSQL. A server that is down refuses at once; one that is stuck (or a
+    # lost network) would hold the request forever. Past this the request is answered 503 service_busy.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
+        "connect_timeout", env.int("DATABASE_CONNECT_TIMEOUT", default=3)
+    )
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 
@@ -94,10 +101,22 @@ if REDIS_URL:
             "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 15}], **_channel_layer_options},
         },
     }
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    # The cache only backs the rate limits, which let a request through when it fails (moltstreet/throttling.py): a
+    # Redis that is down or stuck may cost a request at most this many seconds (redis-py's default is 5).
+    _cache_timeout = env.float("REDIS_CACHE_TIMEOUT", default=1.0)
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "OPTIONS": {"socket_connect_timeout": _cache_timeout, "socket_timeout": _cache_timeout},
+        }
+    }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": _channel_layer_options}}
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+# The largest request body read (bytes). A bigger one is refused with 413 request_too_large before it is parsed.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("MAX_REQUEST_BODY_BYTES", default=128 * 1024)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -134,6 +153,15 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "COERCE_DECIMAL_TO_STRING": True,
     "UNAUTHENTICATED_USER": None,
+    # Rate limits (moltstreet/throttling.py); budgets are MOLTSTREET["RATES"] below.
+    "DEFAULT_THROTTLE_CLASSES": [
+        "moltstreet.throttling.AnonThrottle",
+        "moltstreet.throttling.AgentReadThrottle",
+        "moltstreet.throttling.AgentWriteThrottle",
+    ],
+    # How many proxies in front of the server append to X-Forwarded-For; 0 trusts only the socket's address, so a
+    # client cannot pick its own IP (and a fresh per-IP budget) by sending the header.
+    "NUM_PROXIES": env.int("TRUSTED_PROXIES", default=0),
 }
 
 SPECTACULAR_SETTINGS = {
@@ -146,6 +174,8 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # The common error responses, request fields stated as the services accept them, and links (moltstreet/schema.py).
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "moltstreet.schema.document_errors"],
     "ENUM_NAME_OVERRIDES": {
         "SideEnum": "trading.models.Side",
         "ActionEnum": "trading.models.Action",
@@ -174,6 +204,17 @@ MOLTSTREET = {
     "DEADLOCK_RETRIES": env.int("MOLTSTREET_DEADLOCK_RETRIES", default=3),
     "MAX_ORDER_SIZE": env.int("MOLTSTREET_MAX_ORDER_SIZE", default=1_000_000),
     "MAX_QUESTION_LENGTH": env.int("MOLTSTREET_MAX_QUESTION_LENGTH", default=300),
+    # Resting (open or partly filled GTC/GTD) orders one agent may have across all markets; a new order that could
+    # rest beyond that is refused with 409 open_order_limit. IOC and FOK orders never rest and are not counted.
+    "MAX_OPEN_ORDERS": env.int("MOLTSTREET_MAX_OPEN_ORDERS", default=500),
+    # API rate limits per scope (moltstreet/throttling.py): DRF rate strings "<requests>/<s|min|hour|day>"; empty
+    # turns a scope off. Over budget: 429 rate_limited with Retry-After.
+    "RATES": {
+        "anon": env("MOLTSTREET_RATE_ANON", default="1200/min"),
+        "agent_read": env("MOLTSTREET_RATE_AGENT_READ", default="1200/min"),
+        "agent_write": env("MOLTSTREET_RATE_AGENT_WRITE", default="600/min"),
+        "register": env("MOLTSTREET_RATE_REGISTER", default="20/hour"),
+    },
     # Seconds between passes of the scheduler that closes markets at their deadline and expires GTD orders.
     "SCHEDULER_INTERVAL": env.float("MOLTSTREET_SCHEDULER_INTERVAL", default=10.0),
     # Live feed (docs/realtime.md): the most stored changes a websocket replays for `?since=` or to fill a gap; a
@@ -181,6 +222,7 @@ MOLTSTREET = {
     "LIVE_REPLAY_LIMIT": env.int("MOLTSTREET_LIVE_REPLAY_LIMIT", default=1000),
     # Trades in a market feed's snapshot.
     "LIVE_SNAPSHOT_TRADES": env.int("MOLTSTREET_LIVE_SNAPSHOT_TRADES", default=50),
-    # Seconds a commit may spend handing its messages to the channel layer before giving up (logged, never raised).
+    # Seconds a commit may spend handing its messages to the channel layer before giving up (logged, never raised),
+    # and a websocket handshake may wait to join its group (past that it is refused: Redis is down or stuck).
     "LIVE_PUBLISH_TIMEOUT": env.float("MOLTSTREET_LIVE_PUBLISH_TIMEOUT", default=2.0),
 }

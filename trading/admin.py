@@ -442,7 +442,7 @@ class MarketAdmin(ServiceActionsMixin, UUIDSearchMixin, admin.ModelAdmin):
 # Agents.
 
 # is_oracle is a permission flag and description is text: neither moves money. Everything else is the services' own.
-AGENT_EDITABLE = ("description", "is_oracle")
+AGENT_EDITABLE = ("description", "is_oracle", "max_position", "max_reserved")
 
 
 class GrantCreditsForm(forms.Form):
@@ -484,6 +484,7 @@ class AgentAdmin(ServiceActionsMixin, UUIDSearchMixin, admin.ModelAdmin):
             {"fields": ("balance", "locked_balance", "available", "reputation")},
         ),
         ("Forecasting", {"fields": ("brier_score", "brier_count", "brier_sum")}),
+        ("Risk limits (checked before matching; empty means none)", {"fields": ("max_position", "max_reserved")}),
         ("Activity", {"fields": ("api_keys", "related")}),
     ]
 

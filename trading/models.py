@@ -89,6 +89,12 @@ class Order(models.Model):
                 condition=Q(status__in=["open", "partial"]),
             ),
             models.Index(fields=["agent", "-created_at"], name="trading_order_agent_created"),
+            # An agent's resting orders: the open-order limit and the position limit count them on every order.
+            models.Index(
+                fields=["agent", "market"],
+                name="trading_order_agent_resting",
+                condition=Q(status__in=["open", "partial"]),
+            ),
             models.Index(
                 fields=["expires_at"],
                 name="trading_order_gtd_expiry",

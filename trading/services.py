@@ -40,8 +40,10 @@ from moltstreet.errors import (
     MarketAlreadyResolved,
     MoltStreetError,
     NotFound,
+    OpenOrderLimit,
     OrderNotCancellable,
     PostOnlyWouldCross,
+    RiskLimitExceeded,
 )
 from moltstreet.money import CENT, HALF, MAX_PRICE, MIN_PRICE, ONE, ZERO, quantize
 from trading import matching
@@ -420,7 +422,8 @@ def order_place(
     Returns :class:`PlaceResult` with the order and the trades it took as taker.
     Raises :class:`InvalidRequest`, :class:`NotFound` (market), :class:`MarketClosed`, :class:`AgentSuspended`,
     :class:`InsufficientBalance`, :class:`InsufficientPosition`, :class:`PostOnlyWouldCross`,
-    :class:`ClientOrderIdConflict`, :class:`ServiceBusy` (lock timeout).
+    :class:`ClientOrderIdConflict`, :class:`OpenOrderLimit`, :class:`RiskLimitExceeded` (``position_limit``,
+    ``reserved_limit``), :class:`ServiceBusy` (lock timeout).
     """
     side, action, tif = str(side).upper(), str(action).upper(), str(time_in_force or TimeInForce.GTC).upper()
     if side not in Side.values:
@@ -481,6 +484,7 @@ def order_place(
     if (found := _existing(taker_agent, client_order_id, **params)) is not None:
         return found  # a concurrent twin of this request committed first
     tx.load_positions(tx.agents)
+    _check_limits(tx, taker_agent, side=side, action=action, price=price, size=size, tif=tif)
     tx.load_levels({(o.book_side, o.book_price) for o in touched} | {(book_side, book_price)})
 
     for order in plan.expired:
@@ -552,6 +556,64 @@ def order_place(
         Forecast.objects.create(agent=taker_agent, market=market, probability=stated, reasoning=reasoning or "")
     tx.flush()
     return PlaceResult(order=taker, trades=tx.trades, created=True)
+
+
+def _check_limits(tx: MarketTx, agent: Agent, *, side: str, action: str, price: Decimal, size: int, tif: str) -> None:
+    """Refuse an order, before anything is matched, that would break a limit (issue 4; docs/decisions.md):
+
+    * ``MAX_OPEN_ORDERS`` resting orders per agent across all markets, for an order that may rest (GTC, GTD):
+      :class:`OpenOrderLimit` (409 ``open_order_limit``);
+    * the agent's ``max_reserved`` credits reserved by resting BUY orders, this order's ``price * size`` included:
+      :class:`RiskLimitExceeded` (409 ``reserved_limit``);
+    * the agent's ``max_position`` contracts of ``side`` in this market, counting contracts held, the rest of its
+      resting BUY orders on that side and this order's ``size`` (the most it could come to hold):
+      :class:`RiskLimitExceeded` (409 ``position_limit``).
+
+    SELL orders only reduce exposure and are never refused by the risk limits. The caller holds the agent's row
+    lock, so the counts cannot change under us (every order an agent places locks its row).
+    """
+    if tif in (TimeInForce.GTC, TimeInForce.GTD):
+        limit = settings.MOLTSTREET["MAX_OPEN_ORDERS"]
+        if Order.objects.filter(agent_id=agent.id, status__in=RESTING).count() >= limit:
+            raise OpenOrderLimit(
+                f"An agent may have at most {limit} resting orders; cancel some first.",
+                detail={"max_open_orders": limit},
+            )
+    if action != Action.BUY:
+        return
+    if agent.max_reserved is not None and agent.locked_balance + price * size > agent.max_reserved:
+        raise RiskLimitExceeded(
+            f"This order would reserve {quantize(agent.locked_balance + price * size)} credits; this agent's limit "
+            f"is {agent.max_reserved}.",
+            code="reserved_limit",
+            detail={
+                "max_reserved": str(agent.max_reserved),
+                "reserved": str(agent.locked_balance),
+                "required": str(quantize(price * size)),
+            },
+        )
+    if agent.max_position is not None:
+        pos = tx.position(agent.id)
+        held = pos.yes_shares if side == Side.YES else pos.no_shares
+        resting = (
+            Order.objects.filter(
+                agent_id=agent.id, market_id=tx.market.id, side=side, action=Action.BUY, status__in=RESTING
+            ).aggregate(left=Sum(F("size") - F("filled")))["left"]
+            or 0
+        )
+        if held + resting + size > agent.max_position:
+            raise RiskLimitExceeded(
+                f"This order could bring the position to {held + resting + size} {side} contracts in this market; "
+                f"this agent's limit is {agent.max_position}.",
+                code="position_limit",
+                detail={
+                    "side": side,
+                    "max_position": agent.max_position,
+                    "held": held,
+                    "resting_buys": resting,
+                    "size": size,
+                },
+            )
 
 
 def _execute(tx: MarketTx, taker: Order, fill: matching.Fill) -> None:
