@@ -27,6 +27,8 @@ class MarketSerializer(serializers.ModelSerializer):
     best_bid = Price(read_only=True, allow_null=True)
     best_ask = Price(read_only=True, allow_null=True)
     creator = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
+    # A plain string: empty for markets created here, which have no source (a URI field would forbid "").
+    source_url = serializers.CharField(read_only=True, help_text="The source question's page; empty if none.")
 
     class Meta:
         model = Market
@@ -120,6 +122,7 @@ class MarketViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
 
     @extend_schema(
         summary="Create a market",
+        auth=[{"ApiKey": []}],  # the list is public, creating needs a key (checked in the view, unseen by the schema)
         request=MarketCreateSerializer,
         responses={201: MarketSerializer, **errors(400, 401, 403)},
         description="Opens a new market; the creator pays the 10.00 credit creation fee.",

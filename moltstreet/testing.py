@@ -177,7 +177,7 @@ def state() -> dict[str, Any]:
                 "id", "name", "balance", "locked_balance", "reputation", "brier_count", "is_oracle"
             )
         ),
-        "api_keys": ApiKey.objects.count(),
+        "api_keys": list(ApiKey.objects.order_by("id").values_list("id", "revoked_at")),
         "positions": list(
             Position.objects.order_by("id").values_list(
                 "id", "yes_shares", "no_shares", "yes_reserved", "no_reserved", "yes_cost", "no_cost", "realized_pnl"

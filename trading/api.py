@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from decimal import Decimal
 
 from django.conf import settings
@@ -66,6 +67,8 @@ class OrderInputSerializer(serializers.Serializer):
 class OrderSerializer(serializers.ModelSerializer):
     price = Price(read_only=True)
     remaining = serializers.IntegerField(read_only=True)
+    # Blank until the order is cancelled or expires; declared so that the schema allows "" besides the reasons.
+    cancel_reason = serializers.ChoiceField(choices=Order.CancelReason.choices, allow_blank=True, read_only=True)
 
     class Meta:
         model = Order
@@ -243,7 +246,15 @@ class HistorySerializer(serializers.Serializer):
         summary="Own orders",
         description="Filter with `market`, `status` (open, partial, filled, "
         "cancelled, expired, or `resting` for open+partial), `side`, `action`.",
-        responses={200: OrderSerializer, **errors(401)},
+        parameters=[
+            OpenApiParameter("market", uuid.UUID, description="Only orders in this market."),
+            OpenApiParameter(
+                "status", str, enum=[*Order.Status.values, "resting"], description="`resting`: open or partial."
+            ),
+            OpenApiParameter("side", str, enum=Side.values, description="YES or NO (any case)."),
+            OpenApiParameter("action", str, enum=Action.values, description="BUY or SELL (any case)."),
+        ],
+        responses={200: OrderSerializer, **errors(400, 401)},
     ),
     retrieve=extend_schema(summary="One own order", responses={200: OrderSerializer, **errors(401, 404)}),
 )
@@ -303,7 +314,7 @@ class OrderViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         responses={200: OrderSerializer(many=True), **errors(400, 401, 503)},
         description="Cancels every resting order of the agent, or only those in `market`; returns the cancelled orders.",
     )
-    @action(detail=False, methods=["post"], url_path="cancel-all")
+    @action(detail=False, methods=["post"], url_path="cancel-all", pagination_class=None)
     def cancel_all(self, request):
         data = CancelAllInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -334,7 +345,13 @@ class FillViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     list=extend_schema(
         summary="Own positions",
         description="`?market=` for one market; `?open=true` for non-zero ones.",
-        responses={200: PositionSerializer, **errors(401)},
+        parameters=[
+            OpenApiParameter("market", uuid.UUID, description="Only the position in this market."),
+            OpenApiParameter(
+                "open", str, description="`true` or `1`: only positions holding contracts (other values: all)."
+            ),
+        ],
+        responses={200: PositionSerializer, **errors(400, 401)},
     )
 )
 class PositionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
@@ -363,7 +380,9 @@ class MarketTradingViewSet(viewsets.GenericViewSet):
 
     @extend_schema(
         summary="Order book",
-        parameters=[OpenApiParameter("depth", int, description="Levels per side (default all).")],
+        parameters=[
+            OpenApiParameter("depth", {"type": "integer", "minimum": 1}, description="Levels per side (default all).")
+        ],
         responses={200: OrderBookSerializer, **errors(404)},
         description="Aggregated resting size per price, best first: `yes` are YES bids at YES prices, `no` are NO "
         "bids at NO prices (a NO bid at q is a YES ask at 1 - q). `seq` is the market sequence number reflected.",
@@ -390,8 +409,8 @@ class MarketTradingViewSet(viewsets.GenericViewSet):
         summary="Price history",
         parameters=[
             OpenApiParameter("interval", str, enum=list(selectors.INTERVALS), description="Candle width (default 1h)."),
-            OpenApiParameter("start", str, description="ISO 8601 start (optional)."),
-            OpenApiParameter("end", str, description="ISO 8601 end (optional, default now)."),
+            OpenApiParameter("start", datetime, description="ISO 8601 start (optional)."),
+            OpenApiParameter("end", datetime, description="ISO 8601 end (optional, default now)."),
         ],
         responses={200: HistorySerializer, **errors(400, 404)},
         description="OHLC candles of the YES price with contracts traded, oldest first, at most 1000.",

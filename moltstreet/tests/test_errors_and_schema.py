@@ -18,6 +18,7 @@ from django.db import OperationalError
 from django.http import Http404
 from rest_framework import exceptions as drf_exceptions
 
+from agents.services import api_key_create
 from moltstreet import errors
 from moltstreet.testing import API, api_client, assert_error, assert_error_shape, make_oracle, unchanged
 from moltstreet.urls import router
@@ -26,11 +27,14 @@ pytestmark = pytest.mark.django_db
 
 UNKNOWN = "00000000-0000-0000-0000-000000000000"
 
-# (method, path under /api/v1/, who may call it). Placeholders: {market}, {order}, {name}.
+# (method, path under /api/v1/, who may call it). Placeholders: {market}, {order}, {name}, {key}.
 ROUTES = [
     ("POST", "/agents/", "anyone"),
     ("GET", "/agents/", "anyone"),
     ("GET", "/agents/me/", "agent"),
+    ("GET", "/agents/me/keys/", "agent"),
+    ("POST", "/agents/me/keys/", "agent"),
+    ("DELETE", "/agents/me/keys/{key}/", "agent"),
     ("GET", "/agents/{name}/", "anyone"),
     ("POST", "/markets/", "agent"),
     ("GET", "/markets/", "anyone"),
@@ -54,6 +58,7 @@ ROUTE_IDS = [f"{method} {path}" for method, path, _ in ROUTES]
 # A valid body per POST route, so that the error a test provokes is the one it means to.
 VALID_BODIES = {
     "/agents/": lambda ctx: {"name": "newcomer"},
+    "/agents/me/keys/": lambda ctx: {"revoke_current": True},
     "/markets/": lambda ctx: {"question": "Will it work?", "deadline": "2030-01-01T00:00:00Z"},
     "/markets/{market}/resolve/": lambda ctx: {"outcome": "YES"},
     "/markets/{market}/forecast/": lambda ctx: {"probability": "0.5"},
@@ -87,7 +92,14 @@ def ctx(make_agent, market):
         f"{API}/orders/", {"market": str(market.id), "side": "YES", "action": "BUY", "price": "0.40", "size": 5}
     )
     assert response.status_code == 201
-    return {"agent": oracle, "market": str(market.id), "order": response.json()["order"]["id"], "name": oracle.name}
+    second_key, _ = api_key_create(agent=oracle)
+    return {
+        "agent": oracle,
+        "market": str(market.id),
+        "order": response.json()["order"]["id"],
+        "name": oracle.name,
+        "key": str(second_key.id),
+    }
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -133,7 +145,7 @@ def test_every_agent_route_asks_for_a_key(method, path, who, ctx, audit_clean):
 @pytest.mark.parametrize(("method", "path", "who"), [r for r in ROUTES if "{" in r[1]], ids=str)
 @pytest.mark.parametrize("missing", [UNKNOWN, "not-a-uuid", "0"])
 def test_every_route_with_an_id_answers_404_for_an_unknown_one(method, path, who, missing, ctx, audit_clean):
-    values = {**ctx, "market": missing, "order": missing, "name": "no-such-agent-" + missing}
+    values = {**ctx, "market": missing, "order": missing, "key": missing, "name": "no-such-agent-" + missing}
     body = VALID_BODIES[path](ctx) if path in VALID_BODIES else None
     with unchanged(audit_clean):
         assert_error(_call(api_client(ctx["agent"]), method, _url(path, **values), body), 404, "not_found")
@@ -163,7 +175,12 @@ def test_every_post_route_refuses_a_body_that_is_not_json(method, path, who, ctx
         assert_error(response, 415, "unsupported_media_type")
 
 
-LIST_ROUTES = [(m, p, w) for m, p, w in ROUTES if m == "GET" and p.endswith(("s/", "ledger/")) and "{" not in p]
+# Cursor-paginated lists (an agent's few keys come in one list, without pages).
+LIST_ROUTES = [
+    (m, p, w)
+    for m, p, w in ROUTES
+    if m == "GET" and p.endswith(("s/", "ledger/")) and "{" not in p and p != "/agents/me/keys/"
+]
 LIST_ROUTES.append(("GET", "/markets/{market}/trades/", "anyone"))
 
 
@@ -191,11 +208,14 @@ def test_an_unknown_api_endpoint_answers_404_in_the_error_shape(url, ctx, audit_
             assert_error(client.post(url.format(**ctx), {}), 404, "not_found")
 
 
-def test_a_body_too_large_to_read_is_refused_in_the_error_shape(ctx, audit_clean):
-    body = json.dumps({**VALID_BODIES["/orders/"](ctx), "reasoning": "x" * 3_000_000})
+@pytest.mark.parametrize(("method", "path", "who"), [r for r in ROUTES if r[0] == "POST"], ids=str)
+def test_every_post_route_refuses_a_body_over_the_size_limit(method, path, who, ctx, settings, audit_clean):
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    body = json.dumps({**(VALID_BODIES[path](ctx) if path in VALID_BODIES else {}), "reasoning": "x" * limit})
     with unchanged(audit_clean):
-        response = api_client(ctx["agent"]).post(f"{API}/orders/", body, content_type="application/json")
-        assert_error(response, 400, "bad_request")
+        response = api_client(ctx["agent"]).post(_url(path, **ctx), body, content_type="application/json")
+        assert_error(response, 413, "request_too_large")
+        assert response.json()["error"]["detail"] == {"max_bytes": limit}
 
 
 def test_the_checking_client_catches_an_error_in_another_shape(db):
