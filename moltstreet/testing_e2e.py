@@ -16,20 +16,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import pytest
+
+from moltstreet import serving
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 API = "/api/v1"
@@ -56,7 +54,7 @@ _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Servers
+# Servers (the processes themselves are moltstreet/serving.py's, shared with `manage.py soak`)
 
 
 def served_database_url() -> str:
@@ -65,124 +63,44 @@ def served_database_url() -> str:
     ``@pytest.mark.django_db(transaction=True)``."""
     from django.db import connection
 
-    params = connection.settings_dict
-    assert "postgresql" in params["ENGINE"], params["ENGINE"]
-    user = quote(params.get("USER") or "", safe="")
-    password = quote(params.get("PASSWORD") or "", safe="")
-    credentials = f"{user}:{password}@" if password else (f"{user}@" if user else "")
-    host = quote(params.get("HOST") or "", safe="")  # a socket directory travels percent-encoded
-    port = f":{params['PORT']}" if params.get("PORT") else ""
-    return f"postgres://{credentials}{host}{port}/{quote(params['NAME'], safe='')}"
+    assert "postgresql" in connection.settings_dict["ENGINE"], connection.settings_dict["ENGINE"]
+    return serving.database_url()
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+free_port = serving.free_port
 
 
-def _daphne_command() -> list[str]:
-    daphne = Path(sys.executable).with_name("daphne")  # .venv/bin/daphne beside .venv/bin/python
-    return [str(daphne)] if daphne.exists() else [sys.executable, "-m", "daphne"]
-
-
-class DaphneServer:
-    """One ``daphne -b 127.0.0.1 -p <port> moltstreet.asgi:application`` subprocess with its output in a log file."""
-
-    def __init__(self, name: str, env: dict[str, str]):
-        self.name = name
-        self.env = env
-        self.port = 0
-        self.process: subprocess.Popen | None = None
-        self.log_path: Path | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    def start(self, port: int | None = None) -> None:
-        """Start serving on ``port`` (a free one when not given); :meth:`wait_ready` waits until it answers."""
-        self.port = port or free_port()
-        fd, log_path = tempfile.mkstemp(prefix=f"moltstreet-daphne-{self.name}-", suffix=".log")
-        self.log_path = Path(log_path)
-        with os.fdopen(fd, "wb") as log:
-            self.process = subprocess.Popen(  # noqa: S603  (our own fixed command line)
-                [*_daphne_command(), "-b", "127.0.0.1", "-p", str(self.port), "moltstreet.asgi:application"],
-                cwd=BASE_DIR,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    def output(self, tail: int = 6000) -> str:
-        """The end of what the server wrote to stdout and stderr."""
-        if self.log_path is None or not self.log_path.exists():
-            return "(no output)"
-        return self.log_path.read_text(errors="replace")[-tail:] or "(no output)"
+class DaphneServer(serving.DaphneServer):
+    """One ``daphne -b 127.0.0.1 -p <port> moltstreet.asgi:application`` subprocess with its output in a log file;
+    a server that does not come up fails the test with its output."""
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Poll until the server answers HTTP (any status); fail with its output if it exits or stays silent."""
-        assert self.process is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(
-                    f"daphne {self.name} exited with status {self.process.returncode} before serving:\n{self.output()}",
-                    pytrace=False,
-                )
-            try:
-                with _opener.open(f"{self.url}{API}/markets/?page_size=1", timeout=2):
-                    return
-            except urllib.error.HTTPError:
-                return  # it answered
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.1)  # nothing listening yet: a process starting up gives no event to wait on
-        pytest.fail(f"daphne {self.name} did not answer HTTP within {timeout:.0f}s:\n{self.output()}", pytrace=False)
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL after 10 seconds; removes the log."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        if self.log_path is not None:
-            self.log_path.unlink(missing_ok=True)
+        failure = None
+        try:
+            super().wait_ready(timeout)
+        except serving.ServerError as exc:
+            failure = str(exc)
+        if failure is not None:
+            pytest.fail(failure, pytrace=False)
 
 
 def server_env() -> dict[str, str]:
     """The environment of a server process: this run's test database and Redis, the project's settings."""
     from django.conf import settings
 
-    env = dict(os.environ)
-    env.update(
-        DJANGO_SETTINGS_MODULE="moltstreet.settings",
-        DATABASE_URL=served_database_url(),
-        REDIS_URL=settings.REDIS_URL,
-        PYTHONUNBUFFERED="1",
+    served_database_url()  # the end-to-end tests serve PostgreSQL only
+    return serving.server_env(
+        # Rate limits well above what any test sends (the rate-limit tests run in-process with their own budgets).
+        **{f"MOLTSTREET_RATE_{scope.upper()}": rate for scope, rate in settings.MOLTSTREET["RATES"].items()},
     )
-    return env
 
 
 @contextmanager
 def daphne_servers(count: int, *, timeout: float = 30.0) -> Iterator[list[DaphneServer]]:
     """Start ``count`` daphne processes on the test database and the tests' Redis, wait until each answers HTTP,
     and stop them all on the way out, whatever happened."""
-    env = server_env()
-    servers = [DaphneServer(chr(ord("A") + i), env) for i in range(count)]
-    with ExitStack() as stack:
-        for server in servers:
-            stack.callback(server.stop)
-            server.start()
-        for server in servers:
-            server.wait_ready(timeout)
+    with serving.running_servers(count, server_env(), timeout=timeout, server_class=DaphneServer) as servers:
         yield servers
 
 

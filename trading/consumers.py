@@ -7,14 +7,18 @@ from the stored events what the channel layer did not deliver. Database reads go
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
+from redis.exceptions import RedisError
 
 from agents.services import agent_for_api_key
 from trading import realtime
@@ -23,6 +27,13 @@ logger = logging.getLogger(__name__)
 
 # Close code sent after a ``buffer_overflow`` error (4000-4999 are the application's; 4008 echoes HTTP 408).
 CLOSE_BUFFER_OVERFLOW = 4008
+# Close code sent after a ``feed_unavailable`` error; 4503 echoes HTTP 503 (RFC 6455's own 1013 "try again later" is
+# not a code daphne's websocket library lets a server send).
+CLOSE_UNAVAILABLE = 4503
+
+# What a lost channel layer (Redis down or frozen) or database looks like from a consumer: the feed cannot go on, but
+# a reconnect later can. Anything else is a bug, left to daphne (logged, close 1011).
+UNAVAILABLE = (RedisError, OSError, OperationalError, InterfaceError)
 
 
 def query_param(scope: dict[str, Any], name: str) -> str | None:
@@ -45,7 +56,64 @@ def api_key_from_scope(scope: dict[str, Any]) -> str | None:
 
 class FeedConsumer(AsyncJsonWebsocketConsumer):
     """What both feeds share: ``{"type": "ping"}`` is answered with ``{"type": "pong"}``; anything else a client
-    sends gets an ``invalid_message`` error and the connection stays open."""
+    sends gets an ``invalid_message`` error and the connection stays open.
+
+    If the channel layer (Redis) or the database fails under an open feed, the client gets a ``feed_unavailable``
+    error and the connection closes with 4503 at once, rather than staying open with nothing
+    coming; a handshake that cannot join its group within ``LIVE_PUBLISH_TIMEOUT`` seconds is refused (HTTP 403).
+    """
+
+    accepted = False
+    disconnected = False
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except UNAVAILABLE as exc:
+            logger.warning(
+                "live feed %s: channel layer or database unavailable (%s: %s)",
+                scope.get("path"),
+                exc.__class__.__name__,
+                exc,
+            )
+            await self.close_unavailable()
+
+    async def accept(self, subprotocol: str | None = None, headers: Any = None) -> None:
+        await super().accept(subprotocol, headers)
+        self.accepted = True
+
+    async def close_unavailable(self) -> None:
+        """Refuse the handshake (HTTP 403) if not yet accepted; else send ``feed_unavailable`` and close with 4503."""
+        if self.disconnected:
+            return
+        if self.accepted:
+            await self.send_error(
+                "feed_unavailable",
+                "The live feed is unavailable for now; reconnect shortly" + self.resume_hint() + ".",
+                **self.resume_fields(),
+            )
+            await self.close(code=CLOSE_UNAVAILABLE)
+        else:
+            await self.close()
+
+    def resume_hint(self) -> str:
+        return ""
+
+    def resume_fields(self) -> dict[str, Any]:
+        return {}
+
+    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        """Leave the groups (best effort, bounded: with Redis down the entries expire by themselves), then stop."""
+        self.disconnected = True
+        timeout = settings.MOLTSTREET["LIVE_PUBLISH_TIMEOUT"]
+        for group in self.groups:
+            try:
+                await asyncio.wait_for(self.channel_layer.group_discard(group, self.channel_name), timeout)
+            except UNAVAILABLE as exc:
+                logger.warning("live feed: leaving %s failed (%s)", group, exc.__class__.__name__)
+        self.groups = []
+        await self.disconnect(message.get("code"))
+        raise StopConsumer()
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any) -> None:
         try:
@@ -61,11 +129,14 @@ class FeedConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({"type": "error", "code": code, "message": message, **extra})
 
     async def join(self, group: str) -> bool:
-        """Join ``group`` (left again on disconnect); ``False`` if the channel layer is unreachable."""
+        """Join ``group`` (left again on disconnect); ``False`` if the channel layer is unreachable or does not
+        answer within ``LIVE_PUBLISH_TIMEOUT`` seconds."""
         try:
-            await self.channel_layer.group_add(group, self.channel_name)
-        except Exception:  # Redis down: refuse the handshake rather than serve a feed that never updates
-            logger.exception("live feed: joining %s failed", group)
+            await asyncio.wait_for(
+                self.channel_layer.group_add(group, self.channel_name), settings.MOLTSTREET["LIVE_PUBLISH_TIMEOUT"]
+            )
+        except Exception as exc:  # Redis down: refuse the handshake rather than serve a feed that never updates
+            logger.warning("live feed: joining %s failed (%s: %s)", group, exc.__class__.__name__, exc)
             return False
         self.groups.append(group)
         return True
@@ -107,6 +178,12 @@ class MarketConsumer(FeedConsumer):
             await self.send_snapshot("connect")
             return
         await self.replay(int(since))
+
+    def resume_hint(self) -> str:
+        return f" with ?since={self.last_seq}"
+
+    def resume_fields(self) -> dict[str, Any]:
+        return {"last_seq": self.last_seq}
 
     async def replay(self, since: int) -> None:
         """Send the stored changes after ``since``, or a ``since_too_old`` snapshot when it cannot be replayed."""
