@@ -655,9 +655,9 @@ def test_a_deadlock_over_http_is_retried_or_answered_503_never_500():
         creator = register_agent(server.url, "dl-creator")
         alice = register_agent(server.url, "dl-alice")
         market_id = create_market(server.url, creator["api_key"], "Will a deadlock reach the client?")["id"]
-        url = f"{server.url}{API}/orders/"
 
         def place_while_deadlocked(coid: str) -> HttpAnswer:
+            url = f"{server.url}{API}/orders/"  # the server's port changes when it is started again
             result: list[HttpAnswer | BaseException] = []
 
             def post() -> None:
