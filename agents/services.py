@@ -6,12 +6,13 @@ Every change of an agent's ``balance`` goes through :class:`CashBook`, which wri
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
 import secrets
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -173,6 +174,16 @@ def api_key_create(*, agent: Agent, revoke_key_id: uuid.UUID | None = None) -> t
     return key, raw
 
 
+# Called after commit with the id of each key just revoked: the live feed (trading.realtime) closes the private
+# feeds opened with it. agents imports nothing of trading, so trading subscribes here (trading/apps.py).
+KEY_REVOKED_SUBSCRIBERS: list[Callable[[uuid.UUID], None]] = []
+
+
+def _announce_revoked(key_id: uuid.UUID) -> None:
+    for subscriber in KEY_REVOKED_SUBSCRIBERS:
+        subscriber(key_id)
+
+
 def _revoke(agent: Agent, key_id, *, allow_last: bool = False) -> ApiKey:
     try:
         key_id = uuid.UUID(str(key_id))
@@ -188,13 +199,14 @@ def _revoke(agent: Agent, key_id, *, allow_last: bool = False) -> ApiKey:
             raise LastApiKey(detail={"key": str(key.id)})
         key.revoked_at = timezone.now()
         key.save(update_fields=["revoked_at"])
+        transaction.on_commit(functools.partial(_announce_revoked, key.id))
     return key
 
 
 @service_transaction
 def api_key_revoke(*, agent: Agent, key_id: uuid.UUID | str, allow_last: bool = False) -> ApiKey:
-    """Revoke one of the agent's keys; the next request with it gets 401 ``invalid_api_key``. Revoking a revoked key
-    changes nothing. Raises :class:`NotFound` for an unknown or another agent's key and :class:`LastApiKey` for the
+    """Revoke one of the agent's keys; the next request with it gets 401 ``invalid_api_key`` and, once committed, the
+    private feeds opened with it are closed (``KEY_REVOKED_SUBSCRIBERS``). Revoking a revoked key changes nothing. Raises :class:`NotFound` for an unknown or another agent's key and :class:`LastApiKey` for the
     agent's only active key (the agent would lock itself out for good) unless ``allow_last`` (operators, who lock a
     compromised agent out on purpose)."""
     return _revoke(agent, key_id, allow_last=allow_last)

@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.db import OperationalError
+from django.db import InterfaceError, OperationalError
 from django.http import Http404
 from rest_framework import exceptions as drf_exceptions
 from rest_framework import status
@@ -181,7 +181,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         if exc.retry_after is not None:
             response["Retry-After"] = str(exc.retry_after)
         return response
-    if isinstance(exc, OperationalError):
+    if isinstance(exc, (OperationalError, InterfaceError)):  # InterfaceError: a connection the server dropped
         logger.warning("database unavailable or lock wait timed out: %s", exc.__class__.__name__)
         busy = ServiceBusy()
         response = Response(busy.as_dict(), status=busy.http_status)

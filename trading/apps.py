@@ -7,8 +7,12 @@ class TradingConfig(AppConfig):
 
     def ready(self) -> None:
         # The live feed publishes every committed transaction's market events (docs/realtime.md).
+        from agents.services import KEY_REVOKED_SUBSCRIBERS
         from markets.services import EVENT_SUBSCRIBERS
-        from trading.realtime import publish_committed_events
+        from trading.realtime import publish_committed_events, publish_key_revoked
 
         if publish_committed_events not in EVENT_SUBSCRIBERS:
             EVENT_SUBSCRIBERS.append(publish_committed_events)
+        # A revoked key closes the private feeds opened with it at once.
+        if publish_key_revoked not in KEY_REVOKED_SUBSCRIBERS:
+            KEY_REVOKED_SUBSCRIBERS.append(publish_key_revoked)

@@ -20,7 +20,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from redis.exceptions import RedisError
 
-from agents.services import agent_for_api_key
+from agents.services import api_key_lookup
 from trading import realtime
 
 logger = logging.getLogger(__name__)
@@ -30,6 +30,8 @@ CLOSE_BUFFER_OVERFLOW = 4008
 # Close code sent after a ``feed_unavailable`` error; 4503 echoes HTTP 503 (RFC 6455's own 1013 "try again later" is
 # not a code daphne's websocket library lets a server send).
 CLOSE_UNAVAILABLE = 4503
+# Close code sent after an ``api_key_revoked`` error on the private feed; 4401 echoes HTTP 401.
+CLOSE_KEY_REVOKED = 4401
 
 # What a lost channel layer (Redis down or frozen) or database looks like from a consumer: the feed cannot go on, but
 # a reconnect later can. Anything else is a bug, left to daphne (logged, close 1011).
@@ -245,16 +247,30 @@ class MarketConsumer(FeedConsumer):
 class AgentConsumer(FeedConsumer):
     """``/ws/agent/``: the authenticated agent's ``order``, ``fill`` and ``balance`` messages, nothing else.
 
-    A missing, unknown or revoked key closes the connection before accepting it (HTTP 403). The key is never logged.
+    A missing, unknown or revoked key closes the connection before accepting it (HTTP 403). When the key is revoked
+    while the feed is open, the client gets an ``api_key_revoked`` error and the connection closes with 4401. The key
+    is never logged.
     """
 
     async def connect(self) -> None:
-        key = api_key_from_scope(self.scope)
-        agent = await database_sync_to_async(agent_for_api_key)(key) if key else None
-        if agent is None or not await self.join(realtime.agent_group(agent.id)):
+        raw = api_key_from_scope(self.scope)
+        lookup = database_sync_to_async(api_key_lookup)
+        key = await lookup(raw) if raw else None
+        if (
+            key is None
+            or not await self.join(realtime.agent_group(key.agent_id))
+            or not await self.join(realtime.key_group(key.id))
+            # Revoked between the lookup and joining its group: the notice may have gone out before we listened.
+            or await lookup(raw) is None
+        ):
             await self.close()
             return
         await self.accept()
+
+    async def key_revoked(self, event: dict[str, Any]) -> None:
+        """The key of this feed was revoked (``trading.realtime.KEY_REVOKED``): say so and close with 4401."""
+        await self.send_error("api_key_revoked", "The API key of this feed was revoked; reconnect with an active key.")
+        await self.close(code=CLOSE_KEY_REVOKED)
 
     async def agent_batch(self, event: dict[str, Any]) -> None:
         """One committed transaction's messages for this agent (``trading.realtime.AGENT_BATCH``)."""

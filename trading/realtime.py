@@ -42,6 +42,7 @@ Message = dict[str, Any]
 # Channel-layer message types; the consumers handle them as ``market_batch`` and ``agent_batch``.
 MARKET_BATCH = "market.batch"
 AGENT_BATCH = "agent.batch"
+KEY_REVOKED = "key.revoked"
 
 _TIME = serializers.DateTimeField()  # the REST API's time format, so a time reads the same in both
 
@@ -54,6 +55,11 @@ def market_group(market_id: uuid.UUID | str) -> str:
 def agent_group(agent_id: uuid.UUID | str) -> str:
     """The channel-layer group of an agent's private feed."""
     return f"agent.{agent_id}"
+
+
+def key_group(key_id: uuid.UUID | str) -> str:
+    """The channel-layer group of the private feeds opened with one API key (told when it is revoked)."""
+    return f"apikey.{key_id}"
 
 
 def _time(value: datetime | str | None) -> str | None:
@@ -262,6 +268,17 @@ def publish_committed_events(market_id: uuid.UUID, events: Sequence[MarketEvent]
     except Exception:  # the caller's transaction has committed: nothing here may undo or fail it
         seqs = [e.seq for e in events]
         logger.exception("live feed: publishing market %s events %d-%d failed", market_id, min(seqs), max(seqs))
+
+
+def publish_key_revoked(key_id: uuid.UUID) -> None:
+    """``agents.services.KEY_REVOKED_SUBSCRIBERS`` hook, after commit: tell the private feeds opened with the key
+    ``key_id`` that it was revoked (``{"type": "key.revoked"}`` to ``apikey.<id>``); they close at once. Never raises:
+    with the channel layer down the notice is lost, but those feeds are then closed as unavailable anyway and a
+    reconnect with the revoked key is refused."""
+    try:
+        _group_send_all([(key_group(key_id), {"type": KEY_REVOKED})])
+    except Exception:  # the revocation has committed: nothing here may undo or fail it
+        logger.exception("live feed: announcing the revocation of key %s failed", key_id)
 
 
 def _group_send_all(sends: list[tuple[str, Message]]) -> None:

@@ -14,7 +14,7 @@ import re
 import pytest
 import yaml
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.db import OperationalError
+from django.db import InterfaceError, OperationalError
 from django.http import Http404
 from rest_framework import exceptions as drf_exceptions
 
@@ -303,6 +303,7 @@ def test_every_domain_error_renders_in_the_one_shape(cls):
         (Http404(), 404, "not_found"),
         (DjangoPermissionDenied(), 403, "permission_denied"),
         (OperationalError(), 503, "service_busy"),
+        (InterfaceError("connection already closed"), 503, "service_busy"),
     ],
     ids=lambda value: value if isinstance(value, (int, str)) else type(value).__name__,
 )

@@ -367,7 +367,7 @@ def _postgres_outage(server: KillableDaphne, cluster, database_url: str) -> None
 
     # Retry each order that was not answered 2xx, with its client_order_id: each is placed exactly once.
     coids = set()
-    for label, request, answer in answers:
+    for _label, request, answer in answers:
         if request["method"] != "POST":
             continue
         coids.add(request["body"]["client_order_id"])
@@ -428,9 +428,11 @@ def test_trading_survives_redis_going_away_and_feeds_catch_up_when_it_returns():
     """The server's Redis (channel layer and the rate limits' cache) is SIGKILLed, later restarted empty, later
     frozen (SIGSTOP): orders go on being accepted and matched, every websocket closes or is refused cleanly, and a
     client reconnecting with ``?since=`` gets every change it missed."""
-    with private_redis("down") as redis_server:
-        with killable_daphne("redis", {**server_env(), "REDIS_URL": redis_server.url()}) as server:
-            _redis_outage(server, redis_server)
+    with (
+        private_redis("down") as redis_server,
+        killable_daphne("redis", {**server_env(), "REDIS_URL": redis_server.url()}) as server,
+    ):
+        _redis_outage(server, redis_server)
 
 
 def _redis_outage(server: KillableDaphne, redis_server) -> None:

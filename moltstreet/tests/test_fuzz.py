@@ -34,6 +34,7 @@ from decimal import Decimal
 import pytest
 import schemathesis
 from django.core import signals
+from django.core.handlers.wsgi import WSGIHandler
 from django.db import close_old_connections, transaction
 from django.db.models import Sum
 from django.utils import timezone
@@ -41,8 +42,6 @@ from hypothesis import HealthCheck, settings
 from schemathesis.core.parameters import ParameterLocation
 from schemathesis.generation.meta import negated_parameters
 from schemathesis.specs.openapi.checks import negative_data_rejection
-
-from django.core.handlers.wsgi import WSGIHandler
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "20"))
 STEPS = int(os.environ.get("FUZZ_STEPS", "25"))

@@ -24,12 +24,12 @@ from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 
 from agents.models import ApiKey
-from agents.services import api_key_revoke
+from agents.services import api_key_create, api_key_revoke
 from markets import services as market_services
 from markets.models import Market
 from moltstreet.asgi import application
 from trading import realtime
-from trading.consumers import CLOSE_BUFFER_OVERFLOW
+from trading.consumers import CLOSE_BUFFER_OVERFLOW, CLOSE_KEY_REVOKED
 from trading.models import Order
 from trading.selectors import book_levels
 from trading.services import market_close, market_resolve, order_cancel, order_place
@@ -496,6 +496,30 @@ def test_a_missing_bad_or_revoked_key_is_refused_at_the_handshake(make_agent):
         "query": True,
         "header": True,
     }
+
+
+def test_revoking_a_key_closes_the_private_feeds_opened_with_it_and_no_other(market, make_agent):
+    """Alice has two keys with a feed open on each; revoking one closes its feed at once (``api_key_revoked``, 4401)
+    and the feed on the other key goes on receiving her updates."""
+    alice = make_agent()
+    second, second_raw = api_key_create(agent=alice)
+    first = ApiKey.objects.exclude(id=second.id).get(agent=alice)
+
+    async def scenario():
+        doomed, kept = Feed(agent_path(alice)), Feed(f"/ws/agent/?api_key={second_raw}")
+        assert await doomed.connect() and await kept.connect()
+        await sync_to_async(api_key_revoke)(agent=alice, key_id=first.id)
+        error = await doomed.recv()
+        code = await doomed.closed()
+        placed = await aplace(alice, market, "YES", "BUY", "0.40", 3)
+        update = await kept.until(lambda m: m["type"] == "order")
+        await kept.disconnect()
+        return error, code, update, placed
+
+    error, code, update, placed = run(scenario)
+    assert (error["type"], error["code"]) == ("error", "api_key_revoked"), error
+    assert code == CLOSE_KEY_REVOKED
+    assert update["order"]["id"] == str(placed.order.id), update
 
 
 # --------------------------------------------------------------------------------------------------------------------
