@@ -434,10 +434,9 @@ def order_place(
         raise InvalidRequest("time_in_force must be GTC, GTD, IOC or FOK.", detail={"time_in_force": tif})
     price, size = parse_price(price), parse_size(size)
     now = timezone.now()
-    if tif == TimeInForce.GTD:
-        if expires_at is None or expires_at <= now:
-            raise InvalidRequest("A GTD order needs expires_at in the future.", detail={"expires_at": str(expires_at)})
-    elif expires_at is not None:
+    if tif == TimeInForce.GTD and expires_at is None:
+        raise InvalidRequest("A GTD order needs expires_at in the future.", detail={"expires_at": None})
+    if tif != TimeInForce.GTD and expires_at is not None:
         raise InvalidRequest("expires_at is only allowed with time_in_force GTD.", detail={"time_in_force": tif})
     if post_only and tif in (TimeInForce.IOC, TimeInForce.FOK):
         raise InvalidRequest("post_only cannot be combined with IOC or FOK.", detail={"time_in_force": tif})
@@ -448,6 +447,9 @@ def order_place(
     params |= {"time_in_force": tif, "post_only": bool(post_only)}
     if (found := _existing(agent, client_order_id, **params)) is not None:
         return found
+    # After the idempotency check: a retry of a GTD order whose expiry has passed since returns the original.
+    if tif == TimeInForce.GTD and expires_at <= now:
+        raise InvalidRequest("A GTD order needs expires_at in the future.", detail={"expires_at": str(expires_at)})
 
     market = _lock_market(market_id)
     ensure_tradable(market, now)

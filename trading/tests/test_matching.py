@@ -641,6 +641,26 @@ def test_a_repeated_client_order_id_returns_the_original_order_and_creates_nothi
     audit_clean()
 
 
+def test_a_retried_gtd_order_returns_the_original_even_after_its_expiry_passed(m, audit_clean, monkeypatch):
+    """A client retrying after a timeout must get its order back, not a refusal of the now-past ``expires_at``."""
+    maker, agent = new_agent(), new_agent()
+    place(maker, m, "NO", "BUY", "0.40", 2)
+    expires = timezone.now() + timedelta(seconds=30)
+    first = place(agent, m, "YES", "BUY", "0.60", 5, time_in_force="GTD", expires_at=expires, client_order_id="g-1")
+    before = snapshot()
+    later = timezone.now() + timedelta(minutes=5)
+    monkeypatch.setattr(timezone, "now", lambda: later)
+
+    again = place(agent, m, "YES", "BUY", "0.60", 5, time_in_force="GTD", expires_at=expires, client_order_id="g-1")
+
+    assert (again.created, again.order.id) == (False, first.order.id)
+    assert snapshot() == before
+    with pytest.raises(InvalidRequest):  # a new id with that expiry is refused, as before
+        place(agent, m, "YES", "BUY", "0.60", 5, time_in_force="GTD", expires_at=expires, client_order_id="g-2")
+    assert snapshot() == before
+    audit_clean()
+
+
 def test_the_same_client_order_id_with_different_parameters_is_a_conflict(m, audit_clean):
     agent = new_agent()
     place(agent, m, "YES", "BUY", "0.60", 5, client_order_id="abc-2")
