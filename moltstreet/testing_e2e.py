@@ -22,6 +22,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -108,10 +109,22 @@ def daphne_servers(count: int, *, timeout: float = 30.0) -> Iterator[list[Daphne
 # HTTP, as an agent calls the API
 
 
-def http_json(
+@dataclass
+class HttpAnswer:
+    """What :func:`http_request` got: the status, the body (parsed JSON, else text), the headers (names in lower
+    case) and how long the whole request took, in seconds."""
+
+    status: int
+    body: Any
+    headers: dict[str, str]
+    elapsed: float
+
+
+def http_request(
     method: str, url: str, body: Any = None, *, api_key: str | None = None, timeout: float = 10.0
-) -> tuple[int, Any]:
-    """One JSON request; returns (status, parsed body). Error statuses are returned, not raised."""
+) -> HttpAnswer:
+    """One JSON request, answered with headers and timing. Error statuses are returned, not raised; a connection
+    that fails or times out raises (``OSError``, of which ``TimeoutError`` and ``urllib.error.URLError`` are kinds)."""
     headers = {"Accept": "application/json"}
     data = None
     if body is not None:
@@ -120,15 +133,26 @@ def http_json(
     if api_key is not None:
         headers["Authorization"] = f"Bearer {api_key}"
     request = urllib.request.Request(url, data=data, method=method, headers=headers)  # noqa: S310  (http://127.0.0.1)
+    started = time.monotonic()
     try:
         with _opener.open(request, timeout=timeout) as response:
-            status, raw = response.status, response.read()
+            status, raw, answer_headers = response.status, response.read(), response.headers
     except urllib.error.HTTPError as exc:
-        status, raw = exc.code, exc.read()
+        status, raw, answer_headers = exc.code, exc.read(), exc.headers
+    elapsed = time.monotonic() - started
     try:
-        return status, json.loads(raw) if raw else None
+        parsed = json.loads(raw) if raw else None
     except ValueError:
-        return status, raw.decode(errors="replace")
+        parsed = raw.decode(errors="replace")
+    return HttpAnswer(status, parsed, {name.lower(): value for name, value in answer_headers.items()}, elapsed)
+
+
+def http_json(
+    method: str, url: str, body: Any = None, *, api_key: str | None = None, timeout: float = 10.0
+) -> tuple[int, Any]:
+    """One JSON request; returns (status, parsed body). Error statuses are returned, not raised."""
+    answer = http_request(method, url, body, api_key=api_key, timeout=timeout)
+    return answer.status, answer.body
 
 
 def api(base_url: str, method: str, path: str, body: Any = None, *, api_key: str | None = None, expect: int = 200):

@@ -16,7 +16,6 @@ whatever happened. Every wait is bounded: a service that does not come up fails 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -24,17 +23,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from moltstreet.testing_e2e import BASE_DIR, DaphneServer, free_port
+from moltstreet.testing_e2e import BASE_DIR, DaphneServer, HttpAnswer, free_port, http_request
 
 PG_ROOT = Path("/usr/lib/postgresql")
 PG_USER = "postgres"  # the OS user that owns a private cluster when we run as root, and its database superuser
@@ -142,49 +137,6 @@ def killable_daphne(name: str, env: dict[str, str], *, timeout: float = 30.0) ->
         yield server
     finally:
         server.stop()
-
-
-# urllib without the environment's proxies: the servers under test listen on 127.0.0.1.
-_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-@dataclass
-class HttpAnswer:
-    """What :func:`http_request` got: the status, the body (parsed JSON, else text), the headers (names in lower
-    case) and how long the whole request took, in seconds."""
-
-    status: int
-    body: Any
-    headers: dict[str, str]
-    elapsed: float
-
-
-def http_request(
-    method: str, url: str, body: Any = None, *, api_key: str | None = None, timeout: float = 10.0
-) -> HttpAnswer:
-    """One JSON request, as :func:`moltstreet.testing_e2e.http_json` sends it, answered with headers and timing.
-    Error statuses are returned, not raised; a connection that fails or times out raises (``OSError``, of which
-    ``TimeoutError`` and ``urllib.error.URLError`` are kinds)."""
-    headers = {"Accept": "application/json"}
-    data = None
-    if body is not None:
-        data = json.dumps(body).encode()
-        headers["Content-Type"] = "application/json"
-    if api_key is not None:
-        headers["Authorization"] = f"Bearer {api_key}"
-    request = urllib.request.Request(url, data=data, method=method, headers=headers)  # noqa: S310  (http://127.0.0.1)
-    started = time.monotonic()
-    try:
-        with _opener.open(request, timeout=timeout) as response:
-            status, raw, answer_headers = response.status, response.read(), response.headers
-    except urllib.error.HTTPError as exc:
-        status, raw, answer_headers = exc.code, exc.read(), exc.headers
-    elapsed = time.monotonic() - started
-    try:
-        parsed = json.loads(raw) if raw else None
-    except ValueError:
-        parsed = raw.decode(errors="replace")
-    return HttpAnswer(status, parsed, {name.lower(): value for name, value in answer_headers.items()}, elapsed)
 
 
 # --------------------------------------------------------------------------------------------------------------------
