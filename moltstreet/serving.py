@@ -105,13 +105,18 @@ class DaphneServer:
         self.log_path = Path(log_path)
         with os.fdopen(fd, "wb") as log:
             self.process = subprocess.Popen(  # noqa: S603  (our own fixed command line)
-                [*daphne_command(), "-v", "0", "-b", "127.0.0.1", "-p", str(self.port), "moltstreet.asgi:application"],
+                self.command(),
                 cwd=BASE_DIR,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+
+    def command(self) -> list[str]:
+        """The server's command line: daphne without its access log (``-v 0``: it would write query strings, keys
+        included; ``moltstreet.middleware`` logs requests instead), as ``make run`` serves."""
+        return [*daphne_command(), "-v", "0", "-b", "127.0.0.1", "-p", str(self.port), "moltstreet.asgi:application"]
 
     def output(self, tail: int = 6000) -> str:
         """The end of what the server wrote to stdout and stderr."""
