@@ -21,7 +21,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from agents.models import Agent, ApiKey, LedgerEntry
-from moltstreet.db import service_transaction
+from moltstreet.db import insert_rows, service_transaction, update_rows
 from moltstreet.errors import InsufficientBalance, InvalidRequest, LastApiKey, NameTaken, NotFound
 from moltstreet.money import ZERO, quantize
 
@@ -122,10 +122,8 @@ class CashBook:
         self.touched[agent.id] = agent
 
     def flush(self) -> None:
-        if self.touched:
-            Agent.objects.bulk_update(self.touched.values(), ["balance", "locked_balance"])
-        if self.entries:
-            LedgerEntry.objects.bulk_create(self.entries)
+        update_rows(Agent, self.touched.values(), ("balance", "locked_balance"))
+        insert_rows(LedgerEntry, self.entries)
         self.entries.clear()
         self.touched.clear()
 

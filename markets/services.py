@@ -16,7 +16,7 @@ from django.utils import timezone
 from agents.models import Agent, LedgerEntry
 from agents.services import CashBook, lock_agents
 from markets.models import Forecast, Market, MarketEvent
-from moltstreet.db import service_transaction
+from moltstreet.db import insert_rows, service_transaction
 from moltstreet.errors import AgentSuspended, InvalidRequest, MarketClosed, NotFound
 
 MAX_MARKET_LIFETIME = timedelta(days=5 * 365)
@@ -75,7 +75,7 @@ class EventLog:
     def flush(self, extra_fields: tuple[str, ...] = ()) -> list[MarketEvent]:
         if not self.events:
             return []
-        MarketEvent.objects.bulk_create(self.events)
+        insert_rows(MarketEvent, self.events)
         Market.objects.filter(id=self.market.id).update(
             seq=self.market.seq, **{name: getattr(self.market, name) for name in extra_fields}
         )

@@ -11,11 +11,13 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, ParamSpec, TypeVar
 
 from django.conf import settings
 from django.db import DatabaseError, OperationalError, connection, transaction
+from django.db.models import Model
+from django.db.models.fields import AutoFieldMixin
 
 from moltstreet.errors import ServiceBusy
 
@@ -79,3 +81,68 @@ def service_transaction(func: Callable[P, R]) -> Callable[P, R]:
         raise AssertionError("unreachable")  # pragma: no cover
 
     return wrapper
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Lean row writers for the order path (docs/performance.md).
+#
+# ``QuerySet.bulk_update`` builds a ``CASE WHEN pk = ... THEN ...`` expression tree per field and row, and
+# ``bulk_create`` resolves every value through the query compiler: on this project's order path that was about half of
+# the time an order took. These write the same rows with one plain statement per row, sent together
+# (``executemany``, which psycopg 3 pipelines into a single round trip), and apply the same ``pre_save`` (auto_now,
+# auto_now_add) and ``get_db_prep_save`` conversions as the ORM, so every backend gets exactly what ``save()`` sends.
+
+
+def _quoted(name: str) -> str:
+    return connection.ops.quote_name(name)
+
+
+def _run(sql: str, params: list[list[Any]]) -> None:
+    with connection.cursor() as cursor:
+        if len(params) == 1:
+            cursor.execute(sql, params[0])
+        else:
+            cursor.executemany(sql, params)
+
+
+def update_rows(model: type[Model], rows: Iterable[Model], fields: Sequence[str]) -> None:
+    """``UPDATE <table> SET <fields> WHERE pk = ...`` for each of ``rows``, by primary key, in one round trip.
+
+    Like ``bulk_update(rows, fields)`` (no signals, no validation), but ``auto_now`` fields in ``fields`` are set to
+    now as ``save()`` would. Model instances are left with the values written.
+    """
+    rows = list(rows)
+    if not rows:
+        return
+    meta = model._meta
+    columns = [meta.get_field(name) for name in fields]
+    sql = "UPDATE {} SET {} WHERE {} = %s".format(  # noqa: S608  (names from the model's own metadata)
+        _quoted(meta.db_table),
+        ", ".join(f"{_quoted(field.column)} = %s" for field in columns),
+        _quoted(meta.pk.column),
+    )
+    params = [
+        [field.get_db_prep_save(field.pre_save(row, False), connection) for field in columns]
+        + [meta.pk.get_db_prep_value(row.pk, connection)]
+        for row in rows
+    ]
+    _run(sql, params)
+
+
+def insert_rows(model: type[Model], rows: Iterable[Model]) -> None:
+    """``INSERT`` each of ``rows`` (all concrete fields; an auto-incremented primary key left to the database) in one
+    round trip. Like ``bulk_create(rows)`` without returning generated keys: use it only for rows whose primary key
+    nobody reads afterwards, or that set their own (UUIDs)."""
+    rows = list(rows)
+    if not rows:
+        return
+    meta = model._meta
+    columns = [f for f in meta.concrete_fields if not (f.primary_key and isinstance(f, AutoFieldMixin))]
+    sql = "INSERT INTO {} ({}) VALUES ({})".format(  # noqa: S608  (names from the model's own metadata)
+        _quoted(meta.db_table), ", ".join(_quoted(f.column) for f in columns), ", ".join(["%s"] * len(columns))
+    )
+    params = [[field.get_db_prep_save(field.pre_save(row, True), connection) for field in columns] for row in rows]
+    _run(sql, params)
+    for row in rows:
+        row._state.adding = False
+        row._state.db = connection.alias

@@ -79,9 +79,18 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 elif "postgresql" in DATABASES["default"]["ENGINE"]:
     # Seconds to wait for a connection to PostgreSQL. A server that is down refuses at once; one that is stuck (or a
     # lost network) would hold the request forever. Past this the request is answered 503 service_busy.
-    DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
-        "connect_timeout", env.int("DATABASE_CONNECT_TIMEOUT", default=3)
-    )
+    _pg_options = DATABASES["default"].setdefault("OPTIONS", {})
+    _pg_options.setdefault("connect_timeout", env.int("DATABASE_CONNECT_TIMEOUT", default=3))
+    # A pool of open connections per server process (psycopg_pool through Django): opening a PostgreSQL connection
+    # costs ~5 ms, more than a whole order. A request waits at most DATABASE_POOL_TIMEOUT seconds for a free
+    # connection, then is answered 503 service_busy. Off (DATABASE_POOL=false) or with CONN_MAX_AGE set, Django
+    # opens a connection per request (or keeps one per thread).
+    if env.bool("DATABASE_POOL", default=True) and not env.int("CONN_MAX_AGE", default=0):
+        _pg_options["pool"] = {
+            "min_size": env.int("DATABASE_POOL_MIN_SIZE", default=2),
+            "max_size": env.int("DATABASE_POOL_MAX_SIZE", default=20),
+            "timeout": env.float("DATABASE_POOL_TIMEOUT", default=3.0),
+        }
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 

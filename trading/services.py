@@ -31,7 +31,7 @@ from markets.services import (
     market_payload,
     parse_probability,
 )
-from moltstreet.db import service_transaction
+from moltstreet.db import insert_rows, service_transaction, update_rows
 from moltstreet.errors import (
     AgentSuspended,
     ClientOrderIdConflict,
@@ -312,39 +312,24 @@ class MarketTx:
         self.market_fields.update({"best_bid", "best_ask"})
 
     def flush(self) -> list[MarketEvent]:
+        """Write everything out: cash and ledger, positions, orders, trades, the market's events and fields."""
         self.cash.flush()
-        now = timezone.now()  # bulk_update does not apply auto_now
-        for row in [*self.positions.values(), *self.orders.values()]:
-            row.updated_at = now
         new_positions = [self.positions[a] for a in self.new_positions]
         old_positions = [p for a, p in self.positions.items() if a not in self.new_positions]
-        if new_positions:
-            Position.objects.bulk_create([p for p in new_positions if p.yes_shares or p.no_shares or p.realized_pnl])
-        if old_positions:
-            Position.objects.bulk_update(
-                old_positions,
-                [
-                    "yes_shares",
-                    "no_shares",
-                    "yes_reserved",
-                    "no_reserved",
-                    "yes_cost",
-                    "no_cost",
-                    "realized_pnl",
-                    "updated_at",
-                ],
-            )
-        if self.new_orders:
-            Order.objects.bulk_create(self.new_orders)
-        if self.orders:
-            Order.objects.bulk_update(
-                list(self.orders.values()), ["filled", "status", "cancel_reason", "updated_seq", "updated_at"]
-            )
-        if self.trades:
-            Trade.objects.bulk_create(self.trades)
+        insert_rows(Position, [p for p in new_positions if p.yes_shares or p.no_shares or p.realized_pnl])
+        update_rows(Position, old_positions, POSITION_FIELDS)
+        insert_rows(Order, self.new_orders)
+        update_rows(Order, self.orders.values(), ORDER_FIELDS)
+        insert_rows(Trade, self.trades)
         if self.levels:  # some book level changed: the top of book may have moved
             self.refresh_top_of_book()
         return self.log.flush(extra_fields=tuple(sorted(self.market_fields)))
+
+
+# What a transaction may change in a position or an existing order (updated_at is set to now on write).
+POSITION_FIELDS = ("yes_shares", "no_shares", "yes_reserved", "no_reserved", "yes_cost", "no_cost", "realized_pnl")
+POSITION_FIELDS += ("updated_at",)
+ORDER_FIELDS = ("filled", "status", "cancel_reason", "updated_seq", "updated_at")
 
 
 def _lock_market(market_id) -> Market:
