@@ -21,7 +21,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from agents.models import Agent, ApiKey, LedgerEntry
-from moltstreet.db import insert_rows, service_transaction, update_rows
+from moltstreet.db import fetch_rows, insert_rows, placeholders, service_transaction, update_rows
 from moltstreet.errors import InsufficientBalance, InvalidRequest, LastApiKey, NameTaken, NotFound
 from moltstreet.money import ZERO, quantize
 
@@ -44,9 +44,15 @@ def api_key_lookup(raw_key: str) -> ApiKey | None:
     if not isinstance(raw_key, str) or not raw_key.startswith(API_KEY_PREFIX) or len(raw_key) > 100:
         return None
     digest = hash_api_key(raw_key)
-    key = ApiKey.objects.select_related("agent").filter(key_hash=digest, revoked_at__isnull=True).first()
-    if key is None or not hmac.compare_digest(key.key_hash, digest):
+    # Two indexed reads by key (the hash, then the agent), without building ORM queries: every request makes them.
+    found = fetch_rows(ApiKey, "key_hash = %s AND revoked_at IS NULL", [digest], limit=1)
+    if not found or not hmac.compare_digest(found[0].key_hash, digest):
         return None
+    key = found[0]
+    agents = fetch_rows(Agent, "id = %s", [key.agent_id])
+    if not agents:
+        return None
+    key.agent = agents[0]
     return key
 
 
@@ -62,8 +68,10 @@ def lock_agents(ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Agent]:
     Must run inside a transaction, after the market row is locked when a market is involved.
     """
     ordered = sorted(set(ids))
-    # Evaluated at once with list(): the rows are locked before any balance is read.
-    agents = list(Agent.objects.select_for_update(of=("self",)).filter(id__in=ordered).order_by("id"))
+    if not ordered:
+        return {}
+    # Read and locked in one statement, in id order: the rows are locked before any balance is read.
+    agents = fetch_rows(Agent, f"id IN ({placeholders(ordered)})", ordered, order_by="id", for_update=True)
     return {a.id: a for a in agents}
 
 

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from agents.models import Agent, LedgerEntry
 from agents.services import CashBook, lock_agents
 from markets.models import Forecast, Market, MarketEvent
-from moltstreet.db import insert_rows, service_transaction
+from moltstreet.db import fetch_rows, insert_rows, service_transaction, update_rows
 from moltstreet.errors import AgentSuspended, InvalidRequest, MarketClosed, NotFound
 
 MAX_MARKET_LIFETIME = timedelta(days=5 * 365)
@@ -28,10 +28,14 @@ def lock_market(market_id: uuid.UUID) -> Market:
     Raises :class:`NotFound` for an unknown id.
     """
     try:
-        # .get() evaluates at once, so the row lock is held from here to commit.
-        return Market.objects.select_for_update(of=("self",)).get(id=market_id)
-    except (Market.DoesNotExist, ValidationError, ValueError, TypeError) as exc:  # malformed ids are unknown ids
+        key = uuid.UUID(str(market_id))
+    except ValueError as exc:  # a malformed id is an unknown id
         raise NotFound("No such market.", detail={"market": str(market_id)}) from exc
+    # Read and locked in one statement: the row lock is held from here to commit.
+    found = fetch_rows(Market, "id = %s", [key], for_update=True)
+    if not found:
+        raise NotFound("No such market.", detail={"market": str(market_id)})
+    return found[0]
 
 
 def clean_question(question: str | None, *, limit: int) -> str:
@@ -72,26 +76,31 @@ class EventLog:
         self.events.append(MarketEvent(market=self.market, seq=self.market.seq, kind=kind, data=data))
         return self.market.seq
 
-    def flush(self, extra_fields: tuple[str, ...] = ()) -> list[MarketEvent]:
+    def flush(self, extra_fields: tuple[str, ...] = (), agents: Iterable[Agent] = ()) -> list[MarketEvent]:
+        """Store the events and the market's ``seq`` (and ``extra_fields``); after commit, hand them to the
+        subscribers with the balances of ``agents`` as this transaction committed them (its locked agents)."""
         if not self.events:
             return []
         insert_rows(MarketEvent, self.events)
-        Market.objects.filter(id=self.market.id).update(
-            seq=self.market.seq, **{name: getattr(self.market, name) for name in extra_fields}
-        )
+        update_rows(Market, [self.market], ("seq", *extra_fields))
         stored, self.events = self.events, []
+        balances = {str(a.id): (a.balance, a.locked_balance) for a in agents}
         # robust: a failing subscriber is logged; the committed trade must never surface as an error.
-        transaction.on_commit(lambda: publish_events(self.market.id, stored), robust=True)
+        transaction.on_commit(lambda: publish_events(self.market.id, stored, balances), robust=True)
         return stored
 
 
-# Subscribers to committed market events, e.g. the websocket broadcaster. Each is called after commit.
+# Subscribers to committed market events, e.g. the websocket broadcaster. Each is called after commit as
+# ``subscriber(market_id, events, balances)``; ``balances`` is ``{agent_id: (balance, locked_balance)}`` as committed
+# by the transaction for the agents it locked (others may be missing).
 EVENT_SUBSCRIBERS: list = []
 
 
-def publish_events(market_id: uuid.UUID, events: list[MarketEvent]) -> None:
+def publish_events(
+    market_id: uuid.UUID, events: list[MarketEvent], balances: dict[str, tuple[Decimal, Decimal]] | None = None
+) -> None:
     for subscriber in EVENT_SUBSCRIBERS:
-        subscriber(market_id, events)
+        subscriber(market_id, events, balances or {})
 
 
 def market_payload(market: Market) -> dict[str, Any]:

@@ -4,11 +4,30 @@ import os
 from typing import Any
 from urllib.parse import urlparse
 
-from django.core.asgi import get_asgi_application
+import django
+from asgiref.sync import sync_to_async
+from django.core.handlers.asgi import ASGIHandler
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "moltstreet.settings")
 
-django_asgi_app = get_asgi_application()
+
+class SyncChainASGIHandler(ASGIHandler):
+    """Django's ASGI handler, with the whole middleware chain and the view run synchronously in one worker thread.
+
+    Every view here is synchronous (DRF, the pages, the admin). Django's own ASGI handler runs the middleware chain
+    in async mode, where each ``MiddlewareMixin`` middleware hands its ``process_request`` and ``process_response``
+    to a thread with ``sync_to_async``: a dozen thread switches per request, which profiling found to cost more than
+    a whole order (docs/performance.md). Here the chain is built synchronous, as under WSGI, and entered once with
+    ``sync_to_async(thread_sensitive=True)``; reading the body, the signals and sending the response stay async.
+    """
+
+    def load_middleware(self, is_async: bool = False) -> None:
+        super().load_middleware(is_async=False)
+        self._middleware_chain = sync_to_async(self._middleware_chain, thread_sensitive=True)
+
+
+django.setup(set_prefix=False)
+django_asgi_app = SyncChainASGIHandler()
 
 # Django must be set up before these imports.
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402

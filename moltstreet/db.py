@@ -11,7 +11,9 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
+from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
 from django.conf import settings
@@ -129,6 +131,28 @@ def update_rows(model: type[Model], rows: Iterable[Model], fields: Sequence[str]
     _run(sql, params)
 
 
+def upsert_rows(model: type[Model], rows: Iterable[Model], *, unique: Sequence[str], update: Sequence[str]) -> None:
+    """``INSERT … ON CONFLICT (<unique>) DO UPDATE SET <update>`` for each of ``rows`` in one round trip (PostgreSQL,
+    and SQLite 3.24+). ``unique`` must name a unique constraint's fields; an auto-incremented key is left out."""
+    rows = list(rows)
+    if not rows:
+        return
+    meta = model._meta
+    columns = [f for f in meta.concrete_fields if not (f.primary_key and isinstance(f, AutoFieldMixin))]
+    conflict = ", ".join(_quoted(meta.get_field(name).column) for name in unique)
+    updates = ", ".join(
+        f"{_quoted(meta.get_field(n).column)} = EXCLUDED.{_quoted(meta.get_field(n).column)}" for n in update
+    )
+    sql = "INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) DO UPDATE SET {}".format(  # noqa: S608  (model names)
+        _quoted(meta.db_table),
+        ", ".join(_quoted(f.column) for f in columns),
+        ", ".join(["%s"] * len(columns)),
+        conflict,
+        updates,
+    )
+    _run(sql, [[field.get_db_prep_save(field.pre_save(row, True), connection) for field in columns] for row in rows])
+
+
 def insert_rows(model: type[Model], rows: Iterable[Model]) -> None:
     """``INSERT`` each of ``rows`` (all concrete fields; an auto-incremented primary key left to the database) in one
     round trip. Like ``bulk_create(rows)`` without returning generated keys: use it only for rows whose primary key
@@ -146,3 +170,94 @@ def insert_rows(model: type[Model], rows: Iterable[Model]) -> None:
     for row in rows:
         row._state.adding = False
         row._state.db = connection.alias
+
+
+class _Reader:
+    """``SELECT`` of all of a model's concrete fields, with the value converters Django's compiler would apply on
+    this backend (``ops.get_db_converters`` and each field's ``from_db_value``), built once per model and backend."""
+
+    def __init__(self, model: type[Model]):
+        meta = model._meta
+        fields = meta.concrete_fields
+        table = _quoted(meta.db_table)
+        self.model = model
+        self.columns = ", ".join(f"{table}.{_quoted(field.column)}" for field in fields)
+        self.table = table
+        self.attnames = [field.attname for field in fields]
+        self.converters = []
+        for index, field in enumerate(fields):
+            expression = field.get_col(meta.db_table)
+            found = connection.ops.get_db_converters(expression) + expression.get_db_converters(connection)
+            if found:
+                self.converters.append((index, expression, found))
+
+    def build(self, row: Sequence[Any]) -> Model:
+        if self.converters:
+            row = list(row)
+            for index, expression, converters in self.converters:
+                value = row[index]
+                for converter in converters:
+                    value = converter(value, expression, connection)
+                row[index] = value
+        return self.model.from_db(connection.alias, self.attnames, row)
+
+
+_readers: dict[tuple[type[Model], str], _Reader] = {}
+
+
+def fetch_rows(
+    model: type[Model],
+    where: str,
+    params: Sequence[Any] = (),
+    *,
+    order_by: str = "",
+    limit: int | None = None,
+    for_update: bool = False,
+) -> list[Model]:
+    """Model instances for ``SELECT <all fields> FROM <table> WHERE <where> [ORDER BY] [LIMIT] [FOR UPDATE]``.
+
+    ``where`` and ``order_by`` are SQL over the table's own columns with ``%s`` placeholders (never user text).
+    The read side of :func:`update_rows`: the same rows ``Model.objects.filter(...)`` returns (converters included)
+    without building and compiling a query each time, for the few reads every order makes. ``for_update`` locks the
+    rows where the backend can (PostgreSQL; SQLite serializes writers instead).
+    """
+    key = (model, connection.vendor)
+    reader = _readers.get(key)
+    if reader is None:
+        reader = _readers[key] = _Reader(model)
+    sql = f"SELECT {reader.columns} FROM {reader.table} WHERE {where}"  # noqa: S608  (our own SQL, params bound)
+    if order_by:
+        sql += f" ORDER BY {order_by}"
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
+    if for_update and connection.features.has_select_for_update:
+        sql += " FOR UPDATE"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [_param(value) for value in params])
+        rows = cursor.fetchall()
+    return [reader.build(row) for row in rows]
+
+
+def _param(value: Any) -> Any:
+    # Django stores UUIDs as 32 hex characters where the backend has no uuid type (SQLite); psycopg adapts them.
+    if isinstance(value, uuid.UUID) and not connection.features.has_native_uuid_field:
+        return value.hex
+    return value
+
+
+def placeholders(values: Sized) -> str:
+    """``%s, %s, …``: one placeholder per value, for ``IN (…)``."""
+    return ", ".join(["%s"] * len(values))
+
+
+@contextmanager
+def pipelined() -> Iterator[None]:
+    """Send the statements run inside to PostgreSQL together, without waiting for each answer (psycopg pipeline
+    mode): one round trip for a transaction's writes. Errors (a constraint, a lock timeout) surface on the way out,
+    as the usual Django database exceptions. A no-op on other backends."""
+    if connection.vendor != "postgresql":
+        yield
+        return
+    connection.ensure_connection()
+    with connection.wrap_database_errors, connection.connection.pipeline():
+        yield

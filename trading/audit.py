@@ -14,7 +14,7 @@ from django.db.models import Count, F, Max, Min, Q, Sum
 from agents.models import Agent, LedgerEntry
 from markets.models import Market, MarketEvent
 from moltstreet.money import ONE, ZERO, quantize
-from trading.models import Action, Order, Position, Side, Trade
+from trading.models import Action, BookLevel, Order, Position, Side, Trade
 
 
 @dataclass
@@ -143,6 +143,26 @@ def _book(report: AuditReport) -> None:
         if Side.YES in top and Side.NO in top and top[Side.YES] + top[Side.NO] >= ONE:
             report.breach(
                 5, f"market {market_id}: book crossed (best YES bid {top[Side.YES]} + best NO bid {top[Side.NO]} >= 1)"
+            )
+    # The stored book levels are the sums of the resting orders (what the order book and the live feed show).
+    resting = {
+        (r["market_id"], r["book_side"], r["book_price"]): r["size"]
+        for r in Order.objects.filter(status__in=Order.RESTING)
+        .values("market_id", "book_side", "book_price")
+        .annotate(size=Sum(F("size") - F("filled")))
+    }
+    stored = {
+        (market_id, side, price): size
+        for market_id, side, price, size in BookLevel.objects.filter(size__gt=0).values_list(
+            "market_id", "book_side", "price", "size"
+        )
+    }
+    for key in sorted(set(resting) | set(stored), key=str):
+        if resting.get(key, 0) != stored.get(key, 0):
+            report.breach(
+                5,
+                f"market {key[0]}: book level {key[1]} {key[2]} holds {stored.get(key, 0)}, "
+                f"its resting orders {resting.get(key, 0)}",
             )
     closed = Order.objects.filter(status__in=Order.RESTING).exclude(market__status=Market.Status.OPEN).count()
     if closed:

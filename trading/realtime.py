@@ -167,14 +167,18 @@ def public_messages(market_id: uuid.UUID | str, events: Iterable[MarketEvent]) -
 # Private messages
 
 
-def private_messages(market_id: uuid.UUID | str, events: Sequence[MarketEvent]) -> dict[str, list[Message]]:
+def private_messages(
+    market_id: uuid.UUID | str,
+    events: Sequence[MarketEvent],
+    balances: dict[str, tuple[Decimal, Decimal]] | None = None,
+) -> dict[str, list[Message]]:
     """Each involved agent's messages for one transaction's events: ``{agent_id: [order/fill..., balance]}``.
 
     ``order`` for each change of one of its orders, ``fill`` for each trade it took part in (``role`` maker or
     taker, ``side``/``action`` of its own order, ``fill_price`` on its own side: the YES price for YES, 1 - price for
-    NO), then one ``balance`` read after commit. Agents whose money moved without an order event get the ``balance``
-    too: the creator on ``created`` (the creation fee), every holder on ``resolved`` (the payout). One query for the
-    balances, one more for the holders of a resolved market.
+    NO), then one ``balance``: as the transaction committed it (``balances``, from the agents it locked), else read
+    after commit. Agents whose money moved without an order event get the ``balance`` too: the creator on
+    ``created`` (the creation fee), every holder on ``resolved`` (the payout).
     """
     market_id = str(market_id)
     feeds: dict[str, list[Message]] = defaultdict(list)
@@ -231,9 +235,12 @@ def private_messages(market_id: uuid.UUID | str, events: Sequence[MarketEvent]) 
             holders = Position.objects.filter(market_id=market_id).values_list("agent_id", flat=True)
             balance_only.update(str(agent_id) for agent_id in holders)
     touched = set(feeds) | balance_only
-    if touched:
-        rows = Agent.objects.filter(id__in=touched).values_list("id", "balance", "locked_balance")
-        for agent_id, balance, locked in rows:
+    known = {agent_id: balances[agent_id] for agent_id in touched if balances and agent_id in balances}
+    if touched - set(known):
+        rows = Agent.objects.filter(id__in=touched - set(known)).values_list("id", "balance", "locked_balance")
+        known.update({str(agent_id): (balance, locked) for agent_id, balance, locked in rows})
+    if known:
+        for agent_id, (balance, locked) in sorted(known.items()):
             feeds[str(agent_id)].append(
                 {
                     "type": "balance",
@@ -250,7 +257,11 @@ def private_messages(market_id: uuid.UUID | str, events: Sequence[MarketEvent]) 
 # Publishing
 
 
-def publish_committed_events(market_id: uuid.UUID, events: Sequence[MarketEvent]) -> None:
+def publish_committed_events(
+    market_id: uuid.UUID,
+    events: Sequence[MarketEvent],
+    balances: dict[str, tuple[Decimal, Decimal]] | None = None,
+) -> None:
     """``EVENT_SUBSCRIBERS`` hook: publish one committed transaction's events to the live feed.
 
     Sends ``{"type": "market.batch", "messages": [...]}`` to ``market.<id>`` and ``{"type": "agent.batch",
@@ -262,7 +273,7 @@ def publish_committed_events(market_id: uuid.UUID, events: Sequence[MarketEvent]
         return
     try:
         sends = [(market_group(market_id), {"type": MARKET_BATCH, "messages": public_messages(market_id, events)})]
-        for agent_id, messages in private_messages(market_id, events).items():
+        for agent_id, messages in private_messages(market_id, events, balances).items():
             sends.append((agent_group(agent_id), {"type": AGENT_BATCH, "messages": messages}))
         _group_send_all(sends)
     except Exception:  # the caller's transaction has committed: nothing here may undo or fail it

@@ -27,29 +27,29 @@ from agents.models import Agent
 from markets.models import Forecast, Market
 from moltstreet.errors import InvalidRequest
 from moltstreet.money import ONE, quantize
-from trading.models import Order, Position, Side, Trade
+from trading.models import BookLevel, Position, Side, Trade
 
 
 def book_levels(market: Market, depth: int | None = None) -> dict[str, Any]:
     """Aggregated resting size per price in each queue, best first, with the market ``seq`` they reflect.
 
-    Returns ``{"market", "seq", "yes": [{"price", "size"}], "no": [...], "best_bid", "best_ask"}``: ``yes`` levels
+    Read from ``BookLevel`` (kept by the services with the orders). Returns ``{"market", "seq", "yes": [{"price",
+    "size"}], "no": [...], "best_bid", "best_ask"}``: ``yes`` levels
     are YES bids at YES prices; ``no`` levels are NO bids at NO prices (a NO bid at q is a YES ask at 1 - q).
     The seq is read before and after the levels; if a trade committed in between, the read is repeated.
     """
     for _ in range(5):
         seq = Market.objects.filter(id=market.id).values_list("seq", flat=True).first()
         rows = list(
-            Order.objects.filter(market_id=market.id, status__in=Order.RESTING)
-            .values("book_side", "book_price")
-            .annotate(size=Sum(F("size") - F("filled")))
-            .order_by("book_side", "-book_price")
+            BookLevel.objects.filter(market_id=market.id, size__gt=0)
+            .order_by("book_side", "-price")
+            .values_list("book_side", "price", "size")
         )
         if Market.objects.filter(id=market.id).values_list("seq", flat=True).first() == seq:
             break
     levels: dict[str, list[dict[str, Any]]] = {Side.YES: [], Side.NO: []}
-    for row in rows:
-        levels[row["book_side"]].append({"price": str(row["book_price"]), "size": row["size"]})
+    for side, price, size in rows:
+        levels[side].append({"price": str(price), "size": size})
     if depth is not None:
         levels = {side: rows[:depth] for side, rows in levels.items()}
     best_no = Decimal(levels[Side.NO][0]["price"]) if levels[Side.NO] else None

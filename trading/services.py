@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -18,7 +19,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError
-from django.db.models import F, Max, Q, Sum
+from django.db.models import F, Q, Sum
 from django.utils import timezone
 
 from agents.models import Agent, LedgerEntry
@@ -31,7 +32,15 @@ from markets.services import (
     market_payload,
     parse_probability,
 )
-from moltstreet.db import insert_rows, service_transaction, update_rows
+from moltstreet.db import (
+    fetch_rows,
+    insert_rows,
+    pipelined,
+    placeholders,
+    service_transaction,
+    update_rows,
+    upsert_rows,
+)
 from moltstreet.errors import (
     AgentSuspended,
     ClientOrderIdConflict,
@@ -47,7 +56,7 @@ from moltstreet.errors import (
 )
 from moltstreet.money import CENT, HALF, MAX_PRICE, MIN_PRICE, ONE, ZERO, quantize
 from trading import matching
-from trading.models import Action, Order, Position, Side, TimeInForce, Trade
+from trading.models import Action, BookLevel, Order, Position, Side, TimeInForce, Trade
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +144,7 @@ class MarketTx:
     new_orders: list[Order] = field(default_factory=list)
     trades: list[Trade] = field(default_factory=list)
     levels: dict[tuple[str, Decimal], int] = field(default_factory=dict)
+    levels_loaded: dict[tuple[str, Decimal], int] | None = None
     market_fields: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -162,28 +172,41 @@ class MarketTx:
         missing = set(agent_ids) - set(self.positions)
         if not missing:
             return
-        for pos in Position.objects.filter(market=self.market, agent_id__in=missing):
+        ids = sorted(missing)
+        for pos in fetch_rows(
+            Position, f"market_id = %s AND agent_id IN ({placeholders(ids)})", [self.market.id, *ids]
+        ):
             self.positions[pos.agent_id] = pos
         for agent_id in missing - set(self.positions):
             self.positions[agent_id] = Position(agent_id=agent_id, market=self.market)
             self.new_positions.add(agent_id)
 
-    def load_levels(self, keys) -> None:
-        keys = {k for k in keys if k not in self.levels}
-        if not keys:
+    def load_book(self) -> None:
+        """Read the market's book levels (``BookLevel``, at most 198 rows) once, before any order changes: every
+        order event then carries its level's new absolute size, and :meth:`flush` writes the levels that changed
+        and the top of book from them."""
+        if self.levels_loaded is not None:
             return
-        cond = Q()
-        for side, price in keys:
-            cond |= Q(book_side=side, book_price=price)
-        rows = (
-            Order.objects.filter(cond, market=self.market, status__in=RESTING)
-            .values("book_side", "book_price")
-            .annotate(size=Sum(F("size") - F("filled")))
-        )
-        for key in keys:
-            self.levels[key] = 0
-        for row in rows:
-            self.levels[(row["book_side"], row["book_price"])] = row["size"]
+        for level in fetch_rows(BookLevel, "market_id = %s", [self.market.id]):
+            self.levels[(level.book_side, level.price)] = level.size
+        self.levels_loaded = dict(self.levels)
+
+    def crossing(self, book_side: str, book_price: Decimal, page: int = 20) -> Iterator[Order]:
+        """The resting orders of the queue opposite ``book_side`` that cross ``book_price``, in priority order (best
+        price, then earliest), read a page at a time (keyset) as the matching walks them."""
+        other = matching.opposite(book_side)
+        where = "market_id = %s AND book_side = %s AND status IN (%s, %s) AND book_price >= %s"
+        params: list[Any] = [self.market.id, other, *RESTING, ONE - book_price]
+        after: list[Any] = []
+        while True:
+            keyset = " AND (book_price < %s OR (book_price = %s AND seq > %s))" if after else ""
+            rows = fetch_rows(Order, where + keyset, params + after, order_by="book_price DESC, seq", limit=page)
+            yield from rows
+            if len(rows) < page:
+                return
+            last = rows[-1]
+            after = [last.book_price, last.book_price, last.seq]
+            page = 200
 
     # -- events --------------------------------------------------------------------------------------------------
     def order_event(self, order: Order, event: str, level_delta: int = 0, seq: int | None = None) -> int:
@@ -191,6 +214,8 @@ class MarketTx:
         key = (order.book_side, order.book_price)
         data: dict[str, Any] = {"event": event, "order": _order_snapshot(order)}
         if level_delta:
+            if self.levels_loaded is None:
+                raise AssertionError("load_book() before changing resting orders")
             self.levels[key] = self.levels.get(key, 0) + level_delta
             data["level"] = {"side": key[0], "price": str(key[1]), "size": self.levels[key]}
         if seq is None:
@@ -299,20 +324,33 @@ class MarketTx:
 
     # -- write out -----------------------------------------------------------------------------------------------
     def refresh_top_of_book(self) -> None:
-        """Recompute the market's best YES bid and ask after the book changed (one index-only aggregate)."""
-        tops = dict(
-            Order.objects.filter(market=self.market, status__in=RESTING)
-            .values("book_side")
-            .annotate(best=Max("book_price"))
-            .values_list("book_side", "best")
-        )
-        best_no = tops.get(Side.NO)
-        self.market.best_bid = tops.get(Side.YES)
-        self.market.best_ask = ONE - best_no if best_no is not None else None
+        """Set the market's best YES bid and ask from the book levels (all of them are loaded)."""
+        best = {Side.YES: None, Side.NO: None}
+        for (side, price), size in self.levels.items():
+            if size > 0 and (best[side] is None or price > best[side]):
+                best[side] = price
+        self.market.best_bid = best[Side.YES]
+        self.market.best_ask = ONE - best[Side.NO] if best[Side.NO] is not None else None
         self.market_fields.update({"best_bid", "best_ask"})
 
+    def write_levels(self) -> bool:
+        """Upsert the book levels whose size changed; ``True`` if any did."""
+        before = self.levels_loaded or {}
+        changed = [
+            BookLevel(market_id=self.market.id, book_side=side, price=price, size=size)
+            for (side, price), size in self.levels.items()
+            if size != before.get((side, price), 0)
+        ]
+        upsert_rows(BookLevel, changed, unique=("market", "book_side", "price"), update=("size",))
+        return bool(changed)
+
     def flush(self) -> list[MarketEvent]:
-        """Write everything out: cash and ledger, positions, orders, trades, the market's events and fields."""
+        """Write everything out: cash and ledger, positions, orders, trades, book levels, the market's events and
+        fields, in one round trip to the database (:func:`~moltstreet.db.pipelined`)."""
+        with pipelined():
+            return self._write()
+
+    def _write(self) -> list[MarketEvent]:
         self.cash.flush()
         new_positions = [self.positions[a] for a in self.new_positions]
         old_positions = [p for a, p in self.positions.items() if a not in self.new_positions]
@@ -321,15 +359,27 @@ class MarketTx:
         insert_rows(Order, self.new_orders)
         update_rows(Order, self.orders.values(), ORDER_FIELDS)
         insert_rows(Trade, self.trades)
-        if self.levels:  # some book level changed: the top of book may have moved
+        if self.write_levels():  # some book level changed: the top of book may have moved
             self.refresh_top_of_book()
-        return self.log.flush(extra_fields=tuple(sorted(self.market_fields)))
+        return self.log.flush(extra_fields=tuple(sorted(self.market_fields)), agents=self.agents.values())
 
 
 # What a transaction may change in a position or an existing order (updated_at is set to now on write).
 POSITION_FIELDS = ("yes_shares", "no_shares", "yes_reserved", "no_reserved", "yes_cost", "no_cost", "realized_pnl")
 POSITION_FIELDS += ("updated_at",)
 ORDER_FIELDS = ("filled", "status", "cancel_reason", "updated_seq", "updated_at")
+
+
+def count_resting_orders(agent_id: uuid.UUID) -> int:
+    """How many open or partly filled orders the agent has, across all markets (an index-only count)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT COUNT(*) FROM {Order._meta.db_table} WHERE agent_id = %s AND status IN (%s, %s)",  # noqa: S608
+            [Order._meta.get_field("agent").get_db_prep_value(agent_id, connection), *RESTING],
+        )
+        return cursor.fetchone()[0]
 
 
 def _lock_market(market_id) -> Market:
@@ -371,9 +421,10 @@ def _same_request(order: Order, **params) -> bool:
 def _existing(agent: Agent, client_order_id: str | None, **params) -> PlaceResult | None:
     if not client_order_id:
         return None
-    order = Order.objects.filter(agent=agent, client_order_id=client_order_id).first()
-    if order is None:
+    found = fetch_rows(Order, "agent_id = %s AND client_order_id = %s", [agent.id, client_order_id], limit=1)
+    if not found:
         return None
+    order = found[0]
     if not _same_request(order, **params):
         raise ClientOrderIdConflict(detail={"client_order_id": client_order_id, "order": str(order.id)})
     return PlaceResult(order=order, trades=list(order.taker_trades.order_by("seq")), created=False)
@@ -442,18 +493,12 @@ def order_place(
     book_side, book_price = matching.book_position(side, action, price)
 
     # Plan the match under the market lock: the book cannot change until commit.
-    crossing = Order.objects.filter(
-        market=market,
-        book_side=matching.opposite(book_side),
-        status__in=RESTING,
-        book_price__gte=ONE - book_price,
-    ).order_by("-book_price", "seq")
     plan = matching.plan_match(
         agent_id=agent.id,
         book_side=book_side,
         book_price=book_price,
         size=size,
-        resting=crossing.iterator(chunk_size=200),
+        resting=tx.crossing(book_side, book_price, page=min(size, 20) + 1),
         now=now,
     )
     if post_only and (plan.fills or plan.self_trade_cancels):
@@ -472,7 +517,7 @@ def order_place(
         return found  # a concurrent twin of this request committed first
     tx.load_positions(tx.agents)
     _check_limits(tx, taker_agent, side=side, action=action, price=price, size=size, tif=tif)
-    tx.load_levels({(o.book_side, o.book_price) for o in touched} | {(book_side, book_price)})
+    tx.load_book()
 
     for order in plan.expired:
         tx.end_order(order, Order.Status.EXPIRED, Order.CancelReason.EXPIRED, "expired")
@@ -561,7 +606,7 @@ def _check_limits(tx: MarketTx, agent: Agent, *, side: str, action: str, price: 
     """
     if tif in (TimeInForce.GTC, TimeInForce.GTD):
         limit = settings.MOLTSTREET["MAX_OPEN_ORDERS"]
-        if Order.objects.filter(agent_id=agent.id, status__in=RESTING).count() >= limit:
+        if count_resting_orders(agent.id) >= limit:
             raise OpenOrderLimit(
                 f"An agent may have at most {limit} resting orders; cancel some first.",
                 detail={"max_open_orders": limit},
@@ -675,7 +720,7 @@ def _cancel_in_market(market_id, orders_filter: Q, reason: str) -> list[Order]:
     tx = MarketTx(market)
     tx.lock_agents({o.agent_id for o in orders})
     tx.load_positions(tx.agents)
-    tx.load_levels({(o.book_side, o.book_price) for o in orders})
+    tx.load_book()
     for order in orders:
         tx.end_order(order, Order.Status.CANCELLED, reason, "cancelled")
     for agent_id in tx.agents:
@@ -735,7 +780,7 @@ def _end_all_resting(tx: MarketTx, status: str, reason: str, extra_agents=()) ->
     orders = list(Order.objects.filter(market=tx.market, status__in=RESTING).order_by("seq"))
     tx.lock_agents({o.agent_id for o in orders} | set(extra_agents))
     tx.load_positions(tx.agents)
-    tx.load_levels({(o.book_side, o.book_price) for o in orders})
+    tx.load_book()
     for order in orders:
         tx.end_order(order, status, reason, "cancelled")
     for agent_id in {o.agent_id for o in orders}:
@@ -753,7 +798,7 @@ def orders_expire(*, market_id: uuid.UUID | str, now: datetime | None = None) ->
     tx = MarketTx(market)
     tx.lock_agents({o.agent_id for o in orders})
     tx.load_positions(tx.agents)
-    tx.load_levels({(o.book_side, o.book_price) for o in orders})
+    tx.load_book()
     for order in orders:
         tx.end_order(order, Order.Status.EXPIRED, Order.CancelReason.EXPIRED, "expired")
     for agent_id in tx.agents:

@@ -17,6 +17,7 @@ from decimal import Decimal
 
 import pytest
 from django.db import connection
+from django.db.models import F
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -24,7 +25,7 @@ from agents.models import Agent
 from markets.models import Forecast, Market
 from markets.services import forecast_record, market_create
 from moltstreet.money import ONE
-from trading.models import Order, Position, Side, Trade
+from trading.models import BookLevel, Order, Position, Side, Trade
 from trading.services import market_close, market_resolve
 from trading.tests.factories import mint, new_agent, place
 
@@ -128,6 +129,18 @@ def bulk_resting(market: Market, agents: list[Agent], n: int, seq: Seq) -> None:
             )
         )
     Order.objects.bulk_create(orders, batch_size=2000)
+    levels: dict = {}
+    for order in orders:
+        key = (order.book_side, order.book_price)
+        levels[key] = levels.get(key, 0) + order.size - order.filled
+    for (side, price), size in levels.items():  # the services keep each level's total with its orders
+        BookLevel.objects.update_or_create(
+            market=market,
+            book_side=side,
+            price=price,
+            defaults={"size": F("size") + size},
+            create_defaults={"size": size},
+        )
 
 
 def bulk_trades(market: Market, agents: list[Agent], n: int, seq: Seq) -> list[Trade]:
