@@ -42,7 +42,8 @@ def set_lock_timeout() -> None:
     """Bound every row-lock wait of the current transaction (PostgreSQL only; SQLite serializes writers)."""
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute("SET LOCAL lock_timeout = %s", [f"{int(settings.MOLTSTREET['LOCK_TIMEOUT_MS'])}ms"])
+            # SET takes no bound parameters; the value is an int of our own settings.
+            cursor.execute(f"SET LOCAL lock_timeout = '{int(settings.MOLTSTREET['LOCK_TIMEOUT_MS'])}ms'")
 
 
 def service_transaction(func: Callable[P, R]) -> Callable[P, R]:

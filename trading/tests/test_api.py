@@ -972,3 +972,46 @@ def test_it_answers_404_when_resolving_an_unknown_market(market_id, make_agent, 
     with unchanged(audit_clean):
         response = api_client(oracle).post(f"{API}/markets/{market_id}/resolve/", {"outcome": "YES"})
         assert_error(response, 404, "not_found")
+
+
+def test_the_fast_order_trade_and_fill_renderings_equal_drfs_own(make_agent, market):
+    """OrderSerializer, TradeSerializer and FillSerializer render with plain functions; DRF's generic rendering of
+    the same declared fields must give the same JSON, for resting, filled, GTD and cancelled orders alike."""
+    import json
+
+    from rest_framework import serializers
+    from rest_framework.renderers import JSONRenderer
+    from rest_framework.test import APIRequestFactory
+
+    from trading.api import FillSerializer, OrderSerializer, TradeSerializer
+    from trading.services import order_cancel, order_place
+
+    alice, bob = make_agent(), make_agent()
+    later = timezone.now() + timedelta(days=1)
+    order_place(agent=alice, market_id=market.id, side="YES", action="BUY", price="0.40", size=3, client_order_id="c1")
+    order_place(
+        agent=alice,
+        market_id=market.id,
+        side="YES",
+        action="BUY",
+        price="0.30",
+        size=2,
+        time_in_force="GTD",
+        expires_at=later,
+    )
+    gone = order_place(agent=alice, market_id=market.id, side="NO", action="BUY", price="0.20", size=1).order
+    order_cancel(agent=alice, order_id=gone.id)
+    order_place(agent=bob, market_id=market.id, side="NO", action="BUY", price="0.65", size=4)
+    request = APIRequestFactory().get("/")
+    request.user = alice
+
+    def same(serializer_class, rows, **context):
+        for row in rows:
+            fast = serializer_class(row, context=context).data
+            generic = serializers.ModelSerializer.to_representation(serializer_class(context=context), row)
+            assert json.loads(JSONRenderer().render(fast)) == json.loads(JSONRenderer().render(generic))
+
+    same(OrderSerializer, Order.objects.all())
+    same(TradeSerializer, Trade.objects.all())
+    same(FillSerializer, Trade.objects.all(), request=request)
+    assert Trade.objects.exists() and Order.objects.filter(status="cancelled").exists()
