@@ -232,15 +232,16 @@ class PrivatePostgres:
 
     def start(self, timeout: float = 30.0) -> None:
         """Start the server (on the port of the previous start, or a free one) and wait until it accepts
-        connections. ``fsync`` is off: a crash of the machine would lose it, a crash of the server does not."""
+        connections. ``fsync`` is off: a crash of the machine would lose it, a crash of the server does not (commits
+        are still synchronous, so an acknowledged commit survives ``stop -m immediate``)."""
         self.port = self.port or free_port()
         options = " ".join(
             [
                 f"-p {self.port}",
                 "-c listen_addresses=127.0.0.1",
                 f"-c unix_socket_directories={self.root}",  # never the shared server's socket directory
-                "-c fsync=off",
-                "-c synchronous_commit=off",
+                "-c fsync=off",  # safe against a crash of the server (the OS keeps the files), not of the machine
+                # synchronous_commit stays on: off, a crash (stop -m immediate) loses commits already acknowledged
                 "-c full_page_writes=off",
                 "-c max_connections=100",
             ]
