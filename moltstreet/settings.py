@@ -233,6 +233,9 @@ MOLTSTREET = {
     # Live feed (docs/realtime.md): the most stored changes a websocket replays for `?since=` or to fill a gap; a
     # `since` further behind gets a snapshot, a gap further behind a `buffer_overflow` error and close 4008.
     "LIVE_REPLAY_LIMIT": env.int("MOLTSTREET_LIVE_REPLAY_LIMIT", default=1000),
+    # Seconds a market feed waits for a batch that arrives out of order (transactions are published from several
+    # threads and processes) before it reads the missing changes from the stored events.
+    "LIVE_GAP_WAIT": env.float("MOLTSTREET_LIVE_GAP_WAIT", default=0.05),
     # Trades in a market feed's snapshot.
     "LIVE_SNAPSHOT_TRADES": env.int("MOLTSTREET_LIVE_SNAPSHOT_TRADES", default=50),
     # Seconds a commit may spend handing its messages to the channel layer before giving up (logged, never raised),

@@ -13,6 +13,7 @@ import logging
 from typing import Any
 from urllib.parse import parse_qs
 
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
@@ -67,6 +68,16 @@ class FeedConsumer(AsyncJsonWebsocketConsumer):
 
     accepted = False
     disconnected = False
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Channels' dispatch, without its ``aclose_old_connections()`` before every message: that is a
+        ``sync_to_async`` hop, and outside a request every consumer's hop queues on the same one thread, so a market
+        with 500 subscribers paid 500 serialized hops per committed transaction (bench/fanout.py). The feeds touch
+        the database only through ``database_sync_to_async``, which closes stale connections itself."""
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         try:
@@ -157,10 +168,14 @@ class MarketConsumer(FeedConsumer):
     last_seq: int
     overflowed: bool
     limit: int
+    # Messages received ahead of a gap, by seq, each with its encoded text (or None), waiting for the gap to fill.
+    pending: dict[int, tuple[dict[str, Any], str | None]]
+    gap_timer: asyncio.TimerHandle | None = None
 
     async def connect(self) -> None:
         self.market_id = str(self.scope["url_route"]["kwargs"]["market_id"])
         self.last_seq, self.overflowed = 0, False
+        self.pending, self.lock = {}, asyncio.Lock()
         self.limit = settings.MOLTSTREET["LIVE_REPLAY_LIMIT"]
         if not await database_sync_to_async(realtime.market_exists)(self.market_id):
             await self.close()  # before accept: the handshake is refused (HTTP 403)
@@ -231,17 +246,58 @@ class MarketConsumer(FeedConsumer):
         return True
 
     async def market_batch(self, event: dict[str, Any]) -> None:
-        """One committed transaction's public messages (``trading.realtime.MARKET_BATCH``)."""
-        for message in sorted(event["messages"], key=lambda m: m["seq"]):
-            if self.overflowed:
+        """One committed transaction's public messages (``trading.realtime.MARKET_BATCH``), each with its JSON text
+        encoded once by the publisher for every subscriber (``texts``).
+
+        Transactions of one market commit in seq order but are published from several threads and processes, so a
+        batch may arrive before the one just below it. A batch past a gap waits (``LIVE_GAP_WAIT`` seconds) for the
+        missing seqs to arrive; only then is the rest read from the stored events, so out-of-order publishing does
+        not cost every subscriber a database read."""
+        texts = event.get("texts") or [None] * len(event["messages"])
+        async with self.lock:
+            for message, text in zip(event["messages"], texts, strict=True):
+                if message["seq"] > self.last_seq:
+                    self.pending[message["seq"]] = (message, text)
+            await self.send_pending()
+            if self.pending and self.gap_timer is None and not self.overflowed:
+                loop = asyncio.get_running_loop()
+                self.gap_timer = loop.call_later(
+                    settings.MOLTSTREET["LIVE_GAP_WAIT"], lambda: loop.create_task(self.close_gap())
+                )
+
+    async def send_pending(self) -> None:
+        """Send the pending messages that follow ``last_seq`` without a gap."""
+        while not self.overflowed and (entry := self.pending.pop(self.last_seq + 1, None)) is not None:
+            message, text = entry
+            if text is None:
+                await self.send_json(message)
+            else:
+                await self.send(text_data=text)
+            self.last_seq = message["seq"]
+        if not self.pending and self.gap_timer is not None:
+            self.gap_timer.cancel()
+            self.gap_timer = None
+
+    async def close_gap(self) -> None:
+        """The wait for a gap is over: read what is still missing from the stored events, then go on."""
+        async with self.lock:
+            self.gap_timer = None
+            if not self.pending or self.overflowed or self.disconnected:
                 return
-            seq = message["seq"]
-            if seq > self.last_seq + 1 and not await self.fill(seq - 1):
+            if not await self.fill(min(self.pending) - 1):
+                self.pending.clear()
                 return
-            if seq <= self.last_seq:  # already sent: replay/live overlap, a late batch, or after a resync
-                continue
-            await self.send_json(message)
-            self.last_seq = seq
+            for seq in [seq for seq in self.pending if seq <= self.last_seq]:
+                del self.pending[seq]
+            await self.send_pending()
+            if self.pending:  # another gap further on
+                loop = asyncio.get_running_loop()
+                self.gap_timer = loop.call_later(0, lambda: loop.create_task(self.close_gap()))
+
+    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        if self.gap_timer is not None:
+            self.gap_timer.cancel()
+        await super().websocket_disconnect(message)
 
 
 class AgentConsumer(FeedConsumer):

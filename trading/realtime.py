@@ -14,6 +14,7 @@ the consumers (``trading.consumers``), which replay ``?since=`` and fill gaps fr
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from collections import defaultdict
@@ -272,7 +273,10 @@ def publish_committed_events(
     if not events:
         return
     try:
-        sends = [(market_group(market_id), {"type": MARKET_BATCH, "messages": public_messages(market_id, events)})]
+        public = public_messages(market_id, events)
+        # Encoded once here rather than by each of the market's subscribers (bench/fanout.py).
+        batch = {"type": MARKET_BATCH, "messages": public, "texts": [json.dumps(m) for m in public]}
+        sends = [(market_group(market_id), batch)]
         for agent_id, messages in private_messages(market_id, events, balances).items():
             sends.append((agent_group(agent_id), {"type": AGENT_BATCH, "messages": messages}))
         _group_send_all(sends)

@@ -591,6 +591,40 @@ def test_batches_arriving_out_of_order_reach_the_client_once_and_in_order(market
     assert (after["seq"], after["levels"][0]["price"]) == (snapshot["seq"] + 4, "0.13")
 
 
+def test_a_batch_that_arrives_late_is_awaited_rather_than_read_from_the_database(market, make_agent, monkeypatch):
+    """Batches published out of order within ``LIVE_GAP_WAIT`` are put back in order by the consumer itself: no
+    subscriber reads the stored events for them (with 500 subscribers that was 500 reads per crossing)."""
+    alice = make_agent()
+    held: list[tuple[str, dict[str, Any]]] = []
+    send_all = realtime._group_send_all
+    holding = {"on": True}
+    monkeypatch.setattr(
+        realtime, "_group_send_all", lambda sends: held.extend(sends) if holding["on"] else send_all(sends)
+    )
+    reads = []
+    stored = realtime.stored_messages
+    monkeypatch.setattr(realtime, "stored_messages", lambda *args: reads.append(args) or stored(*args))
+
+    async def scenario():
+        feed = Feed(market_path(market))
+        assert await feed.connect()
+        snapshot = await feed.recv()
+        for price in ("0.10", "0.11"):
+            await aplace(alice, market, "YES", "BUY", price, 1)
+        holding["on"] = False
+        layer = get_channel_layer()
+        first, second = [m for group, m in held if group == realtime.market_group(market.id)]
+        await layer.group_send(realtime.market_group(market.id), second)  # the later transaction's batch first
+        await layer.group_send(realtime.market_group(market.id), first)
+        live = await feed.until_seq(await aseq_of(market))
+        await feed.disconnect()
+        return snapshot, live
+
+    snapshot, live = run(scenario)
+    assert [m["seq"] for m in live] == [snapshot["seq"] + 1, snapshot["seq"] + 2]
+    assert reads == []
+
+
 def test_a_gap_beyond_the_bound_tells_the_client_buffer_overflow_and_closes_4008(market, make_agent, settings):
     settings.MOLTSTREET = {**settings.MOLTSTREET, "LIVE_REPLAY_LIMIT": 3}
     alice = make_agent()
