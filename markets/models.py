@@ -41,6 +41,7 @@ class Market(models.Model):
     seq = models.BigIntegerField(default=0)
     last_price = models.DecimalField(null=True, blank=True, **PRICE)
     volume = models.BigIntegerField(default=0, help_text="Contracts traded.")
+    trade_count = models.BigIntegerField(default=0, help_text="Trades (the audit checks it against the trades).")
     # Top of book as YES prices, kept current by the trading services under the market lock.
     best_bid = models.DecimalField(null=True, blank=True, help_text="Best YES bid.", **PRICE)
     best_ask = models.DecimalField(null=True, blank=True, help_text="Best YES ask (1 - best NO bid).", **PRICE)

@@ -183,6 +183,10 @@ def _book(report: AuditReport) -> None:
             report.breach(5, f"order {order_id}: filled {filled} != traded contracts")
     if any(traded.values()):
         report.breach(5, f"trades against orders with filled = 0: {list(traded)[:5]}")
+    counted = dict(Trade.objects.values_list("market_id").annotate(n=Count("id")).values_list("market_id", "n"))
+    for market_id, trade_count in Market.objects.values_list("id", "trade_count"):
+        if trade_count != counted.get(market_id, 0):
+            report.breach(5, f"market {market_id}: trade_count {trade_count} != {counted.get(market_id, 0)} trades")
     report.figures["trades"] = Trade.objects.count()
     report.figures["resting orders"] = Order.objects.filter(status__in=Order.RESTING).count()
 

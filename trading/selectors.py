@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from django.db import connection
 from django.db.models import (
     Count,
     DecimalField,
@@ -18,9 +19,9 @@ from django.db.models import (
     Subquery,
     Sum,
     Value,
-    Window,
 )
-from django.db.models.functions import Coalesce, RowNumber
+from django.db.models.expressions import RawSQL
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from agents.models import Agent
@@ -171,21 +172,42 @@ def top_holders(market: Market, limit: int = 10) -> dict[str, list[Position]]:
 def price_series(market: Market, max_points: int = 500) -> dict[str, Any]:
     """The market's YES price over its whole history, for a chart: ``{"points": [[epoch_ms, "0.55"], ...], "trades"}``.
 
-    Every trade when there are at most ``max_points``; otherwise every k-th trade (k = trades / max_points, rounded
-    up) plus the first and the last, picked in the database with a row number, so a long history costs the page
-    two queries and ``max_points`` rows rather than every trade.
+    Every trade when there are at most ``max_points`` (``market.trade_count``, kept by the services). Otherwise the
+    sequence numbers from the first trade to the last are cut into ``max_points`` runs of equal length and each run
+    is drawn by the first trade at or after its start, plus the last trade: an even sampling of a long history,
+    found with one index probe per run (a recursive CTE of the run starts, portable to SQLite) instead of reading,
+    numbering or grouping every trade (100 ms on 100,000 trades). One query whatever the history's length.
     """
+    count = market.trade_count
     trades = Trade.objects.filter(market=market)
-    count = trades.count()
-    if count > max_points:
-        step = -(-count // max_points)
-        trades = (
-            trades.annotate(row=Window(RowNumber(), order_by=F("seq").asc()))
-            .annotate(phase=F("row") % step)
-            .filter(Q(phase=0) | Q(row=1) | Q(row=count))
-        )
-    rows = trades.order_by("seq").values_list("created_at", "price")
+    if count <= max_points:
+        rows = list(trades.order_by("seq").values_list("created_at", "price"))
+    else:
+        rows = _sampled_trades(market, max_points)
     return {"points": [[int(at.timestamp() * 1000), str(price)] for at, price in rows], "trades": count}
+
+
+def _sampled_trades(market: Market, runs: int) -> list[tuple[datetime, Decimal]]:
+    """``(created_at, price)`` of the first trade at or after the start of each of ``runs`` equal runs of seqs from
+    the market's first trade to its last, and of the last, in seq order (a run with no trade of its own yields the
+    next one, kept once). One query: the bounds and the step come from the (market, seq) index in SQL."""
+    table = connection.ops.quote_name(Trade._meta.db_table)
+    market_id = Trade._meta.get_field("market").get_db_prep_value(market.id, connection)
+    starts = f"""
+        WITH RECURSIVE
+            bounds(lo, hi, step) AS (
+                SELECT MIN(seq), MAX(seq), (MAX(seq) - MIN(seq) + CAST(%s AS BIGINT)) / CAST(%s AS BIGINT)
+                FROM {table} WHERE market_id = %s
+            ),
+            runs(start) AS (
+                SELECT lo FROM bounds
+                UNION ALL SELECT start + step FROM runs, bounds WHERE start + step <= hi
+            )
+        SELECT (SELECT MIN(t.seq) FROM {table} t WHERE t.market_id = %s AND t.seq >= runs.start) FROM runs
+        UNION SELECT hi FROM bounds
+    """  # noqa: S608  (the table name is the model's own; every value is bound)
+    seqs = RawSQL(starts, [runs, runs, market_id, market_id])  # noqa: S611  (bound values only)
+    return list(Trade.objects.filter(market=market, seq__in=seqs).order_by("seq").values_list("created_at", "price"))
 
 
 def market_public_forecasts(market: Market, limit: int = 50) -> list[Forecast]:

@@ -703,7 +703,8 @@ def _execute(tx: MarketTx, taker: Order, fill: matching.Fill) -> None:
     tx.order_event(maker, maker.status, level_delta=-qty)
     tx.market.last_price = x
     tx.market.volume += qty
-    tx.market_fields.update({"last_price", "volume"})
+    tx.market.trade_count += 1
+    tx.market_fields.update({"last_price", "volume", "trade_count"})
 
 
 # --------------------------------------------------------------------------------------------------------------------
