@@ -10,7 +10,7 @@ Import this module after :func:`harness.setup` (it imports the models). The rows
 * a mint trade is a resting BUY YES at x (the maker, placed first) taken by a BUY NO at 1 - x (the taker): four
   sequence numbers (maker placed; taker, reserved before the fill; the trade; maker filled), both orders ``filled``,
   one ``Trade`` (kind ``mint``, taker side NO), the YES buyer paying x and the NO buyer 1 - x per contract with
-  their ``trade`` ledger rows, their positions and the market's ``volume`` and ``last_price``.
+  their ``trade`` ledger rows, their positions and the market's ``volume``, ``trade_count`` and ``last_price``.
 
 Money goes through ``agents.services.CashBook``, after ``agent_grant_credits`` has granted each agent what its
 orders need (:func:`grant`): CashBook reserves, releases and moves the credits and computes each ledger row with its
@@ -546,6 +546,7 @@ def seed_trades(market_id, plan: Sequence[TradeSpec]) -> int:
             no_pos.no_shares += qty
             no_pos.no_cost += quantize(no_price * qty)
             market.volume += qty
+            market.trade_count = getattr(market, "trade_count", 0) + 1
             market.last_price = x
         events.sort(key=lambda e: e["seq"])  # ids in sequence order, as one transaction per trade would give
         copy_rows(Order, orders)
@@ -575,7 +576,7 @@ def seed_trades(market_id, plan: Sequence[TradeSpec]) -> int:
     if old:
         Position.objects.bulk_update(old, ["yes_shares", "no_shares", "yes_cost", "no_cost", "updated_at"])
     _write_levels(market, levels, touched={(Side.YES, s.price) for s in plan})
-    _finish(market, levels, ("volume", "last_price"))
+    _finish(market, levels, ("volume", "last_price", *(("trade_count",) if hasattr(market, "trade_count") else ())))
     return market.seq
 
 
