@@ -19,7 +19,7 @@ from typing import Any, ParamSpec, TypeVar
 from django.conf import settings
 from django.db import DatabaseError, OperationalError, connection, transaction
 from django.db.models import Model
-from django.db.models.fields import AutoFieldMixin
+from django.db.models.fields import AutoFieldMixin, Field
 
 from moltstreet.errors import ServiceBusy
 
@@ -108,6 +108,41 @@ def _run(sql: str, params: list[list[Any]]) -> None:
             cursor.executemany(sql, params)
 
 
+# The statement text and its fields, per (kind, model, field names, backend): built once, not for every row set.
+_statements: dict[tuple, tuple[str, list[Field]]] = {}
+
+
+def _insertable(meta) -> list[Field]:
+    return [f for f in meta.concrete_fields if not (f.primary_key and isinstance(f, AutoFieldMixin))]
+
+
+def _statement(kind: str, model: type[Model], *names: tuple[str, ...]) -> tuple[str, list[Field]]:
+    key = (kind, model, names, connection.vendor)
+    found = _statements.get(key)
+    if found is not None:
+        return found
+    meta = model._meta
+    table = _quoted(meta.db_table)
+    if kind == "update":
+        fields = [meta.get_field(name) for name in names[0]]
+        assignments = ", ".join(f"{_quoted(field.column)} = %s" for field in fields)
+        sql = f"UPDATE {table} SET {assignments} WHERE {_quoted(meta.pk.column)} = %s"  # noqa: S608  (model names)
+    else:
+        fields = _insertable(meta)
+        sql = "INSERT INTO {} ({}) VALUES ({})".format(  # noqa: S608  (names from the model's own metadata)
+            table, ", ".join(_quoted(f.column) for f in fields), ", ".join(["%s"] * len(fields))
+        )
+        if kind == "upsert":
+            unique, update = names
+            conflict = ", ".join(_quoted(meta.get_field(name).column) for name in unique)
+            updates = ", ".join(
+                f"{_quoted(meta.get_field(n).column)} = EXCLUDED.{_quoted(meta.get_field(n).column)}" for n in update
+            )
+            sql += f" ON CONFLICT ({conflict}) DO UPDATE SET {updates}"
+    _statements[key] = (sql, fields)
+    return sql, fields
+
+
 def update_rows(model: type[Model], rows: Iterable[Model], fields: Sequence[str]) -> None:
     """``UPDATE <table> SET <fields> WHERE pk = ...`` for each of ``rows``, by primary key, in one round trip.
 
@@ -117,16 +152,11 @@ def update_rows(model: type[Model], rows: Iterable[Model], fields: Sequence[str]
     rows = list(rows)
     if not rows:
         return
-    meta = model._meta
-    columns = [meta.get_field(name) for name in fields]
-    sql = "UPDATE {} SET {} WHERE {} = %s".format(  # noqa: S608  (names from the model's own metadata)
-        _quoted(meta.db_table),
-        ", ".join(f"{_quoted(field.column)} = %s" for field in columns),
-        _quoted(meta.pk.column),
-    )
+    sql, columns = _statement("update", model, tuple(fields))
+    pk = model._meta.pk
     params = [
         [field.get_db_prep_save(field.pre_save(row, False), connection) for field in columns]
-        + [meta.pk.get_db_prep_value(row.pk, connection)]
+        + [pk.get_db_prep_value(row.pk, connection)]
         for row in rows
     ]
     _run(sql, params)
@@ -138,19 +168,7 @@ def upsert_rows(model: type[Model], rows: Iterable[Model], *, unique: Sequence[s
     rows = list(rows)
     if not rows:
         return
-    meta = model._meta
-    columns = [f for f in meta.concrete_fields if not (f.primary_key and isinstance(f, AutoFieldMixin))]
-    conflict = ", ".join(_quoted(meta.get_field(name).column) for name in unique)
-    updates = ", ".join(
-        f"{_quoted(meta.get_field(n).column)} = EXCLUDED.{_quoted(meta.get_field(n).column)}" for n in update
-    )
-    sql = "INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) DO UPDATE SET {}".format(  # noqa: S608  (model names)
-        _quoted(meta.db_table),
-        ", ".join(_quoted(f.column) for f in columns),
-        ", ".join(["%s"] * len(columns)),
-        conflict,
-        updates,
-    )
+    sql, columns = _statement("upsert", model, tuple(unique), tuple(update))
     _run(sql, [[field.get_db_prep_save(field.pre_save(row, True), connection) for field in columns] for row in rows])
 
 
@@ -161,11 +179,7 @@ def insert_rows(model: type[Model], rows: Iterable[Model]) -> None:
     rows = list(rows)
     if not rows:
         return
-    meta = model._meta
-    columns = [f for f in meta.concrete_fields if not (f.primary_key and isinstance(f, AutoFieldMixin))]
-    sql = "INSERT INTO {} ({}) VALUES ({})".format(  # noqa: S608  (names from the model's own metadata)
-        _quoted(meta.db_table), ", ".join(_quoted(f.column) for f in columns), ", ".join(["%s"] * len(columns))
-    )
+    sql, columns = _statement("insert", model)
     params = [[field.get_db_prep_save(field.pre_save(row, True), connection) for field in columns] for row in rows]
     _run(sql, params)
     for row in rows:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import timedelta
 from decimal import Decimal
 
@@ -1015,3 +1016,65 @@ def test_the_fast_order_trade_and_fill_renderings_equal_drfs_own(make_agent, mar
     same(TradeSerializer, Trade.objects.all())
     same(FillSerializer, Trade.objects.all(), request=request)
     assert Trade.objects.exists() and Order.objects.filter(status="cancelled").exists()
+
+
+# Values each field of an order request may take in the generated requests: valid ones, and the near misses.
+_ORDER_VALUES = {
+    "market": ["9a6c1924-28cc-43e6-b6be-45e91f2f68b8", "9a6c192428cc43e6b6be45e91f2f68b8", "not-a-uuid", 7, None, ""],
+    "side": ["YES", "NO", "yes", "MAYBE", None, 1],
+    "action": ["BUY", "SELL", "buy", None],
+    "price": ["0.55", ".5", "0.5", "0.01", "0.99", "0.550", "1.00", "0.00", "0.555", " 0.55", 0.55, 1, "x", None, True],
+    "size": [1, 5, 1_000_000, 1_000_001, 0, -1, "5", 5.0, True, None],
+    "time_in_force": ["GTC", "IOC", "FOK", "GTD", "gtc", None],
+    "post_only": [True, False, "true", 1, None],
+    "client_order_id": ["abc-1", "a" * 64, "a" * 65, "", " pad", "nul\x00", "\ud800", 12, None],
+    "expires_at": [None, "2030-01-01T00:00:00Z", "soon"],
+    "forecast": [None, "0.6", 2],
+    "reasoning": ["", "why", None],
+    "unknown": ["extra"],
+}
+
+
+_PLAIN_ORDER = {
+    "market": "9a6c1924-28cc-43e6-b6be-45e91f2f68b8",
+    "side": "YES",
+    "action": "BUY",
+    "price": "0.55",
+    "size": 3,
+}
+
+
+def _order_requests():
+    """A plain order with each field, and each pair of fields, changed to each of their values; and with each
+    required field left out."""
+    changes = [(name, value) for name, values in _ORDER_VALUES.items() for value in values]
+    for name in _PLAIN_ORDER:
+        yield {k: v for k, v in _PLAIN_ORDER.items() if k != name}
+    for count in (1, 2):
+        for combination in itertools.combinations(changes, count):
+            yield {**_PLAIN_ORDER, **dict(combination)}
+
+
+def test_the_fast_order_input_agrees_with_the_serializer_on_every_request():
+    """``fast_order_input`` takes only requests the serializer accepts, and gives exactly its validated data."""
+    from trading.api import OrderInputSerializer, fast_order_input
+
+    taken = 0
+    for data in _order_requests():
+        fast = fast_order_input(data)
+        if fast is None:
+            continue
+        serializer = OrderInputSerializer(data=data)
+        assert serializer.is_valid(), (data, serializer.errors)
+        assert fast == dict(serializer.validated_data), data
+        taken += 1
+    assert taken > 100  # the fast path does take the plain requests
+
+
+def test_the_fast_order_input_takes_the_plain_requests():
+    from trading.api import fast_order_input
+
+    plain = {"market": "9a6c1924-28cc-43e6-b6be-45e91f2f68b8", "side": "YES", "action": "BUY", "price": "0.55"}
+    assert fast_order_input({**plain, "size": 3})["price"] == Decimal("0.55")
+    assert fast_order_input({**plain, "size": 3, "time_in_force": "IOC", "client_order_id": "c-1"}) is not None
+    assert fast_order_input({**plain, "size": "3"}) is None  # left to the serializer
