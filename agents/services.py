@@ -21,7 +21,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from agents.models import Agent, ApiKey, LedgerEntry
-from moltstreet.db import fetch_rows, insert_rows, placeholders, service_transaction, update_rows
+from moltstreet.db import fetch_pairs, fetch_rows, insert_rows, placeholders, service_transaction, update_rows
 from moltstreet.errors import InsufficientBalance, InvalidRequest, LastApiKey, NameTaken, NotFound
 from moltstreet.money import ZERO, quantize
 
@@ -44,15 +44,20 @@ def api_key_lookup(raw_key: str) -> ApiKey | None:
     if not isinstance(raw_key, str) or not raw_key.startswith(API_KEY_PREFIX) or len(raw_key) > 100:
         return None
     digest = hash_api_key(raw_key)
-    # Two indexed reads by key (the hash, then the agent), without building ORM queries: every request makes them.
-    found = fetch_rows(ApiKey, "key_hash = %s AND revoked_at IS NULL", [digest], limit=1)
-    if not found or not hmac.compare_digest(found[0].key_hash, digest):
+    # The key and its agent in one indexed read, without building an ORM query: every request makes it.
+    keys, agents = ApiKey._meta.db_table, Agent._meta.db_table
+    found = fetch_pairs(
+        ApiKey,
+        Agent,
+        f"{agents}.id = {keys}.agent_id",
+        f"{keys}.key_hash = %s AND {keys}.revoked_at IS NULL",
+        [digest],
+        limit=1,
+    )
+    if not found or not hmac.compare_digest(found[0][0].key_hash, digest):
         return None
-    key = found[0]
-    agents = fetch_rows(Agent, "id = %s", [key.agent_id])
-    if not agents:
-        return None
-    key.agent = agents[0]
+    key, agent = found[0]
+    key.agent = agent
     return key
 
 

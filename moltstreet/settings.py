@@ -81,6 +81,9 @@ elif "postgresql" in DATABASES["default"]["ENGINE"]:
     # lost network) would hold the request forever. Past this the request is answered 503 service_busy.
     _pg_options = DATABASES["default"].setdefault("OPTIONS", {})
     _pg_options.setdefault("connect_timeout", env.int("DATABASE_CONNECT_TIMEOUT", default=3))
+    # Every lock wait of every session is bounded (DESIGN section 6), set once per connection rather than with a
+    # SET LOCAL round trip in every transaction (moltstreet/db.py issues one only if a test changed the setting).
+    _pg_options.setdefault("options", f"-c lock_timeout={env.int('MOLTSTREET_LOCK_TIMEOUT_MS', default=3000)}ms")
     # Parameters bound by the server (the extended protocol) rather than quoted into the SQL by psycopg in Python,
     # and statements prepared once per connection after a few uses: both cut the Python time of every query.
     _pg_options.setdefault("server_side_binding", env.bool("DATABASE_SERVER_SIDE_BINDING", default=True))
@@ -89,6 +92,8 @@ elif "postgresql" in DATABASES["default"]["ENGINE"]:
     # costs ~5 ms, more than a whole order. A request waits at most DATABASE_POOL_TIMEOUT seconds for a free
     # connection, then is answered 503 service_busy. Off (DATABASE_POOL=false) or with CONN_MAX_AGE set, Django
     # opens a connection per request (or keeps one per thread).
+    # Pool connections are not probed at each checkout (CONN_HEALTH_CHECKS, a round trip per request): one broken
+    # by a database restart fails its request with 503 service_busy and the pool replaces it.
     if env.bool("DATABASE_POOL", default=True) and not env.int("CONN_MAX_AGE", default=0):
         _pg_options["pool"] = {
             "min_size": env.int("DATABASE_POOL_MIN_SIZE", default=2),
@@ -96,7 +101,7 @@ elif "postgresql" in DATABASES["default"]["ENGINE"]:
             "timeout": env.float("DATABASE_POOL_TIMEOUT", default=3.0),
         }
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
-DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = "pool" not in DATABASES["default"].get("OPTIONS", {})
 
 REDIS_URL = env("REDIS_URL", default="")
 # The live feed's buffers (docs/realtime.md, "Slow clients"): each subscriber's channel holds at most `capacity`

@@ -33,7 +33,10 @@ from markets.services import (
     parse_probability,
 )
 from moltstreet.db import (
+    Scalar,
+    Select,
     fetch_rows,
+    fetch_together,
     insert_rows,
     pipelined,
     placeholders,
@@ -61,6 +64,8 @@ from trading.models import Action, BookLevel, Order, Position, Side, TimeInForce
 logger = logging.getLogger(__name__)
 
 RESTING = Order.RESTING
+# Priority within a queue: best price first, then earliest arrival (DESIGN section 3).
+CROSSING_ORDER = "book_price DESC, seq"
 # Test-only switch for the concurrency suite's negative control: with it off, no row is locked (never in production).
 LOCKING_ENABLED = True
 
@@ -191,16 +196,54 @@ class MarketTx:
             self.levels[(level.book_side, level.price)] = level.size
         self.levels_loaded = dict(self.levels)
 
-    def crossing(self, book_side: str, book_price: Decimal, page: int = 20) -> Iterator[Order]:
+    def prepare(self, agent_ids, *extra: Select | Scalar) -> list[Any]:
+        """Lock the agents (ascending, after the market: DESIGN section 6), read their positions in this market and
+        the book levels, and run the ``extra`` reads, all in one round trip; returns the ``extra`` results."""
+        wanted = sorted(set(agent_ids) - set(self.agents))
+        if self.agents and wanted and wanted[0] < max(self.agents):
+            raise AssertionError("agents must be locked in one ascending batch")
+        positions = sorted(set(agent_ids) - set(self.positions))
+        reads: list[Select | Scalar] = []
+        if wanted:
+            reads.append(
+                Select(Agent, f"id IN ({placeholders(wanted)})", wanted, order_by="id", for_update=LOCKING_ENABLED)
+            )
+        if positions:
+            where = f"market_id = %s AND agent_id IN ({placeholders(positions)})"
+            reads.append(Select(Position, where, [self.market.id, *positions]))
+        book = self.levels_loaded is None
+        if book:
+            reads.append(Select(BookLevel, "market_id = %s", [self.market.id]))
+        results = fetch_together(*reads, *extra)
+        if wanted:
+            self.agents.update({a.id: a for a in results.pop(0)})
+        if positions:
+            found = {pos.agent_id: pos for pos in results.pop(0)}
+            for agent_id in positions:
+                if agent_id in found:
+                    self.positions[agent_id] = found[agent_id]
+                else:
+                    self.positions[agent_id] = Position(agent_id=agent_id, market=self.market)
+                    self.new_positions.add(agent_id)
+        if book:
+            for level in results.pop(0):
+                self.levels[(level.book_side, level.price)] = level.size
+            self.levels_loaded = dict(self.levels)
+        return results
+
+    def crossing(
+        self, book_side: str, book_price: Decimal, page: int = 20, first: list[Order] | None = None
+    ) -> Iterator[Order]:
         """The resting orders of the queue opposite ``book_side`` that cross ``book_price``, in priority order (best
-        price, then earliest), read a page at a time (keyset) as the matching walks them."""
-        other = matching.opposite(book_side)
-        where = "market_id = %s AND book_side = %s AND status IN (%s, %s) AND book_price >= %s"
-        params: list[Any] = [self.market.id, other, *RESTING, ONE - book_price]
+        price, then earliest), read a page at a time (keyset) as the matching walks them. ``first`` is the first
+        page when it was read already (:func:`crossing_read`)."""
         after: list[Any] = []
         while True:
-            keyset = " AND (book_price < %s OR (book_price = %s AND seq > %s))" if after else ""
-            rows = fetch_rows(Order, where + keyset, params + after, order_by="book_price DESC, seq", limit=page)
+            if first is not None:
+                rows, first = first, None
+            else:
+                where, params = _crossing_where(self.market.id, book_side, book_price, after)
+                rows = fetch_rows(Order, where, params, order_by=CROSSING_ORDER, limit=page)
             yield from rows
             if len(rows) < page:
                 return
@@ -370,16 +413,27 @@ POSITION_FIELDS += ("updated_at",)
 ORDER_FIELDS = ("filled", "status", "cancel_reason", "updated_seq", "updated_at")
 
 
-def count_resting_orders(agent_id: uuid.UUID) -> int:
-    """How many open or partly filled orders the agent has, across all markets (an index-only count)."""
-    from django.db import connection
+def crossing_read(market_id: uuid.UUID, book_side: str, book_price: Decimal, page: int) -> Select:
+    """The read of the first page of :meth:`MarketTx.crossing`, to run together with others."""
+    where, params = _crossing_where(market_id, book_side, book_price, [])
+    return Select(Order, where, params, order_by=CROSSING_ORDER, limit=page)
 
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT COUNT(*) FROM {Order._meta.db_table} WHERE agent_id = %s AND status IN (%s, %s)",  # noqa: S608
-            [Order._meta.get_field("agent").get_db_prep_value(agent_id, connection), *RESTING],
-        )
-        return cursor.fetchone()[0]
+
+def _crossing_where(market_id, book_side: str, book_price: Decimal, after: list[Any]) -> tuple[str, list[Any]]:
+    """Resting orders of the queue opposite ``book_side`` crossing ``book_price``, after the keyset ``after``."""
+    where = "market_id = %s AND book_side = %s AND status IN (%s, %s) AND book_price >= %s"
+    params: list[Any] = [market_id, matching.opposite(book_side), *RESTING, ONE - book_price]
+    if after:
+        where += " AND (book_price < %s OR (book_price = %s AND seq > %s))"
+    return where, params + after
+
+
+def _market_key(market_id) -> uuid.UUID:
+    """``market_id`` as a UUID; a malformed id is an unknown market (:class:`NotFound`)."""
+    try:
+        return uuid.UUID(str(market_id))
+    except ValueError as exc:
+        raise NotFound("No such market.", detail={"market": str(market_id)}) from exc
 
 
 def _lock_market(market_id) -> Market:
@@ -418,16 +472,26 @@ def _same_request(order: Order, **params) -> bool:
     )
 
 
-def _existing(agent: Agent, client_order_id: str | None, **params) -> PlaceResult | None:
-    if not client_order_id:
-        return None
-    found = fetch_rows(Order, "agent_id = %s AND client_order_id = %s", [agent.id, client_order_id], limit=1)
+def _existing_read(agent_id: uuid.UUID, client_order_id: str) -> Select:
+    """The read of the agent's order with this ``client_order_id`` (at most one: unique per agent)."""
+    return Select(Order, "agent_id = %s AND client_order_id = %s", [agent_id, client_order_id], limit=1)
+
+
+def _existing(found: list[Order], client_order_id: str, **params) -> PlaceResult | None:
+    """The earlier order of :func:`_existing_read` as the answer to a repeated request, or ``None`` if there is
+    none. Raises :class:`ClientOrderIdConflict` if it was placed with other parameters."""
     if not found:
         return None
     order = found[0]
     if not _same_request(order, **params):
         raise ClientOrderIdConflict(detail={"client_order_id": client_order_id, "order": str(order.id)})
     return PlaceResult(order=order, trades=list(order.taker_trades.order_by("seq")), created=False)
+
+
+def _resting_count_read(agent_id: uuid.UUID) -> Scalar:
+    """How many open or partly filled orders the agent has, across all markets (an index-only count)."""
+    sql = f"SELECT COUNT(*) FROM {Order._meta.db_table} WHERE agent_id = %s AND status IN (%s, %s)"  # noqa: S608
+    return Scalar(sql, [agent_id, *RESTING])
 
 
 @service_transaction
@@ -481,24 +545,36 @@ def order_place(
     stated = parse_probability(forecast) if forecast is not None else None
     params = {"market_id": market_id, "side": side, "action": action, "price": price, "size": size}
     params |= {"time_in_force": tif, "post_only": bool(post_only)}
-    if (found := _existing(agent, client_order_id, **params)) is not None:
+    book_side, book_price = matching.book_position(side, action, price)
+    page = min(size, 20) + 1
+
+    # One round trip: lock the market row (the first lock, DESIGN section 6), read the first page of the crossing
+    # orders under it (the book cannot change until commit), and look for an earlier order with this client id.
+    market_key = _market_key(market_id)
+    reads: list[Select | Scalar] = [
+        Select(Market, "id = %s", [market_key], for_update=LOCKING_ENABLED),
+        crossing_read(market_key, book_side, book_price, page),
+    ]
+    if client_order_id:
+        reads.append(_existing_read(agent.id, client_order_id))
+    markets, first_page, *earlier = fetch_together(*reads)
+    if not markets:
+        raise NotFound("No such market.", detail={"market": str(market_id)})
+    if earlier and (found := _existing(earlier[0], client_order_id, **params)) is not None:
         return found
     # After the idempotency check: a retry of a GTD order whose expiry has passed since returns the original.
     if tif == TimeInForce.GTD and expires_at <= now:
         raise InvalidRequest("A GTD order needs expires_at in the future.", detail={"expires_at": str(expires_at)})
-
-    market = _lock_market(market_id)
+    market = markets[0]
     ensure_tradable(market, now)
     tx = MarketTx(market)
-    book_side, book_price = matching.book_position(side, action, price)
 
-    # Plan the match under the market lock: the book cannot change until commit.
     plan = matching.plan_match(
         agent_id=agent.id,
         book_side=book_side,
         book_price=book_price,
         size=size,
-        resting=tx.crossing(book_side, book_price, page=min(size, 20) + 1),
+        resting=tx.crossing(book_side, book_price, page, first=first_page),
         now=now,
     )
     if post_only and (plan.fills or plan.self_trade_cancels):
@@ -507,17 +583,22 @@ def order_place(
     if fok_killed:  # fill or kill: nothing trades, nothing else changes
         plan = matching.MatchPlan()
 
-    # Then lock every agent involved, ascending, and re-check under the locks.
+    # Then, in one more round trip: lock every agent involved (ascending), read their positions and the book, count
+    # the taker's resting orders (the open-order limit) and look for a twin of this request that committed first.
     touched = plan.expired + plan.self_trade_cancels + [f.maker for f in plan.fills]
-    tx.lock_agents({agent.id} | {o.agent_id for o in touched})
+    extra: list[Select | Scalar] = []
+    if tif in (TimeInForce.GTC, TimeInForce.GTD):
+        extra.append(_resting_count_read(agent.id))
+    if client_order_id:
+        extra.append(_existing_read(agent.id, client_order_id))
+    results = tx.prepare({agent.id} | {o.agent_id for o in touched}, *extra)
+    resting_count = results.pop(0) if tif in (TimeInForce.GTC, TimeInForce.GTD) else None
     taker_agent = tx.agents[agent.id]
     if taker_agent.is_suspended:
         raise AgentSuspended()
-    if (found := _existing(taker_agent, client_order_id, **params)) is not None:
+    if results and (found := _existing(results[0], client_order_id, **params)) is not None:
         return found  # a concurrent twin of this request committed first
-    tx.load_positions(tx.agents)
-    _check_limits(tx, taker_agent, side=side, action=action, price=price, size=size, tif=tif)
-    tx.load_book()
+    _check_limits(tx, taker_agent, side=side, action=action, price=price, size=size, resting=resting_count)
 
     for order in plan.expired:
         tx.end_order(order, Order.Status.EXPIRED, Order.CancelReason.EXPIRED, "expired")
@@ -590,7 +671,9 @@ def order_place(
     return PlaceResult(order=taker, trades=tx.trades, created=True)
 
 
-def _check_limits(tx: MarketTx, agent: Agent, *, side: str, action: str, price: Decimal, size: int, tif: str) -> None:
+def _check_limits(
+    tx: MarketTx, agent: Agent, *, side: str, action: str, price: Decimal, size: int, resting: int | None
+) -> None:
     """Refuse an order, before anything is matched, that would break a limit (issue 4; docs/decisions.md):
 
     * ``MAX_OPEN_ORDERS`` resting orders per agent across all markets, for an order that may rest (GTC, GTD):
@@ -604,9 +687,9 @@ def _check_limits(tx: MarketTx, agent: Agent, *, side: str, action: str, price: 
     SELL orders only reduce exposure and are never refused by the risk limits. The caller holds the agent's row
     lock, so the counts cannot change under us (every order an agent places locks its row).
     """
-    if tif in (TimeInForce.GTC, TimeInForce.GTD):
+    if resting is not None:
         limit = settings.MOLTSTREET["MAX_OPEN_ORDERS"]
-        if count_resting_orders(agent.id) >= limit:
+        if resting >= limit:
             raise OpenOrderLimit(
                 f"An agent may have at most {limit} resting orders; cancel some first.",
                 detail={"max_open_orders": limit},
@@ -719,9 +802,7 @@ def _cancel_in_market(market_id, orders_filter: Q, reason: str) -> list[Order]:
     if not orders:
         return []
     tx = MarketTx(market)
-    tx.lock_agents({o.agent_id for o in orders})
-    tx.load_positions(tx.agents)
-    tx.load_book()
+    tx.prepare({o.agent_id for o in orders})
     for order in orders:
         tx.end_order(order, Order.Status.CANCELLED, reason, "cancelled")
     for agent_id in tx.agents:
@@ -779,9 +860,7 @@ def order_cancel_all(
 
 def _end_all_resting(tx: MarketTx, status: str, reason: str, extra_agents=()) -> None:
     orders = list(Order.objects.filter(market=tx.market, status__in=RESTING).order_by("seq"))
-    tx.lock_agents({o.agent_id for o in orders} | set(extra_agents))
-    tx.load_positions(tx.agents)
-    tx.load_book()
+    tx.prepare({o.agent_id for o in orders} | set(extra_agents))
     for order in orders:
         tx.end_order(order, status, reason, "cancelled")
     for agent_id in {o.agent_id for o in orders}:
@@ -797,9 +876,7 @@ def orders_expire(*, market_id: uuid.UUID | str, now: datetime | None = None) ->
     if not orders:
         return 0
     tx = MarketTx(market)
-    tx.lock_agents({o.agent_id for o in orders})
-    tx.load_positions(tx.agents)
-    tx.load_book()
+    tx.prepare({o.agent_id for o in orders})
     for order in orders:
         tx.end_order(order, Order.Status.EXPIRED, Order.CancelReason.EXPIRED, "expired")
     for agent_id in tx.agents:
