@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import threading
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -24,7 +26,7 @@ from decimal import Decimal
 from typing import Any
 
 from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
+from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils.dateparse import parse_datetime
@@ -296,6 +298,45 @@ def publish_key_revoked(key_id: uuid.UUID) -> None:
         logger.exception("live feed: announcing the revocation of key %s failed", key_id)
 
 
+class _PublisherLoop:
+    """An event loop of this process's own, in a daemon thread, that carries every publish to a Redis channel layer.
+
+    ``async_to_sync`` from a plain thread (a management command, the scheduler, a test client) starts a new event
+    loop, and with it a new Redis connection, for every committed transaction: about 10 ms each. This loop and its
+    connections live as long as the process; a forked child (a server worker) starts its own."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.pid = 0
+
+    def run(self, coroutine: Any, timeout: float) -> Any:
+        """Run ``coroutine`` on the loop and wait for its result, at most ``timeout`` seconds."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._running_loop()).result(timeout)
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        with self.lock:
+            if self.loop is None or self.pid != os.getpid():
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="moltstreet-publisher", daemon=True).start()
+                self.loop, self.pid = loop, os.getpid()
+            return self.loop
+
+
+    def release(self, layer: Any) -> None:
+        """Close this loop's connections of a channels-redis ``layer`` (it keeps a pool per event loop): call it
+        before flushing or dropping the layer from another loop, which would otherwise close them across loops."""
+        loop = self.loop
+        pools = getattr(layer, "_layers", None)
+        if loop is None or self.pid != os.getpid() or not pools or loop not in pools:
+            return
+        asyncio.run_coroutine_threadsafe(pools.pop(loop).flush(), loop).result(5)
+
+
+_publisher = _PublisherLoop()
+release_channel_layer = _publisher.release
+
+
 def _group_send_all(sends: list[tuple[str, Message]]) -> None:
     layer = get_channel_layer()
     if layer is None:
@@ -310,7 +351,11 @@ def _group_send_all(sends: list[tuple[str, Message]]) -> None:
             timeout,
         )
 
-    results = async_to_sync(send_all)()
+    if isinstance(layer, InMemoryChannelLayer):
+        # Its queues belong to the server's event loop, where its consumers wait: publish there.
+        results = async_to_sync(send_all)()
+    else:
+        results = _publisher.run(send_all(), timeout + 1)
     for (group, _message), result in zip(sends, results, strict=True):
         if isinstance(result, BaseException):
             logger.error("live feed: group_send to %s failed: %r", group, result)

@@ -48,6 +48,7 @@ def channel_layer(settings):
     settings.CHANNEL_LAYERS = layers  # channels drops its cached layers when this setting changes
     layer = get_channel_layer()
     yield layer
+    realtime.release_channel_layer(layer)  # the publisher's own connections, on its own loop
     async_to_sync(layer.flush)()
 
 
