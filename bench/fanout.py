@@ -1,9 +1,11 @@
 """Benchmark 3: fan-out of the live feed (bench/README.md, DESIGN section 8, docs/realtime.md).
 
 500 websocket spectators watch one market (``/ws/markets/{id}/``) while crossing 1-contract orders (BUY YES 0.50 and
-BUY NO 0.50 in turn from 16 agents, so every second order trades) are offered open-loop over HTTP at twice the trade
-rate (100 orders/s for 50 trades/s) for ``--duration`` seconds. The server is the real one, daphne as ``make run``
-serves, on PostgreSQL with the Redis channel layer as in production.
+BUY NO 0.50 in turn from 16 agents, so every second order trades) are placed open-loop at twice the trade rate (100
+orders/s for 50 trades/s) for ``--duration`` seconds: by default through the services from a process of their own,
+which publishes to the feed through Redis as every writer does, so the server under test only serves the feed (as a
+websocket worker behind a load balancer would); ``--load http`` sends them to the same server over HTTP instead. The
+server is the real one, daphne as ``make run`` serves, on PostgreSQL with the Redis channel layer as in production.
 
 What it measures, per run:
 
@@ -555,6 +557,57 @@ def split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
+def trader_process(conn: Any, market: str, agent_ids: list[str], rate: float, duration: float) -> None:
+    """``--load services``: place the crossing orders through ``trading.services.order_place`` from a process of
+    its own, open loop at ``rate`` per second (latency from the due time), publishing to the feed through Redis as
+    any writer does; reports a ``harness.LoadResult``'s figures over ``conn``."""
+    harness.setup(fresh=False)
+    from agents.models import Agent
+    from trading.services import order_place
+
+    agents = [Agent.objects.get(id=agent_id) for agent_id in agent_ids]
+    result = harness.LoadResult(rate=rate, duration=duration)
+    conn.recv()  # go
+    start = time.monotonic()
+    for i in range(int(rate * duration)):
+        due = start + i / rate
+        if (delay := due - time.monotonic()) > 0:
+            time.sleep(delay)
+        try:
+            order_place(
+                agent=agents[i % len(agents)],
+                market_id=market,
+                side="YES" if i % 2 == 0 else "NO",
+                action="BUY",
+                price="0.50",
+                size=1,
+            )
+        except Exception as exc:
+            result.failures[type(exc).__name__] += 1
+            continue
+        result.statuses[201] += 1
+        result.latencies_ms.append((time.monotonic() - due) * 1000)
+    conn.send((dict(result.statuses), dict(result.failures), result.latencies_ms))
+
+
+def drive_services(args, market: str, agent_ids: list[str]) -> harness.LoadResult:
+    """The orders of a run placed by :func:`trader_process`; waits for it to finish."""
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe()
+    rate = args.trades_per_second * 2
+    process = context.Process(target=trader_process, args=(child, market, agent_ids, rate, args.duration))
+    process.start()
+    child.close()
+    parent.send("go")
+    statuses, failures, latencies = parent.recv()
+    process.join(10)
+    result = harness.LoadResult(rate=rate, duration=args.duration)
+    result.statuses.update(statuses)
+    result.failures.update(failures)
+    result.latencies_ms.extend(latencies)
+    return result
+
+
 def run_once(args, server, keys: list[str], market: str, number: int) -> dict[str, Any]:
     from markets.models import Market, MarketEvent
 
@@ -637,7 +690,12 @@ def _drive(args, server, keys, market, tag, seq0, current_seq, pipes, processes,
         for conn in pipes:
             conn.send(("go",))
         wall0, self0 = time.perf_counter(), time.process_time()
-        load = harness.open_loop(server.url, keys, make_call, rate=args.trades_per_second * 2, duration=args.duration)
+        if args.load == "http":
+            load = harness.open_loop(
+                server.url, keys, make_call, rate=args.trades_per_second * 2, duration=args.duration
+            )
+        else:
+            load = drive_services(args, market, args.agent_ids)
         load_cpu = time.process_time() - self0
         final = current_seq()
         for conn in pipes:
@@ -792,18 +850,29 @@ def main() -> None:
     parser.add_argument("--connect-timeout", type=float, default=60.0)
     parser.add_argument("--warmup", type=float, default=3.0, help="Seconds of orders at 25/s before the runs.")
     parser.add_argument("--drain-timeout", type=float, default=30.0, help="Wait for the final seq this long.")
+    parser.add_argument("--server", choices=["daphne", "uvicorn", "gunicorn"], default="daphne")
+    parser.add_argument("--workers", type=int, default=1, help="Server worker processes (uvicorn, gunicorn).")
+    parser.add_argument(
+        "--load",
+        choices=["services", "http"],
+        default="services",
+        help="Place the orders through the services from a process of their own (default: the server only serves "
+        "the feed, as a websocket worker would), or over HTTP to the same server (its order intake then limits "
+        "the trade rate; bench/orders.py measures that).",
+    )
     args = parser.parse_args()
 
     started = time.perf_counter()
     harness.setup()
     agents = harness.make_agents(AGENTS, "bench-fanout")
     market = harness.make_markets(1, agents[0], "fanout")[0]
+    args.agent_ids = [str(a.id) for a in agents]
     runs = []
-    with harness.running_server("daphne") as server:
+    with harness.running_server(args.server, args.workers) as server:
         say(
             f"fan-out: {args.spectators} spectators on market {market}, {args.trades_per_second:g} trades/s "
             f"({args.trades_per_second * 2:g} orders/s from {AGENTS} agents) for {args.duration:g} s, "
-            f"{args.runs} runs; server daphne {server.url}; code {code_version()}"
+            f"{args.runs} runs; server {args.server} x{args.workers} {server.url}; code {code_version()}"
         )
         if args.warmup > 0:  # a fresh server's first requests are slow (connections, caches): not part of a run
             warm = harness.open_loop(
@@ -831,7 +900,7 @@ def main() -> None:
     say("== fan-out ==")
     say(
         f"setup: {args.spectators} spectators ({med('connected'):.0f} connected; median connect "
-        f"{med('connect_s'):.1f} s), {args.client_processes} client processes ({args.client}), daphne x1, "
+        f"{med('connect_s'):.1f} s), {args.client_processes} client processes ({args.client}), {args.server} x{args.workers}, "
         f"{args.duration:g} s per run, median of {args.runs} runs"
     )
     say(

@@ -19,7 +19,7 @@ import harness
 from harness import Call, median, order_body, say
 
 P99_LIMIT_MS = 100.0
-RATES = [25, 50, 75, 100, 150, 200, 250, 300, 400, 500, 600, 800, 1000, 1200, 1500, 2000]
+RATES = [5, 10, 15, 20, 25, 35, 50, 75, 100, 150, 200, 250, 300, 400, 500, 600, 800, 1000, 1200, 1500, 2000]
 
 CASES = {
     "hot": {"agents": 16, "markets": 1, "scale": 1},
