@@ -134,6 +134,8 @@ def server_classes():
                 "--workers",
                 str(self.workers),
                 "--no-access-log",
+                "--timeout-keep-alive",
+                "75",
                 "--log-level",
                 "warning",
             ]
@@ -151,6 +153,8 @@ def server_classes():
                 str(self.workers),
                 "-b",
                 f"127.0.0.1:{self.port}",
+                "--keep-alive",
+                "75",
                 "--log-level",
                 "warning",
             ]

@@ -96,7 +96,7 @@ elif "postgresql" in DATABASES["default"]["ENGINE"]:
     # by a database restart fails its request with 503 service_busy and the pool replaces it.
     if env.bool("DATABASE_POOL", default=True) and not env.int("CONN_MAX_AGE", default=0):
         _pg_options["pool"] = {
-            "min_size": env.int("DATABASE_POOL_MIN_SIZE", default=2),
+            "min_size": env.int("DATABASE_POOL_MIN_SIZE", default=4),
             "max_size": env.int("DATABASE_POOL_MAX_SIZE", default=20),
             "timeout": env.float("DATABASE_POOL_TIMEOUT", default=3.0),
         }

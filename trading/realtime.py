@@ -322,7 +322,6 @@ class _PublisherLoop:
                 self.loop, self.pid = loop, os.getpid()
             return self.loop
 
-
     def release(self, layer: Any) -> None:
         """Close this loop's connections of a channels-redis ``layer`` (it keeps a pool per event loop): call it
         before flushing or dropping the layer from another loop, which would otherwise close them across loops."""
