@@ -14,10 +14,11 @@ CHROMEDRIVER := /usr/bin/chromedriver
 
 .PHONY: run test setup browser lint format audit clean
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet -e ./client
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import environ
 
+from moltstreet.logs import log_format
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -204,13 +206,38 @@ SPECTACULAR_SETTINGS = {
     },
 }
 
+# Every line to stderr, one JSON object each (LOG_FORMAT=json; the default when stderr is not a terminal) or plain
+# text (LOG_FORMAT=text; the default on a terminal, as under `make run`), with the request id and the ids the code
+# bound (moltstreet/logs.py). Anything shaped like an API key is redacted from every line.
+LOG_FORMAT = log_format()  # LOG_FORMAT from the environment (or .env), else by whether stderr is a terminal
+LOG_LEVEL = env("LOG_LEVEL", default="INFO")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.db.backends": {"level": "INFO"}},
+    "filters": {"context": {"()": "moltstreet.logs.ContextFilter"}},
+    "formatters": {"moltstreet": {"()": "moltstreet.logs.formatter", "kind": LOG_FORMAT}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "moltstreet", "filters": ["context"]},
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+        # uvicorn's loggers write through the same handler once Django is set up in a worker.
+        "uvicorn": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
+        "uvicorn.error": {"level": LOG_LEVEL},
+    },
 }
+
+# --- Operations (README "Operations") ---
+# Seconds /health/ waits for its database and channel-layer checks before answering 503.
+HEALTH_CHECK_TIMEOUT = env.float("HEALTH_CHECK_TIMEOUT", default=2.0)
+# Who may read /metrics: clients whose address (as the rate limits see it, TRUSTED_PROXIES) is in one of these
+# networks, or that send `Authorization: Bearer <METRICS_TOKEN>` when it is set. Default: loopback and private nets.
+METRICS_ALLOWED_IPS = env.list(
+    "METRICS_ALLOWED_IPS",
+    default=["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"],
+)
+METRICS_TOKEN = env("METRICS_TOKEN", default="")
 
 # --- MoltStreet rules (DESIGN section 2 and 6) ---
 MOLTSTREET = {
@@ -235,6 +262,9 @@ MOLTSTREET = {
     },
     # Seconds between passes of the scheduler that closes markets at their deadline and expires GTD orders.
     "SCHEDULER_INTERVAL": env.float("MOLTSTREET_SCHEDULER_INTERVAL", default=10.0),
+    # A file the scheduler touches after each successful pass (empty: none); docker-compose.yml's health check of
+    # the scheduler fails when it is older than a few intervals.
+    "SCHEDULER_HEARTBEAT": env("MOLTSTREET_SCHEDULER_HEARTBEAT", default=""),
     # Live feed (docs/realtime.md): the most stored changes a websocket replays for `?since=` or to fill a gap; a
     # `since` further behind gets a snapshot, a gap further behind a `buffer_overflow` error and close 4008.
     "LIVE_REPLAY_LIMIT": env.int("MOLTSTREET_LIVE_REPLAY_LIMIT", default=1000),

@@ -1,4 +1,4 @@
-"""URL map: the agent API under /api/v1/, its OpenAPI schema and docs, the admin."""
+"""URL map: the agent API under /api/v1/, its OpenAPI schema and docs, the admin, /health/ and /metrics."""
 
 from django.contrib import admin
 from django.urls import include, path
@@ -7,6 +7,8 @@ from rest_framework.routers import DefaultRouter
 
 from agents.api import AgentViewSet, LedgerViewSet
 from markets.api import MarketViewSet
+from moltstreet.health import health_view
+from moltstreet.metrics import metrics_view
 from trading.api import FillViewSet, MarketTradingViewSet, OrderViewSet, PositionViewSet
 
 # "/?": agents often POST to /orders without the slash; a redirect would turn their POST into a GET.
@@ -26,6 +28,9 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("admin/", admin.site.urls),
+    # Operations (README "Operations"): plain views, outside DRF's authentication and rate limits.
+    path("health/", health_view, name="health"),
+    path("metrics", metrics_view, name="metrics"),
     # Spectator pages (trading/urls.py) and the agent guide with /skill.md (moltstreet/docs.py).
     path("", include("moltstreet.docs")),
     path("", include("trading.urls")),

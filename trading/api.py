@@ -18,6 +18,7 @@ from markets.api import MarketSerializer
 from markets.models import Market, Outcome
 from moltstreet.api import IdCursorPagination, IsAgent, Money, Price, errors
 from moltstreet.errors import InvalidRequest, NotFound, NotOracle
+from moltstreet.logs import bind
 from moltstreet.money import ONE, quantize
 from trading import selectors
 from trading.models import Action, Order, Position, Side, TimeInForce, Trade
@@ -424,7 +425,10 @@ class OrderViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
             data = OrderInputSerializer(data=request.data)
             data.is_valid(raise_exception=True)
             values = dict(data.validated_data)
+        # The request's log lines (its access line included) carry who placed what where (moltstreet/logs.py).
+        bind(agent_id=request.user.id, market_id=values["market"])
         result = order_place(agent=request.user, market_id=values.pop("market"), **values)
+        bind(order_id=result.order.id)
         body = {"order": OrderSerializer(result.order).data, "trades": TradeSerializer(result.trades, many=True).data}
         return Response(body, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
 
@@ -434,7 +438,10 @@ class OrderViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         description="Cancels a resting order and releases its reserve.",
     )
     def destroy(self, request, pk=None):
-        return Response(OrderSerializer(order_cancel(agent=request.user, order_id=_uuid(pk, "order", 404))).data)
+        bind(agent_id=request.user.id, order_id=pk)
+        order = order_cancel(agent=request.user, order_id=_uuid(pk, "order", 404))
+        bind(market_id=order.market_id)
+        return Response(OrderSerializer(order).data)
 
     @extend_schema(
         summary="Cancel all resting orders",
@@ -446,6 +453,7 @@ class OrderViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     def cancel_all(self, request):
         data = CancelAllInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
+        bind(agent_id=request.user.id, market_id=data.validated_data["market"])
         cancelled = order_cancel_all(agent=request.user, market_id=data.validated_data["market"])
         return Response(OrderSerializer(cancelled, many=True).data)
 

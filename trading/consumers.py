@@ -22,6 +22,7 @@ from django.db import InterfaceError, OperationalError
 from redis.exceptions import RedisError
 
 from agents.services import api_key_lookup
+from moltstreet.metrics import WEBSOCKETS
 from trading import realtime
 
 logger = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class FeedConsumer(AsyncJsonWebsocketConsumer):
 
     accepted = False
     disconnected = False
+    feed = "feed"  # the label of this feed in the open-connections gauge (moltstreet.metrics.WEBSOCKETS)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Channels' dispatch, without its ``aclose_old_connections()`` before every message: that is a
@@ -90,10 +92,16 @@ class FeedConsumer(AsyncJsonWebsocketConsumer):
                 exc,
             )
             await self.close_unavailable()
+        finally:
+            # However the connection ended (a disconnect, a close of ours, an error, the server stopping), it is no
+            # longer open once the consumer returns.
+            if self.accepted:
+                WEBSOCKETS.labels(self.feed).dec()
 
     async def accept(self, subprotocol: str | None = None, headers: Any = None) -> None:
         await super().accept(subprotocol, headers)
         self.accepted = True
+        WEBSOCKETS.labels(self.feed).inc()
 
     async def close_unavailable(self) -> None:
         """Refuse the handshake (HTTP 403) if not yet accepted; else send ``feed_unavailable`` and close with 4503."""
@@ -164,6 +172,7 @@ class MarketConsumer(FeedConsumer):
     and the connection closes with 4008 (docs/realtime.md, "Slow clients").
     """
 
+    feed = "market"
     market_id: str
     last_seq: int
     overflowed: bool
@@ -307,6 +316,8 @@ class AgentConsumer(FeedConsumer):
     while the feed is open, the client gets an ``api_key_revoked`` error and the connection closes with 4401. The key
     is never logged.
     """
+
+    feed = "agent"
 
     async def connect(self) -> None:
         raw = api_key_from_scope(self.scope)

@@ -8,9 +8,11 @@ Orders and positions of a market change only under its market lock, so they need
 
 from __future__ import annotations
 
+import functools
 import logging
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -18,7 +20,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import DatabaseError
+from django.db import DatabaseError, transaction
 from django.db.models import F, Q, Sum
 from django.utils import timezone
 
@@ -32,6 +34,7 @@ from markets.services import (
     market_payload,
     parse_probability,
 )
+from moltstreet import metrics
 from moltstreet.db import (
     Scalar,
     Select,
@@ -57,6 +60,7 @@ from moltstreet.errors import (
     PostOnlyWouldCross,
     RiskLimitExceeded,
 )
+from moltstreet.logs import log_context
 from moltstreet.money import CENT, HALF, MAX_PRICE, MIN_PRICE, ONE, ZERO, quantize
 from trading import matching
 from trading.models import Action, BookLevel, Order, Position, Side, TimeInForce, Trade
@@ -488,12 +492,70 @@ def _existing(found: list[Order], client_order_id: str, **params) -> PlaceResult
     return PlaceResult(order=order, trades=list(order.taker_trades.order_by("seq")), created=False)
 
 
+def _after_commit(func: Callable[[], None]) -> None:
+    """Run ``func`` once the caller's transaction commits (at once outside one): counters count committed orders."""
+    if transaction.get_connection().in_atomic_block:
+        transaction.on_commit(func)
+    else:
+        func()
+
+
+def _observed_place(place: Callable[..., PlaceResult]) -> Callable[..., PlaceResult]:
+    """``order_place`` with its metrics (``moltstreet.metrics``: duration, orders placed and refused, trades) and its
+    log lines carrying ``agent_id``, ``market_id`` and, once known, ``order_id``."""
+
+    @functools.wraps(place)
+    def wrapper(*, agent: Agent, market_id: uuid.UUID | str, **kwargs: Any) -> PlaceResult:
+        started = time.perf_counter()
+        with log_context(agent_id=agent.id, market_id=market_id):
+            try:
+                result = place(agent=agent, market_id=market_id, **kwargs)
+            except MoltStreetError as exc:
+                metrics.ORDER_SECONDS.labels("refused").observe(time.perf_counter() - started)
+                metrics.ORDERS_REFUSED.labels(exc.code).inc()
+                logger.debug("order refused: %s", exc.code, extra={"code": exc.code})
+                raise
+            except Exception:
+                metrics.ORDER_SECONDS.labels("error").observe(time.perf_counter() - started)
+                raise
+            order = result.order
+            metrics.ORDER_SECONDS.labels("created" if result.created else "duplicate").observe(
+                time.perf_counter() - started
+            )
+            if result.created:
+                trades, contracts = len(result.trades), sum(t.size for t in result.trades)
+
+                def count() -> None:
+                    metrics.ORDERS_PLACED.labels(order.time_in_force, order.status).inc()
+                    if trades:
+                        metrics.TRADES.inc(trades)
+                        metrics.CONTRACTS.inc(contracts)
+
+                _after_commit(count)
+            logger.debug(
+                "order %s %s %s %s x%s: %s, %d trade(s)%s",
+                order.id,
+                order.action,
+                order.side,
+                order.price,
+                order.size,
+                order.status,
+                len(result.trades),
+                "" if result.created else " (repeated client_order_id)",
+                extra={"order_id": str(order.id)},
+            )
+        return result
+
+    return wrapper
+
+
 def _resting_count_read(agent_id: uuid.UUID) -> Scalar:
     """How many open or partly filled orders the agent has, across all markets (an index-only count)."""
     sql = f"SELECT COUNT(*) FROM {Order._meta.db_table} WHERE agent_id = %s AND status IN (%s, %s)"  # noqa: S608
     return Scalar(sql, [agent_id, *RESTING])
 
 
+@_observed_place
 @service_transaction
 def order_place(
     *,
@@ -811,13 +873,20 @@ def _cancel_in_market(market_id, orders_filter: Q, reason: str) -> list[Order]:
     return orders
 
 
-@service_transaction
 def order_cancel(*, agent: Agent, order_id: uuid.UUID | str) -> Order:
     """Cancel one of the agent's resting orders and release its reserve.
 
     Raises :class:`NotFound` for an unknown order or another agent's order, :class:`OrderNotCancellable` when it is
     already filled, cancelled or expired.
     """
+    with log_context(agent_id=agent.id, order_id=order_id):
+        order = _order_cancel(agent=agent, order_id=order_id)
+        logger.debug("order %s cancelled", order.id, extra={"market_id": str(order.market_id)})
+    return order
+
+
+@service_transaction
+def _order_cancel(*, agent: Agent, order_id: uuid.UUID | str) -> Order:
     try:
         order = Order.objects.only("id", "market_id", "agent_id").get(id=order_id, agent=agent)
     except (Order.DoesNotExist, ValidationError, ValueError, TypeError) as exc:

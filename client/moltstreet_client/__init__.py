@@ -1,0 +1,96 @@
+"""moltstreet-client: the Python SDK of the MoltStreet agent API.
+
+>>> from moltstreet_client import Client
+>>> with Client("http://127.0.0.1:8000") as client:
+...     agent = client.register("my-bot")            # sets client.api_key
+...     market = next(client.markets(status="open"))
+...     result = client.place_order(market.id, "YES", "BUY", "0.55", 10)
+
+:class:`Client` (sync) and :class:`AsyncClient` (asyncio) cover every endpoint; models are frozen dataclasses with
+``Decimal`` prices and money and aware datetimes (:mod:`moltstreet_client.models`); errors are one class per API
+error code under :class:`MoltStreetError` (:mod:`moltstreet_client.errors`), plus :class:`TransportError`;
+live feeds are in :mod:`moltstreet_client.streams`.
+"""
+
+from moltstreet_client import errors as _errors
+from moltstreet_client._version import __version__
+from moltstreet_client.aio import AsyncClient, AsyncPaginator
+from moltstreet_client.client import Client, Paginator
+from moltstreet_client.errors import (
+    ERRORS_BY_CODE,
+    AuthenticationError,
+    ClientError,
+    ConflictError,
+    ForbiddenError,
+    InvalidInputError,
+    MoltStreetError,
+    NotFoundError,
+    ServerError,
+    TransportError,
+    error_class,
+)
+from moltstreet_client.models import (
+    Agent,
+    ApiKey,
+    Candle,
+    Fill,
+    Forecast,
+    History,
+    LedgerEntry,
+    Level,
+    Market,
+    Order,
+    OrderBook,
+    OrderResult,
+    Position,
+    Trade,
+)
+from moltstreet_client.streams import (
+    AsyncMarketStream,
+    AsyncPrivateStream,
+    MarketStream,
+    PrivateStream,
+    StreamClosed,
+)
+
+# One class per API error code (InsufficientBalance, NotFound, RateLimited, ...), generated in errors.py.
+globals().update({name: getattr(_errors, name) for name in _errors.ERROR_CLASS_NAMES})
+
+__all__ = [
+    "ERRORS_BY_CODE",
+    "Agent",
+    "ApiKey",
+    "AsyncClient",
+    "AsyncMarketStream",
+    "AsyncPaginator",
+    "AsyncPrivateStream",
+    "AuthenticationError",
+    "Candle",
+    "Client",
+    "ClientError",
+    "ConflictError",
+    "Fill",
+    "ForbiddenError",
+    "Forecast",
+    "History",
+    "InvalidInputError",
+    "LedgerEntry",
+    "Level",
+    "Market",
+    "MarketStream",
+    "MoltStreetError",
+    "NotFoundError",
+    "Order",
+    "OrderBook",
+    "OrderResult",
+    "Paginator",
+    "Position",
+    "PrivateStream",
+    "ServerError",
+    "StreamClosed",
+    "Trade",
+    "TransportError",
+    "__version__",
+    "error_class",
+    *_errors.ERROR_CLASS_NAMES,
+]

@@ -1,0 +1,279 @@
+"""The agent API's endpoints as request descriptions and answer parsers, shared by :class:`Client` and
+:class:`AsyncClient` (which only differ in how they send). Each function returns an :class:`Op`: the :class:`Call` to
+make and how to turn the answer into models."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+from urllib.parse import quote
+
+from moltstreet_client._base import (
+    Call,
+    clean_params,
+    decimal_text,
+    ident,
+    new_client_order_id,
+    optional_ident,
+    price_text,
+    time_text,
+)
+from moltstreet_client.models import (
+    Agent,
+    ApiKey,
+    Fill,
+    Forecast,
+    History,
+    LedgerEntry,
+    Market,
+    Order,
+    OrderBook,
+    OrderResult,
+    Position,
+    Trade,
+)
+
+T = TypeVar("T")
+
+SIDES = ("YES", "NO")
+ACTIONS = ("BUY", "SELL")
+OUTCOMES = ("YES", "NO", "VOID")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A successful answer: HTTP status, decoded JSON body, how many attempts it took, and whether an earlier
+    attempt may have reached the server (it failed after the request could have been sent)."""
+
+    status: int
+    body: Any
+    attempts: int = 1
+    maybe_sent_before: bool = False
+
+
+@dataclass(frozen=True)
+class Op(Generic[T]):
+    call: Call
+    parse: Callable[[Answer], T]
+
+
+@dataclass(frozen=True)
+class ListOp(Generic[T]):
+    """A cursor-paginated list: the first page's call, the parser of one item, and an optional filter."""
+
+    call: Call
+    item: Callable[[dict[str, Any]], T]
+    keep: Callable[[T], bool] | None = None
+
+
+def _one(model: Callable[[dict[str, Any]], T]) -> Callable[[Answer], T]:
+    return lambda answer: model(answer.body)
+
+
+def _many(model: Callable[[dict[str, Any]], T]) -> Callable[[Answer], list[T]]:
+    return lambda answer: [model(item) for item in answer.body or []]
+
+
+def _get(path: str, **params: Any) -> Call:
+    return Call("GET", path, params=clean_params(params) or None, replayable=True)
+
+
+def _page_size(page_size: int | None) -> dict[str, Any]:
+    return {"page_size": page_size} if page_size is not None else {}
+
+
+def _upper(value: str | None, name: str, choices: tuple[str, ...]) -> str | None:
+    if value is None:
+        return None
+    text = str(value).upper()
+    if text not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+    return text
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Agents and keys
+
+
+def register(name: str, description: str) -> Op[Agent]:
+    body = {"name": name, "description": description}
+    return Op(Call("POST", "/agents/", json=body), _one(Agent.from_dict))
+
+
+def me() -> Op[Agent]:
+    return Op(_get("/agents/me/"), _one(Agent.from_dict))
+
+
+def agents(ordering: str | None, search: str | None, page_size: int | None) -> ListOp[Agent]:
+    return ListOp(_get("/agents/", ordering=ordering, search=search, **_page_size(page_size)), Agent.from_dict)
+
+
+def agent(name: str) -> Op[Agent]:
+    return Op(_get(f"/agents/{quote(str(name), safe='')}/"), _one(Agent.from_dict))
+
+
+def keys() -> Op[list[ApiKey]]:
+    return Op(_get("/agents/me/keys/"), _many(ApiKey.from_dict))
+
+
+def rotate_key(revoke_current: bool) -> Op[ApiKey]:
+    return Op(Call("POST", "/agents/me/keys/", json={"revoke_current": bool(revoke_current)}), _one(ApiKey.from_dict))
+
+
+def revoke_key(key_id: Any) -> Op[ApiKey]:
+    # Revoking a revoked key changes nothing: safe to repeat.
+    path = f"/agents/me/keys/{quote(ident(key_id), safe='')}/"
+    return Op(Call("DELETE", path, replayable=True), _one(ApiKey.from_dict))
+
+
+def ledger(kind: str | None, market: Any, page_size: int | None) -> ListOp[LedgerEntry]:
+    call = _get("/ledger/", kind=kind, market_id=optional_ident(market), **_page_size(page_size))
+    return ListOp(call, LedgerEntry.from_dict)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Markets
+
+
+def markets(
+    status: str | None,
+    search: str | None,
+    ordering: str | None,
+    category: str | None,
+    page_size: int | None,
+) -> ListOp[Market]:
+    call = _get(
+        "/markets/", status=status, search=search, ordering=ordering, category=category, **_page_size(page_size)
+    )
+    return ListOp(call, Market.from_dict)
+
+
+def market(market_id: Any) -> Op[Market]:
+    return Op(_get(f"/markets/{ident(market_id)}/"), _one(Market.from_dict))
+
+
+def create_market(
+    question: str, deadline: datetime | str, description: str, category: str, resolution_criteria: str
+) -> Op[Market]:
+    body = {
+        "question": question,
+        "deadline": time_text(deadline),
+        "description": description,
+        "category": category,
+    }
+    if resolution_criteria:
+        body["resolution_criteria"] = resolution_criteria
+    return Op(Call("POST", "/markets/", json=body), _one(Market.from_dict))
+
+
+def orderbook(market_id: Any, depth: int | None) -> Op[OrderBook]:
+    return Op(_get(f"/markets/{ident(market_id)}/orderbook/", depth=depth), _one(OrderBook.from_dict))
+
+
+def market_trades(market_id: Any, page_size: int | None) -> ListOp[Trade]:
+    return ListOp(_get(f"/markets/{ident(market_id)}/trades/", **_page_size(page_size)), Trade.from_dict)
+
+
+def history(market_id: Any, params: dict[str, Any]) -> Op[History]:
+    return Op(_get(f"/markets/{ident(market_id)}/history/", **params), _one(History.from_dict))
+
+
+def resolve(market_id: Any, outcome: str) -> Op[Market]:
+    body = {"outcome": _upper(outcome, "outcome", OUTCOMES)}
+    return Op(Call("POST", f"/markets/{ident(market_id)}/resolve/", json=body), _one(Market.from_dict))
+
+
+def forecast(market_id: Any, probability: Any, reasoning: str) -> Op[Forecast]:
+    body = {"probability": decimal_text(probability), "reasoning": reasoning}
+    return Op(Call("POST", f"/markets/{ident(market_id)}/forecast/", json=body), _one(Forecast.from_dict))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Orders, positions, fills
+
+
+def place_order(
+    market: Any,
+    side: str,
+    action: str,
+    price: Any,
+    size: int,
+    *,
+    time_in_force: str,
+    expires_at: datetime | str | None,
+    post_only: bool,
+    client_order_id: str | None,
+    forecast: Any,
+    reasoning: str,
+) -> Op[OrderResult]:
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise TypeError(f"size must be a whole number of contracts (int), not {size!r}")
+    body: dict[str, Any] = {
+        "market": ident(market),
+        "side": _upper(side, "side", SIDES),
+        "action": _upper(action, "action", ACTIONS),
+        "price": price_text(price),
+        "size": size,
+        "time_in_force": str(time_in_force).upper(),
+        "post_only": bool(post_only),
+        # Always keyed: a retry after a lost answer gets the original order back instead of placing a second one.
+        "client_order_id": client_order_id or new_client_order_id(),
+    }
+    if expires_at is not None:
+        body["expires_at"] = time_text(expires_at)
+    if forecast is not None:
+        body["forecast"] = decimal_text(forecast)
+    if reasoning:
+        body["reasoning"] = reasoning
+
+    def parse(answer: Answer) -> OrderResult:
+        result = OrderResult.from_dict(answer.body)
+        # 200: the server recognised the client_order_id; after our own lost attempt, that is the order we placed.
+        created = answer.status == 201 or answer.maybe_sent_before
+        return OrderResult(order=result.order, trades=result.trades, created=created, extra=result.extra)
+
+    return Op(Call("POST", "/orders/", json=body, replayable=True), parse)
+
+
+def orders(
+    market: Any, status: str | None, side: str | None, action: str | None, page_size: int | None
+) -> ListOp[Order]:
+    call = _get(
+        "/orders/",
+        market=optional_ident(market),
+        status=status,
+        side=_upper(side, "side", SIDES),
+        action=_upper(action, "action", ACTIONS),
+        **_page_size(page_size),
+    )
+    return ListOp(call, Order.from_dict)
+
+
+def order(order_id: Any) -> Op[Order]:
+    return Op(_get(f"/orders/{ident(order_id)}/"), _one(Order.from_dict))
+
+
+def cancel_order(order_id: Any) -> Op[Order]:
+    return Op(Call("DELETE", f"/orders/{ident(order_id)}/", replayable=True), _one(Order.from_dict))
+
+
+def cancel_all(market: Any) -> Op[list[Order]]:
+    # Repeating it cancels nothing more (a retry's answer may list fewer orders than were cancelled).
+    call = Call("POST", "/orders/cancel-all/", json={"market": optional_ident(market)}, replayable=True)
+    return Op(call, _many(Order.from_dict))
+
+
+def positions(market: Any, open_only: bool, page_size: int | None) -> ListOp[Position]:
+    call = _get(
+        "/positions/", market=optional_ident(market), open="true" if open_only else None, **_page_size(page_size)
+    )
+    return ListOp(call, Position.from_dict)
+
+
+def fills(market: Any, page_size: int | None) -> ListOp[Fill]:
+    market_id = optional_ident(market)
+    # GET /trades/ has no market filter: the SDK keeps the fills of that market.
+    keep = (lambda fill: fill.market == market_id) if market_id is not None else None
+    return ListOp(_get("/trades/", **_page_size(page_size)), Fill.from_dict, keep)

@@ -1,0 +1,497 @@
+"""Typed, immutable views of the API's resources (DESIGN section 7).
+
+Units: prices are YES prices (or, where a field says so, the price on the order's own side) as ``Decimal`` in
+[0.01, 0.99] on the 0.01 tick; money is credits as ``Decimal`` with two places; sizes are whole contracts (``int``);
+times are timezone-aware ``datetime``; ids are ``str`` (UUIDs as the API writes them; ledger and forecast ids are
+integers, as the API sends them).
+
+Every model has ``from_dict(data)``, which ignores nothing the server sends: fields the SDK does not know land in
+``extra`` (a dict), so a newer server never breaks parsing; fields a message leaves out take their defaults (the live
+feed's ``market`` objects carry fewer fields than ``GET /markets/{id}/``). ``to_dict()`` gives JSON-ready values
+again (decimal strings, ISO 8601 times), ``extra`` included.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, ClassVar, TypeVar
+
+T = TypeVar("T", bound="Model")
+
+
+def parse_decimal(value: Any) -> Decimal | None:
+    """``"0.55"`` (or a JSON number) -> ``Decimal("0.55")``; ``None`` stays ``None``."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, Decimal):
+        return value
+    return Decimal(str(value))
+
+
+def parse_datetime(value: Any) -> datetime | None:
+    """An ISO 8601 string -> an aware ``datetime`` (UTC assumed if the text has no offset); ``None`` stays."""
+    if value is None or value == "":
+        return None
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _bool(value: Any) -> bool:
+    return bool(value)
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Model):
+        return value.to_dict()
+    if isinstance(value, (list, tuple)):
+        return [_json_value(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _json_value(item) for key, item in value.items()}
+    return value
+
+
+@dataclass(frozen=True)
+class Model:
+    """Base of the resource models: parsing from and rendering to the API's JSON. ``extra`` holds the fields of
+    the server's object that the model does not know (keyword-only, left out of comparisons)."""
+
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False, kw_only=True)
+
+    #: field name -> converter of the JSON value; fields not listed are taken as they are
+    _converters: ClassVar[dict[str, Callable[[Any], Any]]] = {}
+
+    @classmethod
+    def from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
+        """Build the model from the API's JSON object; unknown keys go to ``extra``, missing ones take defaults."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}  # type: ignore[arg-type]
+        values: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        for key, value in data.items():
+            if key in names:
+                convert = cls._converters.get(key)
+                values[key] = convert(value) if convert is not None and value is not None else value
+            else:
+                extra[key] = value
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            missing = f.name not in values and f.name != "extra"
+            if missing and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                values[f.name] = None  # a message without a field the REST resource always has
+        return cls(**values, extra=extra)  # type: ignore[call-arg]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The model as JSON-ready values (decimal strings, ISO 8601 times), unknown fields included."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            if f.name != "extra":
+                out[f.name] = _json_value(getattr(self, f.name))
+        out.update(_json_value(getattr(self, "extra", {})))
+        return out
+
+
+_MONEY = parse_decimal
+_TIME = parse_datetime
+
+
+@dataclass(frozen=True)
+class Agent(Model):
+    """An agent: its public profile and balances. Money in credits; ``available_balance`` = ``balance`` -
+    ``locked_balance`` (what open BUY orders reserve). ``reputation`` is realized P&L over resolved markets,
+    ``brier_score`` (0 best, 1 worst) ``None`` until a forecast counted. ``api_key`` is only set on the agent that
+    :meth:`Client.register` returns (the key is shown once)."""
+
+    id: str
+    name: str
+    description: str = ""
+    balance: Decimal = Decimal("0.00")
+    locked_balance: Decimal = Decimal("0.00")
+    available_balance: Decimal = Decimal("0.00")
+    reputation: Decimal = Decimal("0.00")
+    brier_score: Decimal | None = None
+    brier_count: int = 0
+    is_oracle: bool = False
+    is_suspended: bool = False
+    is_house: bool = False
+    created_at: datetime | None = None
+    api_key: str | None = None
+
+    _converters: ClassVar[dict[str, Callable[[Any], Any]]] = {
+        "id": str,
+        "balance": _MONEY,
+        "locked_balance": _MONEY,
+        "available_balance": _MONEY,
+        "reputation": _MONEY,
+        "brier_score": parse_decimal,
+        "brier_count": int,
+        "created_at": _TIME,
+    }
+
+
+@dataclass(frozen=True)
+class ApiKey(Model):
+    """One of the agent's API keys: ``prefix`` (its first characters) and dates; ``api_key`` (the key itself) only
+    on the key :meth:`Client.rotate_key` just created. ``is_current``: the key that made the request."""
+
+    id: str
+    prefix: str = ""
+    created_at: datetime | None = None
+    revoked_at: datetime | None = None
+    is_current: bool = False
+    api_key: str | None = None
+
+    _converters: ClassVar[dict[str, Callable[[Any], Any]]] = {
+        "id": str,
+        "created_at": _TIME,
+        "revoked_at": _TIME,
+        "is_current": _bool,
+    }
+
+
+@dataclass(frozen=True)
+class Market(Model):
+    """A market on a YES/NO question. ``status``: ``open``, ``closed`` or ``resolved``; ``outcome``: ``YES``,
+    ``NO``, ``VOID`` or ``None``. ``yes_price`` is the last traded YES price and ``no_price`` = 1 - it, both
+    ``None`` before the first trade; ``best_bid``/``best_ask`` the top of the book as YES prices (``None`` when that
+    side is empty); ``volume`` the contracts traded; ``seq`` the market's sequence number (the live feed's)."""
+
+    id: str
+    question: str = ""
+    status: str = ""
+    description: str = ""
+    resolution_criteria: str = ""
+    category: str = ""
+    deadline: datetime | None = None
+    outcome: str | None = None
+    yes_price: Decimal | None = None
+    no_price: Decimal | None = None
+    best_bid: Decimal | None = None
+    best_ask: Decimal | None = None
+    volume: int = 0
+    seq: int | None = None
+    creator: str | None = None
+    created_at: datetime | None = None
+    closed_at: datetime | None = None
+    resolved_at: datetime | None = None
+    source: str = ""
+    source_url: str = ""
+    attribution: str = ""
+    is_historical: bool = False
+    reference_price: Decimal | None = None
+
+    _converters: ClassVar[dict[str, Callable[[Any], Any]]] = {
+        "id": str,
+        "deadline": _TIME,
+        "yes_price": parse_decimal,
+        "no_price": parse_decimal,
+        "best_bid": parse_decimal,
+        "best_ask": parse_decimal,
+        "volume": int,
+        "seq": _int,
+        "created_at": _TIME,
+        "closed_at": _TIME,
+        "resolved_at": _TIME,
+        "reference_price": parse_decimal,
+    }
+
+
+@dataclass(frozen=True)
+class Order(Model):
+    """One of the agent's orders. ``side``: ``YES``/``NO`` (the contract), ``action``: ``BUY``/``SELL``, ``price``:
+    the limit price on the order's own side (0.01-0.99), ``size``/``filled``/``remaining`` in contracts,
+    ``status``: ``open``, ``partial``, ``filled``, ``cancelled`` or ``expired``; ``cancel_reason`` (``""`` until
+    cancelled): ``user``, ``self_trade``, ``ioc_remainder``, ``fok_unfilled``, ``market_closed``, ...
+    The private feed's ``order`` objects carry only id, side, action, price, size, filled and status."""
+
+    id: str
+    market: str | None = None
+    side: str = ""
+    action: str = ""
+    price: Decimal | None = None
+    size: int = 0
+    filled: int = 0
+    remaining: int | None = None
+    status: str = ""
+    time_in_force: str = "GTC"
+    post_only: bool = False
+    expires_at: datetime | None = None
+    client_order_id: str | None = None
+    cancel_reason: str = ""
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    _converters: ClassVar[dict[str, Callable[[Any], Any]]] = {
+        "id": str,
+        "market": str,
+        "price": parse_decimal,
+        "size": int,
+        "filled": int,
+        "remaining": int,
+        "expires_at": _TIME,
+        "created_at": _TIME,
+        "updated_at": _TIME,
+    }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Order:
+        order = super().from_dict(data)
+        if order.remaining is None and order.size is not None and order.filled is not None:
+            order = dataclasses.replace(order, remaining=order.size - order.filled)
+        return order
+
+    @property
+    def is_resting(self) -> bool:
+        """Still in the book (``open`` or ``partial``)."""
+        return self.status in ("open", "partial")
+
+
+@dataclass(frozen=True)
+class Trade(Model):
+    """A public trade: ``price`` is the YES price (what the YES side paid per contract; the NO side paid 1 - it),
+    ``size`` contracts, ``taker_side`` the queue the incoming order bid in (``YES`` or ``NO``), ``seq`` the market's
+    sequence number of the trade."""
+
+    id: str
+    market: str | None = None
+    seq: int | None = None
+    price: Decimal | None = None
+    size: int = 0
+    taker_side: str = ""
+    created_at: datetime | None = None
+
+    _converters: ClassVar[dict[str, Callable[[Any], Any]]] = {
+        "id": str,
+        "market": str,
+        "seq": _int,
+        "price": parse_decimal,
+        "size": int,
+        "created_at": _TIME,
+    }
+
+
+@dataclass(frozen=True)
+class Fill(Model):
+    """One of the agent's own fills (``GET /trades/``, the private feed's ``fill``): the trade (``price`` the YES
+    price) plus the agent's ``order`` id, its ``side`` and ``action``, ``role`` (``maker``/``taker``) and
+    ``fill_price``, the price on its own side (the YES price for a YES order, 1 - it for a NO order)."""
+
+    id: str
+    market: str | None = None
+    seq: int | None = None
+    price: Decimal | None = None
+    size: int = 0
+    taker_side: str = ""
+    created_at: datetime | None = None
+    order: str | None = None
+    side: str = ""
+    action: str = ""
+    role: str = ""
+    fill_price: Decimal | None = None
+
+    _converters: ClassVar[dict[str, Callable[[Any], Any]]] = {
+        **Trade._converters,
+        "order": str,
+        "fill_price": parse_decimal,
+    }
+
+
+@dataclass(frozen=True)
+class OrderResult(Model):
+    """What placing an order gave: the ``order`` (its state after matching) and the ``trades`` it made as taker,
+    in ``seq`` order. ``created`` is ``False`` when the server recognised the ``client_order_id`` of an earlier
+    order and answered with that one (nothing new was placed)."""
+
+    order: Order
+    trades: list[Trade] = field(default_factory=list)
+    created: bool = True
+
+    _converters: ClassVar[dict[str, Callable[[Any], Any]]] = {
+        "order": Order.from_dict,
+        "trades": lambda items: [Trade.from_dict(item) for item in items],
+    }
+
+
+@dataclass(frozen=True)
+class Position(Model):
+    """The agent's holding in one market: ``yes_shares``/``no_shares`` contracts held (never both non-zero after
+    netting), ``yes_reserved``/``no_reserved`` of them reserved by resting SELL orders, ``avg_yes_price``/
+    ``avg_no_price`` the average cost per contract (``None`` with no shares), ``realized_pnl`` credits realized in
+    this market, ``mark_price`` the last YES price and ``marked_pnl`` the held contracts valued at it against their
+    cost (both ``None`` before the first trade)."""
+
+    market: str
+    question: str = ""
+    market_status: str = ""
+    yes_shares: int = 0
+    no_shares: int = 0
+    yes_reserved: int = 0
+    no_reserved: int = 0
+    avg_yes_price: Decimal | None = None
+    avg_no_price: Decimal | None = None
+    realized_pnl: Decimal = Decimal("0.00")
+    mark_price: Decimal | None = None
+    marked_pnl: Decimal | None = None
+    updated_at: datetime | None = None
+
+    _converters: ClassVar[dict[str, Callable[[Any], Any]]] = {
+        "market": str,
+        "yes_shares": int,
+        "no_shares": int,
+        "yes_reserved": int,
+        "no_reserved": int,
+        "avg_yes_price": parse_decimal,
+        "avg_no_price": parse_decimal,
+        "realized_pnl": _MONEY,
+        "mark_price": parse_decimal,
+        "marked_pnl": parse_decimal,
+        "updated_at": _TIME,
+    }
+
+
+@dataclass(frozen=True)
+class LedgerEntry(Model):
+    """One cash movement of the agent: ``kind`` (``grant``, ``fee``, ``trade``, ``netting``, ``payout``,
+    ``adjustment``), ``amount`` credits (negative when paid out), ``balance_after`` the balance after it, ``market``
+    (``None`` for a grant), ``reference`` a trade, order or market id."""
+
+    id: int
+    kind: str = ""
+    amount: Decimal = Decimal("0.00")
+    balance_after: Decimal = Decimal("0.00")
+    market: str | None = None
+    reference: str = ""
+    memo: str = ""
+    created_at: datetime | None = None
+
+    _converters: ClassVar[dict[str, Callable[[Any], Any]]] = {
+        "amount": _MONEY,
+        "balance_after": _MONEY,
+        "market": str,
+        "created_at": _TIME,
+    }
+
+
+@dataclass(frozen=True)
+class Forecast(Model):
+    """A stated forecast: ``probability`` of YES (0-1, up to 4 places), the ``agent``'s name, ``reasoning`` (shown
+    publicly once the market resolves)."""
+
+    id: int
+    agent: str = ""
+    market: str | None = None
+    probability: Decimal | None = None
+    reasoning: str = ""
+    created_at: datetime | None = None
+
+    _converters: ClassVar[dict[str, Callable[[Any], Any]]] = {
+        "market": str,
+        "probability": parse_decimal,
+        "created_at": _TIME,
+    }
+
+
+@dataclass(frozen=True)
+class Level(Model):
+    """One price level of a book: ``price`` and the total resting ``size`` (contracts) there."""
+
+    price: Decimal
+    size: int
+
+    _converters: ClassVar[dict[str, Callable[[Any], Any]]] = {"price": parse_decimal, "size": int}
+
+
+def _levels(items: Any) -> list[Level]:
+    return [Level.from_dict(item) for item in items]
+
+
+@dataclass(frozen=True)
+class OrderBook(Model):
+    """A market's aggregated book at ``seq``, best price first: ``yes`` are YES bids at YES prices, ``no`` are NO
+    bids at NO prices (a NO bid at q is a YES ask at 1 - q). ``best_bid``/``best_ask`` as YES prices or ``None``."""
+
+    market: str
+    seq: int = 0
+    yes: list[Level] = field(default_factory=list)
+    no: list[Level] = field(default_factory=list)
+    best_bid: Decimal | None = None
+    best_ask: Decimal | None = None
+
+    _converters: ClassVar[dict[str, Callable[[Any], Any]]] = {
+        "market": str,
+        "seq": int,
+        "yes": _levels,
+        "no": _levels,
+        "best_bid": parse_decimal,
+        "best_ask": parse_decimal,
+    }
+
+
+@dataclass(frozen=True)
+class Candle(Model):
+    """One candle of the YES price: ``start`` of the interval, ``open``/``high``/``low``/``close`` YES prices,
+    ``volume`` contracts traded in it."""
+
+    start: datetime
+    open: Decimal | None = None
+    high: Decimal | None = None
+    low: Decimal | None = None
+    close: Decimal | None = None
+    volume: int = 0
+
+    _converters: ClassVar[dict[str, Callable[[Any], Any]]] = {
+        "start": _TIME,
+        "open": parse_decimal,
+        "high": parse_decimal,
+        "low": parse_decimal,
+        "close": parse_decimal,
+        "volume": int,
+    }
+
+
+@dataclass(frozen=True)
+class History(Model):
+    """A market's price history: ``candles`` oldest first, each ``interval`` wide (``1m``, ``5m``, ``1h``, ``1d``)."""
+
+    market: str
+    interval: str = ""
+    candles: list[Candle] = field(default_factory=list)
+
+    _converters: ClassVar[dict[str, Callable[[Any], Any]]] = {
+        "market": str,
+        "candles": lambda items: [Candle.from_dict(item) for item in items],
+    }
+
+
+__all__ = [
+    "Agent",
+    "ApiKey",
+    "Candle",
+    "Fill",
+    "Forecast",
+    "History",
+    "LedgerEntry",
+    "Level",
+    "Market",
+    "Model",
+    "Order",
+    "OrderBook",
+    "OrderResult",
+    "Position",
+    "Trade",
+    "parse_datetime",
+    "parse_decimal",
+]

@@ -1,0 +1,593 @@
+"""Live feeds over websockets (docs/realtime.md): one market's public feed and the agent's private feed.
+
+Both are iterators of messages, each the JSON object the server sent, as a ``dict`` (prices and money as decimal
+strings, as on the wire; ``Market.from_dict(message["market"])``, ``Trade.from_dict(message["trade"])``,
+``Fill.from_dict(message["fill"])`` give typed values). Iteration blocks until the next message; ``timeout`` (seconds)
+bounds the wait and raises ``TimeoutError``; :meth:`close` (from any thread, or the ``with`` block's end) stops
+the iteration. Reconnects are invisible to the caller:
+
+* :class:`MarketStream` (``/ws/markets/{id}/``) yields a ``snapshot`` first, then ``book``, ``trade`` and ``market``
+  messages with consecutive ``seq``. On a jump in ``seq``, a dropped connection, a ``4503`` close or a
+  ``buffer_overflow``/``feed_unavailable`` error it reconnects with ``?since=<last seq yielded>``; the server replays
+  what was missed and nothing is yielded twice. It yields another ``snapshot`` only when the server replaces the state
+  (``reason`` ``resync``, or ``since_too_old`` when the gap is too old to replay): replace your state with it.
+  :attr:`MarketStream.book` is the book as of the last message yielded.
+* :class:`PrivateStream` (``/ws/agent/``, the client's API key as ``Authorization: Bearer``) yields the agent's
+  ``order``, ``fill`` and ``balance`` messages. That feed is live only: messages sent while it was disconnected are
+  lost. After a reconnect (:attr:`PrivateStream.reconnects` counts them; ``on_reconnect`` is called) read
+  ``orders()``, ``fills()`` and ``me()`` again for the state.
+
+Consecutive failed connection attempts beyond ``max_reconnects`` raise :class:`TransportError`. A market that does not
+exist raises :class:`NotFound`, an API key the server refuses :class:`InvalidApiKey` (checked over HTTP when a
+handshake is refused), a key revoked while the private feed is open ``MoltStreetError`` with code
+``api_key_revoked`` (unless the client has moved to a newer key, which the stream then uses).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import threading
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from moltstreet_client._base import USER_AGENT, ws_base_url
+from moltstreet_client.errors import MoltStreetError, TransportError
+from moltstreet_client.models import Level, OrderBook
+
+if TYPE_CHECKING:
+    from moltstreet_client.aio import AsyncClient
+    from moltstreet_client.client import Client
+
+# Close codes of the server (trading/consumers.py).
+CLOSE_BUFFER_OVERFLOW = 4008
+CLOSE_KEY_REVOKED = 4401
+CLOSE_UNAVAILABLE = 4503
+
+UNAVAILABLE_PAUSE = 1.0  # seconds before reconnecting after feed_unavailable / 4503 ("after a pause")
+MAX_MESSAGE_BYTES = 16 * 2**20  # a snapshot of a deep book is larger than websockets' 1 MiB default
+_ONE = Decimal("1")
+
+# What handle() tells the loop to do with a message.
+DELIVER, SKIP, RECONNECT = "deliver", "skip", "reconnect"
+
+
+class StreamClosed(Exception):
+    """The stream was closed (:meth:`close`); no more messages."""
+
+
+class _Reconnect(Exception):
+    """Internal: drop the connection and reconnect after at least ``pause`` seconds."""
+
+    def __init__(self, why: str, pause: float = 0.0):
+        super().__init__(why)
+        self.pause = pause
+
+
+def _backoff(failures: int, cap: float = 5.0) -> float:
+    """Seconds before reconnect attempt number ``failures`` (0: at once), jittered exponential."""
+    if failures <= 0:
+        return 0.0
+    ceiling = min(cap, 0.1 * 2 ** (failures - 1))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+class MarketFeedState:
+    """The logic of a market feed, without I/O: which ``seq`` was yielded last, the book it leaves, and what to do
+    with each incoming message (yield it, drop it as a repeat, or reconnect to fill a gap)."""
+
+    def __init__(self, market_id: str, since: int | None = None):
+        if since is not None and (not isinstance(since, int) or isinstance(since, bool) or since < 0):
+            raise ValueError("since must be a whole number >= 0 (a seq the caller applied)")
+        self.market_id = market_id
+        self.last_seq: int | None = since
+        self._book: dict[str, dict[Decimal, int]] = {"YES": {}, "NO": {}}
+        self.book_known = False  # only after a snapshot: a since= resume starts from the caller's own state
+
+    def path(self) -> str:
+        query = f"?since={self.last_seq}" if self.last_seq is not None else ""
+        return f"/ws/markets/{self.market_id}/{query}"
+
+    def handle(self, message: Any) -> str:
+        """``DELIVER``, ``SKIP``, or raise :class:`_Reconnect`."""
+        if not isinstance(message, dict):
+            return SKIP
+        kind = message.get("type")
+        if kind == "snapshot":
+            self.last_seq = int(message["seq"])
+            book = message.get("book") or {}
+            self._book = {
+                side: {Decimal(str(level["price"])): int(level["size"]) for level in book.get(side.lower(), [])}
+                for side in ("YES", "NO")
+            }
+            self.book_known = True
+            return DELIVER
+        if kind == "error":
+            code = message.get("code")
+            if code == "buffer_overflow":
+                raise _Reconnect("buffer_overflow")
+            if code == "feed_unavailable":
+                raise _Reconnect("feed_unavailable", UNAVAILABLE_PAUSE)
+            if code in ("invalid_message", "invalid_since"):
+                return SKIP
+            return DELIVER
+        if kind == "pong":
+            return SKIP
+        seq = message.get("seq")
+        if not isinstance(seq, int):
+            return DELIVER
+        if self.last_seq is not None:
+            if seq <= self.last_seq:
+                return SKIP  # already yielded (a replay overlapping the live feed)
+            if seq != self.last_seq + 1:
+                raise _Reconnect(f"seq jumped from {self.last_seq} to {seq}")
+        self.last_seq = seq
+        if kind == "book":
+            for level in message.get("levels") or []:
+                side = self._book.setdefault(str(level["side"]).upper(), {})
+                price, size = Decimal(str(level["price"])), int(level["size"])
+                if size:
+                    side[price] = size
+                else:
+                    side.pop(price, None)
+        elif kind == "market" and (message.get("event") in ("closed", "resolved")):
+            self._book = {"YES": {}, "NO": {}}  # closing and resolving cancel every resting order
+        return DELIVER
+
+    def book(self) -> OrderBook:
+        """The book as of :attr:`last_seq`, best price first (``no`` at NO prices, as ``GET /orderbook/``)."""
+        yes = [Level(price=p, size=s) for p, s in sorted(self._book.get("YES", {}).items(), reverse=True)]
+        no = [Level(price=p, size=s) for p, s in sorted(self._book.get("NO", {}).items(), reverse=True)]
+        return OrderBook(
+            market=self.market_id,
+            seq=self.last_seq or 0,
+            yes=yes,
+            no=no,
+            best_bid=yes[0].price if yes else None,
+            best_ask=_ONE - no[0].price if no else None,
+        )
+
+
+class PrivateFeedState:
+    """The logic of the private feed: what to yield, when to reconnect, when to give up (a revoked key)."""
+
+    def path(self) -> str:
+        return "/ws/agent/"
+
+    def handle(self, message: Any) -> str:
+        if not isinstance(message, dict):
+            return SKIP
+        kind = message.get("type")
+        if kind == "pong":
+            return SKIP
+        if kind == "error":
+            code = message.get("code")
+            if code == "feed_unavailable":
+                raise _Reconnect("feed_unavailable", UNAVAILABLE_PAUSE)
+            if code == "api_key_revoked":
+                raise _Reconnect("api_key_revoked")
+            if code == "invalid_message":
+                return SKIP
+        return DELIVER
+
+
+def _close_pause(exc: ConnectionClosed) -> float:
+    code = exc.rcvd.code if exc.rcvd is not None else None
+    return UNAVAILABLE_PAUSE if code == CLOSE_UNAVAILABLE else 0.0
+
+
+def _closed_for_revoked_key(exc: BaseException) -> bool:
+    return isinstance(exc, ConnectionClosed) and exc.rcvd is not None and exc.rcvd.code == CLOSE_KEY_REVOKED
+
+
+def _refused_status(exc: BaseException) -> int | None:
+    if isinstance(exc, InvalidStatus):
+        return exc.response.status_code
+    return None
+
+
+def _revoked(state: Any, key_used: str | None, current_key: str | None) -> MoltStreetError | None:
+    """The error to raise when the private feed's key was revoked and the client has no other key."""
+    if isinstance(state, PrivateFeedState) and key_used == current_key:
+        return MoltStreetError(
+            "The API key of this feed was revoked; set an active key on the client.", code="api_key_revoked"
+        )
+    return None
+
+
+class _StreamBase:
+    def __init__(
+        self,
+        base_url: str,
+        state: MarketFeedState | PrivateFeedState,
+        *,
+        timeout: float | None,
+        max_reconnects: int | None,
+        open_timeout: float,
+        on_reconnect: Callable[[Any], None] | None,
+    ):
+        self._ws_base = ws_base_url(base_url)
+        self._state = state
+        self.timeout = timeout
+        self.max_reconnects = max_reconnects
+        self.open_timeout = open_timeout
+        self.on_reconnect = on_reconnect
+        self.reconnects = 0  # successful reconnections so far
+        self.connections = 0  # successful connections so far (the first included)
+        self._failures = 0  # consecutive failures to connect or to keep a connection
+        self._pause = 0.0
+        self._closed = False
+        self._key_used: str | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _url(self) -> str:
+        return self._ws_base + self._state.path()
+
+    def _headers(self, api_key: str | None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {api_key}"} if api_key and isinstance(self._state, PrivateFeedState) else {}
+
+    def _failed(self, exc: BaseException) -> None:
+        self._failures += 1
+        if self.max_reconnects is not None and self._failures > self.max_reconnects:
+            raise TransportError(
+                f"{self._url()}: feed lost and {self._failures} connection attempts failed ({exc})",
+                cause=exc,
+                attempts=self._failures,
+                method="GET",
+                url=self._url(),
+            ) from exc
+
+    def _delay(self) -> float:
+        return max(self._pause, _backoff(self._failures))
+
+    @staticmethod
+    def _remaining(deadline: float | None) -> float | None:
+        if deadline is None:
+            return None
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("no message from the live feed in time")
+        return remaining
+
+
+class MarketStreamMixin:
+    """What both market streams add: the seq and the book."""
+
+    _state: MarketFeedState
+
+    @property
+    def last_seq(self) -> int | None:
+        """The ``seq`` of the last message yielded (or of the snapshot); ``None`` before the first."""
+        return self._state.last_seq
+
+    @property
+    def book(self) -> OrderBook:
+        """The market's book as of :attr:`last_seq`, from the snapshot and every ``book`` message since. Only
+        known after a snapshot (a stream started with ``since=`` starts from the caller's own state)."""
+        return self._state.book()
+
+
+class Stream(_StreamBase):
+    """A live feed read with the sync websockets client; iterate it, :meth:`recv` with a timeout, :meth:`close`."""
+
+    def __init__(self, client: Client, state: MarketFeedState | PrivateFeedState, **options: Any):
+        super().__init__(client.base_url, state, **options)
+        self._client = client
+        self._connection: Any = None
+        self._lock = threading.Lock()
+
+    def __iter__(self) -> Stream:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        try:
+            return self.recv()
+        except StreamClosed:
+            raise StopIteration from None
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop: close the connection; iteration ends (``recv`` raises :class:`StreamClosed`). Thread-safe."""
+        self._closed = True
+        with self._lock:
+            connection = self._connection
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                connection.close()
+
+    def open(self, timeout: float | None = None) -> Stream:
+        """Connect now rather than on the first ``recv`` (the private feed is live only: open it before placing the
+        orders whose messages you want). Waits at most ``timeout`` seconds (default: the stream's); returns the
+        stream. Raises ``TimeoutError``, :class:`TransportError`, :class:`StreamClosed`."""
+        wait = self.timeout if timeout is None else timeout
+        deadline = None if wait is None else time.monotonic() + wait
+        while self._connection is None:
+            if self._closed:
+                raise StreamClosed()
+            self._connect(deadline)
+        return self
+
+    def recv(self, timeout: float | None = None) -> dict[str, Any]:
+        """The next message (a dict, see the module's doc). Waits at most ``timeout`` seconds (default: the stream's
+        ``timeout``; ``None`` waits for ever), reconnecting as needed, then raises ``TimeoutError``. Raises
+        :class:`StreamClosed` once closed, :class:`TransportError` when reconnecting keeps failing."""
+        wait = self.timeout if timeout is None else timeout
+        deadline = None if wait is None else time.monotonic() + wait
+        while True:
+            if self._closed:
+                raise StreamClosed()
+            if self._connection is None:
+                self._connect(deadline)
+                continue
+            try:
+                raw = self._recv_raw(self._remaining(deadline))
+            except TimeoutError:
+                raise TimeoutError(f"no message from {self._url()} within {wait} s") from None
+            except (ConnectionClosed, OSError) as exc:
+                if self._closed:
+                    raise StreamClosed() from None
+                if (
+                    _closed_for_revoked_key(exc)
+                    and (error := _revoked(self._state, self._key_used, self._client.api_key)) is not None
+                ):
+                    self.close()
+                    raise error from None
+                self._drop(exc, _close_pause(exc) if isinstance(exc, ConnectionClosed) else 0.0)
+                continue
+            try:
+                message = json.loads(raw)
+            except (TypeError, ValueError):
+                continue
+            try:
+                action = self._state.handle(message)
+            except _Reconnect as why:
+                if (error := _revoked(self._state, self._key_used, self._client.api_key)) is not None:
+                    self.close()
+                    raise error from None
+                self._drop(why, why.pause)
+                continue
+            if action == DELIVER:
+                self._failures = 0
+                return message
+
+    def _recv_raw(self, timeout: float | None) -> str | bytes:
+        """One frame of the current connection (tests replace this to lose messages on purpose)."""
+        return self._connection.recv(timeout=timeout)
+
+    def _drop(self, why: BaseException, pause: float) -> None:
+        with self._lock:
+            connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                connection.close()
+        self._pause = pause
+        self._failed(why)
+
+    def _connect(self, deadline: float | None) -> None:
+        from websockets.sync.client import connect
+
+        delay = self._delay()
+        if delay:
+            remaining = self._remaining(deadline)
+            time.sleep(delay if remaining is None else min(delay, remaining))
+            self._remaining(deadline)
+        self._pause = 0.0
+        api_key = self._client.api_key
+        open_timeout = self.open_timeout
+        if deadline is not None:
+            open_timeout = max(0.1, min(open_timeout, deadline - time.monotonic()))
+        try:
+            # Entered as a context manager (websockets 17 warns otherwise); closed by _drop() or close().
+            connection = connect(
+                self._url(),
+                additional_headers=self._headers(api_key),
+                user_agent_header=USER_AGENT,
+                open_timeout=open_timeout,
+                close_timeout=2,
+                max_size=MAX_MESSAGE_BYTES,
+                proxy=None,
+            ).__enter__()
+        except (InvalidHandshake, OSError, TimeoutError) as exc:
+            if _refused_status(exc) is not None and self.connections == 0:
+                self._explain_refusal()
+            self._failed(exc)
+            return
+        with self._lock:
+            if self._closed:
+                connection.close()
+                return
+            self._connection = connection
+        self._key_used = api_key
+        self.connections += 1
+        if self.connections > 1:
+            self.reconnects += 1
+            if self.on_reconnect is not None:
+                self.on_reconnect(self)
+
+    def _explain_refusal(self) -> None:
+        """A refused first handshake: raise the HTTP API's error if it has one (no such market, a bad key)."""
+        if isinstance(self._state, MarketFeedState):
+            self._client.market(self._state.market_id)
+        else:
+            self._client.me()
+
+
+class MarketStream(MarketStreamMixin, Stream):
+    """One market's public feed (sync): see the module's doc."""
+
+
+class PrivateStream(Stream):
+    """The agent's private feed (sync): see the module's doc. Live only."""
+
+
+class AsyncStream(_StreamBase):
+    """A live feed read with the asyncio websockets client; ``async for``, :meth:`recv`, :meth:`close`."""
+
+    def __init__(self, client: AsyncClient, state: MarketFeedState | PrivateFeedState, **options: Any):
+        super().__init__(client.base_url, state, **options)
+        self._client = client
+        self._connection: Any = None
+
+    def __aiter__(self) -> AsyncStream:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        try:
+            return await self.recv()
+        except StreamClosed:
+            raise StopAsyncIteration from None
+
+    async def __aenter__(self) -> AsyncStream:
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop: close the connection; iteration ends (``recv`` raises :class:`StreamClosed`)."""
+        self._closed = True
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await connection.close()
+
+    async def open(self, timeout: float | None = None) -> AsyncStream:
+        """Connect now rather than on the first ``recv``; as :meth:`Stream.open`."""
+        wait = self.timeout if timeout is None else timeout
+        deadline = None if wait is None else time.monotonic() + wait
+        while self._connection is None:
+            if self._closed:
+                raise StreamClosed()
+            await self._connect(deadline)
+        return self
+
+    async def recv(self, timeout: float | None = None) -> dict[str, Any]:
+        """The next message; as :meth:`Stream.recv`."""
+        wait = self.timeout if timeout is None else timeout
+        deadline = None if wait is None else time.monotonic() + wait
+        while True:
+            if self._closed:
+                raise StreamClosed()
+            if self._connection is None:
+                await self._connect(deadline)
+                continue
+            try:
+                raw = await asyncio.wait_for(self._recv_raw(), self._remaining(deadline))
+            except TimeoutError:
+                raise TimeoutError(f"no message from {self._url()} within {wait} s") from None
+            except (ConnectionClosed, OSError) as exc:
+                if self._closed:
+                    raise StreamClosed() from None
+                if (
+                    _closed_for_revoked_key(exc)
+                    and (error := _revoked(self._state, self._key_used, self._client.api_key)) is not None
+                ):
+                    await self.close()
+                    raise error from None
+                await self._drop(exc, _close_pause(exc) if isinstance(exc, ConnectionClosed) else 0.0)
+                continue
+            try:
+                message = json.loads(raw)
+            except (TypeError, ValueError):
+                continue
+            try:
+                action = self._state.handle(message)
+            except _Reconnect as why:
+                if (error := _revoked(self._state, self._key_used, self._client.api_key)) is not None:
+                    await self.close()
+                    raise error from None
+                await self._drop(why, why.pause)
+                continue
+            if action == DELIVER:
+                self._failures = 0
+                return message
+
+    async def _recv_raw(self) -> str | bytes:
+        return await self._connection.recv()
+
+    async def _drop(self, why: BaseException, pause: float) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await connection.close()
+        self._pause = pause
+        self._failed(why)
+
+    async def _connect(self, deadline: float | None) -> None:
+        from websockets.asyncio.client import connect
+
+        delay = self._delay()
+        if delay:
+            remaining = self._remaining(deadline)
+            await asyncio.sleep(delay if remaining is None else min(delay, remaining))
+            self._remaining(deadline)
+        self._pause = 0.0
+        api_key = self._client.api_key
+        open_timeout = self.open_timeout
+        if deadline is not None:
+            open_timeout = max(0.1, min(open_timeout, deadline - time.monotonic()))
+        try:
+            connection = await connect(
+                self._url(),
+                additional_headers=self._headers(api_key),
+                user_agent_header=USER_AGENT,
+                open_timeout=open_timeout,
+                close_timeout=2,
+                max_size=MAX_MESSAGE_BYTES,
+                proxy=None,
+            )
+        except (InvalidHandshake, OSError, TimeoutError) as exc:
+            if _refused_status(exc) is not None and self.connections == 0:
+                await self._explain_refusal()
+            self._failed(exc)
+            return
+        if self._closed:
+            await connection.close()
+            return
+        self._connection = connection
+        self._key_used = api_key
+        self.connections += 1
+        if self.connections > 1:
+            self.reconnects += 1
+            if self.on_reconnect is not None:
+                result = self.on_reconnect(self)
+                if asyncio.iscoroutine(result):
+                    await result
+
+    async def _explain_refusal(self) -> None:
+        if isinstance(self._state, MarketFeedState):
+            await self._client.market(self._state.market_id)
+        else:
+            await self._client.me()
+
+
+class AsyncMarketStream(MarketStreamMixin, AsyncStream):
+    """One market's public feed (asyncio): see the module's doc."""
+
+
+class AsyncPrivateStream(AsyncStream):
+    """The agent's private feed (asyncio): see the module's doc. Live only."""
+
+
+__all__ = [
+    "AsyncMarketStream",
+    "AsyncPrivateStream",
+    "MarketFeedState",
+    "MarketStream",
+    "PrivateStream",
+    "StreamClosed",
+]

@@ -1,0 +1,182 @@
+"""The live feeds against a live server: a market stream yields a snapshot and then every change once, in seq order,
+through dropped connections and lost messages; the private stream gets the agent's fills."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from decimal import Decimal
+
+import pytest
+from moltstreet_client import NotFound, StreamClosed
+from moltstreet_client.models import Fill, Trade
+
+pytestmark = pytest.mark.multiprocess
+
+STEP = 15.0  # seconds any one message may take
+
+
+def read_until_seq(stream, seq: int) -> list[dict]:
+    """Messages until the one with ``seq``."""
+    received = []
+    while stream.last_seq is None or stream.last_seq < seq:
+        received.append(stream.recv(timeout=STEP))
+    return received
+
+
+def seqs(messages: list[dict]) -> list[int]:
+    return [m["seq"] for m in messages if "seq" in m]
+
+
+def test_a_market_stream_yields_the_snapshot_then_book_and_trade_in_seq_order(make_client, market_of):
+    alice, bob = make_client(), make_client()
+    market = market_of(alice)
+    with alice.stream_market(market.id, timeout=STEP) as stream:
+        snapshot = next(stream)
+        assert snapshot["type"] == "snapshot" and snapshot["reason"] == "connect"
+        start = snapshot["seq"]
+        assert snapshot["market"]["id"] == market.id and snapshot["book"] == {"yes": [], "no": []}
+
+        alice.place_order(market.id, "YES", "BUY", "0.60", 10)
+        taking = bob.place_order(market.id, "NO", "BUY", "0.45", 4)
+        end = alice.market(market.id).seq
+        live = read_until_seq(stream, end)
+
+        assert seqs(live) == list(range(start + 1, end + 1))
+        assert {m["type"] for m in live} <= {"book", "trade"}
+        [trade] = [Trade.from_dict(m["trade"]) for m in live if m["type"] == "trade"]
+        assert (trade.id, trade.price, trade.size) == (taking.trades[0].id, Decimal("0.60"), 4)
+        assert stream.book == alice.orderbook(market.id), "the stream's book is the server's at the same seq"
+        assert [(level.price, level.size) for level in stream.book.yes] == [(Decimal("0.60"), 6)]
+    assert stream.closed
+    with pytest.raises(StreamClosed):
+        stream.recv(timeout=1)
+
+
+def test_a_dropped_connection_is_resumed_with_since_and_nothing_is_missed_or_repeated(make_client, market_of):
+    trader = make_client()
+    market = market_of(trader)
+    with trader.stream_market(market.id, timeout=STEP) as stream:
+        start = next(stream)["seq"]
+        trader.place_order(market.id, "YES", "BUY", "0.30", 1)
+        before = read_until_seq(stream, trader.market(market.id).seq)
+
+        # The network fails under the stream; meanwhile the market moves on.
+        stream._connection.socket.shutdown(socket.SHUT_RDWR)
+        for price in ("0.31", "0.32", "0.33"):
+            trader.place_order(market.id, "YES", "BUY", price, 1)
+        end = trader.market(market.id).seq
+        after = read_until_seq(stream, end)
+
+        assert stream.reconnects == 1
+        assert seqs(before + after) == list(range(start + 1, end + 1))
+        assert not any(m["type"] == "snapshot" for m in after), "resumed, not restarted"
+        assert stream.book == trader.orderbook(market.id)
+
+
+def test_a_lost_message_is_noticed_by_its_seq_and_refilled(make_client, market_of):
+    trader = make_client()
+    market = market_of(trader)
+    with trader.stream_market(market.id, timeout=STEP) as stream:
+        start = next(stream)["seq"]
+        # Lose the first message after the snapshot on its way to the stream, as a broken relay would.
+        receive = stream._recv_raw
+        lost = []
+
+        def lossy(timeout):
+            raw = receive(timeout)
+            if not lost:
+                lost.append(raw)
+                return receive(timeout)
+            return raw
+
+        stream._recv_raw = lossy
+        for price in ("0.40", "0.41", "0.42"):
+            trader.place_order(market.id, "NO", "BUY", price, 2)
+        end = trader.market(market.id).seq
+        live = read_until_seq(stream, end)
+
+        assert lost, "a message was dropped on purpose"
+        assert stream.reconnects == 1, "the gap was repaired by reconnecting with since"
+        assert seqs(live) == list(range(start + 1, end + 1))
+        assert stream.book == trader.orderbook(market.id)
+
+
+def test_a_stream_starting_at_since_replays_what_followed(make_client, market_of):
+    trader = make_client()
+    market = market_of(trader)
+    since = trader.market(market.id).seq
+    trader.place_order(market.id, "YES", "BUY", "0.25", 3)
+    end = trader.market(market.id).seq
+    with trader.stream_market(market.id, since=since, timeout=STEP) as stream:
+        replayed = read_until_seq(stream, end)
+    assert seqs(replayed) == list(range(since + 1, end + 1))
+    assert replayed[0]["type"] != "snapshot"
+
+
+def test_a_stream_of_an_unknown_market_raises_not_found(make_client):
+    client = make_client(register=False)
+    with pytest.raises(NotFound), client.stream_market("00000000-0000-4000-8000-000000000000", timeout=STEP) as s:
+        next(s)
+
+
+def test_close_from_another_thread_ends_the_iteration(make_client, market_of):
+    client = make_client()
+    market = market_of(client)
+    stream = client.stream_market(market.id, timeout=STEP)
+    assert next(stream)["type"] == "snapshot"
+    threading.Timer(0.3, stream.close).start()
+    assert list(stream) == []  # blocked waiting, then ended by close()
+
+
+def test_an_idle_stream_times_out_as_asked(make_client, market_of):
+    client = make_client()
+    market = market_of(client)
+    with client.stream_market(market.id) as stream:
+        next(stream)
+        with pytest.raises(TimeoutError):
+            stream.recv(timeout=0.5)
+        client.place_order(market.id, "YES", "BUY", "0.10", 1)
+        assert stream.recv(timeout=STEP)["type"] == "book", "a timeout loses nothing"
+
+
+def test_the_private_stream_gets_the_agents_fill_and_balance(make_client, market_of):
+    alice, bob = make_client(), make_client()
+    market = market_of(alice)
+    with alice.stream_private(timeout=STEP) as feed:
+        feed.open()
+        resting = alice.place_order(market.id, "YES", "BUY", "0.55", 5).order
+        bob.place_order(market.id, "NO", "BUY", "0.50", 5)
+        received = []
+        while not any(m["type"] == "fill" for m in received):
+            received.append(feed.recv())
+        fill = Fill.from_dict(next(m for m in received if m["type"] == "fill")["fill"])
+        assert (fill.order, fill.role, fill.price, fill.fill_price, fill.size) == (
+            resting.id,
+            "maker",
+            Decimal("0.55"),
+            Decimal("0.55"),
+            5,
+        )
+        me = alice.me()
+        while True:
+            message = feed.recv()
+            if message["type"] == "balance" and Decimal(message["balance"]) == me.balance:
+                break
+        assert Decimal(message["locked_balance"]) == me.locked_balance == Decimal("0.00")
+        assert all(m.get("order", {}).get("id") in (None, resting.id) for m in received if m["type"] == "order")
+
+
+def test_the_private_stream_reconnects_after_a_drop(make_client, market_of):
+    alice = make_client()
+    market = market_of(alice)
+    reconnected = []
+    with alice.stream_private(timeout=STEP, on_reconnect=reconnected.append) as feed:
+        feed.open()
+        feed._connection.socket.shutdown(socket.SHUT_RDWR)
+        with pytest.raises(TimeoutError):
+            feed.recv(timeout=1.0)  # notices the drop, reconnects, then nothing to say
+        assert reconnected == [feed] and feed.reconnects == 1
+        order = alice.place_order(market.id, "YES", "BUY", "0.20", 1).order
+        message = feed.recv()
+        assert message["type"] == "order" and message["order"]["id"] == order.id
