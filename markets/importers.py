@@ -252,8 +252,11 @@ def import_forecastbench(
     reopen_days: int | None = None,
     now: datetime | None = None,
     progress: Callable[[str], None] = lambda line: None,
+    counted: Callable[[int, int], None] = lambda done, total: None,
 ) -> ImportReport:
     """Import the market questions of a ForecastBench question set; returns what happened.
+
+    ``progress`` gets a line per question; ``counted(done, total)`` is called after each (for a progress display).
 
     Each question becomes a market (via ``market_import``, no creator, no fee) with its real deadline; a market
     whose deadline has passed is closed with ``close_market(market_id=…)``. With ``resolve``, a question whose real
@@ -272,6 +275,8 @@ def import_forecastbench(
     resolutions = index_resolutions(resolution_rows)
     report = ImportReport(questions=len(questions))
     for number, raw in enumerate(questions, start=1):
+        if number > 1:
+            counted(number - 1, len(questions))
         if isinstance(raw, dict) and raw.get("source") not in MARKET_SOURCES and raw.get("source"):
             report.series += 1
             continue
@@ -293,6 +298,7 @@ def import_forecastbench(
             progress(f"skipped  {label}: {exc}")
             continue
         progress(f"{action:<24} {question.source:<10} {shorten(question.question, 80)}")
+    counted(len(questions), len(questions))
     return report
 
 

@@ -299,3 +299,16 @@ def test_market_import_refuses_bad_input(db, change, message):
     fields = {"question": "Q?", "deadline": timezone.now(), "source": "manifold", "external_id": "q", **change}
     with pytest.raises(InvalidRequest, match=message):
         market_import(**fields)
+
+
+def test_a_long_import_shows_progress_on_stderr_and_ends_with_its_summary(db, files, monkeypatch):
+    import functools
+
+    from moltstreet.progress import Progress
+    from trading.management.commands import import_forecastbench as command
+
+    monkeypatch.setattr(command, "Progress", functools.partial(Progress, interval=0))  # as if each took long
+    out, err = run(*files)
+    assert err.splitlines()[0] == "1/6 questions (16%)"
+    assert err.splitlines()[-1] == "6/6 questions (100%)"
+    assert out.splitlines()[-1].startswith("6 questions: 4 markets created")

@@ -190,3 +190,32 @@ def test_the_scheduler_survives_a_database_error_and_stops_cleanly_on_a_signal(
 def test_run_scheduler_refuses_a_negative_interval(db):
     with pytest.raises(CommandError, match="must not be negative"):
         call_command("run_scheduler", "--interval", "-1", stdout=StringIO())
+
+
+def test_each_successful_pass_touches_the_heartbeat_file_and_a_failed_one_does_not(monkeypatch, settings, tmp_path, db):
+    heartbeat = tmp_path / "scheduler.heartbeat"
+    settings.MOLTSTREET = {**settings.MOLTSTREET, "SCHEDULER_HEARTBEAT": str(heartbeat)}
+    call_command("run_scheduler", "--once")
+    assert heartbeat.exists()
+    beaten = heartbeat.stat().st_mtime_ns
+
+    def down(*args, **kwargs):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(services, "markets_close_due", down)
+    with pytest.raises(CommandError):
+        call_command("run_scheduler", "--once")
+    assert heartbeat.stat().st_mtime_ns == beaten
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# audit
+
+
+def test_audit_reports_each_check_on_stderr_and_ends_with_its_verdict(traded):
+    out, err = StringIO(), StringIO()
+    call_command("audit", stdout=out, stderr=err)
+    steps = err.getvalue().splitlines()
+    assert [line.split(":")[0] for line in steps] == [f"checked {n}/6" for n in range(1, 7)]
+    assert "ledger replay" in steps[3]
+    assert out.getvalue().splitlines()[-1] == "audit clean"

@@ -9,7 +9,8 @@ class Command(BaseCommand):
     help = "Check every invariant of DESIGN section 5 (balances, pairs, money, ledger replay, book, sequences)."
 
     def handle(self, *args, **options):
-        report = run_audit()
+        # A line on stderr after each check (the ledger replay and the sequences read every row).
+        report = run_audit(progress=self.stderr.write if options["verbosity"] >= 1 else None)
         self.stdout.write(report.render())
         if not report.ok:
             raise CommandError(f"audit found {len(report.breaches)} breach(es)")

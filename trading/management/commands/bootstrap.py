@@ -9,6 +9,7 @@ from django.core.management.base import BaseCommand, CommandParser
 
 from markets.importers import import_forecastbench
 from markets.models import Market
+from moltstreet.progress import Progress
 from trading import replay
 from trading.audit import run_audit
 from trading.models import Trade
@@ -63,13 +64,16 @@ class Command(BaseCommand):
             return
         self._forecastbench(data / "forecastbench", options["reopen_days"])
         self._replay(data / "polymarket", options)
-        audit = run_audit()
+        audit = run_audit(progress=self.stderr.write)
         if audit.ok:
             self.stdout.write(self.style.SUCCESS("Audit: all invariants hold."))
         else:
             # Reported loudly but not fatal: the server still starts and `make audit` shows the details.
             self.stderr.write("Audit found breaches:\n" + "\n".join(audit.breaches))
-        self.stdout.write(f"Bootstrap done in {time.monotonic() - started:.0f} s.")
+        self.stdout.write(
+            f"Bootstrap done in {time.monotonic() - started:.0f} s: {Market.objects.count():,} markets, "
+            f"{Trade.objects.count():,} trades, audit {'clean' if audit.ok else f'{len(audit.breaches)} breach(es)'}."
+        )
 
     def _operator(self) -> None:
         username = os.environ.get("MOLTSTREET_ADMIN_USER") or "operator"
@@ -96,6 +100,7 @@ class Command(BaseCommand):
             self.stderr.write(f"No ForecastBench questions and resolutions in {folder}: skipped.")
             return
         self.stdout.write(f"Importing ForecastBench questions from {questions[-1].name} …")
+        tracker = Progress(self.stderr.write, unit="questions", prefix="  ")
         try:
             report = import_forecastbench(
                 questions_path=questions[-1],
@@ -104,6 +109,7 @@ class Command(BaseCommand):
                 resolve_market=market_resolve,
                 resolve=True,
                 reopen_days=reopen_days,
+                counted=tracker.count,
             )
         except ValueError as exc:
             self.stderr.write(f"ForecastBench import failed: {exc}")
@@ -133,7 +139,7 @@ class Command(BaseCommand):
             market_ids=market_ids,
             scale=options["scale"],
             limit=limit,
-            progress=self.stdout.write,
+            progress=self.stderr.write,
         )
         report.malformed = malformed
         self.stdout.write(report.render(limit=5))

@@ -7,6 +7,7 @@ agents <- markets <- trading.
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from markets.importers import import_forecastbench
+from moltstreet.progress import Progress
 from trading.services import market_close, market_resolve
 
 
@@ -36,6 +37,8 @@ class Command(BaseCommand):
         if reopen_days is not None and not 1 <= reopen_days <= 3650:
             raise CommandError("--reopen-days must be between 1 and 3650.")
         verbose = options["verbosity"] >= 2
+        # Progress: a line on stderr every few seconds (`-v 2`: a line per question on stdout instead); `-v 0`: none.
+        tracker = Progress(self.stderr.write, unit="questions")
         try:
             report = import_forecastbench(
                 questions_path=options["questions"],
@@ -44,17 +47,11 @@ class Command(BaseCommand):
                 resolve_market=market_resolve,
                 resolve=options["resolve"],
                 reopen_days=reopen_days,
-                progress=self.stdout.write if verbose else self._dot,
+                progress=self.stdout.write if verbose else lambda line: None,
+                counted=tracker.count if options["verbosity"] == 1 else lambda done, total: None,
             )
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
-        if not verbose:
-            self.stdout.write("")
         for problem in report.problems:
             self.stderr.write(f"skipped {problem}")
         self.stdout.write(self.style.SUCCESS(report.summary()))
-
-    def _dot(self, line: str) -> None:
-        """Progress at normal verbosity: one character per question (``-v 2`` prints a line each)."""
-        self.stdout.write("x" if line.startswith("skipped") else ".", ending="")
-        self.stdout.flush()

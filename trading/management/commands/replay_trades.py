@@ -1,5 +1,7 @@
 """``python manage.py replay_trades <csv> [--scale S] [--url http://host:port] [--limit N]``."""
 
+import time
+
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from trading import replay
@@ -44,6 +46,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **options) -> None:
+        started = time.monotonic()
         try:
             rows, malformed = replay.read_trades(options["csv"])
         except ValueError as exc:
@@ -86,13 +89,17 @@ class Command(BaseCommand):
             scale=scale,
             prefix=prefix,
             limit=limit,
-            progress=self.stdout.write,
+            progress=self.stderr.write,
         )
         report.malformed = malformed
         self.stdout.write(report.render())
+        self.stdout.write(
+            f"Replay done in {time.monotonic() - started:.0f} s: {report.replayed:,} of {report.rows:,} rows "
+            f"replayed, {report.already:,} already, {len(report.failed):,} failed."
+        )
         if url:
             return
-        audit = run_audit()
+        audit = run_audit(progress=self.stderr.write)
         self.stdout.write(audit.render())
         if not audit.ok:
             raise CommandError(f"audit found {len(audit.breaches)} breach(es)")

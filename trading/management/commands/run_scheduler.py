@@ -2,6 +2,8 @@
 
 ``make run`` starts it next to daphne. Each pass calls ``trading.services.markets_close_due`` and
 ``orders_expire_due``; both are idempotent, so running two schedulers at once, or a pass after a crash, is harmless.
+After each pass that succeeded it touches ``MOLTSTREET_SCHEDULER_HEARTBEAT`` (when set): docker-compose.yml's health
+check of the scheduler is that this file is fresh.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import logging
 import signal
 import threading
 import time
+from pathlib import Path
 from types import FrameType
 
 from django.conf import settings
@@ -58,6 +61,7 @@ class Command(BaseCommand):
         if once:
             if not run_pass():
                 raise CommandError("the scheduler pass failed; see the log above")
+            beat()
             return
         self.loop(interval)
 
@@ -76,7 +80,8 @@ class Command(BaseCommand):
         try:
             while not stop.is_set():
                 started = time.monotonic()
-                run_pass()
+                if run_pass():
+                    beat()
                 # Passes start every `interval` seconds; the wait returns at once when a signal arrives.
                 stop.wait(max(0.0, interval - (time.monotonic() - started)))
         except KeyboardInterrupt:
@@ -85,6 +90,17 @@ class Command(BaseCommand):
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             logger.info("scheduler: stopped")
+
+
+def beat() -> None:
+    """Touch the heartbeat file (``MOLTSTREET_SCHEDULER_HEARTBEAT``), if one is set: a pass just succeeded."""
+    path = settings.MOLTSTREET.get("SCHEDULER_HEARTBEAT")
+    if not path:
+        return
+    try:
+        Path(path).touch()
+    except OSError as exc:  # a health check will say so; the exchange's clock must keep running
+        logger.warning("scheduler: cannot touch the heartbeat file %s: %s", path, exc)
 
 
 def run_pass() -> bool:
