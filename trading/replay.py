@@ -27,13 +27,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import re
 import secrets
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -407,97 +402,102 @@ class ApiAgent:
     name: str
     key: str
     id: str
+    client: Any = field(default=None, repr=False)  # its moltstreet_client.Client, authenticated with ``key``
 
 
 class HttpExchange:
-    """Replays through the agent API of a running server, with nothing but the standard library."""
+    """Replays through the agent API of a running server, with the Python SDK (``moltstreet_client``, in
+    ``client/``): one SDK client per agent, all sharing one connection pool.
+
+    The SDK retries 429 and 503 answers as ``Retry-After`` says (at most :attr:`RETRIES` times, waits up to
+    :attr:`MAX_WAIT` seconds) and keys every order with its ``client_order_id``, so a retried order never trades
+    twice. Its error answers become :class:`ApiError`; a server it cannot reach ends the run (:class:`ReplayStop`).
+    """
 
     RETRIES = 5
     MAX_WAIT = 30.0
 
     def __init__(self, base_url: str, *, timeout: float = 30.0) -> None:
-        self.base = base_url.rstrip("/") + "/api/v1"
+        # Imported here: only this HTTP mode needs the SDK, the local replay (and `bootstrap`) runs without it.
+        import httpx
+        from moltstreet_client import Client
+
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"not an HTTP URL: {base_url}")
+        self.base = base_url.rstrip("/")
         self.timeout = timeout
+        self._transport = httpx.HTTPTransport()
+        self._new_client = lambda key=None: Client(
+            self.base,
+            key,
+            timeout=timeout,
+            max_retries=self.RETRIES,
+            max_retry_after=self.MAX_WAIT,
+            transport=self._transport,
+        )
+        self.client = self._new_client()  # no key: registration and the public reads
         self.agents: dict[str, ApiAgent | ApiError] = {}
 
-    def call(
-        self, method: str, path: str, *, key: str | None = None, body: dict | None = None, query: dict | None = None
-    ) -> Any:
-        """One JSON request; retried after 429/503 as ``Retry-After`` says. Raises :class:`ApiError`."""
-        url = self.base + path + (f"?{urllib.parse.urlencode(query)}" if query else "")
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(f"not an HTTP URL: {url}")
-        headers = {"Accept": "application/json"}
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        for attempt in range(self.RETRIES + 1):
-            # The scheme is checked above: only http(s), never file: or others.
-            request = urllib.request.Request(url, data=data, headers=headers, method=method)  # noqa: S310
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
-                    raw = response.read()
-                    return json.loads(raw) if raw else None
-            except urllib.error.HTTPError as exc:
-                raw = exc.read()
-                wait = exc.headers.get("Retry-After") if exc.headers else None
-                if exc.code in (429, 503) and attempt < self.RETRIES and wait is not None:
-                    delay = float(wait) if wait.replace(".", "", 1).isdigit() else 1.0
-                    if delay <= self.MAX_WAIT:
-                        time.sleep(delay)
-                        continue
-                try:
-                    error = json.loads(raw)["error"]
-                except (ValueError, KeyError, TypeError):
-                    error = {"code": f"http_{exc.code}", "message": raw[:200].decode(errors="replace")}
-                raise ApiError(exc.code, error.get("code", ""), error.get("message", ""), error.get("detail")) from exc
-            except urllib.error.URLError as exc:
-                raise ReplayStop(f"cannot reach {self.base}: {exc.reason}") from exc
-        raise AssertionError("unreachable")  # pragma: no cover
+    def _sdk(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``call(*args, **kwargs)`` through the SDK, its errors as :class:`ApiError` / :class:`ReplayStop`."""
+        from moltstreet_client import MoltStreetError as SdkError
+        from moltstreet_client import TransportError
+
+        try:
+            return call(*args, **kwargs)
+        except SdkError as exc:
+            raise ApiError(exc.status or 0, exc.code, exc.message, exc.detail) from exc
+        except TransportError as exc:
+            raise ReplayStop(f"cannot reach {self.base}: {exc.cause or exc}") from exc
+
+    def close(self) -> None:
+        """Close the connections (the shared pool of every agent's client)."""
+        self._transport.close()
 
     def find_market(self, question: str) -> str | None:
-        """The id of the market with exactly this question, via ``GET /markets/?search=``."""
-        page: Any = self.call("GET", "/markets/", query={"search": question})
-        for _ in range(10):
-            for market in page.get("results", []):
-                if market.get("question") == question:
-                    return market["id"]
-            if not page.get("next"):
-                return None
-            path = urllib.parse.urlsplit(page["next"])
-            page = self.call(
-                "GET",
-                path.path.removeprefix(urllib.parse.urlsplit(self.base).path),
-                query=dict(urllib.parse.parse_qsl(path.query)),
-            )
-        return None
+        """The id of the market with exactly this question, via ``GET /markets/?search=`` (its first 10 pages)."""
+
+        def search() -> str | None:
+            pages = self.client.markets(search=question)
+            for market in pages:
+                if pages.pages > 10:
+                    return None
+                if market.question == question:
+                    return market.id
+            return None
+
+        return self._sdk(search)
 
     def agent(self, name: str, description: str) -> ApiAgent:
         if name not in self.agents:
             try:
-                body = self.call("POST", "/agents/", body={"name": name, "description": description})
-                self.agents[name] = ApiAgent(name=body["name"], key=body["api_key"], id=body["id"])
+                registered = self._sdk(self.client.register, name, description)
+                self.agents[name] = ApiAgent(
+                    name=registered.name,
+                    key=registered.api_key,
+                    id=registered.id,
+                    client=self._new_client(registered.api_key),
+                )
             except ApiError as exc:
                 self.agents[name] = exc
+            finally:
+                self.client.api_key = None  # register() signs the shared client in; it stays anonymous
         found = self.agents[name]
         if isinstance(found, ApiError):
             raise found
         return found
 
     def available(self, agent: ApiAgent) -> Decimal:
-        return Decimal(str(self.call("GET", "/agents/me/", key=agent.key)["available_balance"]))
+        return self._sdk(agent.client.me).available_balance
 
     def held(self, agent: ApiAgent, market_id: str, side: str) -> int:
-        page = self.call("GET", "/positions/", key=agent.key, query={"market": market_id})
-        for pos in page.get("results", []):
-            if str(pos.get("market")) == str(market_id):
-                if side == "YES":
-                    return int(pos["yes_shares"]) - int(pos.get("yes_reserved", 0))
-                return int(pos["no_shares"]) - int(pos.get("no_reserved", 0))
-        return 0
+        def first_page() -> int:
+            for pos in agent.client.positions(market=market_id):
+                if pos.market == str(market_id):
+                    return pos.yes_shares - pos.yes_reserved if side == "YES" else pos.no_shares - pos.no_reserved
+            return 0
+
+        return self._sdk(first_page)
 
     def already_replayed(self, agent: ApiAgent, client_order_id: str) -> bool:
         return False  # fresh agents each run; a repeated client_order_id would anyway return the original order
@@ -505,13 +505,21 @@ class HttpExchange:
     def fund(self, agent: ApiAgent, amount: Decimal) -> None:
         """Credits cannot be granted over the API: the liquidity agent lives on its registration grant."""
 
-    def _order(self, agent: ApiAgent, market_id: str, order: dict) -> dict:
-        body = {**order, "market": str(market_id), "price": str(order["price"])}
-        return self.call("POST", "/orders/", key=agent.key, body=body)
+    def _order(self, agent: ApiAgent, market_id: str, order: dict) -> Any:
+        order = dict(order)
+        return self._sdk(
+            agent.client.place_order,
+            str(market_id),
+            order.pop("side"),
+            order.pop("action"),
+            order.pop("price"),
+            order.pop("size"),
+            **order,
+        )
 
     def _cancel(self, agent: ApiAgent, order_id: str) -> None:
         try:
-            self.call("DELETE", f"/orders/{order_id}/", key=agent.key)
+            self._sdk(agent.client.cancel_order, order_id)
         except ApiError as exc:
             if exc.status not in (404, 409):  # 409: already filled, nothing rests
                 raise
@@ -531,17 +539,16 @@ class HttpExchange:
         try:
             taken = self._order(taker_agent, market_id, {**taker, "time_in_force": "IOC"})
         except BaseException:
-            self._cancel(maker_agent, made["order"]["id"])
+            self._cancel(maker_agent, made.order.id)
             raise
         # Cancel whatever of the liquidity order still rests (a better order of another agent may have traded).
-        self._cancel(maker_agent, made["order"]["id"])
-        if not taken["order"]["filled"]:
+        self._cancel(maker_agent, made.order.id)
+        if not taken.order.filled:
             raise RowFailed("the crossing order did not trade")
-        return [(Decimal(str(t["price"])), int(t["size"])) for t in [*made["trades"], *taken["trades"]]]
+        return [(t.price, t.size) for t in [*made.trades, *taken.trades]]
 
     def last_price(self, market_id: str) -> Decimal | None:
-        price = self.call("GET", f"/markets/{market_id}/").get("yes_price")
-        return Decimal(str(price)) if price is not None else None
+        return self._sdk(self.client.market, market_id).yes_price
 
 
 # --------------------------------------------------------------------------------------------------------------------
