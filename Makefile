@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# `make run TRADERS=0`: no house traders (manage.py run_traders) next to the server.
+TRADERS ?= 1
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/moltstreet
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 DATA ?= ../shared/data
@@ -18,7 +20,7 @@ $(STAMP): requirements.txt client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt
-	$(BIN)/pip install --quiet -e ./client
+	$(BIN)/pip install --quiet -e "./client[mcp]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -27,8 +29,11 @@ run: $(STAMP)
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py collectstatic --noinput -v0
 	$(BIN)/python manage.py bootstrap --data $(DATA)
-	$(BIN)/python manage.py run_scheduler & echo $$! > .scheduler.pid; \
-	trap 'kill $$(cat .scheduler.pid) 2>/dev/null; rm -f .scheduler.pid' EXIT INT TERM; \
+	rm -f .traders.pid; $(BIN)/python manage.py run_scheduler & echo $$! > .scheduler.pid; \
+	if [ "$(TRADERS)" != 0 ]; then \
+		$(BIN)/python manage.py run_traders --url http://$(HOST):$(PORT) & echo $$! > .traders.pid; \
+	fi; \
+	trap 'kill $$(cat .scheduler.pid .traders.pid 2>/dev/null) 2>/dev/null; rm -f .scheduler.pid .traders.pid' EXIT INT TERM; \
 	$(BIN)/daphne -v 0 -b $(HOST) -p $(PORT) moltstreet.asgi:application
 
 # Chromium and ChromeDriver for the browser tests: installed with apt-get when missing and we are root, otherwise the

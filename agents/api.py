@@ -36,6 +36,7 @@ class AgentSerializer(serializers.ModelSerializer):
             "brier_count",
             "is_oracle",
             "is_suspended",
+            "is_house",
             "created_at",
         ]
         read_only_fields = fields

@@ -29,6 +29,10 @@ class Agent(models.Model):
     brier_score = models.DecimalField(max_digits=10, decimal_places=6, null=True, blank=True)
     is_oracle = models.BooleanField(default=False, help_text="May resolve markets through the API.")
     is_suspended = models.BooleanField(default=False, help_text="Suspended agents cannot trade.")
+    is_house = models.BooleanField(
+        default=False,
+        help_text="A house trader run by MoltStreet itself (manage.py run_traders): marked on the pages and in the API.",
+    )
     # Risk limits an operator sets in the admin (empty: none beyond the balance). Checked before matching.
     max_position = models.PositiveIntegerField(
         null=True,

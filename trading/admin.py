@@ -441,8 +441,8 @@ class MarketAdmin(ServiceActionsMixin, UUIDSearchMixin, admin.ModelAdmin):
 # --------------------------------------------------------------------------------------------------------------------
 # Agents.
 
-# is_oracle is a permission flag and description is text: neither moves money. Everything else is the services' own.
-AGENT_EDITABLE = ("description", "is_oracle", "max_position", "max_reserved")
+# is_oracle is a permission flag, is_house a label (a demo trader of MoltStreet's own) and description is text: neither moves money. Everything else is the services' own.
+AGENT_EDITABLE = ("description", "is_oracle", "is_house", "max_position", "max_reserved")
 
 
 class GrantCreditsForm(forms.Form):
@@ -472,13 +472,14 @@ class AgentAdmin(ServiceActionsMixin, UUIDSearchMixin, admin.ModelAdmin):
         "brier_score",
         "is_oracle",
         "is_suspended",
+        "is_house",
         "created_at",
     )
-    list_filter = ("is_oracle", "is_suspended")
+    list_filter = ("is_oracle", "is_suspended", "is_house")
     search_fields = ("name",)
     actions = ["suspend_agents", "reinstate_agents", "grant_credits"]
     fieldsets = [
-        (None, {"fields": ("name", "description", "is_oracle", "is_suspended", "created_at", "id")}),
+        (None, {"fields": ("name", "description", "is_oracle", "is_suspended", "is_house", "created_at", "id")}),
         (
             "Money (changed only by trading and the Grant credits action)",
             {"fields": ("balance", "locked_balance", "available", "reputation")},

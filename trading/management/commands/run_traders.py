@@ -1,0 +1,144 @@
+"""``python manage.py run_traders [--url URL] [--makers N] [--noise N] [--momentum N] [--markets N] [--duration S]``.
+
+Runs MoltStreet's house traders (trading/traders.py) against a running server, through the Python SDK. ``make run``
+starts it next to the server (``make run TRADERS=0`` does not). Stops cleanly on SIGINT/SIGTERM: every house trader
+cancels its resting orders, then a summary is printed.
+
+Server side it does only what an operator does in the admin: the house agents register over the API like anyone,
+then are marked ``is_house`` (shown on the pages); on a later start each gets a fresh API key (its older keys are
+revoked) since only key hashes are stored; an agent low on credits is topped up with a ledgered operator
+adjustment (``agents.services.agent_grant_credits``) so the demo never runs dry (docs/decisions.md).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+from decimal import Decimal
+from types import FrameType
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import close_old_connections
+from moltstreet_client import Client, MoltStreetError, TransportError
+
+from agents.models import Agent, ApiKey
+from agents.services import agent_grant_credits, api_key_create, api_key_revoke
+from trading import traders
+
+STRATEGIES = {
+    traders.MAKER: traders.MarketMaker,
+    traders.NOISE: traders.NoiseTrader,
+    traders.MOMENTUM: traders.MomentumTrader,
+}
+
+
+def wait_for_server(url: str, timeout: float) -> None:
+    """Wait until ``GET {url}/api/v1/markets/`` answers (any HTTP status), at most ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    while True:
+        try:
+            opener.open(f"{url}/api/v1/markets/", timeout=2).close()
+            return
+        except urllib.error.HTTPError:
+            return  # the server answers
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                raise CommandError(f"No server answered at {url} within {timeout:.0f} s ({exc}).") from exc
+            time.sleep(0.5)
+
+
+class Command(BaseCommand):
+    help = (
+        "Run the house traders (a market maker, noise traders, a momentum trader) against the server at --url, "
+        "through the SDK like any outside agent, so the demo markets move by themselves. Their agents are marked "
+        "as house traders on the pages. Stops cleanly on SIGINT/SIGTERM, cancelling their resting orders."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--url", default="http://127.0.0.1:8000", help="The server's base URL.")
+        parser.add_argument("--makers", type=int, default=1, help="Market makers (default %(default)s).")
+        parser.add_argument("--noise", type=int, default=3, help="Noise traders (default %(default)s).")
+        parser.add_argument("--momentum", type=int, default=1, help="Momentum traders (default %(default)s).")
+        parser.add_argument("--markets", type=int, default=6, help="Open markets traded, the most traded first.")
+        parser.add_argument("--duration", type=float, default=None, help="Stop after this many seconds.")
+        parser.add_argument("--seed", type=int, default=None, help="Seed of the strategies' random choices.")
+        parser.add_argument("--wait", type=float, default=60.0, help="Seconds to wait for the server to answer.")
+        parser.add_argument("--report-every", type=float, default=60.0, help="Seconds between progress lines.")
+        parser.add_argument(
+            "--top-up",
+            type=Decimal,
+            default=Decimal("500"),
+            help="Credits granted (ledgered operator adjustment) to a house trader whose available balance falls "
+            "below 100; 0 turns top-ups off.",
+        )
+
+    def handle(self, *args, **options) -> None:
+        url = options["url"].rstrip("/")
+        counts = {
+            traders.MAKER: options["makers"],
+            traders.NOISE: options["noise"],
+            traders.MOMENTUM: options["momentum"],
+        }
+        if any(n < 0 for n in counts.values()) or not sum(counts.values()):
+            raise CommandError("Give at least one trader, and no negative counts.")
+        if options["markets"] < 1:
+            raise CommandError("--markets must be at least 1.")
+        wait_for_server(url, options["wait"])
+        team = [self._trader(url, kind, number) for kind, count in counts.items() for number in range(1, count + 1)]
+        amount = options["top_up"]
+
+        def top_up(trader: traders.Trader) -> None:
+            agent = Agent.objects.get(name=trader.name)
+            agent_grant_credits(agent_id=agent.id, amount=amount, memo="house trader top-up")
+            close_old_connections()
+            self.stdout.write(f"{trader.name}: topped up with {amount} credits")
+
+        stop = threading.Event()
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            stop.set()
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, on_signal)
+        desk = traders.Desk(
+            team,
+            markets=options["markets"],
+            seed=options["seed"],
+            top_up=top_up if amount > 0 else None,
+            report=lambda line: self.stdout.write(line),
+        )
+        names = ", ".join(t.name for t in team)
+        self.stdout.write(f"House traders at {url}: {names}. Ctrl-C stops them.")
+        started = time.monotonic()
+        try:
+            desk.run(stop, duration=options["duration"], report_every=options["report_every"])
+        finally:
+            for trader in team:
+                trader.client.close()
+        self.stdout.write(f"Stopped; resting orders cancelled. {desk.summary(time.monotonic() - started)}")
+
+    def _trader(self, url: str, kind: str, number: int) -> traders.Trader:
+        """The house agent ``house-<kind>-<number>`` with an SDK client holding a working API key."""
+        name = f"house-{kind}-{number}"
+        agent = Agent.objects.filter(name__iexact=name).first()
+        if agent is None:
+            client = Client(url)
+            try:
+                client.register(name, traders.DESCRIPTIONS[kind])
+            except (MoltStreetError, TransportError) as exc:
+                raise CommandError(f"Could not register {name}: {exc}") from exc
+            Agent.objects.filter(name=name).update(is_house=True)
+        elif not agent.is_house:
+            raise CommandError(f"The name {name} belongs to an agent that is not a house trader.")
+        else:
+            # Only key hashes are stored: issue a fresh key and revoke the older ones, as an operator would.
+            key, raw = api_key_create(agent=agent)
+            for old in ApiKey.objects.filter(agent=agent, revoked_at__isnull=True).exclude(id=key.id):
+                api_key_revoke(agent=agent, key_id=old.id)
+            client = Client(url, api_key=raw)
+        close_old_connections()
+        return traders.Trader(name=name, kind=kind, client=client, strategy=STRATEGIES[kind]())
