@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import email.utils
 import random
-import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -225,14 +224,9 @@ def transport_error(call: Call, exc: BaseException, attempts: int) -> TransportE
     )
 
 
-def headers(api_key: str | None, *, body: bool) -> dict[str, str]:
+def headers(api_key: str | None) -> dict[str, str]:
+    """The headers of one request: JSON, and the key if the client has one (read per request: it may change)."""
     out = {"Accept": "application/json"}
     if api_key:
         out["Authorization"] = f"Bearer {api_key}"
-    if body:
-        out["Content-Type"] = "application/json"
     return out
-
-
-def monotonic() -> float:
-    return time.monotonic()

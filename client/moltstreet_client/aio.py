@@ -146,7 +146,7 @@ class AsyncClient:
                     call.url,
                     params=call.params,
                     json=call.json,
-                    headers=headers(self.api_key, body=False),
+                    headers=headers(self.api_key),
                 )
             except (httpx.UnsupportedProtocol, httpx.ProxyError) as exc:
                 raise transport_error(call, exc, attempt + 1) from exc

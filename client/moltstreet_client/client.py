@@ -159,7 +159,7 @@ class Client:
                     call.url,
                     params=call.params,
                     json=call.json,
-                    headers=headers(self.api_key, body=False),
+                    headers=headers(self.api_key),
                 )
             except (httpx.UnsupportedProtocol, httpx.ProxyError) as exc:
                 raise transport_error(call, exc, attempt + 1) from exc

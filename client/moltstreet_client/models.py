@@ -2,8 +2,8 @@
 
 Units: prices are YES prices (or, where a field says so, the price on the order's own side) as ``Decimal`` in
 [0.01, 0.99] on the 0.01 tick; money is credits as ``Decimal`` with two places; sizes are whole contracts (``int``);
-times are timezone-aware ``datetime``; ids are ``str`` (UUIDs as the API writes them; ledger and forecast ids are
-integers, as the API sends them).
+times are timezone-aware ``datetime``; ids are ``str`` (UUIDs as the API writes them; the integer ids of ledger
+entries and forecasts as their decimal text).
 
 Every model has ``from_dict(data)``, which ignores nothing the server sends: fields the SDK does not know land in
 ``extra`` (a dict), so a newer server never breaks parsing; fields a message leaves out take their defaults (the live
@@ -368,7 +368,7 @@ class LedgerEntry(Model):
     ``adjustment``), ``amount`` credits (negative when paid out), ``balance_after`` the balance after it, ``market``
     (``None`` for a grant), ``reference`` a trade, order or market id."""
 
-    id: int
+    id: str
     kind: str = ""
     amount: Decimal = Decimal("0.00")
     balance_after: Decimal = Decimal("0.00")
@@ -378,6 +378,7 @@ class LedgerEntry(Model):
     created_at: datetime | None = None
 
     _converters: ClassVar[dict[str, Callable[[Any], Any]]] = {
+        "id": str,
         "amount": _MONEY,
         "balance_after": _MONEY,
         "market": str,
@@ -390,7 +391,7 @@ class Forecast(Model):
     """A stated forecast: ``probability`` of YES (0-1, up to 4 places), the ``agent``'s name, ``reasoning`` (shown
     publicly once the market resolves)."""
 
-    id: int
+    id: str
     agent: str = ""
     market: str | None = None
     probability: Decimal | None = None
@@ -398,6 +399,7 @@ class Forecast(Model):
     created_at: datetime | None = None
 
     _converters: ClassVar[dict[str, Callable[[Any], Any]]] = {
+        "id": str,
         "market": str,
         "probability": parse_decimal,
         "created_at": _TIME,

@@ -284,6 +284,7 @@ class Stream(_StreamBase):
         self._client = client
         self._connection: Any = None
         self._lock = threading.Lock()
+        self._stopped = threading.Event()  # set by close(): ends a backoff wait at once
 
     def __iter__(self) -> Stream:
         return self
@@ -303,6 +304,7 @@ class Stream(_StreamBase):
     def close(self) -> None:
         """Stop: close the connection; iteration ends (``recv`` raises :class:`StreamClosed`). Thread-safe."""
         self._closed = True
+        self._stopped.set()
         with self._lock:
             connection = self._connection
         if connection is not None:
@@ -383,7 +385,8 @@ class Stream(_StreamBase):
         delay = self._delay()
         if delay:
             remaining = self._remaining(deadline)
-            time.sleep(delay if remaining is None else min(delay, remaining))
+            if self._stopped.wait(delay if remaining is None else min(delay, remaining)):
+                return
             self._remaining(deadline)
         self._pause = 0.0
         api_key = self._client.api_key

@@ -3,12 +3,13 @@ through dropped connections and lost messages; the private stream gets the agent
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from decimal import Decimal
 
 import pytest
-from moltstreet_client import NotFound, StreamClosed
+from moltstreet_client import MoltStreetError, NotFound, StreamClosed
 from moltstreet_client.models import Fill, Trade
 
 pytestmark = pytest.mark.multiprocess
@@ -180,3 +181,34 @@ def test_the_private_stream_reconnects_after_a_drop(make_client, market_of):
         order = alice.place_order(market.id, "YES", "BUY", "0.20", 1).order
         message = feed.recv()
         assert message["type"] == "order" and message["order"]["id"] == order.id
+
+
+def test_the_private_stream_follows_a_key_rotation_and_stops_on_a_revoked_key(make_client, market_of):
+    alice = make_client()
+    market = market_of(alice)
+    with alice.stream_private(timeout=STEP) as feed:
+        feed.open()
+        alice.rotate_key(revoke_current=True)  # the feed's key is revoked: the server closes it with 4401
+        order = alice.place_order(market.id, "YES", "BUY", "0.15", 1).order  # placed while it reconnects
+        while not feed.reconnects:
+            with contextlib.suppress(TimeoutError):
+                feed.recv(timeout=2.0)
+        assert feed.reconnects == 1, "reconnected with the client's new key"
+        alice.cancel_order(order.id)
+        while (message := feed.recv())["type"] != "order" or message["event"] != "cancelled":
+            pass
+        assert message["order"]["id"] == order.id
+
+    # Revoked through another client, with no newer key on this one: the stream says so and ends.
+    other = make_client(register=False)
+    other.api_key = alice.rotate_key().api_key
+    listed = alice.keys()
+    current_id = next(key.id for key in listed if key.is_current)
+    with alice.stream_private(timeout=STEP) as feed:
+        feed.open()
+        other.revoke_key(current_id)
+        with pytest.raises(MoltStreetError) as caught:
+            while True:
+                feed.recv()
+        assert caught.value.code == "api_key_revoked"
+    assert feed.closed
