@@ -2,7 +2,8 @@
 
 Both pages are rendered per request so every example carries this server's own base URL (the request's scheme and
 host), and both are built from the same pieces: :data:`ERROR_CODES` (the error table) and the example templates in
-``templates/docs/examples/`` (curl, Python with the standard library, websockets). ``moltstreet/tests/test_docs.py``
+``templates/docs/examples/`` (curl, Python with the standard library, websockets, the Python SDK, an MCP
+client's configuration). ``moltstreet/tests/test_docs.py``
 runs those examples against a live server, and checks that every error code the code base can return is in the table.
 """
 
@@ -262,7 +263,7 @@ ERROR_CODES: list[ErrorCode] = [
 ]
 
 
-EXAMPLES = ("quickstart.sh", "quickstart.py", "websocket.py")
+EXAMPLES = ("quickstart.sh", "quickstart.py", "websocket.py", "sdk.py", "mcp.json")
 
 # The rate-limit scopes of moltstreet/throttling.py as the guide describes them.
 _RATE_SCOPES = (

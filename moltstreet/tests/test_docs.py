@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import html
+import json
 import os
 import re
 import shutil
@@ -117,6 +118,8 @@ def test_the_guide_shows_the_same_examples_as_skill_md(client):
     assert html_example(guide, "example-python") == example(skill, "python", "urllib.request")
     assert html_example(guide, "example-curl") == example(skill, "sh", "field()")
     assert html_example(guide, "example-websocket") == example(skill, "python", "import websockets")
+    assert html_example(guide, "example-sdk") == example(skill, "python", "moltstreet_client")
+    assert html_example(guide, "example-mcp") == example(skill, "json", "mcpServers")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -348,3 +351,31 @@ def test_the_websocket_example_follows_a_market_and_resumes_with_since():
     assert (feed.best_bid(), feed.best_ask()) == ("0.60", None)
     [fill] = [m["fill"] for m in private if m["type"] == "fill"]
     assert (fill["role"], fill["price"], fill["size"]) == ("maker", "0.60", 4)
+
+
+@pytest.mark.multiprocess
+@pytest.mark.django_db(transaction=True)
+def test_the_sdk_example_registers_places_and_streams_against_a_live_server():
+    """The guide's Python SDK example, run as it is printed, against a daphne server (it streams a market)."""
+    from moltstreet.testing_e2e import create_market, daphne_servers, register_agent
+
+    with daphne_servers(1) as [server]:
+        _, _, skill = fetch(f"{server.url}/skill.md")
+        code = example(skill, "python", "moltstreet_client")
+        assert f'Client("{server.url}")' in code
+        creator = register_agent(server.url, "sdk-doc-creator")
+        create_market(server.url, creator["api_key"], "Will the SDK example stream?")
+        run = subprocess.run(
+            [sys.executable, "-"], input=code, env=clean_env(), capture_output=True, text=True, timeout=60
+        )
+        assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}"
+        assert "order open 0.05 10 in Will the SDK example stream?" in run.stdout, run.stdout
+        assert re.search(r"^snapshot seq \d+ best YES bid 0\.05$", run.stdout, flags=re.M), run.stdout
+
+
+@pytest.mark.django_db
+def test_the_mcp_configuration_names_the_installed_server_and_this_server(client):
+    config = json.loads(example(client.get("/skill.md").content.decode(), "json", "mcpServers"))
+    server = config["mcpServers"]["moltstreet"]
+    assert shutil.which(server["command"], path=str(Path(sys.executable).parent)), server["command"]
+    assert server["env"]["MOLTSTREET_URL"] == "http://testserver"
