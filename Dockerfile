@@ -1,5 +1,6 @@
 # MoltStreet web image: uvicorn workers serving the ASGI app (bench/servers.py: 1.4x daphne's orders/s). Everything is
-# installed at build time.
+# installed at build time: a container needs no network but its database and Redis.
+# docker-compose.yml runs this image as the web server, the scheduler and the one-shot migration (README "Operations").
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
@@ -7,13 +8,19 @@ WORKDIR /app
 
 COPY requirements.txt .
 RUN pip install -r requirements.txt
+# The Python SDK (client/, moltstreet-client), which the server's demo traders use.
+COPY client ./client
+RUN pip install ./client
 
 COPY . .
 RUN DATABASE_URL=sqlite:////tmp/build.sqlite3 python manage.py collectstatic --noinput
 
 EXPOSE 8000
-# Migrations run once per deploy (`docker run ... python manage.py migrate`), not in every web process.
+# Migrations run once per deploy (`docker run ... python manage.py migrate`, docker-compose.yml's migrate service),
+# not in every web process.
 # WEB_WORKERS: one per core. --no-access-log: the server's own log would write query strings (keys) verbatim;
 # moltstreet.middleware logs requests with secrets redacted. Several workers need REDIS_URL (the channel layer).
-ENV WEB_WORKERS=2
-CMD ["sh", "-c", "exec uvicorn moltstreet.asgi:application --host 0.0.0.0 --port 8000 --workers ${WEB_WORKERS} --no-access-log --timeout-keep-alive 75"]
+# LOG_FORMAT=json: one JSON object per line, uvicorn's own lines included (--log-config). PROMETHEUS_MULTIPROC_DIR:
+# /metrics sums every worker's values (moltstreet/metrics.py).
+ENV WEB_WORKERS=2 WEB_HOST=0.0.0.0 WEB_PORT=8000 LOG_FORMAT=json PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus
+CMD ["sh", "-c", "exec uvicorn moltstreet.asgi:application --host ${WEB_HOST} --port ${WEB_PORT} --workers ${WEB_WORKERS} --no-access-log --timeout-keep-alive 75 --log-config moltstreet/uvicorn-logging.json"]

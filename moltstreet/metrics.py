@@ -14,10 +14,12 @@ What is measured, and where:
 * ``moltstreet_websocket_connections{feed}``: open live-feed connections (``market``, ``agent``), in
   ``trading.consumers``.
 
-Several server processes (uvicorn ``--workers``): with ``PROMETHEUS_MULTIPROC_DIR`` set to an empty directory
-before they start, each process writes its values to files there and ``/metrics`` (answered by any one of them)
-sums them all (prometheus-client's multiprocess mode); the gauge counts only live processes. Without it, each
-process reports its own values only (right for one daphne or one worker).
+Several server processes (uvicorn ``--workers``): with ``PROMETHEUS_MULTIPROC_DIR`` set (the Dockerfile sets
+``/tmp/prometheus``), each process writes its values to files there and ``/metrics`` (answered by any one of them)
+sums them all (prometheus-client's multiprocess mode). The gauge counts live processes only: a scrape forgets the
+gauges of processes that are gone. Counters of a replaced worker keep adding up; an empty directory (a tmpfs, as
+docker-compose.yml mounts) starts every count from zero. Without the variable, each process reports its own values
+only (right for one daphne process or one worker).
 
 ``/metrics`` answers only clients in ``METRICS_ALLOWED_IPS`` (loopback and private networks by default) or with
 ``Authorization: Bearer <METRICS_TOKEN>``; anyone else gets 403 (docs/decisions.md).
@@ -54,6 +56,21 @@ from moltstreet.errors import error_body
 logger = logging.getLogger(__name__)
 
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def _prepare_multiprocess_dir() -> None:
+    """Create ``PROMETHEUS_MULTIPROC_DIR`` if needed, and remove the files named after this process's id: they are
+    a dead process's (a restarted container reuses ids), whose values must not carry over. Runs before any metric
+    of this process exists."""
+    directory = os.environ.get(MULTIPROC_DIR_ENV)
+    if not directory:
+        return
+    os.makedirs(directory, exist_ok=True)
+    for path in Path(directory).glob(f"*_{os.getpid()}.db"):
+        path.unlink(missing_ok=True)
+
+
+_prepare_multiprocess_dir()
 
 # Seconds. HTTP requests here take from under a millisecond (a cached read) to a few seconds (a lock wait that times
 # out at MOLTSTREET_LOCK_TIMEOUT_MS); an order takes a few milliseconds.

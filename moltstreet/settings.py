@@ -5,6 +5,7 @@ Defaults embed: SQLite (transaction mode IMMEDIATE) and the in-memory channel la
 Redis cache. That is production and the test suite's home (DESIGN section 1).
 """
 
+import logging
 from decimal import Decimal
 from pathlib import Path
 
@@ -222,11 +223,15 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "INFO"},
-        # uvicorn's loggers write through the same handler once Django is set up in a worker.
+        # uvicorn's loggers write through the same handler once Django is set up in a worker. Its access log stays
+        # off whatever its options say (it writes query strings; the request log of moltstreet.middleware does not).
         "uvicorn": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
         "uvicorn.error": {"level": LOG_LEVEL},
+        "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
     },
 }
+# Python's warnings become log lines too (logger py.warnings), rather than raw text between the JSON lines.
+logging.captureWarnings(True)
 
 # --- Operations (README "Operations") ---
 # Seconds /health/ waits for its database and channel-layer checks before answering 503.

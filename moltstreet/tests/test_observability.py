@@ -33,12 +33,15 @@ def log_lines(formatter: logging.Formatter | None = None) -> Iterator[io.StringI
     """What the configured console handler (settings.LOGGING) writes, into a buffer, in JSON unless told."""
     handler = next(h for h in logging.getLogger().handlers if any(isinstance(f, ContextFilter) for f in h.filters))
     stream = io.StringIO()
-    previous_stream, previous_formatter = handler.setStream(stream), handler.formatter
+    # Swapped as attributes: setStream() flushes the old stream, which may be an earlier test's closed capture (a
+    # command run through execute_from_command_line configures logging again).
+    previous_stream, previous_formatter = handler.stream, handler.formatter
+    handler.stream = stream
     handler.setFormatter(formatter or JsonFormatter())
     try:
         yield stream
     finally:
-        handler.setStream(previous_stream)
+        handler.stream = previous_stream
         handler.setFormatter(previous_formatter)
 
 
