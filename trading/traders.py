@@ -319,6 +319,8 @@ class Desk:
         self.markets: list = []
         self.markets_at = float("-inf")
         self.transport_errors = 0
+        self.unwithdrawn: list[Trader] = []
+        self._why: dict[str, Exception] = {}
 
     # What the traders see ------------------------------------------------------------------------------------------
 
@@ -421,7 +423,8 @@ class Desk:
 
     def run(self, stop: Event, *, duration: float | None = None, report_every: float = 30.0) -> Tally:
         """Turns until ``stop`` (a ``threading.Event``) is set or ``duration`` seconds pass; then every trader
-        cancels its resting orders. Returns the total :class:`Tally`."""
+        cancels its resting orders (those whose cancel got no answer are left in ``unwithdrawn``). Returns the
+        total :class:`Tally`."""
         started = self.clock()
         for trader in self.traders:  # spread the first turns over a second
             trader.next_at = started + self.rng.uniform(0, 1)
@@ -447,16 +450,24 @@ class Desk:
             except MoltStreetError as exc:
                 trader.tally.refuse(exc.code)
             self.schedule(trader, self.clock())
-        self.withdraw()
+        self.unwithdrawn = self.withdraw()
         return self.total()
 
-    def withdraw(self) -> None:
-        """Cancel every house trader's resting orders (``POST /orders/cancel-all/``), best effort."""
+    def withdraw(self) -> list[Trader]:
+        """Cancel every house trader's resting orders (``POST /orders/cancel-all/``); returns the traders whose
+        cancel got no answer (the server stopping at the same time, as when Ctrl-C reaches both)."""
+        unanswered: list[Trader] = []
         for trader in self.traders:
+            if any(isinstance(why, TransportError) for why in self._why.values()):
+                unanswered.append(trader)  # the server is gone: no point waiting out the retries again
+                continue
             try:
                 trader.client.cancel_all()
             except (MoltStreetError, TransportError) as exc:
-                self.report(f"{trader.name}: could not cancel its resting orders ({exc})")
+                self.report(f"{trader.name}: the server did not cancel its resting orders ({exc})")
+                self._why[trader.name] = exc
+                unanswered.append(trader)
+        return unanswered
 
     def total(self) -> Tally:
         total = Tally()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import io
 import random
+import threading
 from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 from django.core.management import call_command
 from django.utils import timezone
+from moltstreet_client import TransportError
 
 from agents.models import Agent
 from markets.services import market_create
@@ -128,7 +130,39 @@ def test_run_traders_moves_a_market_through_the_api_and_stops_cleanly(audit_clea
             assert agent.api_keys.filter(revoked_at__isnull=True).count() == 1
         audit_clean()
 
+        # The server stops under them (Ctrl-C under `make run` reaches both): their orders are cancelled anyway.
+        stopper = threading.Timer(4.0, server.stop)
+        stopper.start()
+        gone = io.StringIO()
+        try:
+            call_command("run_traders", url=server.url, duration=7, seed=5, markets=2, stdout=gone)
+        finally:
+            stopper.join()
+        assert "resting orders cancelled directly" in gone.getvalue(), gone.getvalue()
+        assert not Order.objects.filter(agent__in=house, status__in=["open", "partial"]).exists(), gone.getvalue()
+        audit_clean()
 
+
+class _GoneClient:
+    """A client whose server has stopped: every call fails as the SDK fails after its retries."""
+
+    calls = 0
+
+    def cancel_all(self, market=None):
+        _GoneClient.calls += 1
+        raise TransportError("POST /api/v1/orders/cancel-all/: no answer after 4 attempts")
+
+
+def test_a_desk_whose_server_is_gone_hands_back_the_traders_it_could_not_withdraw():
+    team = [traders.Trader(f"house-noise-{n}", traders.NOISE, _GoneClient(), NoiseTrader()) for n in (1, 2, 3)]
+    lines = []
+    desk = traders.Desk(team, report=lines.append)
+    assert desk.withdraw() == team
+    assert _GoneClient.calls == 1, "after the first unanswered cancel the others are not tried over HTTP"
+    assert "did not cancel" in lines[0]
+
+
+@pytest.mark.django_db
 def test_the_house_badge_shows_on_the_leaderboard_and_the_profile(client, make_agent):
     agent = make_agent("house-noise-9")
     Agent.objects.filter(pk=agent.pk).update(is_house=True)

@@ -2,7 +2,8 @@
 
 Runs MoltStreet's house traders (trading/traders.py) against a running server, through the Python SDK. ``make run``
 starts it next to the server (``make run TRADERS=0`` does not). Stops cleanly on SIGINT/SIGTERM: every house trader
-cancels its resting orders, then a summary is printed.
+cancels its resting orders (directly through the service when the server stopped at the same moment), then a
+summary is printed.
 
 Server side it does only what an operator does in the admin: the house agents register over the API like anyone,
 then are marked ``is_house`` (shown on the pages); on a later start each gets a fresh API key (its older keys are
@@ -12,6 +13,7 @@ adjustment (``agents.services.agent_grant_credits``) so the demo never runs dry 
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 import time
@@ -27,6 +29,7 @@ from moltstreet_client import Client, MoltStreetError, TransportError
 from agents.models import Agent, ApiKey
 from agents.services import agent_grant_credits, api_key_create, api_key_revoke
 from trading import traders
+from trading.services import order_cancel_all
 
 STRATEGIES = {
     traders.MAKER: traders.MarketMaker,
@@ -77,6 +80,8 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **options) -> None:
+        # The SDK's httpx logs every request at INFO; the server's own access log already shows them.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         url = options["url"].rstrip("/")
         counts = {
             traders.MAKER: options["makers"],
@@ -119,6 +124,11 @@ class Command(BaseCommand):
         finally:
             for trader in team:
                 trader.client.close()
+        for trader in desk.unwithdrawn:
+            # The server went away with us (Ctrl-C under `make run` stops both): cancel through the service,
+            # as an operator would, so no house order outlives its trader.
+            cancelled = order_cancel_all(agent=Agent.objects.get(name=trader.name))
+            self.stdout.write(f"{trader.name}: {len(cancelled)} resting orders cancelled directly")
         self.stdout.write(f"Stopped; resting orders cancelled. {desk.summary(time.monotonic() - started)}")
 
     def _trader(self, url: str, kind: str, number: int) -> traders.Trader:
