@@ -64,23 +64,15 @@ async def _measure(url: str, market: str, key: str, requests: int) -> dict[str, 
 
 
 def book_shape(url: str, market: str) -> str:
-    """Levels per side and the size of the full book's JSON, from one read."""
+    """Levels per side and the size of the full book's JSON, from one read through the SDK (not timed)."""
+    from moltstreet_client import Client
 
-    async def read() -> tuple[int, bytes]:
-        parts = urlsplit(url)
-        conn = harness.HttpConnection(parts.hostname, parts.port)
-        try:
-            status, content, _ = await conn.request("GET", f"/api/v1/markets/{market}/orderbook/")
-            return status, content
-        finally:
-            conn.close()
-
-    _status, content = asyncio.run(read())
-    book = json.loads(content)
+    with Client(url) as client:
+        book = client.orderbook(market)
+    size = len(json.dumps(book.to_dict(), separators=(",", ":")))
     return (
-        f"{len(book['yes'])} YES levels {book['yes'][0]['price']}..{book['yes'][-1]['price']}, "
-        f"{len(book['no'])} NO levels, best bid {book['best_bid']}, best ask {book['best_ask']}, "
-        f"{len(content):,} bytes"
+        f"{len(book.yes)} YES levels {book.yes[0].price}..{book.yes[-1].price}, "
+        f"{len(book.no)} NO levels, best bid {book.best_bid}, best ask {book.best_ask}, about {size:,} bytes"
     )
 
 
