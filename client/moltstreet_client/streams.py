@@ -63,11 +63,18 @@ class StreamClosed(Exception):
 
 
 class _Reconnect(Exception):
-    """Internal: drop the connection and reconnect after at least ``pause`` seconds."""
+    """Internal: drop the connection and reconnect after at least ``pause`` seconds. ``cause``: what to report if
+    reconnecting keeps failing (the lost connection's exception, or this one)."""
 
-    def __init__(self, why: str, pause: float = 0.0):
+    def __init__(self, why: str, pause: float = 0.0, cause: BaseException | None = None):
         super().__init__(why)
         self.pause = pause
+        self.cause: BaseException = cause if cause is not None else self
+
+    @classmethod
+    def after(cls, exc: BaseException, pause: float) -> _Reconnect:
+        """Reconnect after the connection failed with ``exc``."""
+        return cls(str(exc), pause, cause=exc)
 
 
 def _backoff(failures: int, cap: float = 5.0) -> float:
@@ -249,6 +256,36 @@ class _StreamBase:
     def _delay(self) -> float:
         return max(self._pause, _backoff(self._failures))
 
+    def _lost(self, exc: BaseException) -> _Reconnect | BaseException:
+        """What a lost connection means, the same for both streams: :class:`StreamClosed` if we closed it, the
+        ``api_key_revoked`` error if the server closed it for a revoked key the client still holds, else a
+        :class:`_Reconnect` (after the server's pause, if its close code asked for one)."""
+        if self._closed:
+            return StreamClosed()
+        if _closed_for_revoked_key(exc) and (error := self._revoked()) is not None:
+            return error
+        return _Reconnect.after(exc, _close_pause(exc) if isinstance(exc, ConnectionClosed) else 0.0)
+
+    def _read(self, raw: str | bytes) -> dict[str, Any] | _Reconnect | BaseException | None:
+        """What a received frame means: the message to deliver, ``None`` to skip it (not JSON, or nothing for the
+        caller), a :class:`_Reconnect` (a gap or a server error the feed state repairs by resuming), or the
+        ``api_key_revoked`` error to raise."""
+        try:
+            message = json.loads(raw)
+        except (TypeError, ValueError):
+            return None
+        try:
+            action = self._state.handle(message)
+        except _Reconnect as why:
+            return self._revoked() or why
+        if action != DELIVER:
+            return None
+        self._failures = 0
+        return message
+
+    def _revoked(self) -> MoltStreetError | None:
+        return _revoked(self._state, self._key_used, self._client.api_key)
+
     @staticmethod
     def _remaining(deadline: float | None) -> float | None:
         if deadline is None:
@@ -340,31 +377,17 @@ class Stream(_StreamBase):
             except TimeoutError:
                 raise TimeoutError(f"no message from {self._url()} within {wait} s") from None
             except (ConnectionClosed, OSError) as exc:
-                if self._closed:
-                    raise StreamClosed() from None
-                if (
-                    _closed_for_revoked_key(exc)
-                    and (error := _revoked(self._state, self._key_used, self._client.api_key)) is not None
-                ):
+                outcome = self._lost(exc)
+            else:
+                outcome = self._read(raw)
+            if isinstance(outcome, _Reconnect):
+                self._drop(outcome.cause, outcome.pause)
+            elif isinstance(outcome, BaseException):
+                if not isinstance(outcome, StreamClosed):
                     self.close()
-                    raise error from None
-                self._drop(exc, _close_pause(exc) if isinstance(exc, ConnectionClosed) else 0.0)
-                continue
-            try:
-                message = json.loads(raw)
-            except (TypeError, ValueError):
-                continue
-            try:
-                action = self._state.handle(message)
-            except _Reconnect as why:
-                if (error := _revoked(self._state, self._key_used, self._client.api_key)) is not None:
-                    self.close()
-                    raise error from None
-                self._drop(why, why.pause)
-                continue
-            if action == DELIVER:
-                self._failures = 0
-                return message
+                raise outcome from None
+            elif outcome is not None:
+                return outcome
 
     def _recv_raw(self, timeout: float | None) -> str | bytes:
         """One frame of the current connection (tests replace this to lose messages on purpose)."""
@@ -493,31 +516,17 @@ class AsyncStream(_StreamBase):
             except TimeoutError:
                 raise TimeoutError(f"no message from {self._url()} within {wait} s") from None
             except (ConnectionClosed, OSError) as exc:
-                if self._closed:
-                    raise StreamClosed() from None
-                if (
-                    _closed_for_revoked_key(exc)
-                    and (error := _revoked(self._state, self._key_used, self._client.api_key)) is not None
-                ):
+                outcome = self._lost(exc)
+            else:
+                outcome = self._read(raw)
+            if isinstance(outcome, _Reconnect):
+                await self._drop(outcome.cause, outcome.pause)
+            elif isinstance(outcome, BaseException):
+                if not isinstance(outcome, StreamClosed):
                     await self.close()
-                    raise error from None
-                await self._drop(exc, _close_pause(exc) if isinstance(exc, ConnectionClosed) else 0.0)
-                continue
-            try:
-                message = json.loads(raw)
-            except (TypeError, ValueError):
-                continue
-            try:
-                action = self._state.handle(message)
-            except _Reconnect as why:
-                if (error := _revoked(self._state, self._key_used, self._client.api_key)) is not None:
-                    await self.close()
-                    raise error from None
-                await self._drop(why, why.pause)
-                continue
-            if action == DELIVER:
-                self._failures = 0
-                return message
+                raise outcome from None
+            elif outcome is not None:
+                return outcome
 
     async def _recv_raw(self) -> str | bytes:
         return await self._connection.recv()
