@@ -320,7 +320,6 @@ class Desk:
         self.markets_at = float("-inf")
         self.transport_errors = 0
         self.unwithdrawn: list[Trader] = []
-        self._why: dict[str, Exception] = {}
 
     # What the traders see ------------------------------------------------------------------------------------------
 
@@ -457,15 +456,16 @@ class Desk:
         """Cancel every house trader's resting orders (``POST /orders/cancel-all/``); returns the traders whose
         cancel got no answer (the server stopping at the same time, as when Ctrl-C reaches both)."""
         unanswered: list[Trader] = []
+        server_gone = False
         for trader in self.traders:
-            if any(isinstance(why, TransportError) for why in self._why.values()):
-                unanswered.append(trader)  # the server is gone: no point waiting out the retries again
+            if server_gone:  # no point waiting out the SDK's retries once per trader
+                unanswered.append(trader)
                 continue
             try:
                 trader.client.cancel_all()
             except (MoltStreetError, TransportError) as exc:
                 self.report(f"{trader.name}: the server did not cancel its resting orders ({exc})")
-                self._why[trader.name] = exc
+                server_gone = isinstance(exc, TransportError)
                 unanswered.append(trader)
         return unanswered
 
@@ -480,7 +480,8 @@ class Desk:
         refused = ", ".join(f"{code} {n}" for code, n in sorted(total.refused.items())) or "none"
         return (
             f"{elapsed:.0f} s: {total.orders} orders, {total.trades} trades ({total.contracts} contracts), "
-            f"{total.cancels} cancels in {len(self.markets)} markets; refused: {refused}"
+            f"{total.cancels} cancels in {len(self.markets)} markets; refused: {refused}; "
+            f"turns without a server: {self.transport_errors}"
         )
 
 
