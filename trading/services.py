@@ -492,14 +492,6 @@ def _existing(found: list[Order], client_order_id: str, **params) -> PlaceResult
     return PlaceResult(order=order, trades=list(order.taker_trades.order_by("seq")), created=False)
 
 
-def _after_commit(func: Callable[[], None]) -> None:
-    """Run ``func`` once the caller's transaction commits (at once outside one): counters count committed orders."""
-    if transaction.get_connection().in_atomic_block:
-        transaction.on_commit(func)
-    else:
-        func()
-
-
 def _observed_place(place: Callable[..., PlaceResult]) -> Callable[..., PlaceResult]:
     """``order_place`` with its metrics (``moltstreet.metrics``: duration, orders placed and refused, trades) and its
     log lines carrying ``agent_id``, ``market_id`` and, once known, ``order_id``."""
@@ -531,7 +523,8 @@ def _observed_place(place: Callable[..., PlaceResult]) -> Callable[..., PlaceRes
                         metrics.TRADES.inc(trades)
                         metrics.CONTRACTS.inc(contracts)
 
-                _after_commit(count)
+                # Counters count committed orders; outside a transaction Django runs this at once.
+                transaction.on_commit(count)
             logger.debug(
                 "order %s %s %s %s x%s: %s, %d trade(s)%s",
                 order.id,
