@@ -13,7 +13,10 @@ COPY client ./client
 RUN pip install ./client
 
 COPY . .
-RUN DATABASE_URL=sqlite:////tmp/build.sqlite3 python manage.py collectstatic --noinput
+# A throwaway key for this one command: settings refuse to load without a strong SECRET_KEY when DEBUG is off, and
+# the image must not carry one (each deployment sets its own).
+RUN SECRET_KEY="$(python -c 'import secrets; print(secrets.token_urlsafe(50))')" \
+    DATABASE_URL=sqlite:////tmp/build.sqlite3 python manage.py collectstatic --noinput
 
 EXPOSE 8000
 # Migrations run once per deploy (`docker run ... python manage.py migrate`, docker-compose.yml's migrate service),

@@ -14,7 +14,7 @@ DATA ?= ../shared/data
 CHROMIUM := /usr/bin/chromium
 CHROMEDRIVER := /usr/bin/chromedriver
 
-.PHONY: run test setup browser lint format audit clean
+.PHONY: run test setup local-env browser lint format audit clean
 
 $(STAMP): requirements.txt client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,12 +23,19 @@ $(STAMP): requirements.txt client/pyproject.toml
 	$(BIN)/pip install --quiet -e "./client[mcp]"
 	touch $(STAMP)
 
-setup: $(STAMP)
+setup: $(STAMP) local-env
 
-run: $(STAMP)
+# .env (git-ignored) with this checkout's own SECRET_KEY, written once: with DEBUG off the server refuses to start on
+# a missing, published or short key (moltstreet/settings.py). A SECRET_KEY already in .env is kept.
+local-env:
+	@touch .env; grep -q '^SECRET_KEY=' .env || { \
+		$(PYTHON) -c 'import secrets; print("SECRET_KEY=" + secrets.token_urlsafe(50))' >> .env && \
+		echo "Wrote a new SECRET_KEY to .env (this checkout's own; keep it out of version control)"; }
+
+run: $(STAMP) local-env
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py collectstatic --noinput -v0
-	$(BIN)/python manage.py bootstrap --data $(DATA)
+	$(BIN)/python manage.py bootstrap --data $(DATA) --random-password
 	rm -f .traders.pid; $(BIN)/python manage.py run_scheduler & echo $$! > .scheduler.pid; \
 	if [ "$(TRADERS)" != 0 ]; then \
 		$(BIN)/python manage.py run_traders --url http://$(HOST):$(PORT) & echo $$! > .traders.pid; \
@@ -50,7 +57,7 @@ browser:
 	echo "apt-get install -y chromium chromium-driver" >&2; \
 	exit 1
 
-test: $(STAMP) browser
+test: $(STAMP) local-env browser
 	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
 		$(BIN)/pytest $(PYTEST_ARGS)
 

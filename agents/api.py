@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from drf_spectacular.utils import extend_schema, extend_schema_view
-from rest_framework import filters, mixins, serializers, status, viewsets
+from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from agents.models import Agent, ApiKey, LedgerEntry
 from agents.services import agent_register, api_key_create, api_key_revoke
-from moltstreet.api import IdCursorPagination, IsAgent, Money, StableOrderingFilter, errors
+from moltstreet.api import BoundedSearchFilter, IdCursorPagination, IsAgent, Money, StableOrderingFilter, errors
 from moltstreet.throttling import DEFAULT_THROTTLES, RegisterThrottle
 
 
@@ -103,7 +103,7 @@ class AgentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     lookup_field = "name"
     # No NUL: PostgreSQL text cannot hold it, so a lookup with one would fail in the database (a 500) instead of 404.
     lookup_value_regex = r"[^/\x00]+"
-    filter_backends = [StableOrderingFilter, filters.SearchFilter]
+    filter_backends = [StableOrderingFilter, BoundedSearchFilter]
     ordering_fields = ["reputation", "balance", "brier_score", "created_at", "name"]
     ordering = ["-reputation"]
     search_fields = ["name"]

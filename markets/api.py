@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from django_filters import rest_framework as django_filters
 from drf_spectacular.utils import extend_schema, extend_schema_field, extend_schema_view
-from rest_framework import filters, mixins, serializers, status, viewsets
+from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from markets.models import Forecast, Market
 from markets.services import forecast_record, market_create
-from moltstreet.api import IsAgent, Price, StableOrderingFilter, errors
+from moltstreet.api import BoundedSearchFilter, IsAgent, Price, StableOrderingFilter, errors
 from moltstreet.money import ONE
 
 extend_schema_field_price = extend_schema_field(
@@ -114,7 +114,7 @@ class MarketFilter(django_filters.FilterSet):
 class MarketViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     queryset = Market.objects.select_related("creator")
     serializer_class = MarketSerializer
-    filter_backends = [django_filters.DjangoFilterBackend, filters.SearchFilter, StableOrderingFilter]
+    filter_backends = [django_filters.DjangoFilterBackend, BoundedSearchFilter, StableOrderingFilter]
     filterset_class = MarketFilter
     search_fields = ["question", "description"]
     ordering_fields = ["created_at", "deadline", "volume"]

@@ -180,12 +180,16 @@ def forecast_record(*, agent: Agent, market_id: uuid.UUID, probability: Any, rea
     """Record the agent's stated probability of YES without trading (DESIGN 4a).
 
     Raises :class:`NotFound` for an unknown market, :class:`MarketClosed` once trading has closed (only forecasts made
-    before close count), :class:`InvalidRequest` for a probability outside [0, 1].
+    before close count), :class:`InvalidRequest` for a probability outside [0, 1], :class:`AgentSuspended` for a
+    suspended agent (a forecast counts for its Brier score as much as a trade does for its reputation).
     """
     probability = parse_probability(probability)
     # The market lock orders this against closing: a forecast either lands before the close or is refused.
     market = lock_market(market_id)
     ensure_tradable(market)
+    # Then the agent (DESIGN section 6 lock order): suspension sets its flag under this lock, so no forecast slips past.
+    if lock_agents([agent.id])[agent.id].is_suspended:
+        raise AgentSuspended("This agent is suspended and cannot state forecasts.", detail={"agent": agent.name})
     return Forecast.objects.create(agent=agent, market=market, probability=probability, reasoning=reasoning or "")
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from django.conf import settings
 from drf_spectacular.utils import OpenApiResponse, inline_serializer
 from rest_framework import filters, permissions, serializers
 
-from moltstreet.errors import error_body
+from moltstreet.errors import InvalidRequest, error_body
 from moltstreet.pagination import CheckedCursorPagination
 
 
@@ -81,12 +82,41 @@ class StableOrderingFilter(filters.OrderingFilter):
 
     def get_ordering(self, request, queryset, view):
         ordering = super().get_ordering(request, queryset, view)
+        if ordering:
+            # Each field once (the first mention wins): ``?ordering=volume,volume,…`` must not grow the ORDER BY.
+            once: dict[str, str] = {}
+            for field in ordering:
+                once.setdefault(field.lstrip("-"), field)
+            ordering = list(once.values())
         if ordering and not any(field.lstrip("-") in ("id", "pk") for field in ordering):
             ordering = [*ordering, "id"]
         return ordering
 
 
+class BoundedSearchFilter(filters.SearchFilter):
+    """DRF's ``?search=`` with a bound on its cost: at most ``SEARCH_MAX_TERMS`` terms (5) and ``SEARCH_MAX_LENGTH``
+    characters (200); beyond either, 400 ``invalid_request``. Each term is a case-insensitive substring match on
+    every search field, so an unbounded list of terms made one request cost hundreds of milliseconds."""
+
+    def get_search_terms(self, request) -> list[str]:
+        limits = settings.MOLTSTREET
+        value = request.query_params.get(self.search_param, "")
+        if len(value) > limits["SEARCH_MAX_LENGTH"]:
+            raise InvalidRequest(
+                f"search must be at most {limits['SEARCH_MAX_LENGTH']} characters.",
+                detail={"search": value[:40], "length": len(value), "limit": limits["SEARCH_MAX_LENGTH"]},
+            )
+        terms = super().get_search_terms(request)
+        if len(terms) > limits["SEARCH_MAX_TERMS"]:
+            raise InvalidRequest(
+                f"search takes at most {limits['SEARCH_MAX_TERMS']} terms.",
+                detail={"terms": len(terms), "limit": limits["SEARCH_MAX_TERMS"]},
+            )
+        return terms
+
+
 __all__ = [
+    "BoundedSearchFilter",
     "ErrorSerializer",
     "IdCursorPagination",
     "IsAgent",

@@ -21,7 +21,7 @@ gauges of processes that are gone. Counters of a replaced worker keep adding up;
 docker-compose.yml mounts) starts every count from zero. Without the variable, each process reports its own values
 only (right for one daphne process or one worker).
 
-``/metrics`` answers only clients in ``METRICS_ALLOWED_IPS`` (loopback and private networks by default) or with
+``/metrics`` answers only clients in ``METRICS_ALLOWED_IPS`` (loopback only by default) or with
 ``Authorization: Bearer <METRICS_TOKEN>``; anyone else gets 403 (docs/decisions.md).
 """
 
@@ -49,8 +49,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from rest_framework.throttling import BaseThrottle
 
+from moltstreet.clients import request_address
 from moltstreet.errors import error_body
 
 logger = logging.getLogger(__name__)
@@ -128,18 +128,6 @@ def _networks(entries: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddre
     return tuple(ipaddress.ip_network(entry.strip(), strict=False) for entry in entries if entry.strip())
 
 
-def client_ip(request: HttpRequest) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The client's address as the rate limits see it (``REMOTE_ADDR``, or ``X-Forwarded-For`` behind
-    ``TRUSTED_PROXIES`` proxies); ``None`` when it is not an IP address."""
-    try:
-        address = ipaddress.ip_address(BaseThrottle().get_ident(request).strip())
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
-
-
 def metrics_allowed(request: HttpRequest) -> bool:
     """Whether ``request`` may read ``/metrics``: its bearer token is ``METRICS_TOKEN`` (when set), or its client IP
     is in ``METRICS_ALLOWED_IPS``."""
@@ -148,7 +136,7 @@ def metrics_allowed(request: HttpRequest) -> bool:
         scheme, _, value = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
         if scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode()):
             return True
-    address = client_ip(request)
+    address = request_address(request)
     return address is not None and any(address in net for net in _networks(tuple(settings.METRICS_ALLOWED_IPS)))
 
 

@@ -6,6 +6,7 @@ Redis cache. That is production and the test suite's home (DESIGN section 1).
 """
 
 import logging
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -20,10 +21,66 @@ if (BASE_DIR / ".env").exists():
     environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 DEBUG = env.bool("DEBUG", default=False)
-# The default key only suits a local play-money run; production sets SECRET_KEY.
-SECRET_KEY = env("SECRET_KEY", default="moltstreet-insecure-local-development-key-change-me")
+
+
+def _checked_secret_key(name: str, key: str) -> str:
+    """``key`` if it is fit to sign sessions, CSRF tokens and messages: Django's own test (``check --deploy``
+    W009): at least 50 characters, at least 5 different ones, not a ``django-insecure-`` key, and none of the
+    placeholders this repository ever shipped. Raises ImproperlyConfigured otherwise: a server must never run on a
+    key anyone can read (a forged ``messages`` cookie is rendered on the admin's login page)."""
+    from django.core.checks.security.base import (
+        SECRET_KEY_INSECURE_PREFIX,
+        SECRET_KEY_MIN_LENGTH,
+        SECRET_KEY_MIN_UNIQUE_CHARACTERS,
+    )
+    from django.core.exceptions import ImproperlyConfigured
+
+    published = {"moltstreet-insecure-local-development-key-change-me", "change-me-to-a-long-random-string"}
+    if (
+        len(key) < SECRET_KEY_MIN_LENGTH
+        or len(set(key)) < SECRET_KEY_MIN_UNIQUE_CHARACTERS
+        or key.startswith(SECRET_KEY_INSECURE_PREFIX)
+        or key in published
+    ):
+        raise ImproperlyConfigured(
+            f"{name} is missing, published or too weak ({len(key)} characters). With DEBUG off MoltStreet needs "
+            f"a random key of at least {SECRET_KEY_MIN_LENGTH} characters: "
+            "python3 -c 'import secrets; print(secrets.token_urlsafe(50))'. `make run` writes one to .env."
+        )
+    return key
+
+
+# With DEBUG on (a developer's own machine) a missing key falls back to a throwaway one; with DEBUG off the server
+# refuses to start without a strong SECRET_KEY (`make run` generates one into .env once). SECRET_KEY_FALLBACKS:
+# older keys still accepted while rotating (comma-separated), held to the same test.
+SECRET_KEY = env("SECRET_KEY", default="")
+SECRET_KEY_FALLBACKS = env.list("SECRET_KEY_FALLBACKS", default=[])
+if DEBUG:
+    SECRET_KEY = SECRET_KEY or "django-insecure-debug-only-" + "x" * 40
+else:
+    SECRET_KEY = _checked_secret_key("SECRET_KEY", SECRET_KEY)
+    SECRET_KEY_FALLBACKS = [_checked_secret_key("SECRET_KEY_FALLBACKS", key) for key in SECRET_KEY_FALLBACKS]
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+# How many proxies in front of the server append to X-Forwarded-For; 0 trusts only the socket's address, so a client
+# cannot pick its own address (and a fresh per-address budget) by sending the header (moltstreet/clients.py).
+TRUSTED_PROXIES = env.int("TRUSTED_PROXIES", default=0)
+
+# --- HTTPS (README "Operations": what to set before going live) ---
+# Production is served over HTTPS by a proxy in front of the server. These are off by default so that `make run`
+# and the test suite work over plain HTTP on loopback; docker-compose.yml and .env.example turn them on, and
+# `manage.py check --deploy` is then clean (moltstreet/tests/test_deploy.py).
+# SECURE_PROXY_SSL_HEADER=true: the proxy sets X-Forwarded-Proto (https or http) on every request it forwards and
+# strips it from clients; only then may the server trust it.
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env.bool("SECURE_PROXY_SSL_HEADER", False) else None
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
+# Health checks and the metrics scraper reach a server directly, over plain HTTP inside its own network.
+SECURE_REDIRECT_EXEMPT = [r"^health/$", r"^metrics$"]
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=False)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=False)
 
 INSTALLED_APPS = [
     "daphne",
@@ -38,7 +95,11 @@ INSTALLED_APPS = [
     "rest_framework",
     "django_filters",
     "drf_spectacular",
+    # swagger-ui served from this package at /api/docs/ rather than a CDN
+    "drf_spectacular_sidecar",
     "channels",
+    # the admin's login lockout
+    "axes",
     "agents",
     "markets",
     "trading",
@@ -54,6 +115,10 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Content-Security-Policy on every response (CONTENT_SECURITY_POLICY below)
+    "csp.middleware.CSPMiddleware",
+    # Last, as django-axes asks: turns a locked-out login into its 429 answer.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "moltstreet.urls"
@@ -139,6 +204,19 @@ else:
 # The largest request body read (bytes). A bigger one is refused with 413 request_too_large before it is parsed.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("MAX_REQUEST_BODY_BYTES", default=128 * 1024)
 
+# --- Operators' logins (the admin) ---
+# django-axes counts failed logins per client address and per username (either one locks: an attacker can neither
+# spray one account from many addresses nor many accounts from one); past ADMIN_LOGIN_FAILURE_LIMIT failures the
+# login is refused with 429 for ADMIN_LOGIN_COOLOFF_MINUTES, the right password included. `manage.py axes_reset`
+# lifts a lockout. Axes goes first among the backends, as its documentation requires.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env.int("ADMIN_LOGIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.float("ADMIN_LOGIN_COOLOFF_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = ["ip_address", "username"]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "moltstreet.clients.axes_client_ip"
+AXES_VERBOSE = False
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -166,7 +244,7 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["agents.authentication.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["moltstreet.parsers.JSONParser"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_PAGINATION_CLASS": "moltstreet.pagination.CreatedCursorPagination",
     "PAGE_SIZE": 50,
@@ -180,9 +258,8 @@ REST_FRAMEWORK = {
         "moltstreet.throttling.AgentReadThrottle",
         "moltstreet.throttling.AgentWriteThrottle",
     ],
-    # How many proxies in front of the server append to X-Forwarded-For; 0 trusts only the socket's address, so a
-    # client cannot pick its own IP (and a fresh per-IP budget) by sending the header.
-    "NUM_PROXIES": env.int("TRUSTED_PROXIES", default=0),
+    # The throttles count by moltstreet.clients' address (TRUSTED_PROXIES above); DRF's own reading agrees.
+    "NUM_PROXIES": TRUSTED_PROXIES,
 }
 
 SPECTACULAR_SETTINGS = {
@@ -194,6 +271,12 @@ SPECTACULAR_SETTINGS = {
     ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # swagger-ui's files from the drf-spectacular-sidecar package, served by this server (no CDN, nothing fetched
+    # from another origin), and its start-up script as a file of its own (SpectacularSwaggerSplitView), so the
+    # Content-Security-Policy needs no inline script.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     # The common error responses, request fields stated as the services accept them, and links (moltstreet/schema.py).
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "moltstreet.schema.document_errors"],
@@ -230,6 +313,25 @@ LOGGING = {
         "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
     },
 }
+# Content-Security-Policy (django-csp) of every page: scripts, styles, images, fonts and connections (the live
+# feed's websockets included: 'self' covers ws: and wss: of the same host) only from this origin; no inline script
+# or style, no plugins, no framing, forms only to this origin. The spectator pages, the agent guide, the API docs
+# and the admin run under it (trading/tests/test_browser.py checks the browser reports no violation).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "font-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
+
 # Python's warnings become log lines too (logger py.warnings), rather than raw text between the JSON lines.
 logging.captureWarnings(True)
 
@@ -237,11 +339,11 @@ logging.captureWarnings(True)
 # Seconds /health/ waits for its database and channel-layer checks before answering 503.
 HEALTH_CHECK_TIMEOUT = env.float("HEALTH_CHECK_TIMEOUT", default=2.0)
 # Who may read /metrics: clients whose address (as the rate limits see it, TRUSTED_PROXIES) is in one of these
-# networks, or that send `Authorization: Bearer <METRICS_TOKEN>` when it is set. Default: loopback and private nets.
-METRICS_ALLOWED_IPS = env.list(
-    "METRICS_ALLOWED_IPS",
-    default=["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"],
-)
+# networks, or that send `Authorization: Bearer <METRICS_TOKEN>` when it is set. Default: loopback only. Private
+# networks are not trusted by default: 172.16.0.0/12 holds Docker's bridge networks, so every container on the host
+# (and, behind a proxy without TRUSTED_PROXIES, every client) would come from a trusted address. A Prometheus in
+# another container sends the token, or its own address is listed here.
+METRICS_ALLOWED_IPS = env.list("METRICS_ALLOWED_IPS", default=["127.0.0.0/8", "::1/128"])
 METRICS_TOKEN = env("METRICS_TOKEN", default="")
 
 # --- MoltStreet rules (DESIGN section 2 and 6) ---
@@ -281,4 +383,17 @@ MOLTSTREET = {
     # Seconds a commit may spend handing its messages to the channel layer before giving up (logged, never raised),
     # and a websocket handshake may wait to join its group (past that it is refused: Redis is down or stuck).
     "LIVE_PUBLISH_TIMEOUT": env.float("MOLTSTREET_LIVE_PUBLISH_TIMEOUT", default=2.0),
+    # Websockets per client address (moltstreet/clients.py): open at once in one server process, and handshakes in
+    # a sliding window (a DRF rate string, counted in the cache across processes; empty turns it off). Past either,
+    # the connection is accepted only to say why (an `error` message) and closed with 4429.
+    "WEBSOCKETS_PER_ADDRESS": env.int("MOLTSTREET_WEBSOCKETS_PER_ADDRESS", default=50),
+    "WEBSOCKET_HANDSHAKE_RATE": env("MOLTSTREET_WEBSOCKET_HANDSHAKE_RATE", default="60/min"),
+    # The API's `search` parameter: at most this many terms and characters (400 invalid_request beyond).
+    "SEARCH_MAX_TERMS": env.int("MOLTSTREET_SEARCH_MAX_TERMS", default=5),
+    "SEARCH_MAX_LENGTH": env.int("MOLTSTREET_SEARCH_MAX_LENGTH", default=200),
+    # Hours an oracle's proposed resolution waits for disputes before it becomes final and pays (DESIGN section 4).
+    "RESOLUTION_DISPUTE_HOURS": env.float("RESOLUTION_DISPUTE_HOURS", default=24.0),
+    # Agents registered from one address (an IPv4 address, an IPv6 /64) within this many hours of each other are
+    # linked: their trades with each other earn no rank (DESIGN section 4a, docs/decisions.md).
+    "LINK_WINDOW_HOURS": env.float("MOLTSTREET_LINK_WINDOW_HOURS", default=24.0),
 }

@@ -13,9 +13,13 @@ scope                     applies to                                 counted per
 ========================  =========================================  ==========================  ===========
 
 Over budget: HTTP 429 ``rate_limited`` with ``Retry-After`` (seconds until the oldest counted request leaves the
-window; DRF's sliding-window ``SimpleRateThrottle``). The client IP is ``REMOTE_ADDR`` unless ``TRUSTED_PROXIES``
-says how many proxies in front of us append to ``X-Forwarded-For`` (an untrusted header would let anyone pick their
-own IP, and with it a fresh budget).
+window; DRF's sliding-window ``SimpleRateThrottle``). The client is its address as :mod:`moltstreet.clients` reads
+it (``REMOTE_ADDR`` unless ``TRUSTED_PROXIES``; an IPv6 client by its /64).
+
+A request with a wrong or revoked key is anonymous to the throttles (authentication fails before they run), so
+``agents.authentication`` charges each failed authentication to its address's ``anon`` budget itself
+(:func:`charge_failed_authentication`): guessing keys costs the same budget as any anonymous request, and past it
+the answer is 429, not another database lookup.
 
 A throttle is protection, not bookkeeping: if the cache is unreachable the request is let through and the failure is
 logged, so an outage of Redis never stops trading (issue 4, "Redis stopped: trading goes on").
@@ -26,7 +30,10 @@ from __future__ import annotations
 import logging
 
 from django.conf import settings
+from rest_framework.exceptions import Throttled
 from rest_framework.throttling import SimpleRateThrottle
+
+from moltstreet.clients import request_network
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +61,10 @@ class _Throttle(SimpleRateThrottle):
         except Exception as exc:  # the cache (Redis) is down: let the request through rather than fail it
             logger.warning("rate limit %s not checked, cache unavailable: %s", self.scope, exc.__class__.__name__)
             return True
+
+    def get_ident(self, request) -> str:
+        """The client's address as every per-address rule counts it (:func:`moltstreet.clients.request_network`)."""
+        return request_network(request)
 
     def parse_rate(self, rate):
         """``"<n>/<period>"`` where period starts with s, m, h or d (``"600/min"``, ``"20/hour"``)."""
@@ -109,3 +120,18 @@ class RegisterThrottle(_Throttle):
 
 
 DEFAULT_THROTTLES = [AnonThrottle, AgentReadThrottle, AgentWriteThrottle]
+
+
+class FailedAuthenticationThrottle(AnonThrottle):
+    """A request whose API key was refused, counted against its address's anonymous budget (``anon``)."""
+
+    def get_cache_key(self, request, view):
+        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+
+
+def charge_failed_authentication(request) -> None:
+    """Count a failed authentication against the address's ``anon`` budget; raises DRF's ``Throttled`` (429
+    ``rate_limited`` with ``Retry-After``) once the budget is spent, so the caller answers that instead of 401."""
+    throttle = FailedAuthenticationThrottle()
+    if not throttle.allow_request(request, None):
+        raise Throttled(wait=throttle.wait())

@@ -517,7 +517,9 @@ class MarketTradingViewSet(viewsets.GenericViewSet):
     @extend_schema(
         summary="Order book",
         parameters=[
-            OpenApiParameter("depth", {"type": "integer", "minimum": 1}, description="Levels per side (default all).")
+            OpenApiParameter(
+                "depth", {"type": "integer", "minimum": 1, "maximum": 999}, description="Levels per side (default all)."
+            )
         ],
         responses={200: OrderBookSerializer, **errors(404)},
         description="Aggregated resting size per price, best first: `yes` are YES bids at YES prices, `no` are NO "
@@ -526,8 +528,9 @@ class MarketTradingViewSet(viewsets.GenericViewSet):
     @action(detail=True, methods=["get"])
     def orderbook(self, request, pk=None):
         depth = request.query_params.get("depth")
-        if depth is not None and (not depth.isdigit() or int(depth) < 1):
-            raise InvalidRequest("depth must be a positive whole number.", detail={"depth": depth})
+        # ASCII digits only: str.isdigit() also accepts "²", which int() refuses; a book has at most 99 levels a side.
+        if depth is not None and not (depth.isascii() and depth.isdigit() and len(depth) <= 3 and int(depth) >= 1):
+            raise InvalidRequest("depth must be a whole number from 1 to 999.", detail={"depth": depth})
         return Response(selectors.book_levels(self.get_object(), int(depth) if depth else None))
 
     @extend_schema(

@@ -104,7 +104,7 @@ def parse_size(value: Any) -> int:
     """Whole contracts from 1 to ``MAX_ORDER_SIZE``; raises :class:`InvalidRequest` (code ``invalid_size``)."""
     limit = settings.MOLTSTREET["MAX_ORDER_SIZE"]
     if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, str) and value.strip().isdigit():
+        if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit() and len(value) < 20:
             value = int(value.strip())
         else:
             raise InvalidRequest(

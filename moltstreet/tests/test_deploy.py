@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shlex
 import shutil
 import signal
@@ -123,6 +124,64 @@ def test_every_setting_and_compose_variable_is_in_env_example():
     read |= set(dockerfile_env()) - {"PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "PIP_NO_CACHE_DIR"}
     read |= set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", COMPOSE.read_text()))
     assert read - env_example_names() == set(), ".env.example misses these"
+
+
+def compose_environment(service: str = "web") -> dict[str, str]:
+    """A service's environment as compose resolves it from an empty shell: each ``${NAME:-default}`` its default,
+    ``SECRET_KEY`` (which has none) a fresh strong key."""
+    resolved = {}
+    for name, value in compose()["services"][service]["environment"].items():
+        resolved[name] = re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", str(value))
+    resolved["SECRET_KEY"] = secrets.token_urlsafe(50)
+    return resolved
+
+
+def run_check_deploy(env: dict[str, str]) -> subprocess.CompletedProcess:
+    base = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp")}
+    return subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=BASE_DIR,
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_check_deploy_is_clean_with_the_production_settings_of_the_compose_file():
+    production = compose_environment()
+    assert production["DEBUG"] == "false"
+    checked = run_check_deploy(production)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "System check identified no issues" in checked.stdout, checked.stdout
+
+    # The check itself sees what production must set: served over plain HTTP, it warns (W008, W012, W016, W004).
+    plain = {
+        **production,
+        "SECURE_SSL_REDIRECT": "false",
+        "SESSION_COOKIE_SECURE": "false",
+        "CSRF_COOKIE_SECURE": "false",
+        "SECURE_HSTS_SECONDS": "0",
+    }
+    warned = run_check_deploy(plain)
+    assert warned.returncode != 0
+    assert {"security.W004", "security.W008", "security.W012", "security.W016"} <= set(
+        re.findall(r"security\.W\d+", warned.stdout + warned.stderr)
+    )
+
+
+def test_the_server_refuses_to_start_with_debug_off_on_a_missing_published_or_short_secret_key():
+    production = compose_environment()
+    for key in ("", "moltstreet-insecure-local-development-key-change-me", "change-me-to-a-long-random-string",
+                "short-key", "a" * 60, "django-insecure-" + secrets.token_urlsafe(50)):  # fmt: skip
+        refused = run_check_deploy({**production, "SECRET_KEY": key})
+        assert refused.returncode != 0, key
+        assert "ImproperlyConfigured" in refused.stderr and "SECRET_KEY" in refused.stderr, refused.stderr[-500:]
+    # A weak key among the fallbacks is refused as well.
+    refused = run_check_deploy({**production, "SECRET_KEY_FALLBACKS": "old-short-key"})
+    assert "SECRET_KEY_FALLBACKS" in refused.stderr
+    # With DEBUG on (a developer's machine) a missing key is allowed.
+    assert run_check_deploy({**production, "SECRET_KEY": "", "DEBUG": "true"}).stderr.count("ImproperlyConfigured") == 0
 
 
 def _compose_cli() -> list[str] | None:

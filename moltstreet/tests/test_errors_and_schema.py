@@ -363,11 +363,17 @@ def test_the_openapi_schema_is_served_as_json(db):
     assert {"market", "side", "action", "price", "size"} <= set(order_input["required"])
 
 
-def test_the_api_docs_page_is_served(db):
-    response = api_client().get("/api/docs/")
+def test_the_api_docs_page_is_served_from_this_server_alone(db):
+    client = api_client()
+    response = client.get("/api/docs/")
 
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/html")
     page = response.content.decode()
     assert "swagger" in page.lower()
-    assert "/api/schema/" in page
+    # swagger-ui from the package (drf-spectacular-sidecar), not a CDN at @latest; its start-up script a file too.
+    sources = re.findall(r'(?:src|href)="([^"]+)"', page)
+    assert sources and all(src.startswith("/") for src in sources), sources
+    assert all(client.get(src).status_code == 200 for src in sources if "static" in src)
+    script = client.get("/api/docs/?script=")
+    assert script.status_code == 200 and "/api/schema/" in script.content.decode()

@@ -140,7 +140,11 @@ def test_metrics_count_requests_by_route_not_by_path(client, market):
 
 @pytest.mark.django_db
 def test_metrics_are_refused_to_a_public_address_unless_it_has_the_token(client, settings):
-    assert client.get("/metrics", REMOTE_ADDR="10.1.2.3").status_code == 200  # a private network (Prometheus)
+    assert client.get("/metrics").status_code == 200  # loopback
+    # Private networks only when listed: 172.17.0.0/16 is Docker's default bridge, any container on the host.
+    assert client.get("/metrics", REMOTE_ADDR="172.17.0.5").status_code == 403
+    settings.METRICS_ALLOWED_IPS = ["127.0.0.0/8", "10.0.0.0/8"]
+    assert client.get("/metrics", REMOTE_ADDR="10.1.2.3").status_code == 200  # a Prometheus on a listed network
     refused = client.get("/metrics", REMOTE_ADDR="203.0.113.7")
     assert refused.status_code == 403
     assert refused.json()["error"]["code"] == "permission_denied"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -329,9 +330,10 @@ def test_bootstrap_creates_the_operator_imports_the_real_data_once(db, monkeypat
     monkeypatch.delenv("MOLTSTREET_ADMIN_USER", raising=False)
     monkeypatch.delenv("MOLTSTREET_ADMIN_PASSWORD", raising=False)
     out = io.StringIO()
-    call_command("bootstrap", data=str(DATA), replay_limit=40, stdout=out, stderr=io.StringIO())
+    call_command("bootstrap", data=str(DATA), replay_limit=40, random_password=True, stdout=out, stderr=io.StringIO())
     assert "log in at http://127.0.0.1:8000/admin/ as 'operator'" in out.getvalue()
-    assert get_user_model().objects.get(username="operator").check_password("moltstreet")
+    password = re.search(r"with password (\S+) \(shown only this once\)", out.getvalue()).group(1)
+    assert get_user_model().objects.get(username="operator").check_password(password)
     assert Market.objects.count() == 94
     assert Trade.objects.exists()
     assert "all invariants hold" in out.getvalue()

@@ -1,11 +1,15 @@
 """``python manage.py bootstrap --data ../shared/data``: what ``make run`` does after ``migrate``."""
 
 import os
+import secrets
 import time
 from pathlib import Path
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand, CommandParser
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from markets.importers import import_forecastbench
 from markets.models import Market
@@ -17,12 +21,16 @@ from trading.services import market_close, market_resolve
 
 FORECASTBENCH_MARK = "ForecastBench"
 REPLAY_MARK = "ylcoder/random-walk"
+# The operator password earlier versions set by default: an account still using it gets a new password.
+PUBLISHED_PASSWORD = "moltstreet"  # noqa: S105 (the published one, to recognise and replace)
 
 
 class Command(BaseCommand):
     help = (
         "Prepare the database for a first run. Always: make sure the operator account exists (Django superuser "
-        "MOLTSTREET_ADMIN_USER, default 'operator', password MOLTSTREET_ADMIN_PASSWORD, default 'moltstreet'). "
+        "MOLTSTREET_ADMIN_USER, default 'operator') with a strong password: MOLTSTREET_ADMIN_PASSWORD (checked by "
+        "the password validators; required when DEBUG is off), or with --random-password (or DEBUG on) a random one, "
+        "printed once. An account still on the password earlier versions published gets a new one. "
         "On a database without markets: import the ForecastBench prediction-market questions under <data>/forecastbench "
         "so that a newcomer sees both real history and real open markets: questions whose real outcome is known are "
         "resolved to it; questions whose deadline has passed without a known outcome are reopened for trading for "
@@ -33,6 +41,12 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--random-password",
+            action="store_true",
+            help="Without MOLTSTREET_ADMIN_PASSWORD, give a new operator account a random password and print it once "
+            "(`make run`); otherwise that variable is required when DEBUG is off.",
+        )
         parser.add_argument("--data", default="../shared/data", help="Directory with forecastbench/ and polymarket/.")
         parser.add_argument("--reopen-days", type=int, default=30, help="Trading days of reopened past questions.")
         parser.add_argument("--market-days", type=int, default=30, help="Trading days of the replayed markets.")
@@ -48,7 +62,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options) -> None:
         started = time.monotonic()
-        self._operator()
+        self._operator(random_password=options["random_password"])
         data = Path(options["data"])
         markets = Market.objects.count()
         imported = Market.objects.filter(attribution__contains=FORECASTBENCH_MARK).exists()
@@ -75,23 +89,45 @@ class Command(BaseCommand):
             f"{Trade.objects.count():,} trades, audit {'clean' if audit.ok else f'{len(audit.breaches)} breach(es)'}."
         )
 
-    def _operator(self) -> None:
+    def _operator(self, *, random_password: bool) -> None:
+        """Create the operator account, or give a new password to one still on the published default.
+
+        The password is ``MOLTSTREET_ADMIN_PASSWORD`` when set (it must pass ``AUTH_PASSWORD_VALIDATORS``:
+        ``create_superuser`` itself checks nothing), else a random one printed once, if ``--random-password`` or
+        DEBUG allows it. Raises :class:`CommandError` when neither is given with DEBUG off, or for a weak password.
+        """
         username = os.environ.get("MOLTSTREET_ADMIN_USER") or "operator"
         users = get_user_model()
-        if users.objects.filter(username=username).exists():
+        user = users.objects.filter(username=username).first()
+        if user is not None and not user.check_password(PUBLISHED_PASSWORD):
             return
-        password = os.environ.get("MOLTSTREET_ADMIN_PASSWORD") or "moltstreet"
-        users.objects.create_superuser(username=username, email="", password=password)
-        shown = (
-            "the password in MOLTSTREET_ADMIN_PASSWORD"
-            if os.environ.get("MOLTSTREET_ADMIN_PASSWORD")
-            else (f"password {password!r}")
-        )
-        self.stdout.write(
-            self.style.SUCCESS(
-                f"Created the operator account: log in at http://127.0.0.1:8000/admin/ as {username!r} with {shown}."
+        given = os.environ.get("MOLTSTREET_ADMIN_PASSWORD") or ""
+        if given:
+            try:
+                validate_password(given, user=user or users(username=username))
+            except ValidationError as exc:
+                raise CommandError("MOLTSTREET_ADMIN_PASSWORD is too weak: " + " ".join(exc.messages)) from exc
+            password = given
+        elif random_password or settings.DEBUG:
+            password = secrets.token_urlsafe(18)
+        else:
+            raise CommandError(
+                f"No password for the operator account {username!r}: set MOLTSTREET_ADMIN_PASSWORD (DEBUG is off), "
+                "or pass --random-password to have one generated and printed once."
             )
+        if user is None:
+            users.objects.create_superuser(username=username, email="", password=password)
+            done = "Created the operator account"
+        else:
+            user.set_password(password)
+            user.save(update_fields=["password"])
+            done = "The operator account had the published default password; it has a new one"
+        shown = "the password in MOLTSTREET_ADMIN_PASSWORD" if given else f"password {password} (shown only this once)"
+        self.stdout.write(
+            self.style.SUCCESS(f"{done}: log in at http://127.0.0.1:8000/admin/ as {username!r} with {shown}.")
         )
+        if not given:
+            self.stdout.write(f"  Forgot it? python manage.py changepassword {username}")
 
     def _forecastbench(self, folder: Path, reopen_days: int) -> None:
         questions = sorted(folder.glob("*.questions.json"))
