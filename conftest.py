@@ -59,7 +59,13 @@ TEST_RATES = {"anon": "100000/min", "agent_read": "100000/min", "agent_write": "
 
 @pytest.fixture(autouse=True)
 def _generous_rate_limits(settings):
-    settings.MOLTSTREET = {**settings.MOLTSTREET, "RATES": dict(TEST_RATES)}
+    settings.MOLTSTREET = {
+        **settings.MOLTSTREET,
+        "RATES": dict(TEST_RATES),
+        # Every test's websockets come from one address (or none): only the tests of these limits set their own.
+        "WEBSOCKETS_PER_ADDRESS": 100000,
+        "WEBSOCKET_HANDSHAKE_RATE": "100000/min",
+    }
 
 
 @pytest.fixture

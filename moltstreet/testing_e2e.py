@@ -86,6 +86,12 @@ class DaphneServer(serving.DaphneServer):
             pytest.fail(failure, pytrace=False)
 
 
+# The websocket limits per address of the servers the tests start: every client of a test comes from 127.0.0.1, and a
+# server shared by a whole session (client/tests) outlives any one test's settings, so these are fixed rather than
+# read from the test's settings as the HTTP rates are. The tests of the limits run in-process with their own.
+WEBSOCKET_LIMITS = {"MOLTSTREET_WEBSOCKETS_PER_ADDRESS": "100000", "MOLTSTREET_WEBSOCKET_HANDSHAKE_RATE": "100000/min"}
+
+
 def server_env() -> dict[str, str]:
     """The environment of a server process: this run's test database and Redis, the project's settings."""
     from django.conf import settings
@@ -94,6 +100,7 @@ def server_env() -> dict[str, str]:
     return serving.server_env(
         # Rate limits well above what any test sends (the rate-limit tests run in-process with their own budgets).
         **{f"MOLTSTREET_RATE_{scope.upper()}": rate for scope, rate in settings.MOLTSTREET["RATES"].items()},
+        **WEBSOCKET_LIMITS,
     )
 
 

@@ -10,6 +10,8 @@ scope                     applies to                                 counted per
 ``agent_read``            GET/HEAD with an API key                   agent                       1200/min
 ``agent_write``           POST/PUT/PATCH/DELETE with an API key      agent                       600/min
 ``register``              ``POST /api/v1/agents/`` (registration)    client IP                   20/hour
+``websocket_handshake``   every websocket handshake (trading/         client IP                   60/min
+                          consumers.py; ``WEBSOCKET_HANDSHAKE_RATE``)
 ========================  =========================================  ==========================  ===========
 
 Over budget: HTTP 429 ``rate_limited`` with ``Retry-After`` (seconds until the oldest counted request leaves the
@@ -28,6 +30,8 @@ logged, so an outage of Redis never stops trading (issue 4, "Redis stopped: trad
 from __future__ import annotations
 
 import logging
+import math
+from typing import Any
 
 from django.conf import settings
 from rest_framework.exceptions import Throttled
@@ -135,3 +139,30 @@ def charge_failed_authentication(request) -> None:
     throttle = FailedAuthenticationThrottle()
     if not throttle.allow_request(request, None):
         raise Throttled(wait=throttle.wait())
+
+
+class HandshakeThrottle(_Throttle):
+    """Websocket handshakes of one client network, in the API throttles' sliding window
+    (``settings.MOLTSTREET["WEBSOCKET_HANDSHAKE_RATE"]``, a DRF rate string; empty turns it off). Counted in the
+    Django cache, so the budget spans server processes; like the API's throttles it lets the handshake through
+    (logged) when the cache is unreachable."""
+
+    scope = "websocket_handshake"
+
+    def __init__(self, network: str) -> None:
+        self.network = network
+
+    def get_rate(self) -> str | None:
+        return settings.MOLTSTREET["WEBSOCKET_HANDSHAKE_RATE"]
+
+    def get_cache_key(self, request: Any, view: Any) -> str:
+        return self.cache_format % {"scope": self.scope, "ident": self.network}
+
+    def allow(self) -> bool:
+        """Count one handshake; ``False`` if the network is over its budget (nothing counted then)."""
+        return self.allow_request(None, None)
+
+    def retry_after(self) -> int:
+        """Whole seconds until the window has room again (after :meth:`allow` said no)."""
+        wait = self.wait()
+        return max(1, math.ceil(self.duration if wait is None else wait))

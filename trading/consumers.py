@@ -3,6 +3,11 @@
 ``MarketConsumer`` (``/ws/markets/<id>/``, public) and ``AgentConsumer`` (``/ws/agent/``, API key) only join their
 group and forward what ``trading.realtime`` publishes; the market feed also keeps its ``seq`` gap-free, refilling
 from the stored events what the channel layer did not deliver. Database reads go through ``database_sync_to_async``.
+
+Before either feed's ``connect()`` does any database or channel-layer work, its handshake is held to two limits per
+client address (``moltstreet.clients``): websockets open at once in this process (``WEBSOCKETS_PER_ADDRESS``) and
+handshakes in a sliding window, counted in the cache across processes (``WEBSOCKET_HANDSHAKE_RATE``). Over either,
+the connection is accepted only to say why, then closed with 4429 (docs/realtime.md, "Limits per address").
 """
 
 from __future__ import annotations
@@ -10,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import Counter
 from typing import Any
 from urllib.parse import parse_qs
 
+from asgiref.sync import sync_to_async
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
@@ -22,7 +29,9 @@ from django.db import InterfaceError, OperationalError
 from redis.exceptions import RedisError
 
 from agents.services import api_key_lookup
+from moltstreet.clients import network_key, scope_address
 from moltstreet.metrics import WEBSOCKETS
+from moltstreet.throttling import HandshakeThrottle
 from trading import realtime
 
 logger = logging.getLogger(__name__)
@@ -34,10 +43,25 @@ CLOSE_BUFFER_OVERFLOW = 4008
 CLOSE_UNAVAILABLE = 4503
 # Close code sent after an ``api_key_revoked`` error on the private feed; 4401 echoes HTTP 401.
 CLOSE_KEY_REVOKED = 4401
+# Close code sent after a ``rate_limited`` or ``too_many_connections`` error: the client's address is over one of its
+# websocket limits. 4429 echoes HTTP 429.
+CLOSE_RATE_LIMITED = 4429
 
 # What a lost channel layer (Redis down or frozen) or database looks like from a consumer: the feed cannot go on, but
 # a reconnect later can. Anything else is a bug, left to daphne (logged, close 1011).
 UNAVAILABLE = (RedisError, OSError, OperationalError, InterfaceError)
+
+
+# Websockets open in this process by client network (moltstreet.clients.network_key), each counted from the moment its
+# handshake passes the limits until its consumer returns. Only the event loop touches it, and never with an await
+# between a check and its change, so it needs no lock.
+_open_by_network: Counter[str] = Counter()
+
+
+def _release(network: str) -> None:
+    _open_by_network[network] -= 1
+    if _open_by_network[network] <= 0:
+        del _open_by_network[network]  # the map holds only addresses with a websocket open
 
 
 def query_param(scope: dict[str, Any], name: str) -> str | None:
@@ -65,11 +89,15 @@ class FeedConsumer(AsyncJsonWebsocketConsumer):
     If the channel layer (Redis) or the database fails under an open feed, the client gets a ``feed_unavailable``
     error and the connection closes with 4503 at once, rather than staying open with nothing
     coming; a handshake that cannot join its group within ``LIVE_PUBLISH_TIMEOUT`` seconds is refused (HTTP 403).
+
+    A handshake from an address over its limits (``websocket_connect``) gets ``too_many_connections`` or
+    ``rate_limited`` and close code 4429, before ``connect()`` runs.
     """
 
     accepted = False
     disconnected = False
     feed = "feed"  # the label of this feed in the open-connections gauge (moltstreet.metrics.WEBSOCKETS)
+    network: str | None = None  # the client network holding a place in _open_by_network, while it holds one
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Channels' dispatch, without its ``aclose_old_connections()`` before every message: that is a
@@ -97,6 +125,49 @@ class FeedConsumer(AsyncJsonWebsocketConsumer):
             # longer open once the consumer returns.
             if self.accepted:
                 WEBSOCKETS.labels(self.feed).dec()
+            if self.network is not None:
+                _release(self.network)
+                self.network = None
+
+    async def websocket_connect(self, message: dict[str, Any]) -> None:
+        """Hold the handshake to the limits of its client's address, then channels' own ``websocket_connect``
+        (which calls ``connect()``). Over a limit, the client gets ``too_many_connections`` or ``rate_limited`` and
+        close code 4429, before anything costs a database query or a channel-layer call."""
+        network = network_key(scope_address(self.scope))
+        limit = settings.MOLTSTREET["WEBSOCKETS_PER_ADDRESS"]
+        if _open_by_network[network] >= limit:
+            await self.refuse(
+                "too_many_connections",
+                f"{limit} websockets are already open from your address; close one before opening another.",
+                limit=limit,
+            )
+            return
+        # The place is taken now rather than at accept: connect() awaits, so handshakes of one address that arrive
+        # together would otherwise all pass the check above before any of them counted.
+        _open_by_network[network] += 1
+        self.network = network
+        throttle = HandshakeThrottle(network)
+        # Off the one thread that runs the database work (database_sync_to_async): a cache check need not queue
+        # behind other feeds' queries.
+        if not await sync_to_async(throttle.allow, thread_sensitive=False)():
+            _release(network)
+            self.network = None
+            retry_after = throttle.retry_after()
+            await self.refuse(
+                "rate_limited",
+                f"Too many websocket handshakes from your address (at most {throttle.num_requests} in "
+                f"{throttle.duration} seconds); retry after {retry_after} seconds.",
+                retry_after=retry_after,
+            )
+            return
+        await super().websocket_connect(message)
+
+    async def refuse(self, code: str, message: str, **extra: Any) -> None:
+        """Accept only to say why the connection cannot be served (a refused handshake could say nothing), then
+        close with 4429."""
+        await self.accept()
+        await self.send_error(code, message, **extra)
+        await self.close(code=CLOSE_RATE_LIMITED)
 
     async def accept(self, subprotocol: str | None = None, headers: Any = None) -> None:
         await super().accept(subprotocol, headers)
@@ -139,7 +210,7 @@ class FeedConsumer(AsyncJsonWebsocketConsumer):
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any) -> None:
         try:
             content = json.loads(text_data) if text_data is not None else None
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser recurses ("[" * 100_000)
             content = None
         if isinstance(content, dict) and content.get("type") == "ping":
             await self.send_json({"type": "pong"})

@@ -17,7 +17,10 @@ the iteration. Reconnects are invisible to the caller:
   lost. After a reconnect (:attr:`PrivateStream.reconnects` counts them; ``on_reconnect`` is called) read
   ``orders()``, ``fills()`` and ``me()`` again for the state.
 
-Consecutive failed connection attempts beyond ``max_reconnects`` raise :class:`TransportError`. A market that does not
+Past the server's limits per address (close code 4429) a stream waits the ``retry_after`` of a ``rate_limited`` error
+before reconnecting, and raises ``MoltStreetError`` with code ``too_many_connections`` when the address has too many
+websockets open (reconnecting cannot help). Consecutive failed connection attempts beyond ``max_reconnects`` raise
+:class:`TransportError`. A market that does not
 exist raises :class:`NotFound`, an API key the server refuses :class:`InvalidApiKey` (checked over HTTP when a
 handshake is refused), a key revoked while the private feed is open ``MoltStreetError`` with code
 ``api_key_revoked`` (unless the client has moved to a newer key, which the stream then uses).
@@ -49,8 +52,10 @@ if TYPE_CHECKING:
 CLOSE_BUFFER_OVERFLOW = 4008
 CLOSE_KEY_REVOKED = 4401
 CLOSE_UNAVAILABLE = 4503
+CLOSE_RATE_LIMITED = 4429
 
 UNAVAILABLE_PAUSE = 1.0  # seconds before reconnecting after feed_unavailable / 4503 ("after a pause")
+RATE_LIMITED_PAUSE = 5.0  # seconds before reconnecting after a 4429 close that came without its retry_after
 MAX_MESSAGE_BYTES = 16 * 2**20  # a snapshot of a deep book is larger than websockets' 1 MiB default
 _ONE = Decimal("1")
 
@@ -75,6 +80,22 @@ class _Reconnect(Exception):
     def after(cls, exc: BaseException, pause: float) -> _Reconnect:
         """Reconnect after the connection failed with ``exc``."""
         return cls(str(exc), pause, cause=exc)
+
+
+def _server_error(message: dict[str, Any]) -> str | None:
+    """What both feeds do with an ``error`` message of the server: ``SKIP``, raise :class:`_Reconnect` (after the
+    pause the error asks for), raise :class:`MoltStreetError` (``too_many_connections``: reconnecting cannot help
+    while the client's other websockets stay open), or ``None`` to leave it to the feed."""
+    code = message.get("code")
+    if code == "feed_unavailable":
+        raise _Reconnect("feed_unavailable", UNAVAILABLE_PAUSE)
+    if code == "rate_limited":  # too many handshakes from this address: wait as long as the server says
+        raise _Reconnect("rate_limited", float(message.get("retry_after") or RATE_LIMITED_PAUSE))
+    if code == "too_many_connections":
+        raise MoltStreetError(str(message.get("message") or "too many websockets"), code="too_many_connections")
+    if code == "invalid_message":
+        return SKIP
+    return None
 
 
 def _backoff(failures: int, cap: float = 5.0) -> float:
@@ -119,11 +140,9 @@ class MarketFeedState:
             code = message.get("code")
             if code == "buffer_overflow":
                 raise _Reconnect("buffer_overflow")
-            if code == "feed_unavailable":
-                raise _Reconnect("feed_unavailable", UNAVAILABLE_PAUSE)
-            if code in ("invalid_message", "invalid_since"):
+            if code == "invalid_since":
                 return SKIP
-            return DELIVER
+            return _server_error(message) or DELIVER
         if kind == "pong":
             return SKIP
         seq = message.get("seq")
@@ -174,19 +193,15 @@ class PrivateFeedState:
         if kind == "pong":
             return SKIP
         if kind == "error":
-            code = message.get("code")
-            if code == "feed_unavailable":
-                raise _Reconnect("feed_unavailable", UNAVAILABLE_PAUSE)
-            if code == "api_key_revoked":
+            if message.get("code") == "api_key_revoked":
                 raise _Reconnect("api_key_revoked")
-            if code == "invalid_message":
-                return SKIP
+            return _server_error(message) or DELIVER
         return DELIVER
 
 
 def _close_pause(exc: ConnectionClosed) -> float:
     code = exc.rcvd.code if exc.rcvd is not None else None
-    return UNAVAILABLE_PAUSE if code == CLOSE_UNAVAILABLE else 0.0
+    return {CLOSE_UNAVAILABLE: UNAVAILABLE_PAUSE, CLOSE_RATE_LIMITED: RATE_LIMITED_PAUSE}.get(code, 0.0)
 
 
 def _closed_for_revoked_key(exc: BaseException) -> bool:
@@ -277,7 +292,9 @@ class _StreamBase:
         try:
             action = self._state.handle(message)
         except _Reconnect as why:
-            return self._revoked() or why
+            return (self._revoked() if str(why) == "api_key_revoked" else None) or why
+        except MoltStreetError as error:  # the server said reconnecting cannot help
+            return error
         if action != DELIVER:
             return None
         self._failures = 0

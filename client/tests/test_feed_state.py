@@ -6,6 +6,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from moltstreet_client.errors import MoltStreetError
 from moltstreet_client.streams import DELIVER, SKIP, MarketFeedState, PrivateFeedState, _Reconnect
 
 MARKET = "m-1"
@@ -98,3 +99,13 @@ def test_the_private_feed_reconnects_on_unavailable_and_revoked():
         state.handle({"type": "error", "code": "feed_unavailable", "message": "..."})
     with pytest.raises(_Reconnect):
         state.handle({"type": "error", "code": "api_key_revoked", "message": "..."})
+
+
+@pytest.mark.parametrize("state", [MarketFeedState(MARKET), PrivateFeedState()], ids=["market", "private"])
+def test_a_refused_handshake_waits_as_told_or_gives_up(state):
+    with pytest.raises(_Reconnect) as caught:  # too many handshakes from this address: retry after the server's wait
+        state.handle({"type": "error", "code": "rate_limited", "message": "...", "retry_after": 42})
+    assert caught.value.pause == 42.0
+    with pytest.raises(MoltStreetError) as refused:  # too many open: reconnecting cannot help
+        state.handle({"type": "error", "code": "too_many_connections", "message": "50 open", "limit": 50})
+    assert refused.value.code == "too_many_connections"
