@@ -8,8 +8,10 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from agents.models import Agent, ApiKey, LedgerEntry
+from agents.selectors import with_ranked_balance
 from agents.services import agent_register, api_key_create, api_key_revoke
 from moltstreet.api import BoundedSearchFilter, IdCursorPagination, IsAgent, Money, StableOrderingFilter, errors
+from moltstreet.clients import request_address
 from moltstreet.throttling import DEFAULT_THROTTLES, RegisterThrottle
 
 
@@ -19,7 +21,11 @@ class AgentSerializer(serializers.ModelSerializer):
     balance = Money()
     locked_balance = Money()
     available_balance = Money()
-    reputation = Money()
+    reputation = Money(help_text="Realized P&L over resolved markets, without what trades with linked agents made.")
+    linked_pnl = Money(
+        help_text="What trades with linked agents (one address, one owner) made: left out of the reputation and of "
+        "the balance the leaderboard ranks (balance - linked_pnl)."
+    )
     brier_score = serializers.DecimalField(max_digits=10, decimal_places=6, read_only=True, allow_null=True)
 
     class Meta:
@@ -32,6 +38,7 @@ class AgentSerializer(serializers.ModelSerializer):
             "locked_balance",
             "available_balance",
             "reputation",
+            "linked_pnl",
             "brier_score",
             "brier_count",
             "is_oracle",
@@ -90,11 +97,26 @@ class LeaderboardPagination(IdCursorPagination):
     ordering = "-reputation"
 
 
+class LeaderboardOrderingFilter(StableOrderingFilter):
+    """``?ordering=`` of the leaderboard, where ``balance`` ranks ``balance - linked_pnl``: what trades with linked
+    agents made earns no balance rank (DESIGN section 4a)."""
+
+    aliases = {"balance": "rank_balance"}
+
+    def get_ordering(self, request, queryset, view):
+        ordering = super().get_ordering(request, queryset, view)
+        if not ordering:
+            return ordering
+        return [("-" if f.startswith("-") else "") + self.aliases.get(f.lstrip("-"), f.lstrip("-")) for f in ordering]
+
+
 @extend_schema_view(
     list=extend_schema(
         summary="Leaderboard",
         description="Agents ranked by `?ordering=` (default `-reputation`; also "
-        "`balance`, `brier_score`, `created_at`, `name`, each with `-` for descending).",
+        "`balance`, `brier_score`, `created_at`, `name`, each with `-` for descending). Reputation and the balance "
+        "ranked leave out what trades with linked agents made (`linked_pnl`): `balance` orders by "
+        "`balance - linked_pnl`.",
     ),
     retrieve=extend_schema(summary="Public profile of an agent", responses={200: AgentSerializer, **errors(404)}),
 )
@@ -103,14 +125,14 @@ class AgentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     lookup_field = "name"
     # No NUL: PostgreSQL text cannot hold it, so a lookup with one would fail in the database (a 500) instead of 404.
     lookup_value_regex = r"[^/\x00]+"
-    filter_backends = [StableOrderingFilter, BoundedSearchFilter]
+    filter_backends = [LeaderboardOrderingFilter, BoundedSearchFilter]
     ordering_fields = ["reputation", "balance", "brier_score", "created_at", "name"]
     ordering = ["-reputation"]
     search_fields = ["name"]
     pagination_class = LeaderboardPagination
 
     def get_queryset(self):
-        queryset = Agent.objects.all()
+        queryset = with_ranked_balance(Agent.objects.all())
         if self.request.query_params.get("ordering", "").lstrip("-") == "brier_score":
             # Agents with no Brier score yet cannot be ranked by it; cursor pages also cannot order nulls.
             queryset = queryset.filter(brier_score__isnull=False)
@@ -125,7 +147,8 @@ class AgentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     def create(self, request):
         data = AgentRegistrationSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        agent, key = agent_register(**data.validated_data)
+        # The client's address links agents registered from it close together (DESIGN section 4a).
+        agent, key = agent_register(**data.validated_data, address=request_address(request))
         agent.api_key = key
         return Response(RegisteredAgentSerializer(agent).data, status=status.HTTP_201_CREATED)
 

@@ -1,5 +1,7 @@
 """Agents, their API keys and the ledger of every cash movement (DESIGN sections 2, 5 and 7)."""
 
+from __future__ import annotations
+
 import uuid
 from decimal import Decimal
 
@@ -48,6 +50,21 @@ class Agent(models.Model):
         "Orders beyond it are refused with reserved_limit.",
         **MONEY,
     )
+    # Sock puppets (DESIGN section 4a, docs/decisions.md): agents with the same link group are linked (registered
+    # from one address within MOLTSTREET_LINK_WINDOW_HOURS of each other, or grouped by an operator). Their trades
+    # with each other are flagged (Trade.linked) and earn no rank: ``linked_pnl`` is what those trades are worth to
+    # the agent (settled exactly in resolved markets; in open ones the most they can turn out to be worth), left out
+    # of its reputation and of its place on the balance leaderboard. The address is for operators only.
+    registered_from = models.GenericIPAddressField(null=True, blank=True, help_text="Client address at registration.")
+    registration_network = models.CharField(
+        max_length=50, blank=True, default="", db_index=True, help_text="The address as linking counts it (IPv6: /64)."
+    )
+    link_group = models.UUIDField(null=True, blank=True, db_index=True, help_text="Agents of one group are linked.")
+    linked_pnl = models.DecimalField(
+        default=Decimal("0.00"),
+        help_text="P&L from trades with linked agents, left out of reputation and the balance rank.",
+        **MONEY,
+    )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:
@@ -71,6 +88,15 @@ class Agent(models.Model):
     @property
     def available_balance(self) -> Decimal:
         return self.balance - self.locked_balance
+
+    @property
+    def ranked_balance(self) -> Decimal:
+        """The balance the leaderboard ranks: without the P&L of trades with linked agents."""
+        return self.balance - self.linked_pnl
+
+    def is_linked_to(self, other: Agent) -> bool:
+        """Whether ``other`` is another agent of this agent's link group."""
+        return self.link_group is not None and self.link_group == other.link_group and self.id != other.id
 
 
 class ApiKey(models.Model):

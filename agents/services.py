@@ -14,6 +14,7 @@ import secrets
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from decimal import Decimal
 
 from django.conf import settings
@@ -21,7 +22,16 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from agents.models import Agent, ApiKey, LedgerEntry
-from moltstreet.db import fetch_pairs, fetch_rows, insert_rows, placeholders, service_transaction, update_rows
+from moltstreet.clients import Address, network_key
+from moltstreet.db import (
+    fetch_pairs,
+    fetch_rows,
+    insert_rows,
+    lock_name,
+    placeholders,
+    service_transaction,
+    update_rows,
+)
 from moltstreet.errors import InsufficientBalance, InvalidRequest, LastApiKey, NameTaken, NotFound
 from moltstreet.money import ZERO, quantize
 
@@ -147,9 +157,12 @@ def _new_key(agent: Agent) -> tuple[ApiKey, str]:
 
 
 @service_transaction
-def agent_register(*, name: str, description: str = "") -> tuple[Agent, str]:
+def agent_register(*, name: str, description: str = "", address: Address | None = None) -> tuple[Agent, str]:
     """Register an agent with the initial grant (1000.00 credits, ledgered as ``grant``) and one API key.
 
+    ``address`` is the client's (``moltstreet.clients``): an agent registered from the same address (an IPv6 /64)
+    as another non-house agent within ``LINK_WINDOW_HOURS`` joins that agent's link group, so trades between them
+    earn no rank (DESIGN section 4a); otherwise it starts a group of its own. Without an address, no group.
     Returns ``(agent, api_key)``; the raw key is never stored and cannot be shown again.
     Raises :class:`InvalidRequest` for a malformed name and :class:`NameTaken` for a name in use (case-insensitive).
     """
@@ -161,15 +174,76 @@ def agent_register(*, name: str, description: str = "") -> tuple[Agent, str]:
         )
     if Agent.objects.filter(name__iexact=name).exists():
         raise NameTaken(detail={"name": name})
+    network = network_key(address) if address is not None else ""
+    group = _link_group_for(network) if network else None
     try:
         with transaction.atomic():
-            agent = Agent.objects.create(name=name, description=description or "")
+            agent = Agent.objects.create(
+                name=name,
+                description=description or "",
+                registered_from=str(address) if address is not None else None,
+                registration_network=network,
+                link_group=group,
+            )
     except IntegrityError as exc:
         raise NameTaken(detail={"name": name}) from exc
     book = CashBook()
     book.move(agent, settings.MOLTSTREET["INITIAL_GRANT"], LedgerEntry.Kind.GRANT, memo="initial grant")
     book.flush()
     return agent, _new_key(agent)[1]
+
+
+def _link_group_for(network: str) -> uuid.UUID:
+    """The link group of a new agent registering from ``network``: that of the latest non-house agent registered from
+    it within ``LINK_WINDOW_HOURS``, else a new one. Registrations from one network are serialized (a named lock), so
+    two at once cannot both miss each other."""
+    lock_name(f"registration:{network}")
+    since = timezone.now() - timedelta(hours=settings.MOLTSTREET["LINK_WINDOW_HOURS"])
+    found = (
+        Agent.objects.filter(registration_network=network, created_at__gte=since, is_house=False)
+        .exclude(link_group=None)
+        .order_by("-created_at")
+        .values_list("link_group", flat=True)
+        .first()
+    )
+    return found or uuid.uuid4()
+
+
+# The one link group of MoltStreet's own house traders: one owner, linked with each other and with nobody else.
+HOUSE_LINK_GROUP = uuid.uuid5(uuid.NAMESPACE_URL, "https://moltstreet.invalid/house-traders")
+
+
+@service_transaction
+def agent_mark_house(*, agent_id: uuid.UUID) -> Agent:
+    """Mark an agent as one of MoltStreet's house traders (shown on the pages, ``is_house`` in the API) and put it in
+    the house's link group: trades among house traders earn no rank, and an agent later registered from the house
+    traders' address is not linked to them. Raises :class:`NotFound` for an unknown agent."""
+    agents = lock_agents([agent_id])
+    if agent_id not in agents:
+        raise NotFound("No such agent.", detail={"agent": str(agent_id)})
+    agent = agents[agent_id]
+    agent.is_house, agent.link_group = True, HOUSE_LINK_GROUP
+    agent.save(update_fields=["is_house", "link_group"])
+    return agent
+
+
+@service_transaction
+def agents_link(*, agent_ids: Iterable[uuid.UUID]) -> uuid.UUID:
+    """An operator links agents (e.g. one owner's): they all join the link group of the first that has one, else a
+    new group. Takes effect for their trades from now on. Returns the group."""
+    agents = lock_agents(agent_ids)
+    group = next((a.link_group for a in agents.values() if a.link_group is not None), None) or uuid.uuid4()
+    Agent.objects.filter(id__in=list(agents)).update(link_group=group)
+    return group
+
+
+@service_transaction
+def agents_unlink(*, agent_ids: Iterable[uuid.UUID]) -> None:
+    """An operator unlinks agents (a false positive, e.g. a shared office address): each gets a group of its own.
+    Takes effect for their trades from now on; what earlier linked trades were worth stays left out of rank."""
+    for agent in lock_agents(agent_ids).values():
+        agent.link_group = uuid.uuid4()
+        agent.save(update_fields=["link_group"])
 
 
 @service_transaction

@@ -8,7 +8,8 @@ from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from markets.models import Forecast, Market
+from markets.models import Forecast, Market, Outcome, Resolution
+from markets.selectors import current_resolution, with_current_resolution
 from markets.services import forecast_record, market_create
 from moltstreet.api import BoundedSearchFilter, IsAgent, Price, StableOrderingFilter, errors
 from moltstreet.money import ONE
@@ -18,12 +19,39 @@ extend_schema_field_price = extend_schema_field(
 )
 
 
+class ResolverSerializer(serializers.Serializer):
+    kind = serializers.ChoiceField(choices=Resolution.ResolverKind.choices)
+    name = serializers.CharField(help_text="The operator's username, the oracle agent's name or the source's name.")
+
+
+class ResolutionSerializer(serializers.Serializer):
+    """A market's resolution and who made it (DESIGN section 4): ``final`` (paid out), ``proposed`` by an oracle
+    (final at ``dispute_until`` unless disputed) or ``disputed`` (an operator decides)."""
+
+    id = serializers.IntegerField()
+    outcome = serializers.ChoiceField(choices=Outcome.choices)
+    status = serializers.ChoiceField(choices=[c for c in Resolution.Status.choices if c[0] != "overturned"])
+    resolver = ResolverSerializer()
+    proposed_at = serializers.DateTimeField()
+    dispute_until = serializers.DateTimeField(allow_null=True, help_text="A proposal is final then, undisputed.")
+    decided_at = serializers.DateTimeField(allow_null=True, help_text="When it became final.")
+    decided_by = serializers.CharField(allow_null=True, help_text="The operator who confirmed a disputed proposal.")
+    disputes = serializers.IntegerField(help_text="Agents who disputed it.")
+    evidence = serializers.DictField(help_text="What the resolver went by, e.g. a source's result and its time.")
+
+    def to_representation(self, resolution: Resolution) -> dict:
+        return resolution.public()
+
+
 class MarketSerializer(serializers.ModelSerializer):
     """A market with its prices: ``yes_price`` is the last traded YES price (null before the first trade),
     ``best_bid``/``best_ask`` the top of the book as YES prices, ``volume`` the contracts traded."""
 
     yes_price = serializers.SerializerMethodField()
     no_price = serializers.SerializerMethodField()
+    resolution = serializers.SerializerMethodField(
+        help_text="The final resolution once resolved, else a pending proposal, else null; names the resolver."
+    )
     best_bid = Price(read_only=True, allow_null=True)
     best_ask = Price(read_only=True, allow_null=True)
     creator = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
@@ -41,6 +69,7 @@ class MarketSerializer(serializers.ModelSerializer):
             "deadline",
             "status",
             "outcome",
+            "resolution",
             "yes_price",
             "no_price",
             "best_bid",
@@ -66,6 +95,11 @@ class MarketSerializer(serializers.ModelSerializer):
     @extend_schema_field_price
     def get_no_price(self, market: Market) -> str | None:
         return str(ONE - market.last_price) if market.last_price is not None else None
+
+    @extend_schema_field(ResolutionSerializer(allow_null=True))
+    def get_resolution(self, market: Market) -> dict | None:
+        resolution = current_resolution(market)
+        return resolution.public() if resolution is not None else None
 
 
 class MarketCreateSerializer(serializers.Serializer):
@@ -112,7 +146,7 @@ class MarketFilter(django_filters.FilterSet):
     ),
 )
 class MarketViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
-    queryset = Market.objects.select_related("creator")
+    queryset = with_current_resolution(Market.objects.select_related("creator"))
     serializer_class = MarketSerializer
     filter_backends = [django_filters.DjangoFilterBackend, BoundedSearchFilter, StableOrderingFilter]
     filterset_class = MarketFilter

@@ -26,7 +26,7 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.html import strip_tags
 
-from markets.models import Market, Outcome
+from markets.models import Market, Outcome, Resolver
 from markets.services import market_import
 from moltstreet.errors import MoltStreetError
 
@@ -35,6 +35,8 @@ MARKET_SOURCES = {"manifold": "Manifold", "metaculus": "Metaculus", "infer": "IN
 QUESTION_LIMIT = Market._meta.get_field("question").max_length
 MISSING = {"", "n/a", "na", "none", "null"}
 DATASET_URL = "https://github.com/forecastingresearch/forecastbench-datasets"
+# The resolver named on markets resolved to a real outcome from the data set (a source: final at once).
+FORECASTBENCH = "ForecastBench"
 LICENCE_URL = "https://creativecommons.org/licenses/by-sa/4.0/"
 
 
@@ -56,6 +58,8 @@ class Question:
     reference_price: Decimal | None
     outcome: str | None  # YES or NO when the resolution set knows the real outcome
     attribution: str
+    # What the outcome rests on, recorded with the resolution: the resolution row's value and date, the question set.
+    evidence: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -155,15 +159,31 @@ def index_resolutions(rows: list[dict[str, Any]]) -> dict[tuple[str, str], list[
 
 def known_outcome(rows: list[dict[str, Any]]) -> str | None:
     """The real outcome: the last resolved row's ``resolved_to`` (1.0 YES, 0.0 NO); ``None`` when unresolved."""
-    for row in reversed(rows):
-        if row.get("resolved") is True:
-            value = parse_probability(row.get("resolved_to"))
-            if value == 1:
-                return Outcome.YES
-            if value == 0:
-                return Outcome.NO
-            return None  # resolved to something that is not YES or NO (e.g. annulled): no binary outcome
-    return None
+    row = _last_resolved(rows)
+    value = parse_probability(row.get("resolved_to")) if row else None
+    if value == 1:
+        return Outcome.YES
+    if value == 0:
+        return Outcome.NO
+    return None  # unresolved, or resolved to something that is not YES or NO (e.g. annulled): no binary outcome
+
+
+def _last_resolved(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    return next((row for row in reversed(rows) if row.get("resolved") is True), None)
+
+
+def outcome_evidence(rows: list[dict[str, Any]], question_set: str) -> dict[str, Any]:
+    """What a resolution from ForecastBench rests on: the last resolved row's ``resolved_to`` and
+    ``resolution_date``, and the question set; empty when no row is resolved."""
+    row = _last_resolved(rows)
+    if row is None:
+        return {}
+    return {
+        "dataset": FORECASTBENCH,
+        "question_set": question_set,
+        "resolved_to": _text(row.get("resolved_to")),
+        "resolution_date": _text(row.get("resolution_date")),
+    }
 
 
 def attribution_for(source: str, url: str, question_set: str) -> str:
@@ -221,6 +241,7 @@ def parse_question(
         reference_price=parse_probability(raw.get("freeze_datetime_value")),
         outcome=known_outcome(rows),
         attribution=attribution_for(source, url, question_set),
+        evidence=outcome_evidence(rows, question_set),
     )
 
 
@@ -260,7 +281,8 @@ def import_forecastbench(
 
     Each question becomes a market (via ``market_import``, no creator, no fee) with its real deadline; a market
     whose deadline has passed is closed with ``close_market(market_id=…)``. With ``resolve``, a question whose real
-    outcome is known is resolved to it with ``resolve_market(market_id=…, outcome=…)`` (closed first if its deadline
+    outcome is known is resolved to it with ``resolve_market(market_id=…, outcome=…, resolver=…)``, the resolver
+    being the source ``ForecastBench`` with the resolution row as its evidence (closed first if its deadline
     passed). With ``reopen_days``, a question whose deadline has passed and that is not resolved is instead opened
     for trading until ``now + reopen_days`` days and marked ``is_historical``.
 
@@ -339,7 +361,8 @@ def _import_one(
     elif will_resolve:
         if market.status == Market.Status.OPEN and market.deadline <= now:
             market = close_market(market_id=market.id)
-        market = resolve_market(market_id=market.id, outcome=question.outcome)
+        resolver = Resolver.source(FORECASTBENCH, question.evidence)
+        market = resolve_market(market_id=market.id, outcome=question.outcome, resolver=resolver)
         action += f", resolved {question.outcome}"
         report.resolved += 1
     elif market.status == Market.Status.OPEN and market.deadline <= now:

@@ -94,7 +94,7 @@ class StableOrderingFilter(filters.OrderingFilter):
 
 
 class BoundedSearchFilter(filters.SearchFilter):
-    """DRF's ``?search=`` with a bound on its cost: at most ``SEARCH_MAX_TERMS`` terms (5) and ``SEARCH_MAX_LENGTH``
+    """DRF's ``?search=`` with a bound on its cost: at most ``SEARCH_MAX_TERMS`` terms (8) and ``SEARCH_MAX_LENGTH``
     characters (200); beyond either, 400 ``invalid_request``. Each term is a case-insensitive substring match on
     every search field, so an unbounded list of terms made one request cost hundreds of milliseconds."""
 
@@ -109,7 +109,8 @@ class BoundedSearchFilter(filters.SearchFilter):
         terms = super().get_search_terms(request)
         if len(terms) > limits["SEARCH_MAX_TERMS"]:
             raise InvalidRequest(
-                f"search takes at most {limits['SEARCH_MAX_TERMS']} terms.",
+                f"search takes at most {limits['SEARCH_MAX_TERMS']} terms; put a phrase in double quotes to search it "
+                "as one.",
                 detail={"terms": len(terms), "limit": limits["SEARCH_MAX_TERMS"]},
             )
         return terms

@@ -50,6 +50,15 @@ def set_lock_timeout() -> None:
             cursor.execute(f"SET LOCAL lock_timeout = '{int(settings.MOLTSTREET['LOCK_TIMEOUT_MS'])}ms'")
 
 
+def lock_name(name: str) -> None:
+    """Take a lock on ``name`` until the current transaction ends: serializes transactions about the same thing that
+    has no row of its own to lock yet (registrations from one address). A PostgreSQL advisory lock, bounded by
+    ``lock_timeout`` like any other; on SQLite nothing, since its IMMEDIATE transactions never run side by side."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [name])
+
+
 def _session_lock_timeout() -> int | None:
     """The ``lock_timeout`` (ms) every connection is opened with, from the ``-c lock_timeout=`` database option."""
     options = settings.DATABASES["default"].get("OPTIONS", {}).get("options", "")

@@ -173,6 +173,39 @@ ERROR_CODES: list[ErrorCode] = [
         "No.",
     ),
     ErrorCode(
+        "market_not_closed",
+        "409",
+        "An oracle proposes a resolution only once the market has closed (at its deadline, or by an operator).",
+        "After the deadline.",
+        retryable=True,
+    ),
+    ErrorCode(
+        "resolution_pending",
+        "409",
+        "Another oracle's proposal for this market is waiting for its dispute window or an operator "
+        "(`detail.resolution`). Dispute it instead if it is wrong.",
+        "No.",
+    ),
+    ErrorCode(
+        "conflict_of_interest",
+        "409",
+        "An oracle may not resolve a market it created or has orders, a position or forecasts in (`detail.ties`).",
+        "No. Another oracle must.",
+    ),
+    ErrorCode(
+        "not_disputable",
+        "409",
+        "The market has no proposed resolution open to disputes: none yet, its dispute window has passed, or it is "
+        "final.",
+        "No.",
+    ),
+    ErrorCode(
+        "already_disputed",
+        "409",
+        "This agent has disputed this proposal already; one dispute per agent.",
+        "No.",
+    ),
+    ErrorCode(
         "order_not_cancellable",
         "409",
         "The order is no longer resting: filled, cancelled or expired (`detail.status`).",
@@ -304,11 +337,16 @@ def docs_context(request: HttpRequest) -> dict[str, Any]:
         "fee": settings.MOLTSTREET["MARKET_CREATION_FEE"],
         "max_order_size": settings.MOLTSTREET["MAX_ORDER_SIZE"],
         "live_replay_limit": settings.MOLTSTREET.get("LIVE_REPLAY_LIMIT", 1000),
+        # The live feeds' limits per client address (trading/consumers.py); a rate turned off reads "".
+        "websockets_per_address": settings.MOLTSTREET["WEBSOCKETS_PER_ADDRESS"],
+        "websocket_handshake_rate": settings.MOLTSTREET["WEBSOCKET_HANDSHAKE_RATE"].replace("/", " per "),
         "error_codes": ERROR_CODES,
         "rate_limits": rate_limits(),
         "max_open_orders": settings.MOLTSTREET["MAX_OPEN_ORDERS"],
         "max_question_length": settings.MOLTSTREET["MAX_QUESTION_LENGTH"],
         "max_body_kib": settings.DATA_UPLOAD_MAX_MEMORY_SIZE // 1024,
+        "dispute_hours": f"{settings.MOLTSTREET['RESOLUTION_DISPUTE_HOURS']:g}",
+        "link_window_hours": f"{settings.MOLTSTREET['LINK_WINDOW_HOURS']:g}",
     }
     # {"quickstart_py": "...", ...}: each example rendered with this server's URLs, ending in one newline.
     context["examples"] = {

@@ -98,6 +98,38 @@ class NotOracle(MoltStreetError):
     default_message = "Only agents flagged as oracles by an operator may resolve markets."
 
 
+class MarketNotClosed(MoltStreetError):
+    code = "market_not_closed"
+    http_status = status.HTTP_409_CONFLICT
+    default_message = "An oracle resolves a market only once it has closed (at its deadline)."
+
+
+class ResolutionPending(MoltStreetError):
+    code = "resolution_pending"
+    http_status = status.HTTP_409_CONFLICT
+    default_message = "A proposed resolution of this market is already waiting for its dispute window or an operator."
+
+
+class ConflictOfInterest(MoltStreetError):
+    """The oracle created the market, or has (or had) orders, a position or forecasts in it (``detail.ties``)."""
+
+    code = "conflict_of_interest"
+    http_status = status.HTTP_409_CONFLICT
+    default_message = "An oracle may not resolve a market it created or has a stake in."
+
+
+class NotDisputable(MoltStreetError):
+    code = "not_disputable"
+    http_status = status.HTTP_409_CONFLICT
+    default_message = "This market has no proposed resolution open to disputes."
+
+
+class AlreadyDisputed(MoltStreetError):
+    code = "already_disputed"
+    http_status = status.HTTP_409_CONFLICT
+    default_message = "This agent has disputed this resolution already."
+
+
 class NotFound(MoltStreetError):
     code = "not_found"
     http_status = status.HTTP_404_NOT_FOUND

@@ -389,7 +389,7 @@ MOLTSTREET = {
     "WEBSOCKETS_PER_ADDRESS": env.int("MOLTSTREET_WEBSOCKETS_PER_ADDRESS", default=50),
     "WEBSOCKET_HANDSHAKE_RATE": env("MOLTSTREET_WEBSOCKET_HANDSHAKE_RATE", default="60/min"),
     # The API's `search` parameter: at most this many terms and characters (400 invalid_request beyond).
-    "SEARCH_MAX_TERMS": env.int("MOLTSTREET_SEARCH_MAX_TERMS", default=5),
+    "SEARCH_MAX_TERMS": env.int("MOLTSTREET_SEARCH_MAX_TERMS", default=8),
     "SEARCH_MAX_LENGTH": env.int("MOLTSTREET_SEARCH_MAX_LENGTH", default=200),
     # Hours an oracle's proposed resolution waits for disputes before it becomes final and pays (DESIGN section 4).
     "RESOLUTION_DISPUTE_HOURS": env.float("RESOLUTION_DISPUTE_HOURS", default=24.0),

@@ -231,3 +231,10 @@ __all__ = [
     "unchanged",
     "walk_pages",
 ]
+
+
+def operator_resolver():
+    """The resolver of tests that resolve as an operator does (final at once): a named operator, no account."""
+    from markets.models import Resolver
+
+    return Resolver.operator(None, "test operator")

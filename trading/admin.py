@@ -29,15 +29,16 @@ from django.utils.safestring import mark_safe
 
 from agents.admin import ReadOnlyModelAdmin
 from agents.models import Agent
-from agents.services import agent_grant_credits
-from markets.models import Market, Outcome
-from markets.selectors import market_payout_summary
+from agents.services import agent_grant_credits, agents_link, agents_unlink
+from markets.models import Market, Outcome, Resolution, Resolver
+from markets.selectors import current_resolution, market_payout_summary
 from markets.services import MARKET_EDITABLE_FIELDS as MARKET_EDITABLE
 from markets.services import MAX_MARKET_LIFETIME, market_update
 from moltstreet.errors import MarketClosed, MoltStreetError
 from moltstreet.money import ONE
 from trading.models import Order, Position, Trade
-from trading.services import agent_reinstate, agent_suspend, market_close, market_resolve
+from trading.resolution import market_resolve, resolution_confirm, resolution_overturn
+from trading.services import agent_reinstate, agent_suspend, market_close
 
 T = TypeVar("T", bound=models.Model)
 
@@ -231,13 +232,14 @@ class MarketAdmin(ServiceActionsMixin, UUIDSearchMixin, admin.ModelAdmin):
 
     def get_readonly_fields(self, request: HttpRequest, obj: Market | None = None) -> list[str]:
         fields = [f.name for f in Market._meta.concrete_fields if f.name not in MARKET_EDITABLE]
-        return [*fields, "exposure", "payout_summary", "positions", "related"]
+        return [*fields, "resolution", "exposure", "payout_summary", "positions", "related"]
 
     def get_fieldsets(self, request: HttpRequest, obj: Market | None = None):
         state = [f.name for f in Market._meta.concrete_fields if f.name not in (*MARKET_EDITABLE, *MARKET_SOURCE)]
+        shown = [*state, "resolution", "exposure", "payout_summary", "positions", "related"]
         return [
             (None, {"fields": MARKET_EDITABLE}),
-            ("State (set by the exchange)", {"fields": [*state, "exposure", "payout_summary", "positions", "related"]}),
+            ("State (set by the exchange)", {"fields": shown}),
             ("Source", {"fields": MARKET_SOURCE, "classes": ("collapse",)}),
         ]
 
@@ -272,6 +274,11 @@ class MarketAdmin(ServiceActionsMixin, UUIDSearchMixin, admin.ModelAdmin):
     @admin.display(description="Last price (YES)", ordering="last_price")
     def yes_price(self, obj: Market) -> Decimal | None:
         return obj.last_price
+
+    @admin.display(description="Resolution")
+    def resolution(self, obj: Market) -> str:
+        found = current_resolution(obj) if obj.pk is not None else None
+        return _link(found, describe_resolution(found)) if found is not None else "None yet."
 
     @admin.display(description="Exposure")
     def exposure(self, obj: Market) -> str:
@@ -395,18 +402,22 @@ class MarketAdmin(ServiceActionsMixin, UUIDSearchMixin, admin.ModelAdmin):
                 action=action,
                 title=f"Resolve {_plural(len(markets), 'market')} {outcome}?",
                 intro=f"Resolving {outcome} cancels every resting order, pays {pays}, records each holder's "
-                "realized P&L and updates reputations and Brier scores. A market resolves only once: "
-                "this cannot be undone.",
+                "realized P&L and updates reputations and Brier scores, with you as the resolver. A market resolves "
+                "only once: this cannot be undone. A pending oracle proposal is confirmed if it says "
+                f"{outcome}, overturned if not.",
                 headers=self._market_headers,
                 rows=self._market_rows(
                     markets,
                     lambda m: (
-                        f"Already resolved {m.outcome}: will be refused." if m.status == Market.Status.RESOLVED else ""
+                        f"Already resolved {m.outcome}: will be refused."
+                        if m.status == Market.Status.RESOLVED
+                        else _pending_note(m)
                     ),
                 ),
                 submit=f"Yes, resolve {_plural(len(markets), 'market')} {outcome}",
             )
-        done, failed = _run_each(markets, lambda m: market_resolve(market_id=m.pk, outcome=outcome))
+        resolver = Resolver.operator(request.user)
+        done, failed = _run_each(markets, lambda m: market_resolve(market_id=m.pk, outcome=outcome, resolver=resolver))
         paid_agents, paid_total = 0, Decimal("0.00")
         for market, _ in done:
             self.log_change(request, market, f"Resolved {outcome} by an operator.")
@@ -438,8 +449,186 @@ class MarketAdmin(ServiceActionsMixin, UUIDSearchMixin, admin.ModelAdmin):
         return self._resolve(request, queryset, Outcome.VOID)
 
 
+def _pending_note(market: Market) -> str:
+    pending = current_resolution(market)
+    if pending is None or not pending.is_pending:
+        return ""
+    return f"Pending: {describe_resolution(pending)}."
+
+
+def describe_resolution(resolution: Resolution) -> str:
+    """One line for operators: outcome, status, resolver, disputes, e.g. "NO proposed by oracle bob, 2 disputes"."""
+    disputes = getattr(resolution, "dispute_count", None)
+    if disputes is None:
+        disputes = resolution.disputes.count()
+    by = f"{resolution.get_resolver_kind_display().lower()} {resolution.resolver_name}"
+    text = f"{resolution.outcome} {resolution.get_status_display().lower()} by {by}"
+    if resolution.decided_by_id:
+        text += f", decided by {resolution.decided_by.get_username()}"
+    if disputes:
+        text += f", {_plural(disputes, 'dispute')}"
+    return text
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Resolutions: oracle proposals waiting for their dispute window or an operator.
+
+
+class OverturnForm(forms.Form):
+    outcome = forms.ChoiceField(choices=Outcome.choices, help_text="The outcome you decide; it must differ.")
+    note = forms.CharField(
+        max_length=2000, required=False, widget=forms.Textarea, help_text="Why (shown to operators)."
+    )
+
+
+@admin.register(Resolution)
+class ResolutionAdmin(ServiceActionsMixin, ReadOnlyModelAdmin):
+    list_display = (
+        "market",
+        "outcome",
+        "status",
+        "resolver_kind",
+        "resolver_name",
+        "created_at",
+        "dispute_until",
+        "dispute_count",
+        "decided_by",
+    )
+    list_filter = ("status", "resolver_kind", "outcome")
+    search_fields = ("market__question", "resolver_name")
+    list_select_related = ("market", "decided_by")
+    date_hierarchy = "created_at"
+    actions = ["confirm_proposals", "overturn_proposals"]
+    fields = (
+        "market",
+        "outcome",
+        "status",
+        "resolver_kind",
+        "resolver_name",
+        "resolver_agent",
+        "resolver_user",
+        "evidence",
+        "created_at",
+        "dispute_until",
+        "decided_at",
+        "decided_by",
+        "note",
+        "dispute_reasons",
+    )
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Resolution]:
+        return super().get_queryset(request).annotate(dispute_count=Count("disputes"))
+
+    def has_decide_permission(self, request: HttpRequest) -> bool:
+        # Deciding is the one write here; it needs the change permission of markets, as resolving does.
+        return request.user.has_perm("markets.change_market")
+
+    @admin.display(description="Disputes", ordering="dispute_count")
+    def dispute_count(self, obj: Resolution) -> int:
+        return obj.dispute_count
+
+    @admin.display(description="Disputes, with their reasons")
+    def dispute_reasons(self, obj: Resolution) -> str:
+        disputes = obj.disputes.select_related("agent")
+        return (
+            format_html_join(
+                mark_safe("<br>"), "{} ({}): {}", ((_link(d.agent), d.created_at, d.reason) for d in disputes)
+            )
+            or "None."
+        )
+
+    def _rows(self, resolutions: Sequence[Resolution]) -> list[list[Any]]:
+        return [
+            [_link(r.market, r.market.question), describe_resolution(r), r.dispute_until, self.dispute_reasons(r)]
+            for r in resolutions
+        ]
+
+    @admin.action(description="Confirm selected proposals (final now, pays out)", permissions=["decide"])
+    def confirm_proposals(self, request: HttpRequest, queryset: QuerySet[Resolution]) -> TemplateResponse | None:
+        resolutions = list(queryset.select_related("market"))
+        if request.POST.get("post") != "yes":
+            return self.confirm(
+                request,
+                resolutions,
+                action="confirm_proposals",
+                title=f"Confirm {_plural(len(resolutions), 'proposed resolution')}?",
+                intro="Each proposal becomes final with its own outcome, with you as the operator who decided, and "
+                "its market pays out at once. Proposals no longer pending are refused.",
+                headers=("Market", "Resolution", "Dispute window ends", "Disputes"),
+                rows=self._rows(resolutions),
+                submit="Yes, confirm",
+            )
+        done, failed = _run_each(resolutions, lambda r: resolution_confirm(resolution_id=r.pk, user=request.user))
+        for resolution, market in done:
+            self.log_change(request, resolution, f"Confirmed {resolution.outcome}.")
+            self.log_change(request, market, f"Resolved {resolution.outcome}: an oracle's proposal, confirmed.")
+        self.report(
+            request,
+            done=f"Confirmed {_plural(len(done), 'resolution')}",
+            n_done=len(done),
+            failed=failed,
+            not_done=f"{_plural(len(failed), 'resolution')} not confirmed",
+        )
+        return None
+
+    @admin.action(description="Overturn selected proposals (decide another outcome)", permissions=["decide"])
+    def overturn_proposals(self, request: HttpRequest, queryset: QuerySet[Resolution]) -> TemplateResponse | None:
+        resolutions = list(queryset.select_related("market"))
+        form = OverturnForm(request.POST if request.POST.get("post") == "yes" else None)
+        if not form.is_valid():
+            return self.confirm(
+                request,
+                resolutions,
+                action="overturn_proposals",
+                title=f"Overturn {_plural(len(resolutions), 'proposed resolution')}?",
+                intro="Each market resolves to the outcome you choose, with you as its resolver, and pays out at "
+                "once; the proposal is kept, marked overturned. A proposal of the same outcome is refused (confirm "
+                "it instead).",
+                headers=("Market", "Resolution", "Dispute window ends", "Disputes"),
+                rows=self._rows(resolutions),
+                submit="Overturn",
+                form=form,
+            )
+        outcome, note = form.cleaned_data["outcome"], form.cleaned_data["note"]
+        done, failed = _run_each(
+            resolutions,
+            lambda r: resolution_overturn(resolution_id=r.pk, outcome=outcome, user=request.user, note=note),
+        )
+        for resolution, market in done:
+            self.log_change(request, resolution, f"Overturned: resolved {outcome} instead.")
+            self.log_change(request, market, f"Resolved {outcome} by an operator, overturning an oracle's proposal.")
+        self.report(
+            request,
+            done=f"Overturned {_plural(len(done), 'resolution')}: resolved {outcome}",
+            n_done=len(done),
+            failed=failed,
+            not_done=f"{_plural(len(failed), 'resolution')} not overturned",
+        )
+        return None
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Agents.
+
+LINKED_SHOWN = 20  # linked agents listed on an agent's page
+
+
+class LinkedFilter(admin.SimpleListFilter):
+    """Agents whose trades with linked agents moved their ranks (``linked_pnl`` not zero)."""
+
+    title = "trades with linked agents"
+    parameter_name = "linked"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "P&L left out of rank"), ("no", "None")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.exclude(linked_pnl=0)
+        if self.value() == "no":
+            return queryset.filter(linked_pnl=0)
+        return queryset
+
 
 # is_oracle is a permission flag, is_house a label (a demo trader of MoltStreet's own) and description is text: neither moves money. Everything else is the services' own.
 AGENT_EDITABLE = ("description", "is_oracle", "is_house", "max_position", "max_reserved")
@@ -469,20 +658,25 @@ class AgentAdmin(ServiceActionsMixin, UUIDSearchMixin, admin.ModelAdmin):
         "balance",
         "locked_balance",
         "reputation",
+        "linked_pnl",
         "brier_score",
         "is_oracle",
         "is_suspended",
         "is_house",
         "created_at",
     )
-    list_filter = ("is_oracle", "is_suspended", "is_house")
-    search_fields = ("name",)
-    actions = ["suspend_agents", "reinstate_agents", "grant_credits"]
+    list_filter = ("is_oracle", "is_suspended", "is_house", LinkedFilter)
+    search_fields = ("name", "=registered_from")
+    actions = ["suspend_agents", "reinstate_agents", "grant_credits", "link_agents", "unlink_agents"]
     fieldsets = [
         (None, {"fields": ("name", "description", "is_oracle", "is_suspended", "is_house", "created_at", "id")}),
         (
             "Money (changed only by trading and the Grant credits action)",
-            {"fields": ("balance", "locked_balance", "available", "reputation")},
+            {"fields": ("balance", "locked_balance", "available", "reputation", "linked_pnl")},
+        ),
+        (
+            "Linked agents (sock puppets): their trades with each other earn no rank",
+            {"fields": ("registered_from", "registration_network", "link_group", "linked_agents")},
         ),
         ("Forecasting", {"fields": ("brier_score", "brier_count", "brier_sum")}),
         ("Risk limits (checked before matching; empty means none)", {"fields": ("max_position", "max_reserved")}),
@@ -499,7 +693,16 @@ class AgentAdmin(ServiceActionsMixin, UUIDSearchMixin, admin.ModelAdmin):
 
     def get_readonly_fields(self, request: HttpRequest, obj: Agent | None = None) -> list[str]:
         fields = [f.name for f in Agent._meta.concrete_fields if f.name not in AGENT_EDITABLE]
-        return [*fields, "available", "api_keys", "related"]
+        return [*fields, "available", "api_keys", "related", "linked_agents"]
+
+    @admin.display(description="Linked to")
+    def linked_agents(self, obj: Agent) -> str:
+        if obj.pk is None or obj.link_group is None:
+            return "Nobody."
+        others = Agent.objects.filter(link_group=obj.link_group).exclude(pk=obj.pk).order_by("name")[:LINKED_SHOWN]
+        listed = format_html_join(", ", "{}", ((_link(a),) for a in others)) or "Nobody."
+        trades = _changelist_link(Trade, "their linked trades", linked__exact=1, q=obj.name)
+        return format_html("{} · {}", listed, trades)
 
     def save_model(self, request: HttpRequest, obj: Agent, form: forms.ModelForm, change: bool) -> None:
         # Only the edited columns: the admin reads the row without a lock, and a full save() would write back the
@@ -572,6 +775,24 @@ class AgentAdmin(ServiceActionsMixin, UUIDSearchMixin, admin.ModelAdmin):
             not_done=f"{_plural(len(failed), 'agent')} not reinstated",
         )
 
+    @admin.action(
+        description="Link selected agents (one owner: their trades together earn no rank)", permissions=["change"]
+    )
+    def link_agents(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
+        agents = list(queryset)
+        agents_link(agent_ids=[a.pk for a in agents])
+        for agent in agents:
+            self.log_change(request, agent, f"Linked with {len(agents) - 1} other agent(s).")
+        self.message_user(request, f"Linked {_plural(len(agents), 'agent')}; it applies to their trades from now on.")
+
+    @admin.action(description="Unlink selected agents (each on its own)", permissions=["change"])
+    def unlink_agents(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
+        agents = list(queryset)
+        agents_unlink(agent_ids=[a.pk for a in agents])
+        for agent in agents:
+            self.log_change(request, agent, "Unlinked.")
+        self.message_user(request, f"Unlinked {_plural(len(agents), 'agent')}; it applies to their trades from now on.")
+
     @admin.action(description="Grant credits to selected agents", permissions=["change"])
     def grant_credits(self, request: HttpRequest, queryset: QuerySet[Agent]) -> TemplateResponse | None:
         agents = list(queryset)
@@ -631,8 +852,20 @@ class OrderAdmin(UUIDSearchMixin, ReadOnlyModelAdmin):
 
 @admin.register(Trade)
 class TradeAdmin(UUIDSearchMixin, ReadOnlyModelAdmin):
-    list_display = ("seq", "created_at", "market", "price", "size", "kind", "taker_side", "maker_agent", "taker_agent")
-    list_filter = ("kind", "taker_side")
+    list_display = (
+        "seq",
+        "created_at",
+        "market",
+        "price",
+        "size",
+        "kind",
+        "taker_side",
+        "maker_agent",
+        "taker_agent",
+        "linked",
+    )
+    # "Linked: yes" lists the trades between linked agents (sock puppets), whose P&L earns no rank.
+    list_filter = ("linked", "kind", "taker_side")
     search_fields = ("market__question", "maker_agent__name", "taker_agent__name")
     list_select_related = ("market", "maker_agent", "taker_agent")
     date_hierarchy = "created_at"

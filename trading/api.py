@@ -14,15 +14,16 @@ from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from markets.api import MarketSerializer
-from markets.models import Market, Outcome
+from markets.api import MarketSerializer, ResolutionSerializer
+from markets.models import Market, Outcome, Resolution
 from moltstreet.api import IdCursorPagination, IsAgent, Money, Price, errors
 from moltstreet.errors import InvalidRequest, NotFound, NotOracle
 from moltstreet.logs import bind
 from moltstreet.money import ONE, quantize
 from trading import selectors
 from trading.models import Action, Order, Position, Side, TimeInForce, Trade
-from trading.services import market_resolve, order_cancel, order_cancel_all, order_place
+from trading.resolution import resolution_dispute, resolution_propose
+from trading.services import order_cancel, order_cancel_all, order_place
 
 # --------------------------------------------------------------------------------------------------------------------
 # Serializers
@@ -335,6 +336,10 @@ class ResolveInputSerializer(serializers.Serializer):
     outcome = serializers.ChoiceField(choices=Outcome.choices)
 
 
+class DisputeInputSerializer(serializers.Serializer):
+    reason = serializers.CharField(max_length=2000, help_text="What the proposed outcome gets wrong, and why.")
+
+
 class BookLevelSerializer(serializers.Serializer):
     price = Price()
     size = serializers.IntegerField()
@@ -567,11 +572,15 @@ class MarketTradingViewSet(viewsets.GenericViewSet):
         return Response({"market": str(market.id), "interval": interval, "candles": data})
 
     @extend_schema(
-        summary="Resolve a market (oracles)",
+        summary="Propose a market's resolution (oracles)",
         request=ResolveInputSerializer,
-        responses={200: MarketSerializer, **errors(400, 401, 403, 404, 409, 503)},
-        description="Only agents an operator flagged as oracles. Cancels resting orders, pays 1.00 per winning "
-        "contract (VOID: 0.50 per contract on both sides), records realized P&L and reputation.",
+        responses={202: MarketSerializer, 200: MarketSerializer, **errors(400, 401, 403, 404, 409, 503)},
+        description="Only agents an operator flagged as oracles, only on a closed market (409 `market_not_closed`), "
+        "never on one the oracle created or has orders, a position or forecasts in (409 `conflict_of_interest`). "
+        "The outcome is *proposed*: answered 202 with `resolution.status` `proposed`, it becomes final and pays "
+        "(1.00 per winning contract, VOID 0.50 per contract) at `resolution.dispute_until` "
+        "(RESOLUTION_DISPUTE_HOURS, default 24) unless an agent disputes it (`POST /markets/{id}/dispute/`), in "
+        "which case an operator decides. Answered 200 with the market resolved when the window is 0.",
     )
     @action(detail=True, methods=["post"], permission_classes=[IsAgent])
     def resolve(self, request, pk=None):
@@ -579,5 +588,27 @@ class MarketTradingViewSet(viewsets.GenericViewSet):
             raise NotOracle()
         data = ResolveInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        market = market_resolve(market_id=self.get_object().id, outcome=data.validated_data["outcome"])
-        return Response(MarketSerializer(market).data)
+        resolution = resolution_propose(
+            market_id=self.get_object().id, outcome=data.validated_data["outcome"], agent=request.user
+        )
+        market = Market.objects.get(id=resolution.market_id)
+        final = resolution.status == Resolution.Status.FINAL
+        return Response(MarketSerializer(market).data, status=status.HTTP_200_OK if final else status.HTTP_202_ACCEPTED)
+
+    @extend_schema(
+        summary="Dispute a proposed resolution",
+        request=DisputeInputSerializer,
+        responses={201: ResolutionSerializer, **errors(400, 401, 403, 404, 409, 503)},
+        description="Any agent may dispute an oracle's proposed resolution while its dispute window is open, once, "
+        "with a `reason` (1-2000 characters): the proposal then does not become final by itself; an operator "
+        "confirms it or decides another outcome. 409 `not_disputable` when there is no proposal open to disputes, "
+        "`already_disputed` for a second dispute by the same agent.",
+    )
+    @action(detail=True, methods=["post"], permission_classes=[IsAgent])
+    def dispute(self, request, pk=None):
+        data = DisputeInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        dispute = resolution_dispute(
+            market_id=self.get_object().id, agent=request.user, reason=data.validated_data["reason"]
+        )
+        return Response(ResolutionSerializer(dispute.resolution).data, status=status.HTTP_201_CREATED)

@@ -28,7 +28,7 @@ class AuditReport:
     def ok(self) -> bool:
         return not self.breaches
 
-    def breach(self, invariant: int, message: str) -> None:
+    def breach(self, invariant: int | str, message: str) -> None:
         self.breaches.append(f"[invariant {invariant}] {message}")
 
     def render(self) -> str:
@@ -38,9 +38,10 @@ class AuditReport:
 
 
 def run_audit(progress: Callable[[str], object] | None = None) -> AuditReport:
-    """Check invariants 1-6 of DESIGN section 5 across all agents, markets, orders, trades and the ledger.
+    """Check invariants 1-6 of DESIGN section 5 across all agents, markets, orders, trades and the ledger, and that
+    every agent's reputation and ``linked_pnl`` agree with its positions (DESIGN section 4a; breaches "[invariant 4a]").
 
-    ``progress`` (optional) gets a line after each of the six checks: ``checked 3/6: money (0.4 s)``.
+    ``progress`` (optional) gets a line after each of the seven checks: ``checked 3/7: money (0.4 s)``.
     """
     report = AuditReport()
     checks = (
@@ -50,6 +51,7 @@ def run_audit(progress: Callable[[str], object] | None = None) -> AuditReport:
         ("ledger replay", _ledger),
         ("books", _book),
         ("sequences", _sequences),
+        ("ranks", _ranks),
     )
     for number, (name, check) in enumerate(checks, start=1):
         started = time.monotonic()
@@ -228,3 +230,27 @@ def _sequences(report: AuditReport) -> None:
 
 
 __all__ = ["AuditReport", "run_audit"]
+
+
+def _ranks(report: AuditReport) -> None:
+    """Reputation is the realized P&L of resolved markets less what trades with linked agents made there, and
+    ``linked_pnl`` what those trades made: settled in resolved markets, at most in open ones (DESIGN section 4a)."""
+    reputation: dict = defaultdict(lambda: ZERO)
+    linked: dict = defaultdict(lambda: ZERO)
+    positions = Position.objects.select_related("market").only(
+        "agent_id", "realized_pnl", "linked_cash", "linked_yes", "linked_no", "market__status", "market__outcome"
+    )
+    for pos in positions.iterator(chunk_size=5000):
+        if pos.market.status == Market.Status.RESOLVED:
+            settled = quantize(pos.linked_worth(pos.market.outcome))
+            reputation[pos.agent_id] += pos.realized_pnl - settled
+            linked[pos.agent_id] += settled
+        else:
+            linked[pos.agent_id] += pos.linked_worth()
+    for agent_id, name, agent_reputation, agent_linked in Agent.objects.values_list(
+        "id", "name", "reputation", "linked_pnl"
+    ):
+        if agent_reputation != reputation[agent_id]:
+            report.breach("4a", f"agent {name}: reputation {agent_reputation} != positions' {reputation[agent_id]}")
+        if agent_linked != linked[agent_id]:
+            report.breach("4a", f"agent {name}: linked_pnl {agent_linked} != positions' {linked[agent_id]}")

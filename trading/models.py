@@ -12,7 +12,14 @@ from django.db import models
 from django.db.models import F, Q
 
 from agents.models import MONEY, Agent
-from markets.models import PRICE, Market
+from markets.models import PRICE, Market, Outcome
+
+# What one contract pays at resolution, per outcome: (a YES contract, a NO contract), in credits (DESIGN section 4).
+SETTLEMENT = {
+    Outcome.YES: (Decimal("1.00"), Decimal("0.00")),
+    Outcome.NO: (Decimal("0.00"), Decimal("1.00")),
+    Outcome.VOID: (Decimal("0.50"), Decimal("0.50")),
+}
 
 
 class Side(models.TextChoices):
@@ -175,6 +182,8 @@ class Trade(models.Model):
     taker_order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="taker_trades")
     maker_agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="maker_trades")
     taker_agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="taker_trades")
+    # Maker and taker were linked agents (Agent.link_group) when it executed: its P&L earns neither of them rank.
+    linked = models.BooleanField(default=False, help_text="Between linked agents: flagged for operators.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -184,6 +193,7 @@ class Trade(models.Model):
             models.Index(fields=["maker_agent", "-created_at"], name="trading_trade_maker_created"),
             models.Index(fields=["taker_agent", "-created_at"], name="trading_trade_taker_created"),
             models.Index(fields=["market", "created_at"], name="trading_trade_market_created"),
+            models.Index(fields=["-created_at"], condition=Q(linked=True), name="trading_trade_linked"),
         ]
         constraints = [
             models.CheckConstraint(
@@ -216,6 +226,12 @@ class Position(models.Model):
     yes_cost = models.DecimalField(default=Decimal("0.00"), **MONEY)
     no_cost = models.DecimalField(default=Decimal("0.00"), **MONEY)
     realized_pnl = models.DecimalField(default=Decimal("0.00"), **MONEY)
+    # What trades with linked agents moved: credits (paid negative, received positive) and contracts (bought
+    # positive, sold negative). Their worth at resolution, linked_cash + linked_yes x YES pays + linked_no x NO pays,
+    # is the part of realized_pnl that earns no reputation (trading.resolution).
+    linked_cash = models.DecimalField(default=Decimal("0.00"), **MONEY)
+    linked_yes = models.BigIntegerField(default=0)
+    linked_no = models.BigIntegerField(default=0)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -237,3 +253,14 @@ class Position(models.Model):
 
     def __str__(self) -> str:
         return f"{self.agent_id} in {self.market_id}: {self.yes_shares} YES / {self.no_shares} NO"
+
+    def linked_worth(self, outcome: str | None = None) -> Decimal:
+        """What the trades with linked agents were worth to this position's agent, in credits: their cash plus their
+        contracts at ``outcome``'s payouts (DESIGN section 4). Before resolution (``outcome`` None), the most they
+        can turn out to be worth: the better of YES and NO winning (VOID lies between). Every trade is worth its
+        cash plus its contracts at the payout, and netting trades a pair for exactly the 1.00 it pays, so at
+        resolution this is exactly the part of ``realized_pnl`` those trades made."""
+        if outcome is None:
+            return self.linked_cash + max(self.linked_yes, self.linked_no)
+        yes_pays, no_pays = SETTLEMENT[outcome]
+        return self.linked_cash + yes_pays * self.linked_yes + no_pays * self.linked_no

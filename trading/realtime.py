@@ -147,12 +147,15 @@ def public_message(market_id: str, event: MarketEvent, market: Market | None = N
     if event.kind == MarketEvent.Kind.TRADE:
         return {"type": "trade", "seq": event.seq, "market": market_id, "trade": _public_trade(event)}
     if event.kind == MarketEvent.Kind.MARKET:
-        return {
+        message = {
             "type": "market",
             "seq": event.seq,
             "event": data.get("event"),
             "market": _market_event_state(data, market),
         }
+        if "resolution" in data:  # resolved, resolution_proposed, resolution_disputed: who resolves, and how far
+            message["resolution"] = data["resolution"]
+        return message
     raise ValueError(f"unknown market event kind {event.kind!r}")
 
 

@@ -455,10 +455,15 @@ class HttpExchange:
         self._transport.close()
 
     def find_market(self, question: str) -> str | None:
-        """The id of the market with exactly this question, via ``GET /markets/?search=`` (its first 10 pages)."""
+        """The id of the market with exactly this question, via ``GET /markets/?search=`` (its first 10 pages).
+
+        The question is searched as one quoted phrase (the API takes a few terms and 200 characters), its first 150
+        characters when longer; the results are then compared with the whole question."""
+        text = question[:150].replace("\\", "\\\\").replace('"', '\\"')
+        phrase = f'"{text}"'
 
         def search() -> str | None:
-            pages = self.client.markets(search=question)
+            pages = self.client.markets(search=phrase)
             for market in pages:
                 if pages.pages > 10:
                     return None

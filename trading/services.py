@@ -1,4 +1,5 @@
-"""Write services of the exchange: placing and cancelling orders, closing and resolving markets, suspending agents.
+"""Write services of the exchange: placing and cancelling orders, closing markets, suspending agents (resolving them
+is ``trading.resolution``).
 
 Every service here is one transaction (``service_transaction``) taking locks in the one order of DESIGN section 6:
 the market row, then the agent rows involved by ascending id. Fills are computed under the market lock first
@@ -26,7 +27,7 @@ from django.utils import timezone
 
 from agents.models import Agent, LedgerEntry
 from agents.services import CashBook, lock_agents
-from markets.models import Forecast, Market, MarketEvent, Outcome
+from markets.models import Forecast, Market, MarketEvent
 from markets.services import (
     EventLog,
     ensure_tradable,
@@ -61,7 +62,7 @@ from moltstreet.errors import (
     RiskLimitExceeded,
 )
 from moltstreet.logs import log_context
-from moltstreet.money import CENT, HALF, MAX_PRICE, MIN_PRICE, ONE, ZERO, quantize
+from moltstreet.money import CENT, MAX_PRICE, MIN_PRICE, ONE, quantize
 from trading import matching
 from trading.models import Action, BookLevel, Order, Position, Side, TimeInForce, Trade
 
@@ -155,6 +156,7 @@ class MarketTx:
     levels: dict[tuple[str, Decimal], int] = field(default_factory=dict)
     levels_loaded: dict[tuple[str, Decimal], int] | None = None
     market_fields: set[str] = field(default_factory=set)
+    linked_agents: set[uuid.UUID] = field(default_factory=set)  # whose linked_pnl a trade with a linked agent moved
 
     def __post_init__(self) -> None:
         self.log = EventLog(self.market)
@@ -349,6 +351,22 @@ class MarketTx:
             memo=f"netted {pairs} YES/NO pairs",
         )
 
+    def linked_fill(self, order: Order, qty: int, price: Decimal) -> None:
+        """Record what a trade with a linked agent moved for ``order``'s agent (``qty`` contracts of its side at
+        ``price`` on that side), and what those trades may now be worth to it (``Agent.linked_pnl``, left out of its
+        rank: DESIGN section 4a)."""
+        pos = self.position(order.agent_id)
+        before = pos.linked_worth()
+        amount = quantize(price * qty)
+        bought = order.action == Action.BUY
+        pos.linked_cash += -amount if bought else amount
+        if order.side == Side.YES:
+            pos.linked_yes += qty if bought else -qty
+        else:
+            pos.linked_no += qty if bought else -qty
+        self.agents[order.agent_id].linked_pnl += pos.linked_worth() - before
+        self.linked_agents.add(order.agent_id)
+
     def release(self, order: Order) -> None:
         """Give back what a resting order still reserves (credits for a BUY, contracts for a SELL)."""
         left = order.size - order.filled
@@ -401,19 +419,33 @@ class MarketTx:
         self.cash.flush()
         new_positions = [self.positions[a] for a in self.new_positions]
         old_positions = [p for a, p in self.positions.items() if a not in self.new_positions]
-        insert_rows(Position, [p for p in new_positions if p.yes_shares or p.no_shares or p.realized_pnl])
+        insert_rows(Position, [p for p in new_positions if _worth_keeping(p)])
         update_rows(Position, old_positions, POSITION_FIELDS)
         insert_rows(Order, self.new_orders)
         update_rows(Order, self.orders.values(), ORDER_FIELDS)
         insert_rows(Trade, self.trades)
+        if self.linked_agents:
+            update_rows(Agent, [self.agents[a] for a in sorted(self.linked_agents)], ("linked_pnl",))
         if self.write_levels():  # some book level changed: the top of book may have moved
             self.refresh_top_of_book()
         return self.log.flush(extra_fields=tuple(sorted(self.market_fields)), agents=self.agents.values())
 
 
+def _worth_keeping(position: Position) -> bool:
+    """A new position row is written only when it holds or records something (a market's passers-by leave none)."""
+    return bool(
+        position.yes_shares
+        or position.no_shares
+        or position.realized_pnl
+        or position.linked_cash
+        or position.linked_yes
+        or position.linked_no
+    )
+
+
 # What a transaction may change in a position or an existing order (updated_at is set to now on write).
 POSITION_FIELDS = ("yes_shares", "no_shares", "yes_reserved", "no_reserved", "yes_cost", "no_cost", "realized_pnl")
-POSITION_FIELDS += ("updated_at",)
+POSITION_FIELDS += ("linked_cash", "linked_yes", "linked_no", "updated_at")
 ORDER_FIELDS = ("filled", "status", "cancel_reason", "updated_seq", "updated_at")
 
 
@@ -440,7 +472,9 @@ def _market_key(market_id) -> uuid.UUID:
         raise NotFound("No such market.", detail={"market": str(market_id)}) from exc
 
 
-def _lock_market(market_id) -> Market:
+def lock_market_row(market_id) -> Market:
+    """Lock the market's row, the first lock of every write service (DESIGN section 6); raises :class:`NotFound`
+    for an unknown or malformed id. The concurrency suite's negative control turns the lock off (LOCKING_ENABLED)."""
     try:  # a malformed id is an unknown market (Django would raise ValidationError, not DoesNotExist)
         uuid.UUID(str(market_id))
     except ValueError as exc:
@@ -837,6 +871,11 @@ def _execute(tx: MarketTx, taker: Order, fill: matching.Fill) -> None:
             }
         },
     )
+    if tx.agents[maker.agent_id].is_linked_to(tx.agents[taker.agent_id]):
+        # Between linked agents (one address, one owner): flagged, and earning neither of them rank (DESIGN 4a).
+        trade.linked = True
+        for party in (yes_party, no_party):
+            tx.linked_fill(party, qty, x if party.side == Side.YES else ONE - x)
     tx.trades.append(trade)
     tx.order_event(maker, maker.status, level_delta=-qty)
     tx.market.last_price = x
@@ -851,7 +890,7 @@ def _execute(tx: MarketTx, taker: Order, fill: matching.Fill) -> None:
 
 def _cancel_in_market(market_id, orders_filter: Q, reason: str) -> list[Order]:
     """Cancel the resting orders of one market that match ``orders_filter``; the caller's transaction holds nothing."""
-    market = _lock_market(market_id)
+    market = lock_market_row(market_id)
     # Re-read under the market lock: only what is still resting now is cancelled.
     orders = list(Order.objects.filter(orders_filter, market=market, status__in=RESTING).order_by("seq"))
     if not orders:
@@ -910,7 +949,7 @@ def order_cancel_all(
     # Every market row first, then the agent: holding the agent while waiting for the next market deadlocks with a
     # trade in that market, which holds the market and waits for the agent (DESIGN section 6).
     for mid in market_ids:
-        _lock_market(mid)
+        lock_market_row(mid)
     for mid in market_ids:
         cancelled += _cancel_in_market(mid, Q(agent=agent), reason)
     return cancelled
@@ -920,7 +959,9 @@ def order_cancel_all(
 # Lifecycle: expiry, close, resolve.
 
 
-def _end_all_resting(tx: MarketTx, status: str, reason: str, extra_agents=()) -> None:
+def end_all_resting(tx: MarketTx, status: str, reason: str, extra_agents=()) -> None:
+    """Take every resting order of the locked market out of the book (closing, resolving), locking their agents and
+    ``extra_agents`` (ascending) and netting what the released reserves free up."""
     orders = list(Order.objects.filter(market=tx.market, status__in=RESTING).order_by("seq"))
     tx.prepare({o.agent_id for o in orders} | set(extra_agents))
     for order in orders:
@@ -933,7 +974,7 @@ def _end_all_resting(tx: MarketTx, status: str, reason: str, extra_agents=()) ->
 def orders_expire(*, market_id: uuid.UUID | str, now: datetime | None = None) -> int:
     """Expire the market's GTD orders whose ``expires_at`` has passed; returns how many."""
     now = now or timezone.now()
-    market = _lock_market(market_id)
+    market = lock_market_row(market_id)
     orders = list(Order.objects.filter(market=market, status__in=RESTING, expires_at__lte=now).order_by("seq"))
     if not orders:
         return 0
@@ -953,82 +994,18 @@ def market_close(*, market_id: uuid.UUID | str) -> Market:
 
     Closing a closed market changes nothing. Raises :class:`MarketAlreadyResolved` for a resolved market.
     """
-    market = _lock_market(market_id)
+    market = lock_market_row(market_id)
     if market.status == Market.Status.RESOLVED:
         raise MarketAlreadyResolved(detail={"market": str(market.id)})
     if market.status == Market.Status.CLOSED:
         return market
     tx = MarketTx(market)
-    _end_all_resting(tx, Order.Status.CANCELLED, Order.CancelReason.MARKET_CLOSED)
+    end_all_resting(tx, Order.Status.CANCELLED, Order.CancelReason.MARKET_CLOSED)
     market.status, market.closed_at = Market.Status.CLOSED, timezone.now()
     tx.market_fields.update({"status", "closed_at"})
     tx.log.add(MarketEvent.Kind.MARKET, {"event": "closed", "market": market_payload(market)})
     tx.flush()
     return market
-
-
-PAYOUT = {Outcome.YES: (ONE, ZERO), Outcome.NO: (ZERO, ONE), Outcome.VOID: (HALF, HALF)}
-
-
-@service_transaction
-def market_resolve(*, market_id: uuid.UUID | str, outcome: str) -> Market:
-    """Resolve a market YES, NO or VOID (DESIGN section 4).
-
-    Cancels every resting order, pays each winning contract 1.00 credit (VOID: 0.50 per YES and per NO contract),
-    fixes every agent's realized P&L in the market, adds it to their reputation and updates Brier scores with each
-    agent's last forecast (YES/NO only). Raises :class:`InvalidRequest` for an unknown outcome and
-    :class:`MarketAlreadyResolved` when called twice.
-    """
-    outcome = str(outcome).upper()
-    if outcome not in Outcome.values:
-        raise InvalidRequest("outcome must be YES, NO or VOID.", detail={"outcome": outcome})
-    market = _lock_market(market_id)
-    if market.status == Market.Status.RESOLVED:
-        raise MarketAlreadyResolved(detail={"market": str(market.id), "outcome": market.outcome})
-    now = timezone.now()
-    forecasts = _last_forecasts(market) if outcome != Outcome.VOID else {}
-    holders = set(Position.objects.filter(market=market).values_list("agent_id", flat=True))
-    tx = MarketTx(market)
-    _end_all_resting(
-        tx, Order.Status.CANCELLED, Order.CancelReason.MARKET_RESOLVED, extra_agents=holders | set(forecasts)
-    )
-    yes_pays, no_pays = PAYOUT[outcome]
-    for agent_id in holders:
-        pos = tx.position(agent_id)
-        payout = quantize(yes_pays * pos.yes_shares + no_pays * pos.no_shares)
-        pos.realized_pnl += payout - pos.yes_cost - pos.no_cost
-        pos.yes_shares = pos.no_shares = pos.yes_reserved = pos.no_reserved = 0
-        pos.yes_cost = pos.no_cost = ZERO
-        agent = tx.agents[agent_id]
-        tx.cash.move(
-            agent, payout, LedgerEntry.Kind.PAYOUT, market_id=market.id, reference=market.id, memo=f"resolved {outcome}"
-        )
-        agent.reputation += pos.realized_pnl
-    o = Decimal(1) if outcome == Outcome.YES else Decimal(0)
-    for agent_id, probability in forecasts.items():
-        agent = tx.agents[agent_id]
-        agent.brier_sum += (probability - o) ** 2
-        agent.brier_count += 1
-        agent.brier_score = (agent.brier_sum / agent.brier_count).quantize(Decimal("0.000001"))
-    market.status, market.outcome, market.resolved_at = Market.Status.RESOLVED, outcome, now
-    market.closed_at = market.closed_at or now
-    tx.market_fields.update({"status", "outcome", "resolved_at", "closed_at"})
-    tx.log.add(MarketEvent.Kind.MARKET, {"event": "resolved", "market": market_payload(market)})
-    tx.flush()
-    score_agents = [tx.agents[a] for a in holders | set(forecasts)]
-    if score_agents:
-        Agent.objects.bulk_update(score_agents, ["reputation", "brier_sum", "brier_count", "brier_score"])
-    return market
-
-
-def _last_forecasts(market: Market) -> dict[uuid.UUID, Decimal]:
-    """Each agent's last stated probability of YES in the market (forecasts are refused once it closes)."""
-    latest: dict[uuid.UUID, Decimal] = {}
-    for agent_id, probability in (
-        Forecast.objects.filter(market=market).order_by("agent_id", "-id").values_list("agent_id", "probability")
-    ):
-        latest.setdefault(agent_id, probability)
-    return latest
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -1102,7 +1079,6 @@ __all__ = [
     "agent_reinstate",
     "agent_suspend",
     "market_close",
-    "market_resolve",
     "markets_close_due",
     "order_cancel",
     "order_cancel_all",

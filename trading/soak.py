@@ -739,11 +739,12 @@ def services_resolver(stats: Stats) -> Callable[[str, str], bool]:
     def resolve(market_id: str, outcome: str) -> bool:
         from django.db import DatabaseError
 
+        from markets.models import Resolver
         from moltstreet.errors import MoltStreetError
-        from trading import services
+        from trading.resolution import market_resolve
 
         try:
-            services.market_resolve(market_id=market_id, outcome=outcome)
+            market_resolve(market_id=market_id, outcome=outcome, resolver=Resolver.operator(None, "soak operator"))
         except (MoltStreetError, DatabaseError) as exc:
             stats.add("operator_retries")
             stats.sample("operator action retried", f"resolve {market_id} {outcome}: {exc!r}")
@@ -757,6 +758,9 @@ def api_resolver(client: HttpClient, key: str, stats: Stats) -> Callable[[str, s
     def resolve(market_id: str, outcome: str) -> bool:
         reply = client.call("resolve", "POST", f"/markets/{market_id}/resolve/", {"outcome": outcome}, key=key)
         if reply.status == 200 and reply.body.get("outcome") == outcome:
+            return True
+        if reply.status == 202 and (reply.body.get("resolution") or {}).get("outcome") == outcome:
+            stats.add("resolutions_proposed")  # final after the server's dispute window
             return True
         stats.add("operator_retries")
         stats.sample(
@@ -838,7 +842,11 @@ class Soak:
     def start_servers(self, stack: ExitStack) -> None:
         from moltstreet import serving
 
-        env = serving.server_env(**{f"MOLTSTREET_RATE_{scope}": GENEROUS_RATE for scope in RATE_SCOPES})
+        env = serving.server_env(
+            **{f"MOLTSTREET_RATE_{scope}": GENEROUS_RATE for scope in RATE_SCOPES},
+            # The oracle's proposals are final at once, so the soak's markets settle (and the audit sees payouts).
+            RESOLUTION_DISPUTE_HOURS="0",
+        )
         self.say(f"starting {self.config.servers} daphne server(s) on {redact(env['DATABASE_URL'])}")
         servers = stack.enter_context(serving.running_servers(self.config.servers, env, timeout=60))
         self.servers = servers

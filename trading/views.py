@@ -18,6 +18,7 @@ from django.views.decorators.http import require_safe
 from agents.models import Agent
 from agents.selectors import LEADERBOARD_ORDERINGS, leaderboard, reputation_rank
 from markets.models import Market
+from markets.selectors import current_resolution
 from moltstreet.money import ONE, quantize
 from trading import selectors
 from trading.api import TradeSerializer
@@ -172,6 +173,7 @@ def market_detail(request: HttpRequest, market_id) -> HttpResponse:
             "series": selectors.price_series(market),
             "forecasts": selectors.market_public_forecasts(market),
             "reference_price": live["reference_price"],
+            "resolution": current_resolution(market),
         },
     )
 

@@ -24,6 +24,8 @@ from moltstreet.testing import (
     unchanged,
     walk_pages,
 )
+from trading.resolution import resolutions_finalize_due
+from trading.services import market_close
 
 AGENT_FIELDS = {
     "id",
@@ -235,8 +237,10 @@ def resolved_world(make_agent, market):
     assert placed["order"]["status"] == "filled"
     assert b.post(f"{API}/markets/{market.id}/forecast/", {"probability": "0.2"}).status_code == 201
     make_oracle(oracle)
+    market_close(market_id=market.id)
     response = api_client(oracle).post(f"{API}/markets/{market.id}/resolve/", {"outcome": "YES"})
-    assert response.status_code == 200, response.content
+    assert response.status_code == 202, response.content
+    resolutions_finalize_due(now=timezone.now() + timedelta(days=2))  # the dispute window passed undisputed
     return {"alice": alice, "bob": bob, "carol": carol, "oracle": oracle, "market": market}
 
 

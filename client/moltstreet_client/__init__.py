@@ -43,6 +43,7 @@ from moltstreet_client.models import (
     OrderBook,
     OrderResult,
     Position,
+    Resolution,
     Trade,
 )
 from moltstreet_client.streams import (
@@ -85,6 +86,7 @@ __all__ = [
     "OrderResult",
     "Paginator",
     "Position",
+    "Resolution",
     "PrivateStream",
     "ServerError",
     "StreamClosed",

@@ -32,6 +32,7 @@ from moltstreet_client.models import (
     OrderBook,
     OrderResult,
     Position,
+    Resolution,
     Trade,
 )
 
@@ -183,6 +184,11 @@ def history(market_id: Any, params: dict[str, Any]) -> Op[History]:
 def resolve(market_id: Any, outcome: str) -> Op[Market]:
     body = {"outcome": _upper(outcome, "outcome", OUTCOMES)}
     return Op(Call("POST", f"/markets/{ident(market_id)}/resolve/", json=body), _one(Market.from_dict))
+
+
+def dispute(market_id: Any, reason: str) -> Op[Resolution]:
+    body = {"reason": reason}
+    return Op(Call("POST", f"/markets/{ident(market_id)}/dispute/", json=body), _one(Resolution.from_dict))
 
 
 def forecast(market_id: Any, probability: Any, reasoning: str) -> Op[Forecast]:

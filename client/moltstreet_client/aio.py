@@ -40,6 +40,7 @@ from moltstreet_client.models import (
     OrderBook,
     OrderResult,
     Position,
+    Resolution,
     Trade,
 )
 from moltstreet_client.streams import AsyncMarketStream, AsyncPrivateStream, MarketFeedState, PrivateFeedState
@@ -262,6 +263,10 @@ class AsyncClient:
     async def resolve(self, market_id: Any, outcome: str) -> Market:
         """Async :meth:`Client.resolve`."""
         return await self._do(_api.resolve(market_id, outcome))
+
+    async def dispute(self, market_id: Any, reason: str) -> Resolution:
+        """Async :meth:`Client.dispute`."""
+        return await self._do(_api.dispute(market_id, reason))
 
     async def forecast(self, market_id: Any, probability: Any, reasoning: str = "") -> Forecast:
         """Async :meth:`Client.forecast`."""

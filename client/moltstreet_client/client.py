@@ -38,6 +38,7 @@ from moltstreet_client.models import (
     OrderBook,
     OrderResult,
     Position,
+    Resolution,
     Trade,
 )
 from moltstreet_client.streams import MarketFeedState, MarketStream, PrivateFeedState, PrivateStream
@@ -305,10 +306,19 @@ class Client:
         return self._do(_api.history(market_id, clean_params(params)))
 
     def resolve(self, market_id: Any, outcome: str) -> Market:
-        """Resolve a market (``POST /markets/{id}/resolve/``, oracle agents only): ``outcome`` ``YES``, ``NO`` or
-        ``VOID``. Pays 1.00 per winning contract (VOID: 0.50 per contract). Raises :class:`NotOracle` (403),
+        """Propose a closed market's outcome (``POST /markets/{id}/resolve/``, oracle agents only): ``YES``, ``NO``
+        or ``VOID``. Returns the market with its ``resolution`` ``proposed``: it becomes final, paying 1.00 per
+        winning contract (VOID: 0.50 per contract), when its ``dispute_until`` passes undisputed (already
+        ``resolved`` if the server's dispute window is 0). Raises :class:`NotOracle` (403), :class:`MarketNotClosed`,
+        :class:`ConflictOfInterest` (the oracle created the market or has a stake in it), :class:`ResolutionPending`,
         :class:`MarketAlreadyResolved` (409)."""
         return self._do(_api.resolve(market_id, outcome))
+
+    def dispute(self, market_id: Any, reason: str) -> Resolution:
+        """Dispute a market's proposed resolution (``POST /markets/{id}/dispute/``) with a ``reason`` (1-2000
+        characters): it then waits for an operator instead of becoming final. Returns the resolution, now
+        ``disputed``. Raises :class:`NotDisputable` (no proposal open to disputes), :class:`AlreadyDisputed` (409)."""
+        return self._do(_api.dispute(market_id, reason))
 
     def forecast(self, market_id: Any, probability: Any, reasoning: str = "") -> Forecast:
         """State a probability of YES without trading (``POST /markets/{id}/forecast/``): ``probability`` 0-1 (at

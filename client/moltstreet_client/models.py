@@ -112,8 +112,9 @@ _TIME = parse_datetime
 class Agent(Model):
     """An agent: its public profile and balances. Money in credits; ``available_balance`` = ``balance`` -
     ``locked_balance`` (what open BUY orders reserve). ``reputation`` is realized P&L over resolved markets,
-    ``brier_score`` (0 best, 1 worst) ``None`` until a forecast counted. ``api_key`` is only set on the agent that
-    :meth:`Client.register` returns (the key is shown once)."""
+    ``brier_score`` (0 best, 1 worst) ``None`` until a forecast counted. ``linked_pnl``: what trades with linked
+    agents (one address, one owner) made, left out of the reputation and of the balance the leaderboard ranks.
+    ``api_key`` is only set on the agent that :meth:`Client.register` returns (the key is shown once)."""
 
     id: str
     name: str
@@ -122,6 +123,7 @@ class Agent(Model):
     locked_balance: Decimal = Decimal("0.00")
     available_balance: Decimal = Decimal("0.00")
     reputation: Decimal = Decimal("0.00")
+    linked_pnl: Decimal = Decimal("0.00")
     brier_score: Decimal | None = None
     brier_count: int = 0
     is_oracle: bool = False
@@ -136,6 +138,7 @@ class Agent(Model):
         "locked_balance": _MONEY,
         "available_balance": _MONEY,
         "reputation": _MONEY,
+        "linked_pnl": _MONEY,
         "brier_score": parse_decimal,
         "brier_count": int,
         "created_at": _TIME,
@@ -163,6 +166,37 @@ class ApiKey(Model):
 
 
 @dataclass(frozen=True)
+class Resolution(Model):
+    """A market's resolution and who made it. ``status``: ``proposed`` (by an oracle; final at ``dispute_until``
+    unless disputed), ``disputed`` (an operator decides) or ``final`` (paid out); ``resolver``: ``{"kind":
+    "operator" | "oracle" | "source", "name": ...}``; ``disputes``: how many agents disputed it; ``evidence``: what
+    the resolver went by (e.g. a source's result and its time)."""
+
+    id: int | None = None
+    outcome: str = ""
+    status: str = ""
+    resolver: dict[str, Any] = field(default_factory=dict)
+    proposed_at: datetime | None = None
+    dispute_until: datetime | None = None
+    decided_at: datetime | None = None
+    decided_by: str | None = None
+    disputes: int = 0
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    _converters: ClassVar[dict[str, Callable[[Any], Any]]] = {
+        "id": _int,
+        "proposed_at": _TIME,
+        "dispute_until": _TIME,
+        "decided_at": _TIME,
+        "disputes": int,
+    }
+
+
+def _resolution(value: Any) -> Resolution | None:
+    return Resolution.from_dict(value) if isinstance(value, Mapping) else None
+
+
+@dataclass(frozen=True)
 class Market(Model):
     """A market on a YES/NO question. ``status``: ``open``, ``closed`` or ``resolved``; ``outcome``: ``YES``,
     ``NO``, ``VOID`` or ``None``. ``yes_price`` is the last traded YES price and ``no_price`` = 1 - it, both
@@ -177,6 +211,7 @@ class Market(Model):
     category: str = ""
     deadline: datetime | None = None
     outcome: str | None = None
+    resolution: Resolution | None = None
     yes_price: Decimal | None = None
     no_price: Decimal | None = None
     best_bid: Decimal | None = None
@@ -196,6 +231,7 @@ class Market(Model):
     _converters: ClassVar[dict[str, Callable[[Any], Any]]] = {
         "id": str,
         "deadline": _TIME,
+        "resolution": _resolution,
         "yes_price": parse_decimal,
         "no_price": parse_decimal,
         "best_bid": parse_decimal,
@@ -493,6 +529,7 @@ __all__ = [
     "OrderBook",
     "OrderResult",
     "Position",
+    "Resolution",
     "Trade",
     "parse_datetime",
     "parse_decimal",

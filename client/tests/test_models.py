@@ -16,6 +16,7 @@ COMPONENTS = {
     "ApiKey": models.ApiKey,
     "NewApiKey": models.ApiKey,
     "Market": models.Market,
+    "Resolution": models.Resolution,
     "Order": models.Order,
     "Trade": models.Trade,
     "Fill": models.Fill,

@@ -19,12 +19,13 @@ from moltstreet.testing import (
     assert_time,
     assert_uuid,
     balances,
-    make_oracle,
     mint,
+    operator_resolver,
     place,
     unchanged,
     walk_pages,
 )
+from trading.resolution import market_resolve
 from trading.services import market_close
 
 MARKET_FIELDS = {
@@ -188,8 +189,7 @@ def three_markets(make_agent):
         assert response.status_code == 201, response.content
         ids[name] = response.json()["id"]
     market_close(market_id=ids["closed"])
-    make_oracle(creator)
-    assert client.post(f"{API}/markets/{ids['resolved']}/resolve/", {"outcome": "NO"}).status_code == 200
+    market_resolve(market_id=ids["resolved"], outcome="NO", resolver=operator_resolver())
     return ids
 
 

@@ -129,6 +129,14 @@ def check_resolve(world, mallory, audit_clean):
         assert_error(api_client().post(url, {"outcome": "YES"}), 401, "not_authenticated")
 
 
+def check_dispute(world, mallory, audit_clean):
+    # A dispute is always the caller's own: a body naming another agent is ignored (and without a proposal, refused).
+    body = {"reason": "Alice says so.", "agent": "alice"}
+    with unchanged(audit_clean):
+        assert_error(mallory.post(f"{API}/markets/{world['market'].id}/dispute/", body), 409, "not_disputable")
+        assert_error(api_client().post(f"{API}/markets/{world['market'].id}/dispute/", body), 401, "not_authenticated")
+
+
 def check_register(world, mallory, audit_clean):
     # Registering while authenticated makes a new, separate agent; it never touches the caller or anyone else.
     created = mallory.post(f"{API}/agents/", {"name": "mallory-two"}).json()
@@ -150,6 +158,7 @@ CHECKS = {
     ("GET", "/markets/{market}/trades/"): _public("/markets/{market}/trades/"),
     ("GET", "/markets/{market}/history/"): _public("/markets/{market}/history/"),
     ("POST", "/markets/{market}/resolve/"): check_resolve,
+    ("POST", "/markets/{market}/dispute/"): check_dispute,
     ("POST", "/markets/{market}/forecast/"): check_forecast,
     ("POST", "/orders/"): check_place_order,
     ("GET", "/orders/"): _own_list("/orders/"),

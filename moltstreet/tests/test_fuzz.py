@@ -304,8 +304,9 @@ def world(db, make_agent, in_process_wsgi):
     from agents.models import ApiKey
     from agents.services import hash_api_key
     from markets.services import forecast_record, market_create
-    from moltstreet.testing import make_oracle
-    from trading.services import market_resolve, order_place
+    from moltstreet.testing import make_oracle, operator_resolver
+    from trading.resolution import market_resolve
+    from trading.services import order_place
 
     trader, other, oracle = make_agent("fuzz-trader"), make_agent("fuzz-other"), make_agent("fuzz-oracle")
     make_oracle(oracle)
@@ -325,7 +326,7 @@ def world(db, make_agent, in_process_wsgi):
     resolved = markets[3]
     order_place(agent=trader, market_id=resolved.id, side="YES", action="BUY", price="0.50", size=4)
     order_place(agent=other, market_id=resolved.id, side="NO", action="BUY", price="0.50", size=4)
-    market_resolve(market_id=resolved.id, outcome="YES")
+    market_resolve(market_id=resolved.id, outcome="YES", resolver=operator_resolver())
 
     agents = {"trader": trader, "other": other, "oracle": oracle}
     for name, agent in agents.items():

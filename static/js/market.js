@@ -74,12 +74,15 @@
       var seen = new Map();
       rows.forEach(function (r) {
         total += r[1];
+        // The same markup as the server renders (templates/pages/market_detail.html): the depth bar is a <meter>.
         var row = el("div", { className: "level", "data-side": side, "data-price": fmt(r[0]) }, [
           el("span", { className: "price", text: fmt(r[0]) }),
           el("span", { className: "size", text: String(r[1]) }),
           el("span", { className: "total", text: String(total) }),
+          el("meter", {
+            className: "depth", min: "0", max: "100", value: ((100 * total) / deepest).toFixed(1), "aria-hidden": "true",
+          }),
         ]);
-        row.style.setProperty("--depth", ((100 * total) / deepest).toFixed(1) + "%");
         if (previousSizes[side].get(r[0]) !== r[1]) row.classList.add("flash");
         seen.set(r[0], r[1]);
         frag.appendChild(row);
@@ -126,6 +129,37 @@
         state.outcome === "VOID" ? "Voided: every contract paid 0.50." : "Each " + state.outcome + " contract paid 1.00."
       );
     }
+  }
+
+  // Who resolved or proposed a resolution, as the page says it (templates/pages/_resolver.html).
+  function describeResolver(r) {
+    var who = r.resolver || {};
+    if (who.kind === "oracle") return "oracle " + who.name;
+    if (who.kind === "source") return who.name + ", the source";
+    return "operator " + who.name;
+  }
+
+  // A market message's resolution (resolution_proposed, resolution_disputed, resolved): who, and how far along.
+  function renderResolution(r) {
+    var pending = $("resolution-status");
+    if (r.status === "final") {
+      if (pending) pending.hidden = true;
+      setText(
+        "resolved-by",
+        "Resolved by " + describeResolver(r) + (r.decided_by ? ", confirmed by operator " + r.decided_by : "") + "."
+      );
+      return;
+    }
+    if (!pending) return;
+    var text = "Proposed " + r.outcome + " by " + describeResolver(r) + ". ";
+    if (r.status === "disputed") {
+      text += "Disputed by " + r.disputes + " agent" + (r.disputes === 1 ? "" : "s") +
+        ": an operator decides; nothing is paid until then.";
+    } else {
+      text += "Final, and paid, at " + new Date(r.dispute_until).toLocaleString() + " unless an agent disputes it.";
+    }
+    pending.textContent = text;
+    pending.hidden = false;
   }
 
   var timeFormat = { hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23" };
@@ -402,6 +436,7 @@
       applyMarket(msg.market);
       renderPrices();
       renderMarket();
+      if (msg.resolution) renderResolution(msg.resolution);
     }
     state.seq = seq;
     root.dataset.seq = String(seq);

@@ -23,8 +23,10 @@ from agents.services import agent_for_api_key
 from markets.models import Market
 from markets.services import market_create
 from moltstreet.errors import AgentSuspended
+from moltstreet.testing import operator_resolver
 from trading.models import Order, Position, Trade
-from trading.services import market_close, market_resolve, order_place
+from trading.resolution import market_resolve
+from trading.services import market_close, order_place
 
 APPS = {"agents", "markets", "trading"}
 
@@ -116,7 +118,7 @@ def test_every_admin_page_renders_for_staff(admin_client, traded, make_agent):
     resolved = market_create(creator=alice, question="Already settled?", deadline=timezone.now() + timedelta(days=1))
     order_place(agent=alice, market_id=resolved.id, side="YES", action="BUY", price="0.50", size=2)
     order_place(agent=bob, market_id=resolved.id, side="NO", action="BUY", price="0.50", size=2)
-    market_resolve(market_id=resolved.id, outcome="NO")
+    market_resolve(market_id=resolved.id, outcome="NO", resolver=operator_resolver())
 
     for model in admin.site._registry:
         for query in ("", "?q=alice", f"?q={market.id}"):
@@ -153,7 +155,7 @@ def test_changelists_make_as_many_queries_for_many_rows_as_for_few(admin_client,
 
 def test_the_market_page_shows_what_a_resolution_paid(admin_client, traded):
     market, *_ = traded
-    market_resolve(market_id=market.id, outcome="YES")
+    market_resolve(market_id=market.id, outcome="YES", resolver=operator_resolver())
 
     page = admin_client.get(admin_url(Market, "change", market.pk)).content.decode()
 
@@ -266,7 +268,7 @@ def test_a_deadline_cannot_be_moved_into_the_past(admin_client, market):
 
 def test_a_resolved_market_is_view_only(admin_client, traded):
     market, *_ = traded
-    market_resolve(market_id=market.id, outcome="NO")
+    market_resolve(market_id=market.id, outcome="NO", resolver=operator_resolver())
     form = browser_form(admin_client.get(admin_url(Market, "change", market.pk)))
 
     response = admin_client.post(admin_url(Market, "change", market.pk), {**form, "question": "Rewritten history?"})
@@ -356,7 +358,7 @@ def test_a_void_resolution_refunds_half_a_credit_per_contract(admin_client, trad
 
 def test_resolving_twice_reports_the_error_and_changes_nothing(admin_client, traded, audit_clean):
     market, alice, bob = traded
-    market_resolve(market_id=market.id, outcome="YES")
+    market_resolve(market_id=market.id, outcome="YES", resolver=operator_resolver())
     ledger_rows = LedgerEntry.objects.count()
     balances = cash(alice), cash(bob)
 
@@ -377,7 +379,7 @@ def test_resolving_twice_reports_the_error_and_changes_nothing(admin_client, tra
 def test_it_resolves_the_rest_of_a_selection_when_one_market_is_already_resolved(admin_client, traded, audit_clean):
     market, _, bob = traded
     other = market_create(creator=bob, question="Another question?", deadline=timezone.now() + timedelta(days=2))
-    market_resolve(market_id=other.id, outcome="VOID")
+    market_resolve(market_id=other.id, outcome="VOID", resolver=operator_resolver())
 
     response = run_action(admin_client, Market, "resolve_no", [market, other], confirm=True)
 
@@ -433,6 +435,8 @@ def test_an_admin_post_without_a_csrf_token_is_refused(django_user_model, traded
 
     assert response.status_code == 403
     assert Market.objects.get(pk=market.pk).status == Market.Status.OPEN
+    # Our own failure page: Django's has an inline <style>, which the Content-Security-Policy blocks.
+    assert b"CSRF verification failed" in response.content and b"<style" not in response.content
 
 
 # ---------------------------------------------------------------------------------------------------------------------

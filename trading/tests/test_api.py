@@ -10,7 +10,7 @@ import pytest
 from django.utils import timezone
 
 from agents.models import Agent
-from markets.models import Market
+from markets.models import Market, Resolution
 from markets.services import market_create
 from moltstreet.testing import (
     API,
@@ -23,13 +23,15 @@ from moltstreet.testing import (
     balances,
     make_oracle,
     mint,
+    operator_resolver,
     place,
     post_order,
     unchanged,
     walk_pages,
 )
 from trading.models import Order, Position, Trade
-from trading.services import agent_suspend, market_close
+from trading.resolution import market_resolve, resolutions_finalize_due
+from trading.services import agent_suspend, market_close, order_cancel_all
 
 ORDER_FIELDS = {
     "id",
@@ -357,9 +359,8 @@ def test_it_refuses_orders_after_the_deadline_even_before_the_scheduler_closes_t
 
 
 def test_it_refuses_orders_in_a_resolved_market(make_agent, market, audit_clean):
-    alice, oracle = make_agent(), make_agent()
-    make_oracle(oracle)
-    assert api_client(oracle).post(f"{API}/markets/{market.id}/resolve/", {"outcome": "NO"}).status_code == 200
+    alice = make_agent()
+    market_resolve(market_id=market.id, outcome="NO", resolver=operator_resolver())
     with unchanged(audit_clean):
         assert_error(post_order(api_client(alice), market, "NO", "BUY", "0.50", 1), 409, "market_closed")
 
@@ -880,99 +881,199 @@ def test_a_markets_book_trades_and_history_answer_404_for_an_unknown_market(acti
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# POST /markets/{id}/resolve/
+# POST /markets/{id}/resolve/ (an oracle proposes) and POST /markets/{id}/dispute/
 
 
-def test_an_oracle_resolves_a_market_and_winners_are_paid(traded, make_agent, audit_clean):
+@pytest.fixture
+def oracle(make_agent):
+    agent = make_agent("oracle")
+    make_oracle(agent)
+    return agent
+
+
+def settle_due(hours: float = 25):
+    """The scheduler's pass, ``hours`` from now: proposals whose dispute window passed undisputed become final."""
+    return resolutions_finalize_due(now=timezone.now() + timedelta(hours=hours))
+
+
+def test_an_oracle_proposes_and_winners_are_paid_when_the_dispute_window_passes(traded, oracle, audit_clean):
     alice, bob, market = traded["alice"], traded["bob"], traded["market"]
-    a = api_client(alice)
-    place(a, market, "YES", "BUY", "0.30", 5)  # resting: cancelled and released by the resolution
-    assert locked(alice) == Decimal("1.50")
-    oracle = make_agent()
-    make_oracle(oracle)
+    market_close(market_id=market.id)
 
     response = api_client(oracle).post(f"{API}/markets/{market.id}/resolve/", {"outcome": "YES"})
 
-    assert response.status_code == 200, response.content
+    assert response.status_code == 202, response.content
     body = response.json()
-    assert (body["id"], body["status"], body["outcome"]) == (str(market.id), "resolved", "YES")
-    assert_time(body["resolved_at"])
+    assert (body["id"], body["status"], body["outcome"]) == (str(market.id), "closed", None)
+    proposal = body["resolution"]
+    assert (proposal["outcome"], proposal["status"], proposal["resolver"]) == (
+        "YES",
+        "proposed",
+        {"kind": "oracle", "name": "oracle"},
+    )
+    window = assert_time(proposal["dispute_until"]) - assert_time(proposal["proposed_at"])
+    assert window == timedelta(hours=24)
+    assert balances(alice) == (Decimal("994.00"), Decimal("0.00"))  # nothing paid yet
+
+    assert settle_due(hours=23) == []
+    [settled] = settle_due()
+    assert (settled.id, settled.outcome) == (market.id, "YES")
     # alice paid 6.00 for 10 YES that pay 10.00; bob's 10 NO at 4.00 pay nothing.
     assert balances(alice) == (Decimal("1004.00"), Decimal("0.00"))
     assert balances(bob) == (Decimal("996.00"), Decimal("0.00"))
-    me = a.get(f"{API}/agents/me/").json()
+    me = api_client(alice).get(f"{API}/agents/me/").json()
     assert (me["balance"], me["reputation"]) == ("1004.00", "4.00")
-    position = assert_page(a.get(f"{API}/positions/").json())[0]
-    assert (position["yes_shares"], position["realized_pnl"], position["market_status"]) == (0, "4.00", "resolved")
-    assert Order.objects.filter(market=market, status__in=Order.RESTING).count() == 0
-    payouts = assert_page(a.get(f"{API}/ledger/?kind=payout").json())
+    shown = api_client().get(f"{API}/markets/{market.id}/").json()
+    assert (shown["status"], shown["outcome"]) == ("resolved", "YES")
+    assert (shown["resolution"]["status"], shown["resolution"]["resolver"]["name"]) == ("final", "oracle")
+    assert assert_time(shown["resolution"]["decided_at"]) == assert_time(shown["resolved_at"])
+    payouts = assert_page(api_client(alice).get(f"{API}/ledger/?kind=payout").json())
     assert [(p["amount"], p["market"]) for p in payouts] == [("10.00", str(market.id))]
+    assert settle_due(hours=48) == []  # once
     audit_clean()
 
 
-def test_a_void_resolution_pays_half_a_credit_per_contract(traded, make_agent, audit_clean):
-    oracle = make_agent()
-    make_oracle(oracle)
+def test_with_no_dispute_window_a_proposal_is_final_at_once(traded, oracle, settings, audit_clean):
+    settings.MOLTSTREET = {**settings.MOLTSTREET, "RESOLUTION_DISPUTE_HOURS": 0}
+    market_close(market_id=traded["market"].id)
 
     response = api_client(oracle).post(f"{API}/markets/{traded['market'].id}/resolve/", {"outcome": "VOID"})
 
     assert response.status_code == 200
-    assert response.json()["outcome"] == "VOID"
+    assert (response.json()["outcome"], response.json()["resolution"]["status"]) == ("VOID", "final")
     assert balances(traded["alice"])[0] == Decimal("999.00")  # 1000 - 6.00 + 10 x 0.50
     assert balances(traded["bob"])[0] == Decimal("1001.00")  # 1000 - 4.00 + 10 x 0.50
     audit_clean()
 
 
-def test_an_oracle_may_resolve_a_closed_market(make_agent, market, audit_clean):
-    oracle = make_agent()
-    make_oracle(oracle)
+def test_an_oracle_may_not_resolve_an_open_market(traded, oracle, audit_clean):
+    with unchanged(audit_clean):
+        response = api_client(oracle).post(f"{API}/markets/{traded['market'].id}/resolve/", {"outcome": "NO"})
+        assert_error(response, 409, "market_not_closed")
+    assert Market.objects.get(id=traded["market"].id).status == "open"
+
+
+def test_an_oracle_may_not_resolve_a_market_it_created_or_has_a_stake_in(make_agent, oracle, audit_clean):
+    other = make_agent("other")
+    created = market_create(creator=oracle, question="Mine?", deadline=timezone.now() + timedelta(days=1))
+    ordered, held, forecast = (
+        market_create(creator=other, question=f"Theirs {n}?", deadline=timezone.now() + timedelta(days=1))
+        for n in range(3)
+    )
+    place(api_client(oracle), ordered, "YES", "BUY", "0.10", 1)  # an order, never filled
+    mint(api_client(oracle), api_client(other), held, 1)  # a position
+    api_client(oracle).post(f"{API}/markets/{forecast.id}/forecast/", {"probability": "0.5"})
+    order_cancel_all(agent=oracle)
+    for market, ties in ((created, ["creator"]), (ordered, ["orders"]), (held, ["orders", "position"])):
+        market_close(market_id=market.id)
+        with unchanged(audit_clean):
+            error = assert_error(
+                api_client(oracle).post(f"{API}/markets/{market.id}/resolve/", {"outcome": "NO"}),
+                409,
+                "conflict_of_interest",
+            )
+        assert error["detail"]["ties"] == ties
+    market_close(market_id=forecast.id)
+    error = assert_error(
+        api_client(oracle).post(f"{API}/markets/{forecast.id}/resolve/", {"outcome": "NO"}), 409, "conflict_of_interest"
+    )
+    assert error["detail"]["ties"] == ["forecasts"]
+
+
+def test_a_market_has_one_proposal_at_a_time_and_resolves_only_once(traded, oracle, make_agent, audit_clean):
+    market = traded["market"]
     market_close(market_id=market.id)
-    response = api_client(oracle).post(f"{API}/markets/{market.id}/resolve/", {"outcome": "NO"})
-    assert (response.status_code, response.json()["status"]) == (200, "resolved")
-    audit_clean()
-
-
-def test_a_market_resolves_only_once(traded, make_agent, audit_clean):
-    oracle = make_agent()
-    make_oracle(oracle)
-    client = api_client(oracle)
-    assert client.post(f"{API}/markets/{traded['market'].id}/resolve/", {"outcome": "YES"}).status_code == 200
-
+    second = make_agent("second-oracle")
+    make_oracle(second)
+    assert api_client(oracle).post(f"{API}/markets/{market.id}/resolve/", {"outcome": "YES"}).status_code == 202
+    with unchanged(audit_clean):
+        error = assert_error(
+            api_client(second).post(f"{API}/markets/{market.id}/resolve/", {"outcome": "NO"}), 409, "resolution_pending"
+        )
+    assert error["detail"]["resolution"]["outcome"] == "YES"
+    settle_due()
     with unchanged(audit_clean):
         for outcome in ("YES", "NO", "VOID"):
-            response = client.post(f"{API}/markets/{traded['market'].id}/resolve/", {"outcome": outcome})
+            response = api_client(second).post(f"{API}/markets/{market.id}/resolve/", {"outcome": outcome})
             assert_error(response, 409, "market_already_resolved")
 
 
-def test_only_an_oracle_may_resolve(traded, audit_clean):
+def test_only_an_oracle_in_good_standing_may_propose(traded, oracle, audit_clean):
     market = traded["market"]
+    market_close(market_id=market.id)
     with unchanged(audit_clean):
         response = api_client(traded["alice"]).post(f"{API}/markets/{market.id}/resolve/", {"outcome": "YES"})
         assert_error(response, 403, "not_oracle")
         assert_error(
             api_client().post(f"{API}/markets/{market.id}/resolve/", {"outcome": "YES"}), 401, "not_authenticated"
         )
-    assert Market.objects.get(id=market.id).status == "open"
+        agent_suspend(agent_id=oracle.id)
+        assert_error(
+            api_client(oracle).post(f"{API}/markets/{market.id}/resolve/", {"outcome": "YES"}), 403, "agent_suspended"
+        )
+    assert Market.objects.get(id=market.id).status == "closed"
 
 
 @pytest.mark.parametrize(
     "body", [{}, {"outcome": "MAYBE"}, {"outcome": "yes"}, {"outcome": None}, {"outcome": ["YES"]}, [1]], ids=str
 )
-def test_it_refuses_a_malformed_resolution(body, traded, make_agent, audit_clean):
-    oracle = make_agent()
-    make_oracle(oracle)
+def test_it_refuses_a_malformed_resolution(body, traded, oracle, audit_clean):
     with unchanged(audit_clean):
         response = api_client(oracle).post(f"{API}/markets/{traded['market'].id}/resolve/", body)
         assert_error(response, 400, "invalid_request")
 
 
 @pytest.mark.parametrize("market_id", ["00000000-0000-0000-0000-000000000000", "not-a-uuid"])
-def test_it_answers_404_when_resolving_an_unknown_market(market_id, make_agent, market, audit_clean):
-    oracle = make_agent()
-    make_oracle(oracle)
+def test_it_answers_404_when_resolving_an_unknown_market(market_id, oracle, market, audit_clean):
     with unchanged(audit_clean):
         response = api_client(oracle).post(f"{API}/markets/{market_id}/resolve/", {"outcome": "YES"})
         assert_error(response, 404, "not_found")
+        response = api_client(oracle).post(f"{API}/markets/{market_id}/dispute/", {"reason": "wrong"})
+        assert_error(response, 404, "not_found")
+
+
+def test_a_disputed_proposal_waits_for_an_operator(traded, oracle, audit_clean):
+    alice, bob, market = traded["alice"], traded["bob"], traded["market"]
+    market_close(market_id=market.id)
+    api_client(oracle).post(f"{API}/markets/{market.id}/resolve/", {"outcome": "NO"})
+
+    response = api_client(alice).post(f"{API}/markets/{market.id}/dispute/", {"reason": "The event happened."})
+
+    assert response.status_code == 201, response.content
+    assert (response.json()["status"], response.json()["disputes"]) == ("disputed", 1)
+    assert api_client(bob).post(f"{API}/markets/{market.id}/dispute/", {"reason": "Me too."}).status_code == 201
+    with unchanged(audit_clean):
+        again = api_client(alice).post(f"{API}/markets/{market.id}/dispute/", {"reason": "Really."})
+        assert_error(again, 409, "already_disputed")
+        for reason in ("", "   ", "x" * 2001):
+            assert_error(
+                api_client(alice).post(f"{API}/markets/{market.id}/dispute/", {"reason": reason}),
+                400,
+                "invalid_request",
+            )
+        assert settle_due(hours=48) == []  # not by itself once disputed
+    shown = api_client().get(f"{API}/markets/{market.id}/").json()
+    assert (shown["status"], shown["resolution"]["status"], shown["resolution"]["disputes"]) == (
+        "closed",
+        "disputed",
+        2,
+    )
+
+
+def test_only_an_open_proposal_can_be_disputed(traded, oracle, market, audit_clean):
+    alice = traded["alice"]
+    with unchanged(audit_clean):
+        response = api_client(alice).post(f"{API}/markets/{market.id}/dispute/", {"reason": "No proposal yet."})
+        assert_error(response, 409, "not_disputable")
+    market_close(market_id=market.id)
+    api_client(oracle).post(f"{API}/markets/{market.id}/resolve/", {"outcome": "NO"})
+    Resolution.objects.filter(market=market).update(dispute_until=timezone.now() - timedelta(seconds=1))
+    with unchanged(audit_clean):
+        response = api_client(alice).post(f"{API}/markets/{market.id}/dispute/", {"reason": "Too late."})
+        assert_error(response, 409, "not_disputable")
+        assert_error(
+            api_client().post(f"{API}/markets/{market.id}/dispute/", {"reason": "x"}), 401, "not_authenticated"
+        )
 
 
 def test_the_fast_order_trade_and_fill_renderings_equal_drfs_own(make_agent, market):

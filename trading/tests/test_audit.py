@@ -54,6 +54,11 @@ CORRUPTIONS = {
     ),
     "a trade without its event": (6, lambda w: MarketEvent.objects.filter(market=w["market"], kind="trade").delete()),
     "a trade at another seq": (6, lambda w: Trade.objects.filter(market=w["market"]).update(seq=F("seq") - 1)),
+    "reputation out of thin air": ("4a", lambda w: Agent.objects.filter(id=w["bob"].id).update(reputation=5)),
+    "a linked trade nobody booked": (
+        "4a",
+        lambda w: Position.objects.filter(agent=w["alice"]).update(linked_cash=-1, linked_yes=3),
+    ),
 }
 
 

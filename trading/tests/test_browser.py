@@ -11,6 +11,14 @@ carries ``data-market-id`` and ``data-seq``; ``#depth-ladder`` rows carry ``data
 shown at the YES ask price) and ``data-price`` (the displayed YES price) and a ``.size`` cell; ``#trades`` rows are
 ``.trade-row`` with ``data-trade-id``; ``#last-price``, ``#volume``; ``#ws-status`` says "live" while connected.
 
+Every page the tests open is also checked against the Content-Security-Policy (``CONTENT_SECURITY_POLICY`` in
+settings: no inline script or style, nothing from another origin): a ``securitypolicyviolation`` listener installed
+through the DevTools protocol before any page script runs, and the browser's console, must report no violation. A
+canary (an image from another origin, loaded from the test after the page settled) must be reported by both, under
+the policy the page's own response header carried: so a test that heard nothing also proves it was listening.
+``test_every_page_runs_under_the_content_security_policy`` tours the spectator pages, the agent guide, the API docs
+and the admin that way.
+
 A missing browser fails the test with the command that installs it; it never skips.
 """
 
@@ -30,6 +38,7 @@ from moltstreet.testing_e2e import (
     chromium,
     create_market,
     daphne_servers,
+    http_json,
     place_order,
     register_agent,
     require_browser,
@@ -63,6 +72,118 @@ return {
 """
 
 
+# Records every Content-Security-Policy violation of the document in window.__cspViolations. Installed with
+# Page.addScriptToEvaluateOnNewDocument, so it listens before the first script or stylesheet of the page is parsed.
+CSP_LISTENER_JS = """
+(() => {
+  const seen = [];
+  Object.defineProperty(window, "__cspViolations", { value: seen });
+  document.addEventListener("securitypolicyviolation", (e) => {
+    seen.push({
+      directive: e.effectiveDirective, blocked: e.blockedURI, source: e.sourceFile, line: e.lineNumber,
+      column: e.columnNumber, sample: e.sample, disposition: e.disposition, policy: e.originalPolicy,
+    });
+  }, true);
+})();
+"""
+
+# The Content-Security-Policy header of the page's own URL, fetched by the page (same origin, same session).
+CSP_HEADER_JS = """
+const done = arguments[arguments.length - 1];
+fetch(location.href, { credentials: "same-origin", cache: "no-store" }).then(
+  (response) => done(response.headers.get("content-security-policy")),
+  (error) => done("fetch failed: " + error),
+);
+"""
+
+# An image from an origin the policy does not allow: the browser must block it and report it.
+CANARY_HOST = "csp-canary.invalid"
+CANARY_JS = "new Image().src = arguments[0];"
+
+
+def directives(policy: str | None) -> dict[str, list[str]]:
+    """``"script-src 'self'; img-src 'self' data:"`` → ``{"script-src": ["'self'"], "img-src": ["'self'", "data:"]}``
+    (a header's directives come in no fixed order)."""
+    parts = (part.split() for part in (policy or "").split(";"))
+    return {part[0].lower(): part[1:] for part in parts if part}
+
+
+class PolicyCheck:
+    """The Content-Security-Policy violations the browser reports on the page it shows.
+
+    Two witnesses: :data:`CSP_LISTENER_JS` (``securitypolicyviolation`` events, with the directive and the offending
+    file and line) and the browser's console ("... violates the following Content Security Policy directive ...").
+    Chromium's console log is read-and-clear: :meth:`open` drains it before each page.
+    """
+
+    def __init__(self, driver):
+        self.driver = driver
+        self.checked = 0
+
+    def console(self) -> list[str]:
+        return [e["message"] for e in self.driver.get_log("browser") if "Content Security Policy" in e["message"]]
+
+    def open(self, url: str) -> None:
+        """Open ``url`` with an empty console: whatever is left belongs to the page before, already checked."""
+        late = [message for message in self.console() if CANARY_HOST not in message]
+        assert late == [], f"violations reported on the previous page after it was checked: {late}"
+        self.driver.get(url)
+
+    def problems(self, what: str) -> list[str]:
+        """What is wrong with the page now shown, ``[]`` if nothing: every violation it reported, a missing or
+        permissive Content-Security-Policy header, a policy the browser does not enforce. Call once the page has
+        settled (its scripts run, its live updates applied)."""
+        from selenium.common.exceptions import TimeoutException
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        header = self.driver.execute_async_script(CSP_HEADER_JS)
+        if not header or header.startswith("fetch failed"):
+            return [f"{what}: no Content-Security-Policy header ({header})"]
+        policy = directives(header)
+        found = [
+            f"{what}: {name} is not just 'self': {header}"
+            for name in ("script-src", "style-src")
+            if policy.get(name) != ["'self'"]
+        ]
+
+        self.checked += 1
+        canary = f"http://{CANARY_HOST}/{self.checked}.png"
+        self.driver.execute_script(CANARY_JS, canary)
+        # Violations are reported in order: once the canary is in, whatever the page caused before it is in too.
+        console: list[str] = []
+        seen: dict[str, Any] = {}
+
+        def canary_reported(driver) -> bool:
+            console.extend(self.console())
+            seen["violations"] = driver.execute_script("return window.__cspViolations;")
+            heard = any(CANARY_HOST in (v["blocked"] or "") for v in seen["violations"] or [])
+            return heard and any(CANARY_HOST in message for message in console)
+
+        try:
+            WebDriverWait(self.driver, STEP, poll_frequency=0.1).until(canary_reported)
+        except TimeoutException:
+            return [
+                *found,
+                f"{what}: the browser did not report the canary {canary} (blocked by img-src) within {STEP:.0f}s: "
+                f"is the listener installed and the policy enforced? Listener: {seen.get('violations')}; "
+                f"console: {console}",
+            ]
+        for violation in seen["violations"]:
+            if CANARY_HOST in (violation["blocked"] or ""):
+                # The policy the browser enforced on this document is the one its response carried.
+                if (violation["disposition"], directives(violation["policy"])) != ("enforce", policy):
+                    found.append(f"{what}: the browser enforced {violation}, the response carried {header}")
+            else:
+                found.append(f"{what}: violation {violation}")
+        found += [f"{what}: console: {message}" for message in console if CANARY_HOST not in message]
+        return found
+
+    def assert_clean(self, what: str) -> None:
+        """Fail unless :meth:`problems` finds none."""
+        found = self.problems(what)
+        assert found == [], "The Content-Security-Policy is not kept:\n" + "\n".join(found)
+
+
 @pytest.fixture
 def server():
     require_browser()  # before starting anything: a missing browser is the first thing to report
@@ -73,19 +194,27 @@ def server():
 @pytest.fixture
 def browser():
     with chromium() as driver:
+        # In every document the browser opens from now on, before the page's own scripts.
+        driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": CSP_LISTENER_JS})
         yield driver
+
+
+@pytest.fixture
+def policy(browser):
+    return PolicyCheck(browser)
 
 
 class MarketPage:
     """The market page in the browser, read through :data:`PAGE_STATE_JS`."""
 
-    def __init__(self, driver, server, market_id: str):
+    def __init__(self, driver, server, market_id: str, policy: PolicyCheck):
         self.driver = driver
         self.server = server
         self.market_id = market_id
+        self.policy = policy
 
     def open(self) -> None:
-        self.driver.get(f"{self.server.url}/markets/{self.market_id}/")
+        self.policy.open(f"{self.server.url}/markets/{self.market_id}/")
         state = self.state()
         if state["marketId"] != self.market_id:
             pytest.fail(
@@ -138,12 +267,12 @@ def digits(text: str | None) -> int | None:
     return int(found) if found else None
 
 
-def test_the_market_page_shows_orders_and_trades_as_they_happen_without_a_reload(server, browser):
+def test_the_market_page_shows_orders_and_trades_as_they_happen_without_a_reload(server, browser, policy):
     creator = register_agent(server.url, "web-creator")
     alice = register_agent(server.url, "web-alice")
     bob = register_agent(server.url, "web-bob")
     market_id = create_market(server.url, creator["api_key"], "Will the page keep up?")["id"]
-    page = MarketPage(browser, server, market_id)
+    page = MarketPage(browser, server, market_id, policy)
     page.open()
 
     before = page.state()
@@ -190,15 +319,16 @@ def test_the_market_page_shows_orders_and_trades_as_they_happen_without_a_reload
     final = page.wait(lambda s: s["seq"] == str(seq), f"data-seq at the market's seq {seq}")
     assert final["marker"] == "set-before-trading", "the page was reloaded"
     assert LIVE.search(final["status"]), final
+    policy.assert_clean("the market page after four live updates")
 
 
-def test_the_market_page_catches_up_by_itself_after_the_server_restarts(server, browser):
+def test_the_market_page_catches_up_by_itself_after_the_server_restarts(server, browser, policy):
     creator = register_agent(server.url, "web-creator-2")
     alice = register_agent(server.url, "web-alice-2")
     bob = register_agent(server.url, "web-bob-2")
     market_id = create_market(server.url, creator["api_key"], "Will the page reconnect?")["id"]
     place_order(server.url, alice["api_key"], market_id, "YES", "BUY", "0.30", 4)
-    page = MarketPage(browser, server, market_id)
+    page = MarketPage(browser, server, market_id, policy)
     page.open()
     page.wait_ladder({("YES", "0.30"): 4}, "the bid rendered with the page")
 
@@ -236,3 +366,148 @@ def test_the_market_page_catches_up_by_itself_after_the_server_restarts(server, 
     # And it is live again for what comes next.
     place_order(server.url, bob["api_key"], market_id, "NO", "BUY", "0.50", 2)
     page.wait_ladder({("YES", "0.35"): 6, ("NO", "0.50"): 2}, "a new ask after the reconnect")
+    policy.assert_clean("the market page after a reconnect")
+
+
+HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+
+# swagger-ui's rendered operations: (METHOD, path) of every .opblock.
+SWAGGER_OPERATIONS_JS = """
+return Array.from(document.querySelectorAll('#swagger-ui .opblock')).map((block) => {
+  const method = block.querySelector('.opblock-summary-method');
+  const path = block.querySelector('.opblock-summary-path');
+  return [method ? method.textContent.trim() : null, path ? path.dataset.path : null];
+});
+"""
+
+
+def until(driver, condition: Callable[[Any], Any], what: str, timeout: float = STEP) -> Any:
+    """Wait until ``condition(driver)`` is truthy and return it; fail with the page's URL and console."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.1).until(condition)
+    except TimeoutException:
+        pytest.fail(
+            f"{driver.current_url} did not show {what} within {timeout:.0f}s.\n"
+            f"Browser console:\n{browser_console(driver)}\nPage:\n{driver.page_source[:2000]}",
+            pytrace=False,
+        )
+
+
+def test_every_page_runs_under_the_content_security_policy(server, browser, policy):
+    from django.contrib.auth import get_user_model
+    from django.urls import reverse
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    css = browser.find_elements
+    problems: list[str] = []  # every page is visited, then every problem reported at once
+    creator = register_agent(server.url, "csp-creator")
+    alice = register_agent(server.url, "csp-alice")
+    bob = register_agent(server.url, "csp-bob")
+    market_id = create_market(server.url, creator["api_key"], "Will every page keep to its policy?")["id"]
+    # A trade (the list's price bar, the chart) and resting orders on both sides (the depth bars of the ladder).
+    place_order(server.url, alice["api_key"], market_id, "YES", "BUY", "0.60", 5)
+    place_order(server.url, bob["api_key"], market_id, "NO", "BUY", "0.40", 2)  # takes 2 of the 0.60 bid
+    place_order(server.url, bob["api_key"], market_id, "NO", "BUY", "0.30", 4)  # a YES ask at 0.70
+
+    policy.open(f"{server.url}/")
+    assert css(By.CSS_SELECTOR, f'.market-row[data-market-id="{market_id}"] .prob-bar'), browser.page_source[:2000]
+    problems += policy.problems("/ (markets)")
+
+    # The market page, with a change arriving over the websocket.
+    page = MarketPage(browser, server, market_id, policy)
+    page.open()
+    page.wait_ladder({("YES", "0.60"): 3, ("NO", "0.70"): 4}, "the book rendered with the page")
+    place_order(server.url, alice["api_key"], market_id, "YES", "BUY", "0.55", 6)
+    page.wait_ladder({("YES", "0.60"): 3, ("YES", "0.55"): 6, ("NO", "0.70"): 4}, "a bid arriving live")
+    assert css(By.CSS_SELECTOR, "#price-chart svg"), "the chart was not drawn"
+    problems += policy.problems(f"/markets/{market_id}/ after a live update")
+
+    policy.open(f"{server.url}/agents/")
+    assert css(By.CSS_SELECTOR, f'.agent-row[data-agent="{alice["name"]}"]'), browser.page_source[:2000]
+    problems += policy.problems("/agents/")
+
+    policy.open(f"{server.url}/agents/{alice['name']}/")
+    assert css(By.CSS_SELECTOR, "#agent-fills .fill-row"), browser.page_source[:2000]
+    problems += policy.problems("/agents/<name>/")
+
+    # The guide's script (static/js/guide.js) puts a copy button on every code block.
+    policy.open(f"{server.url}/docs/")
+    until(
+        browser,
+        lambda d: d.execute_script(
+            "const n = document.querySelectorAll('.docs pre').length;"
+            "return n > 0 && document.querySelectorAll('.docs .code-wrap > button.copy').length === n;"
+        ),
+        "a copy button on every code block",
+    )
+    problems += policy.problems("/docs/")
+
+    # swagger-ui renders every operation of /api/schema/.
+    status, schema = http_json("GET", f"{server.url}/api/schema/?format=json")
+    assert status == 200, (status, schema)
+    operations = {(m.upper(), path) for path, item in schema["paths"].items() for m in item if m in HTTP_METHODS}
+    assert len(operations) > 10, operations
+    policy.open(f"{server.url}/api/docs/")
+    until(
+        browser,
+        lambda d: {tuple(op) for op in d.execute_script(SWAGGER_OPERATIONS_JS)} == operations,
+        f"the {len(operations)} operations of /api/schema/ in swagger-ui",
+        timeout=30.0,
+    )
+    # Try it out: swagger-ui sends GET /api/v1/markets/ and shows the answer, highlighted.
+    browser.find_element(By.CSS_SELECTOR, '.opblock-get .opblock-summary-path[data-path="/api/v1/markets/"]').click()
+    until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock.is-open .try-out__btn"), "the operation open")
+    browser.find_element(By.CSS_SELECTOR, ".opblock.is-open .try-out__btn").click()
+    browser.find_element(By.CSS_SELECTOR, ".opblock.is-open .execute").click()
+    until(
+        browser,
+        lambda d: d.execute_script(
+            "const cell = document.querySelector('.opblock.is-open .live-responses-table tbody .response-col_status');"
+            "return cell !== null && cell.textContent.trim() === '200'"
+            " && document.querySelector('.opblock.is-open .live-responses-table').textContent.includes(arguments[0]);",
+            market_id,
+        ),
+        "swagger-ui's answer to GET /api/v1/markets/: 200 with the market",
+    )
+    problems += policy.problems("/api/docs/ (swagger-ui)")
+
+    # The admin, logged in through its own form (django-axes authenticates only real login requests).
+    password = "csp-operator-password-1"  # a throwaway test account
+    get_user_model().objects.create_superuser("csp-operator", "operator@example.com", password)
+    policy.open(f"{server.url}/admin/login/")
+    problems += policy.problems("/admin/login/")
+    browser.find_element(By.ID, "id_username").send_keys("csp-operator")
+    browser.find_element(By.ID, "id_password").send_keys(password)
+    browser.find_element(By.CSS_SELECTOR, "#login-form [type=submit]").click()
+    until(browser, lambda d: d.execute_script("return location.pathname;") == "/admin/", "the admin index")
+    problems += policy.problems("/admin/")
+
+    changelist = reverse("admin:markets_market_changelist")
+    policy.open(f"{server.url}{changelist}")
+    assert css(By.CSS_SELECTOR, f'#result_list input.action-select[value="{market_id}"]'), browser.page_source[:2000]
+    problems += policy.problems("the Market changelist")
+
+    policy.open(f"{server.url}{reverse('admin:markets_market_change', args=[market_id])}")
+    # The admin's own scripts ran: the calendar and clock shortcuts of the deadline.
+    until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".datetimeshortcuts"), "the deadline's shortcuts")
+    problems += policy.problems("a Market change page")
+
+    # An operator action's confirmation page (templates/admin/trading/confirm_action.html), and its cancel link.
+    policy.open(f"{server.url}{changelist}")
+    browser.find_element(By.CSS_SELECTOR, f'#result_list input.action-select[value="{market_id}"]').click()
+    Select(browser.find_element(By.CSS_SELECTOR, "select[name=action]")).select_by_value("close_markets")
+    browser.find_element(By.CSS_SELECTOR, "button[name=index]").click()
+    until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, 'input[name="post"][value="yes"]'), "the confirmation")
+    problems += policy.problems("the close action's confirmation page")
+    browser.find_element(By.CSS_SELECTOR, ".cancel-link").click()
+    until(
+        browser,
+        lambda d: d.find_elements(By.ID, "changelist") and not d.find_elements(By.CSS_SELECTOR, 'input[name="post"]'),
+        "the changelist again after 'No, take me back'",
+    )
+    assert Market.objects.get(id=market_id).status == Market.Status.OPEN
+    assert problems == [], "The Content-Security-Policy is not kept:\n" + "\n".join(problems)

@@ -18,9 +18,11 @@ from agents.models import Agent, LedgerEntry
 from markets.models import Market
 from markets.services import market_create
 from moltstreet.errors import ServiceBusy
+from moltstreet.testing import operator_resolver
 from trading import services
 from trading.models import Order
-from trading.services import market_resolve, order_place
+from trading.resolution import market_resolve
+from trading.services import order_place
 
 
 def manage(monkeypatch, *argv: str) -> int:
@@ -72,7 +74,7 @@ def test_resolve_market_exits_non_zero_with_the_error_code_when_already_resolved
     monkeypatch, capsys, traded, audit_clean
 ):
     market, *_ = traded
-    market_resolve(market_id=market.id, outcome="YES")
+    market_resolve(market_id=market.id, outcome="YES", resolver=operator_resolver())
     ledger_rows = LedgerEntry.objects.count()
 
     status = manage(monkeypatch, "resolve_market", str(market.id), "NO")
@@ -216,6 +218,6 @@ def test_audit_reports_each_check_on_stderr_and_ends_with_its_verdict(traded):
     out, err = StringIO(), StringIO()
     call_command("audit", stdout=out, stderr=err)
     steps = err.getvalue().splitlines()
-    assert [line.split(":")[0] for line in steps] == [f"checked {n}/6" for n in range(1, 7)]
+    assert [line.split(":")[0] for line in steps] == [f"checked {n}/7" for n in range(1, 8)]
     assert "ledger replay" in steps[3]
     assert out.getvalue().splitlines()[-1] == "audit clean"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import time
 import uuid
@@ -28,11 +29,13 @@ from agents.services import api_key_create, api_key_revoke
 from markets import services as market_services
 from markets.models import Market
 from moltstreet.asgi import application
+from moltstreet.testing import operator_resolver
 from trading import realtime
-from trading.consumers import CLOSE_BUFFER_OVERFLOW, CLOSE_KEY_REVOKED
+from trading.consumers import CLOSE_BUFFER_OVERFLOW, CLOSE_KEY_REVOKED, CLOSE_RATE_LIMITED, HandshakeThrottle
 from trading.models import Order
+from trading.resolution import market_resolve
 from trading.selectors import book_levels
-from trading.services import market_close, market_resolve, order_cancel, order_place
+from trading.services import market_close, order_cancel, order_place
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -67,8 +70,10 @@ aplace = sync_to_async(place)
 class Feed:
     """A websocket client of ``application`` that keeps every JSON message it received."""
 
-    def __init__(self, path: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    def __init__(self, path: str, headers: list[tuple[bytes, bytes]] | None = None, client: str | None = None) -> None:
         self.communicator = WebsocketCommunicator(application, path, headers=headers)
+        if client is not None:  # the client's address, as the server's socket sees it
+            self.communicator.scope["client"] = (client, 50000)
         self.received: list[dict[str, Any]] = []
         self.close_code: int | None = None
 
@@ -227,7 +232,7 @@ def test_closing_and_resolving_the_market_send_market_messages(market, make_agen
         await feed.recv()
         await aplace(alice, market, "YES", "BUY", "0.30", 2)
         await sync_to_async(market_close)(market_id=market.id)
-        await sync_to_async(market_resolve)(market_id=market.id, outcome="NO")
+        await sync_to_async(market_resolve)(market_id=market.id, outcome="NO", resolver=operator_resolver())
         live = await feed.until_seq(await aseq_of(market))
         await feed.disconnect()
         return live
@@ -329,6 +334,33 @@ def test_a_ping_gets_a_pong_and_any_other_message_an_error_on_an_open_connection
     for error in (answers[1], answers[2], answers[3], answers[5]):
         assert (error["type"], error["code"]) == ("error", "invalid_message")
         assert error["message"]
+
+
+def test_a_frame_nested_too_deep_to_parse_gets_invalid_message_and_both_feeds_stay_open(market, make_agent):
+    """100,000 ``[`` make ``json.loads`` raise RecursionError, not ValueError: the frame is answered like any other
+    that is not a ping, and the connection goes on (it used to end with daphne's close 1011)."""
+    alice = make_agent()
+
+    async def answers_of(feed: Feed, greeting: int) -> list[dict[str, Any]]:
+        assert await feed.connect()
+        for _ in range(greeting):
+            await feed.recv()
+        await feed.communicator.send_to(text_data="[" * 100_000)
+        answers = [await feed.recv()]
+        await feed.communicator.send_json_to({"type": "ping"})
+        answers.append(await feed.recv())
+        await feed.disconnect()
+        return answers
+
+    async def scenario():
+        return {
+            "market": await answers_of(Feed(market_path(market)), greeting=1),  # after its snapshot
+            "agent": await answers_of(Feed(agent_path(alice)), greeting=0),
+        }
+
+    for feed, (error, pong) in run(scenario).items():
+        assert (error["type"], error["code"]) == ("error", "invalid_message"), (feed, error)
+        assert pong == {"type": "pong"}, feed
 
 
 def test_an_unknown_market_a_malformed_path_or_a_foreign_origin_is_refused_at_the_handshake(market):
@@ -690,3 +722,121 @@ def test_a_stuck_subscriber_neither_slows_trading_nor_costs_other_subscribers_a_
     assert not [r for r in caplog.records if r.name == "trading.realtime"], "a publish failed or timed out"
     # Waiting on the stuck subscriber would have held every publish up to the timeout; none came near it.
     assert max(publishes) < settings.MOLTSTREET["LIVE_PUBLISH_TIMEOUT"] / 2, max(publishes)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Limits per client address
+
+
+def limits(settings, *, open_at_once: int = 100000, handshakes: str = "100000/min") -> None:
+    settings.MOLTSTREET = {
+        **settings.MOLTSTREET,
+        "WEBSOCKETS_PER_ADDRESS": open_at_once,
+        "WEBSOCKET_HANDSHAKE_RATE": handshakes,
+    }
+
+
+async def refusal(feed: Feed) -> tuple[dict[str, Any], int]:
+    """The one message of a feed accepted only to be told why it cannot be served, and its close code."""
+    assert await feed.connect()
+    message = await feed.recv()
+    code = await feed.closed()
+    await feed.disconnect()
+    return message, code
+
+
+def test_an_address_past_its_open_websockets_is_told_too_many_connections_and_closed_4429(market, make_agent, settings):
+    """Two open at once per address, counted across both feeds, an IPv6 client by its /64; another address is not
+    affected, and a connection that ends, however it ends, frees its place."""
+    limits(settings, open_at_once=2)
+    alice = make_agent()
+    home, neighbour, elsewhere = "2001:db8:1:2::10", "2001:db8:1:2::99", "203.0.113.8"
+
+    async def scenario():
+        got: dict[str, Any] = {}
+        first, second = Feed(market_path(market), client=home), Feed(agent_path(alice), client=home)
+        assert await first.connect()
+        await first.recv()
+        # A handshake refused by connect() itself (HTTP 403) gives its place back when it ends.
+        unknown = Feed(f"/ws/markets/{uuid.uuid4()}/", client=home)
+        got["unknown market"] = await unknown.connect()
+        await unknown.disconnect()  # as daphne reports the refused handshake
+        assert await second.connect()
+        got["third"] = await refusal(Feed(market_path(market), client=neighbour))
+        other = Feed(market_path(market), client=elsewhere)
+        assert await other.connect()
+        got["other address"] = (await other.recv())["type"]
+        await first.disconnect()
+        again = Feed(market_path(market), client=neighbour)
+        assert await again.connect()
+        got["after a close"] = (await again.recv())["type"]
+        for feed in (second, other, again):
+            await feed.disconnect()
+        return got
+
+    got = run(scenario)
+    assert got["unknown market"] is False
+    message, code = got["third"]
+    assert message == {"type": "error", "code": "too_many_connections", "message": message["message"], "limit": 2}
+    assert "2 websockets" in message["message"]
+    assert code == CLOSE_RATE_LIMITED == 4429
+    assert got["other address"] == got["after a close"] == "snapshot"
+
+
+def test_a_handshake_past_the_address_s_rate_is_told_rate_limited_with_retry_after_and_closed_4429(
+    market, make_agent, settings
+):
+    limits(settings, handshakes="3/min")
+    alice = make_agent()
+    address = "198.51.100.23"
+
+    async def scenario():
+        served = []
+        for path in (market_path(market), agent_path(alice), market_path(market)):
+            feed = Feed(path, client=address)
+            served.append(await feed.connect())
+            await feed.disconnect()  # nothing stays open: only the handshakes count
+        fourth = await refusal(Feed(agent_path(alice), client=address))
+        other = Feed(market_path(market), client="198.51.100.24")
+        assert await other.connect()
+        other_first = (await other.recv())["type"]
+        await other.disconnect()
+        return served, fourth, other_first
+
+    served, (message, code), other_first = run(scenario)
+    assert served == [True, True, True]
+    assert (message["type"], message["code"]) == ("error", "rate_limited")
+    assert isinstance(message["retry_after"], int) and 0 < message["retry_after"] <= 60, message
+    assert f"retry after {message['retry_after']} seconds" in message["message"]
+    assert code == CLOSE_RATE_LIMITED
+    assert other_first == "snapshot"
+
+
+class _DownCache:
+    """A cache whose every call fails the way the Redis client does when Redis is unreachable."""
+
+    def __getattr__(self, name):
+        def fail(*args, **kwargs):
+            raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+        return fail
+
+
+def test_handshakes_go_through_when_the_cache_is_down(market, settings, monkeypatch, caplog):
+    limits(settings, handshakes="1/min")
+    monkeypatch.setattr(HandshakeThrottle, "cache", _DownCache())
+
+    async def scenario():
+        firsts = []
+        for _ in range(3):
+            feed = Feed(market_path(market), client="192.0.2.55")
+            assert await feed.connect()
+            firsts.append((await feed.recv())["type"])
+            await feed.disconnect()
+        return firsts
+
+    with caplog.at_level(logging.WARNING, logger="moltstreet.throttling"):
+        assert run(scenario) == ["snapshot"] * 3
+    assert any(
+        "websocket_handshake" in r.getMessage() and "cache unavailable" in r.getMessage() for r in caplog.records
+    )

@@ -28,10 +28,11 @@ from moltstreet.errors import (
     OrderNotCancellable,
     PostOnlyWouldCross,
 )
+from moltstreet.testing import operator_resolver
 from trading.models import Order, Trade
+from trading.resolution import market_resolve
 from trading.services import (
     market_close,
-    market_resolve,
     markets_close_due,
     order_cancel,
     order_cancel_all,
@@ -891,7 +892,7 @@ def test_resolution_pays_the_winning_side_and_records_pnl_and_reputation(
     yes_holder, no_holder, bidder = traded
     money_before = total_money()
 
-    market_resolve(market_id=m.id, outcome=outcome)
+    market_resolve(market_id=m.id, outcome=outcome, resolver=operator_resolver())
 
     assert cash(yes_holder) == money(yes_after, "0.00", yes_after)
     assert cash(no_holder) == money(no_after, "0.00", no_after)
@@ -911,12 +912,12 @@ def test_resolution_pays_the_winning_side_and_records_pnl_and_reputation(
 
 
 def test_a_second_resolution_is_refused_and_changes_nothing(m, traded, audit_clean):
-    market_resolve(market_id=m.id, outcome="YES")
+    market_resolve(market_id=m.id, outcome="YES", resolver=operator_resolver())
     before = snapshot()
 
     for outcome in ("YES", "NO", "VOID"):
         with pytest.raises(MarketAlreadyResolved):
-            market_resolve(market_id=m.id, outcome=outcome)
+            market_resolve(market_id=m.id, outcome=outcome, resolver=operator_resolver())
     with pytest.raises(MarketAlreadyResolved):
         market_close(market_id=m.id)
 
@@ -936,7 +937,7 @@ def test_realized_pnl_counts_sales_netting_and_payouts_and_reputation_sums_over_
     assert cash(agent) == money("998.40", "0.00", "998.40")
     assert position(agent, m).realized_pnl == D("0.80")
 
-    market_resolve(market_id=m.id, outcome="YES")  # 4 YES at cost 2.40 pay 4.00: +1.60
+    market_resolve(market_id=m.id, outcome="YES", resolver=operator_resolver())  # 4 YES at cost 2.40 pay 4.00: +1.60
 
     assert position(agent, m).realized_pnl == D("2.40")
     assert cash(agent) == money("1002.40", "0.00", "1002.40")
@@ -947,7 +948,7 @@ def test_realized_pnl_counts_sales_netting_and_payouts_and_reputation_sums_over_
     other = new_market()
     place(agent, other, "NO", "BUY", "0.30", 5)
     place(counterparty, other, "YES", "BUY", "0.70", 5)  # agent: 5 NO for 1.50
-    market_resolve(market_id=other.id, outcome="VOID")  # pays 2.50: +1.00
+    market_resolve(market_id=other.id, outcome="VOID", resolver=operator_resolver())  # pays 2.50: +1.00
 
     agent.refresh_from_db()
     assert position(agent, other).realized_pnl == D("1.00")
@@ -966,15 +967,15 @@ def test_brier_score_uses_the_last_forecast_before_close(audit_clean):
     place(forecaster, no_market, "YES", "BUY", "0.40", 1, forecast="0.4")
     forecast_record(agent=forecaster, market_id=void_market.id, probability="0.99")
 
-    market_resolve(market_id=yes_market.id, outcome="YES")
+    market_resolve(market_id=yes_market.id, outcome="YES", resolver=operator_resolver())
     forecaster.refresh_from_db()
     counterparty.refresh_from_db()
     assert forecaster.brier_score == D("0.090000")  # (0.7 - 1)^2, not (0.8 - 1)^2
     assert counterparty.brier_score == D("0.640000")  # (0.2 - 1)^2
 
     market_close(market_id=no_market.id)
-    market_resolve(market_id=no_market.id, outcome="NO")
-    market_resolve(market_id=void_market.id, outcome="VOID")  # VOID markets do not count
+    market_resolve(market_id=no_market.id, outcome="NO", resolver=operator_resolver())
+    market_resolve(market_id=void_market.id, outcome="VOID", resolver=operator_resolver())  # VOID markets do not count
 
     forecaster.refresh_from_db()
     silent.refresh_from_db()
@@ -997,7 +998,7 @@ def test_every_market_change_takes_the_next_sequence_number_without_gaps(m, audi
     with pytest.raises(InsufficientBalance):
         place(c, m, "YES", "BUY", "0.50", 5000)  # a refused order takes no number
     market_close(market_id=m.id)
-    market_resolve(market_id=m.id, outcome="NO")
+    market_resolve(market_id=m.id, outcome="NO", resolver=operator_resolver())
 
     m.refresh_from_db()
     seqs = list(MarketEvent.objects.filter(market=m).order_by("seq").values_list("seq", flat=True))

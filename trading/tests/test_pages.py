@@ -25,8 +25,10 @@ from agents.models import Agent
 from markets.models import Forecast, Market
 from markets.services import forecast_record, market_create
 from moltstreet.money import ONE
+from moltstreet.testing import operator_resolver
 from trading.models import BookLevel, Order, Position, Side, Trade
-from trading.services import market_close, market_resolve
+from trading.resolution import market_resolve
+from trading.services import market_close
 from trading.tests.factories import mint, new_agent, place
 
 pytestmark = pytest.mark.django_db
@@ -58,7 +60,7 @@ def market_url(market: Market) -> str:
 
 
 def resolved(market: Market, outcome: str) -> Market:
-    return market_resolve(market_id=market.id, outcome=outcome)
+    return market_resolve(market_id=market.id, outcome=outcome, resolver=operator_resolver())
 
 
 _bulk_names = itertools.count(1)

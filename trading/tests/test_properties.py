@@ -2,7 +2,8 @@
 
 Each step calls one service the way the API would: registering agents, creating markets, placing orders of all four
 intents with random prices, sizes and times in force (and invalid ones), selling held contracts, cancelling,
-expiring, closing, resolving and adjusting credits. After every step ``run_audit`` (which replays the ledger) must
+expiring, closing, resolving (operators at once; oracles proposing, agents disputing, the scheduler settling),
+linking agents (one owner: their trades earn no rank) and adjusting credits. After every step ``run_audit`` (which replays the ledger) must
 find nothing. Only ``MoltStreetError`` may escape a service, and a refused call must change nothing at all.
 
 Each example runs inside its own savepoint that is rolled back afterwards, so examples are independent.
@@ -31,7 +32,7 @@ from hypothesis.stateful import (
 )
 
 from agents.models import Agent, LedgerEntry
-from agents.services import agent_grant_credits
+from agents.services import agent_grant_credits, agents_link
 from markets.models import Market
 from markets.services import forecast_record
 from moltstreet.errors import (
@@ -39,13 +40,14 @@ from moltstreet.errors import (
     InsufficientPosition,
     MoltStreetError,
 )
+from moltstreet.testing import operator_resolver
 from trading.audit import run_audit
 from trading.models import Order, Position
+from trading.resolution import market_resolve, resolution_dispute, resolution_propose, resolutions_finalize_due
 from trading.services import (
     agent_reinstate,
     agent_suspend,
     market_close,
-    market_resolve,
     order_cancel,
     order_cancel_all,
     order_place,
@@ -259,6 +261,10 @@ class Exchange(RuleBasedStateMachine):
                 "expire",
                 "close",
                 "resolve",
+                "propose",
+                "dispute",
+                "settle_due",
+                "link",
                 "forecast",
                 "grant",
                 "suspend",
@@ -292,8 +298,19 @@ class Exchange(RuleBasedStateMachine):
             self.call(market_close, market_id=market.id)
         elif what == "resolve":
             was_resolved = Market.objects.get(id=market.id).status == Market.Status.RESOLVED
-            _result, error = self.call(market_resolve, market_id=market.id, outcome=outcome)
+            _result, error = self.call(
+                market_resolve, market_id=market.id, outcome=outcome, resolver=operator_resolver()
+            )
             assert (error is None) == (outcome != "MAYBE" and not was_resolved), (outcome, was_resolved, error)
+        elif what == "propose":  # an oracle proposes; refused on open markets and where it has a stake
+            Agent.objects.filter(id=agent.id).update(is_oracle=True)
+            self.call(resolution_propose, market_id=market.id, outcome=outcome, agent=agent)
+        elif what == "dispute":
+            self.call(resolution_dispute, market_id=market.id, agent=agent, reason=f"reason {hours}")
+        elif what == "settle_due":  # the scheduler, some hours on: undisputed proposals past their window pay
+            resolutions_finalize_due(now=timezone.now() + timedelta(hours=hours * 6))
+        elif what == "link":  # one owner's agents: their trades with each other from now on earn no rank
+            agents_link(agent_ids=[agent.id, self.pick(self.agents, index).id])
         elif what == "forecast":
             self.call(forecast_record, agent=agent, market_id=market.id, probability=Decimal(hours) / 7)
         elif what == "grant":

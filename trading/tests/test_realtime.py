@@ -18,9 +18,11 @@ from django.utils import timezone
 from agents.models import Agent
 from markets.models import MarketEvent
 from markets.services import market_create
+from moltstreet.testing import operator_resolver
 from trading import realtime
 from trading.models import Order, Trade
-from trading.services import market_close, market_resolve, order_cancel, order_place
+from trading.resolution import market_resolve
+from trading.services import market_close, order_cancel, order_place
 from trading.tests.factories import mint
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -81,7 +83,7 @@ def test_public_messages_name_no_agent_and_no_order_whatever_happens(market, mak
     place(bob, market, "NO", "BUY", "0.20", 3)
     order_cancel(agent=alice, order_id=resting.id)
     market_close(market_id=market.id)
-    market_resolve(market_id=market.id, outcome="YES")
+    market_resolve(market_id=market.id, outcome="YES", resolver=operator_resolver())
 
     public = json.dumps(to(sent, realtime.market_group(market.id)))
     private_ids = [str(a) for a in Agent.objects.values_list("id", flat=True)]
@@ -90,7 +92,9 @@ def test_public_messages_name_no_agent_and_no_order_whatever_happens(market, mak
     for trade in Trade.objects.all():
         assert str(trade.id) in public
     for message in (m for batch in to(sent, realtime.market_group(market.id)) for m in batch["messages"]):
-        assert set(message) <= {"type", "seq", "market", "levels", "trade", "event"}, message
+        assert set(message) <= {"type", "seq", "market", "levels", "trade", "event", "resolution"}, message
+        if "resolution" in message:  # who resolved is public by design (DESIGN section 4): a name, never an id
+            assert message["resolution"]["resolver"] == {"kind": "operator", "name": "test operator"}
 
 
 def test_each_party_s_fill_carries_its_own_order_side_action_role_and_price(market, make_agent, sent):
@@ -129,7 +133,9 @@ def test_money_moved_without_an_order_still_reaches_the_agent_as_a_balance(make_
     mint(alice, bob, market, 10, yes_price="0.40")
     sent.clear()
 
-    market_resolve(market_id=market.id, outcome="YES")  # alice's 10 YES pay 10.00; bob's NO pay nothing
+    market_resolve(
+        market_id=market.id, outcome="YES", resolver=operator_resolver()
+    )  # alice's 10 YES pay 10.00; bob's NO pay nothing
 
     # Neither had a resting order left, so these batches hold nothing but the balance after the payout.
     for agent, balance in ((alice, "1006.00"), (bob, "994.00")):  # paid 4.00 and 6.00 for the pair; YES pays 10.00

@@ -17,7 +17,8 @@ from moltstreet.progress import Progress
 from trading import replay
 from trading.audit import run_audit
 from trading.models import Trade
-from trading.services import market_close, market_resolve
+from trading.resolution import market_resolve
+from trading.services import market_close
 
 FORECASTBENCH_MARK = "ForecastBench"
 REPLAY_MARK = "ylcoder/random-walk"
@@ -103,6 +104,10 @@ class Command(BaseCommand):
             return
         given = os.environ.get("MOLTSTREET_ADMIN_PASSWORD") or ""
         if given:
+            if given == PUBLISHED_PASSWORD:
+                raise CommandError(
+                    "MOLTSTREET_ADMIN_PASSWORD is the password earlier versions published: choose another."
+                )
             try:
                 validate_password(given, user=user or users(username=username))
             except ValidationError as exc:

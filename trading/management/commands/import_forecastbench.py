@@ -8,7 +8,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from markets.importers import import_forecastbench
 from moltstreet.progress import Progress
-from trading.services import market_close, market_resolve
+from trading.resolution import market_resolve
+from trading.services import market_close
 
 
 class Command(BaseCommand):

@@ -1,7 +1,9 @@
-"""``python manage.py run_scheduler [--interval S] [--once]``: close markets at their deadline, expire GTD orders.
+"""``python manage.py run_scheduler [--interval S] [--once]``: close markets at their deadline, expire GTD orders,
+settle oracle proposals whose dispute window passed.
 
 ``make run`` starts it next to daphne. Each pass calls ``trading.services.markets_close_due`` and
-``orders_expire_due``; both are idempotent, so running two schedulers at once, or a pass after a crash, is harmless.
+``orders_expire_due`` and ``trading.resolution.resolutions_finalize_due``; each is idempotent (every change is
+re-checked under the market lock), so running two schedulers at once, or a pass after a crash, is harmless.
 After each pass that succeeded it touches ``MOLTSTREET_SCHEDULER_HEARTBEAT`` (when set): docker-compose.yml's health
 check of the scheduler is that this file is fresh.
 """
@@ -12,6 +14,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -21,6 +24,7 @@ from django.db import InterfaceError, OperationalError, connections
 
 from moltstreet.errors import MoltStreetError
 from trading import services
+from trading.resolution import resolutions_finalize_due
 
 logger = logging.getLogger("moltstreet.scheduler")
 
@@ -42,7 +46,8 @@ def recycle_connections() -> None:
 class Command(BaseCommand):
     help = (
         "Every --interval seconds, close open markets whose deadline has passed (cancelling their resting orders) "
-        "and expire GTD orders past expires_at. Stops cleanly on SIGINT/SIGTERM."
+        "expire GTD orders past expires_at, and make final (and pay out) oracle proposals whose dispute window "
+        "passed undisputed. Stops cleanly on SIGINT/SIGTERM."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -104,33 +109,46 @@ def beat() -> None:
 
 
 def run_pass() -> bool:
-    """Close due markets, then expire due GTD orders; returns False if either job failed.
+    """Close due markets, expire due GTD orders, settle oracle proposals whose dispute window passed undisputed;
+    returns False if any job failed.
 
-    The two jobs fail independently: a database hiccup while closing markets still lets the expiry run.
-    Errors are logged and swallowed, so a long-running scheduler survives outages and retries on its next pass.
+    The jobs fail independently: a database hiccup while closing markets still lets the others run. Errors are
+    logged and swallowed, so a long-running scheduler survives outages and retries on its next pass.
     """
     recycle_connections()
-    ok = True
-    try:
-        closed = services.markets_close_due()
-        for market in closed:
-            logger.info("scheduler: closed market %s at its deadline %s: %s", market.id, market.deadline, market)
-    except TRANSIENT as exc:
-        ok = False
-        logger.warning("scheduler: closing due markets failed, retrying next pass: %r", exc)
-    except Exception:
-        # A bug, not an outage; keep closing markets on later passes rather than stopping the exchange's clock.
-        ok = False
-        logger.exception("scheduler: closing due markets failed")
-    try:
-        expired = services.orders_expire_due()
-        if expired:
-            logger.info("scheduler: expired %d GTD order%s", expired, "" if expired == 1 else "s")
-    except TRANSIENT as exc:
-        ok = False
-        logger.warning("scheduler: expiring GTD orders failed, retrying next pass: %r", exc)
-    except Exception:
-        ok = False
-        logger.exception("scheduler: expiring GTD orders failed")
+    results = [
+        _job("closing due markets", _close_due),
+        _job("expiring GTD orders", _expire_due),
+        _job("settling proposed resolutions", _settle_due),
+    ]
     recycle_connections()
-    return ok
+    return all(results)
+
+
+def _job(what: str, work: Callable[[], None]) -> bool:
+    try:
+        work()
+    except TRANSIENT as exc:
+        logger.warning("scheduler: %s failed, retrying next pass: %r", what, exc)
+        return False
+    except Exception:
+        # A bug, not an outage; keep going on later passes rather than stopping the exchange's clock.
+        logger.exception("scheduler: %s failed", what)
+        return False
+    return True
+
+
+def _close_due() -> None:
+    for market in services.markets_close_due():
+        logger.info("scheduler: closed market %s at its deadline %s: %s", market.id, market.deadline, market)
+
+
+def _expire_due() -> None:
+    expired = services.orders_expire_due()
+    if expired:
+        logger.info("scheduler: expired %d GTD order%s", expired, "" if expired == 1 else "s")
+
+
+def _settle_due() -> None:
+    for market in resolutions_finalize_due():
+        logger.info("scheduler: %s resolved %s, the proposal undisputed: %s", market.id, market.outcome, market)

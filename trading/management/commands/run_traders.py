@@ -27,7 +27,7 @@ from django.db import close_old_connections
 from moltstreet_client import Client, MoltStreetError, TransportError
 
 from agents.models import Agent, ApiKey
-from agents.services import agent_grant_credits, api_key_create, api_key_revoke
+from agents.services import agent_grant_credits, agent_mark_house, api_key_create, api_key_revoke
 from trading import traders
 from trading.services import order_cancel_all
 
@@ -141,7 +141,7 @@ class Command(BaseCommand):
                 client.register(name, traders.DESCRIPTIONS[kind])
             except (MoltStreetError, TransportError) as exc:
                 raise CommandError(f"Could not register {name}: {exc}") from exc
-            Agent.objects.filter(name=name).update(is_house=True)
+            agent_mark_house(agent_id=Agent.objects.get(name=name).id)
         elif not agent.is_house:
             raise CommandError(f"The name {name} belongs to an agent that is not a house trader.")
         else:
