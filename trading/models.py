@@ -192,7 +192,11 @@ class Trade(models.Model):
             models.Index(fields=["market", "-seq"], name="trading_trade_market_seq"),
             models.Index(fields=["maker_agent", "-created_at"], name="trading_trade_maker_created"),
             models.Index(fields=["taker_agent", "-created_at"], name="trading_trade_taker_created"),
-            models.Index(fields=["market", "created_at"], name="trading_trade_market_created"),
+            # A market's trades by time, covering what candles and the 24-hour change read (an index-only scan:
+            # docs/performance.md, "Price history on a big market").
+            models.Index(
+                fields=["market", "created_at"], include=["seq", "price", "size"], name="trading_trade_market_time"
+            ),
             models.Index(fields=["-created_at"], condition=Q(linked=True), name="trading_trade_linked"),
         ]
         constraints = [

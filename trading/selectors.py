@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from django.db import connection
 from django.db.models import (
+    BigIntegerField,
     Count,
+    DateTimeField,
     DecimalField,
+    DurationField,
     ExpressionWrapper,
     F,
+    Func,
+    Max,
+    Min,
     OuterRef,
     Q,
     QuerySet,
@@ -68,15 +74,64 @@ INTERVALS = OrderedDict(
     [("1m", timedelta(minutes=1)), ("5m", timedelta(minutes=5)), ("1h", timedelta(hours=1)), ("1d", timedelta(days=1))]
 )
 MAX_CANDLES = 1000
+UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+SECOND = timedelta(seconds=1)
+
+
+class _BucketStart(Func):
+    """The start of the ``step``-wide bucket a time falls in, counted from ``origin``:
+    ``origin + floor((time - origin) / step) * step``, exact to the microsecond, as an aware datetime (UTC)."""
+
+    output_field = DateTimeField()
+
+    def __init__(self, expression, *, origin: datetime, step: timedelta):
+        super().__init__(expression)
+        self.origin, self.step = origin, step
+
+    def as_sql(self, compiler, connection, **extra_context):
+        raise NotImplementedError(f"candle buckets are written for PostgreSQL and SQLite, not {connection.vendor}")
+
+    def as_postgresql(self, compiler, connection, **extra_context):
+        # date_bin (PostgreSQL 14+) counts in whole microseconds: exact, and 1.8x as fast on 300,000 trades as
+        # FLOOR(EXTRACT(EPOCH ...) / step), whose numeric arithmetic dominated the query (docs/performance.md).
+        (at,) = self.get_source_expressions()
+        step, origin = Value(self.step, output_field=DurationField()), Value(self.origin, output_field=DateTimeField())
+        return compiler.compile(Func(step, at, origin, function="DATE_BIN", output_field=DateTimeField()))
+
+    def as_sqlite(self, compiler, connection, **extra_context):
+        # In whole seconds, which is exact since origin and step are whole seconds. Django stores times as
+        # 'YYYY-MM-DD HH:MM:SS.ffffff' (UTC); strftime would round the fraction to milliseconds (23:59:59.9996 would
+        # become the next day), so it reads only the first 19 characters ("%%%%" is one "%" in the end). SQL's "/"
+        # and "%" truncate toward zero, so the non-negative remainder ((x % step) + step) % step is taken off to
+        # round down before the origin too.
+        (at,) = self.get_source_expressions()
+        origin, step = (self.origin - UNIX_EPOCH) // SECOND, self.step // SECOND
+        unix = Func(
+            at,
+            template="CAST(strftime('%%%%s', substr(%(expressions)s, 1, 19)) AS INTEGER)",
+            output_field=BigIntegerField(),
+        )
+        since = unix - Value(origin)
+        start = since - (since % step + step) % step + Value(origin)
+        return compiler.compile(Func(start, Value("unixepoch"), function="datetime", output_field=DateTimeField()))
 
 
 def candles(
     market: Market, interval: str = "1h", start: datetime | None = None, end: datetime | None = None
 ) -> list[dict]:
-    """OHLC candles of the market's YES trade prices: ``[{start, open, high, low, close, volume}]`` oldest first.
+    """OHLC candles of the market's YES trade prices, oldest first: ``[{"start": ISO 8601 str, "open", "high",
+    "low", "close": YES price as a two-place decimal str, "volume": contracts traded (int)}]``.
 
-    ``interval`` is one of 1m, 5m, 1h, 1d; at most 1000 candles (the window ends at ``end``, default now).
-    Buckets without trades are left out. Raises :class:`InvalidRequest` for an unknown interval.
+    ``interval`` is one of 1m, 5m, 1h, 1d. Buckets are aligned on 2000-01-01 in ``end``'s time zone (UTC here):
+    ``epoch + floor((created_at - epoch) / step) * step``; a candle's open and close are the prices of its lowest
+    and highest ``seq``. The window is ``[start, end]`` (both inclusive; ``end`` defaults to now), clamped to the
+    last 1000 intervals before ``end`` (to the earliest representable time for an ``end`` near year 1), so there are
+    at most 1000 candles. Buckets without trades are left out. Raises :class:`InvalidRequest` for an unknown
+    interval.
+
+    Aggregated in the database (PostgreSQL 14+ or SQLite): one grouped query over the trades of the window, then
+    one query for the open and close prices by ``(market, seq)``. Its cost is linear in the trades of the window
+    (130 ms for 300,000 here; docs/performance.md).
     """
     if interval not in INTERVALS:
         raise InvalidRequest(f"interval must be one of {', '.join(INTERVALS)}.", detail={"interval": interval})
@@ -87,30 +142,27 @@ def candles(
     except OverflowError:  # an ``end`` near year 1: the window starts at the earliest representable time
         earliest = datetime.min.replace(tzinfo=end.tzinfo)
     start = max(start, earliest) if start else earliest
-    trades = (
+    buckets = list(
         Trade.objects.filter(market=market, created_at__gte=start, created_at__lte=end)
-        .order_by("seq")
-        .values_list("created_at", "price", "size")
+        .annotate(bucket=_BucketStart("created_at", origin=datetime(2000, 1, 1, tzinfo=end.tzinfo), step=step))
+        .values("bucket")
+        .annotate(first=Min("seq"), last=Max("seq"), high=Max("price"), low=Min("price"), volume=Sum("size"))
+        .order_by("bucket")
     )
-    out: list[dict] = []
-    epoch = datetime(2000, 1, 1, tzinfo=end.tzinfo)
-    for at, price, size in trades.iterator(chunk_size=2000):
-        bucket = epoch + ((at - epoch) // step) * step
-        if not out or out[-1]["_bucket"] != bucket:
-            out.append({"_bucket": bucket, "open": price, "high": price, "low": price, "close": price, "volume": 0})
-        candle = out[-1]
-        candle["high"], candle["low"], candle["close"] = max(candle["high"], price), min(candle["low"], price), price
-        candle["volume"] += size
+    if not buckets:
+        return []
+    seqs = {b["first"] for b in buckets} | {b["last"] for b in buckets}
+    prices = dict(Trade.objects.filter(market=market, seq__in=seqs).order_by().values_list("seq", "price"))
     return [
         {
-            "start": c["_bucket"].isoformat(),
-            "open": str(c["open"]),
-            "high": str(c["high"]),
-            "low": str(c["low"]),
-            "close": str(c["close"]),
-            "volume": c["volume"],
+            "start": b["bucket"].astimezone(end.tzinfo).isoformat(),
+            "open": str(prices[b["first"]]),
+            "high": str(quantize(b["high"])),  # SQLite gives aggregates of decimals unquantized (0.560000000000000)
+            "low": str(quantize(b["low"])),
+            "close": str(prices[b["last"]]),
+            "volume": b["volume"],
         }
-        for c in out
+        for b in buckets
     ]
 
 
