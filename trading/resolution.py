@@ -93,6 +93,7 @@ def market_resolve(*, market_id: uuid.UUID | str, outcome: str, resolver: Resolv
     pending = pending_resolution(market.id)
     if pending is not None and pending.outcome == outcome:
         pending.decided_by = resolver.user
+        pending.note = pending.note or f"confirmed by {resolver.kind} {resolver.name}"
         return _settle(market, pending, now)
     if pending is not None:
         _overturn(pending, resolver, now, note=f"overturned: {resolver.kind} {resolver.name} resolved {outcome}")

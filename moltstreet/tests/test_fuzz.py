@@ -306,7 +306,7 @@ def world(db, make_agent, in_process_wsgi):
     from markets.services import forecast_record, market_create
     from moltstreet.testing import make_oracle, operator_resolver
     from trading.resolution import market_resolve
-    from trading.services import order_place
+    from trading.services import market_close, order_place
 
     trader, other, oracle = make_agent("fuzz-trader"), make_agent("fuzz-other"), make_agent("fuzz-oracle")
     make_oracle(oracle)
@@ -327,6 +327,10 @@ def world(db, make_agent, in_process_wsgi):
     order_place(agent=trader, market_id=resolved.id, side="YES", action="BUY", price="0.50", size=4)
     order_place(agent=other, market_id=resolved.id, side="NO", action="BUY", price="0.50", size=4)
     market_resolve(market_id=resolved.id, outcome="YES", resolver=operator_resolver())
+    # A closed market nobody has a stake in: the oracle may propose its outcome there, and agents dispute that.
+    closed = market_create(creator=other, question="Will the fuzzed market close?", deadline=deadline)
+    market_close(market_id=closed.id)
+    markets.append(closed)
 
     agents = {"trader": trader, "other": other, "oracle": oracle}
     for name, agent in agents.items():
@@ -409,3 +413,38 @@ def test_sequences_of_calls_along_the_schema_links_answer_as_the_schema_says(wor
         )
     finally:
         CALLER = None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Hostile input the schema cannot describe (the security review, issue 11): never a 5xx, always the one error shape
+
+HOSTILE = [
+    ("GET", "/markets/{market}/orderbook/?depth=²", None, 400),  # str.isdigit() says yes, int() says no
+    ("GET", "/markets/{market}/orderbook/?depth=" + "9" * 5000, None, 400),  # past int()'s digit limit
+    ("POST", "/orders/", "[" * 100_000, 400),  # deeper than Python's JSON parser can go
+    ("POST", "/markets/", "{" * 50_000, 400),
+    ("POST", "/markets/{market}/forecast/", '{"probability": ' + "[" * 100_000, 400),
+    ("GET", "/markets/?search=" + "%20".join(f"w{n}" for n in range(2000)), None, 400),
+    ("GET", "/markets/?search=" + "x" * 5000, None, 400),
+    ("GET", "/agents/?search=" + "%20".join("a" * 9), None, 400),
+    ("GET", "/markets/?ordering=" + ",".join(["-volume"] * 2000), None, 200),  # each field once: a cheap query
+    ("GET", "/markets/{market}/history/?interval=1d&start=%C2%B2", None, 400),
+    ("GET", "/markets/{market}/history/?interval=" + "1d" * 1000, None, 400),
+    ("POST", "/markets/{market}/dispute/", json.dumps({"reason": "x" * 3000}), 400),
+    ("POST", "/markets/{market}/dispute/", json.dumps({"reason": ["a"]}), 400),
+    ("POST", "/markets/{market}/resolve/", json.dumps({"outcome": "YES" * 1000}), 403),  # not an oracle
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status"), HOSTILE, ids=[f"{m} {p[:60]}" for m, p, _, _ in HOSTILE])
+def test_hostile_input_is_answered_without_a_5xx_in_the_error_shape(method, path, body, status, world):
+    from moltstreet.testing import api_client
+
+    client = api_client(key=KEYS["trader"])  # it checks the one error shape of every 4xx itself
+    url = "/api/v1" + path.format(market=world["markets"][-1])
+    if body is None:
+        response = client.generic(method, url)
+    else:
+        response = client.generic(method, url, body, content_type="application/json")
+    assert response.status_code == status, (response.status_code, response.content[:300])
+    RESPONSES[(f"hostile {method} {path[:40]}", response.status_code)] += 1
