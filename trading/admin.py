@@ -537,6 +537,8 @@ class ResolutionAdmin(ServiceActionsMixin, ReadOnlyModelAdmin):
             or "None."
         )
 
+    _headers = ("Market", "Resolution", "Dispute window ends", "Disputes")
+
     def _rows(self, resolutions: Sequence[Resolution]) -> list[list[Any]]:
         return [
             [_link(r.market, r.market.question), describe_resolution(r), r.dispute_until, self.dispute_reasons(r)]
@@ -554,7 +556,7 @@ class ResolutionAdmin(ServiceActionsMixin, ReadOnlyModelAdmin):
                 title=f"Confirm {_plural(len(resolutions), 'proposed resolution')}?",
                 intro="Each proposal becomes final with its own outcome, with you as the operator who decided, and "
                 "its market pays out at once. Proposals no longer pending are refused.",
-                headers=("Market", "Resolution", "Dispute window ends", "Disputes"),
+                headers=self._headers,
                 rows=self._rows(resolutions),
                 submit="Yes, confirm",
             )
@@ -584,7 +586,7 @@ class ResolutionAdmin(ServiceActionsMixin, ReadOnlyModelAdmin):
                 intro="Each market resolves to the outcome you choose, with you as its resolver, and pays out at "
                 "once; the proposal is kept, marked overturned. A proposal of the same outcome is refused (confirm "
                 "it instead).",
-                headers=("Market", "Resolution", "Dispute window ends", "Disputes"),
+                headers=self._headers,
                 rows=self._rows(resolutions),
                 submit="Overturn",
                 form=form,
