@@ -229,8 +229,6 @@ def _sequences(report: AuditReport) -> None:
     report.figures["markets"] = Market.objects.count()
 
 
-__all__ = ["AuditReport", "run_audit"]
-
 
 def _ranks(report: AuditReport) -> None:
     """Reputation is the realized P&L of resolved markets less what trades with linked agents made there, and
@@ -254,3 +252,6 @@ def _ranks(report: AuditReport) -> None:
             report.breach("4a", f"agent {name}: reputation {agent_reputation} != positions' {reputation[agent_id]}")
         if agent_linked != linked[agent_id]:
             report.breach("4a", f"agent {name}: linked_pnl {agent_linked} != positions' {linked[agent_id]}")
+
+
+__all__ = ["AuditReport", "run_audit"]
