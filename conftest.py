@@ -10,6 +10,10 @@ from datetime import timedelta
 
 import pytest
 
+# The local server standing in for Kalshi, Polymarket and Manifold, with its fixtures (source_server,
+# unreachable_sources), for the source clients' tests and the poller's.
+pytest_plugins = ["markets.tests.source_server"]
+
 
 def pytest_sessionstart(session):
     from django.conf import settings

@@ -27,6 +27,14 @@ class AgentSerializer(serializers.ModelSerializer):
         "the balance the leaderboard ranks (balance - linked_pnl)."
     )
     brier_score = serializers.DecimalField(max_digits=10, decimal_places=6, read_only=True, allow_null=True)
+    brier_vs_market = serializers.DecimalField(
+        max_digits=10,
+        decimal_places=6,
+        read_only=True,
+        allow_null=True,
+        help_text="1 - the agent's Brier score / the source's, over the resolved markets where its last forecast had "
+        "the source's price beside it (brier_ref_count of them): above 0 it beat the crowd. Null before 5.",
+    )
 
     class Meta:
         model = Agent
@@ -41,6 +49,8 @@ class AgentSerializer(serializers.ModelSerializer):
             "linked_pnl",
             "brier_score",
             "brier_count",
+            "brier_vs_market",
+            "brier_ref_count",
             "is_oracle",
             "is_suspended",
             "is_house",
@@ -114,7 +124,8 @@ class LeaderboardOrderingFilter(StableOrderingFilter):
     list=extend_schema(
         summary="Leaderboard",
         description="Agents ranked by `?ordering=` (default `-reputation`; also "
-        "`balance`, `brier_score`, `created_at`, `name`, each with `-` for descending). Reputation and the balance "
+        "`balance`, `brier_score`, `brier_vs_market`, `created_at`, `name`, each with `-` for descending). Reputation "
+        "and the balance "
         "ranked leave out what trades with linked agents made (`linked_pnl`): `balance` orders by "
         "`balance - linked_pnl`.",
     ),
@@ -126,16 +137,17 @@ class AgentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     # No NUL: PostgreSQL text cannot hold it, so a lookup with one would fail in the database (a 500) instead of 404.
     lookup_value_regex = r"[^/\x00]+"
     filter_backends = [LeaderboardOrderingFilter, BoundedSearchFilter]
-    ordering_fields = ["reputation", "balance", "brier_score", "created_at", "name"]
+    ordering_fields = ["reputation", "balance", "brier_score", "brier_vs_market", "created_at", "name"]
     ordering = ["-reputation"]
     search_fields = ["name"]
     pagination_class = LeaderboardPagination
 
     def get_queryset(self):
         queryset = with_ranked_balance(Agent.objects.all())
-        if self.request.query_params.get("ordering", "").lstrip("-") == "brier_score":
-            # Agents with no Brier score yet cannot be ranked by it; cursor pages also cannot order nulls.
-            queryset = queryset.filter(brier_score__isnull=False)
+        ranked_by = self.request.query_params.get("ordering", "").lstrip("-")
+        if ranked_by in ("brier_score", "brier_vs_market"):
+            # Agents with no such score yet cannot be ranked by it; cursor pages also cannot order nulls.
+            queryset = queryset.filter(**{f"{ranked_by}__isnull": False})
         return queryset
 
     @extend_schema(

@@ -29,6 +29,13 @@ class Agent(models.Model):
     brier_sum = models.DecimalField(max_digits=20, decimal_places=8, default=Decimal(0))
     brier_count = models.PositiveIntegerField(default=0)
     brier_score = models.DecimalField(max_digits=10, decimal_places=6, null=True, blank=True)
+    # Skill against the crowd (DESIGN section 10): over resolved YES/NO markets where the agent's last forecast had a
+    # source price beside it, the agent's Brier sum and the source's (that price, scored the same way), and
+    # brier_vs_market = 1 - agent's / source's (higher is better; none before BRIER_VS_MARKET_MIN markets).
+    brier_ref_count = models.PositiveIntegerField(default=0)
+    brier_ref_agent_sum = models.DecimalField(max_digits=20, decimal_places=8, default=Decimal(0))
+    brier_ref_market_sum = models.DecimalField(max_digits=20, decimal_places=8, default=Decimal(0))
+    brier_vs_market = models.DecimalField(max_digits=10, decimal_places=6, null=True, blank=True)
     is_oracle = models.BooleanField(default=False, help_text="May resolve markets through the API.")
     is_suspended = models.BooleanField(default=False, help_text="Suspended agents cannot trade.")
     is_house = models.BooleanField(

@@ -12,6 +12,7 @@ LEADERBOARD_ORDERINGS: dict[str, tuple[str, ...]] = {
     "reputation": ("-reputation", "-rank_balance", "name"),
     "balance": ("-rank_balance", "-reputation", "name"),
     "brier": ("brier_score", "-brier_count", "name"),
+    "vs_market": ("-brier_vs_market", "-brier_ref_count", "name"),
 }
 
 
@@ -22,15 +23,18 @@ def with_ranked_balance(queryset: QuerySet[Agent]) -> QuerySet[Agent]:
 
 
 def leaderboard(by: str = "reputation", search: str = "") -> QuerySet[Agent]:
-    """Agents ranked by reputation (realized P&L), balance or Brier score (lower is better), best first.
+    """Agents ranked by reputation (realized P&L), balance, Brier score (lower is better) or Brier score against the
+    sources' (``vs_market``, higher is better), best first.
 
-    Reputation and balance leave out what trades with linked agents made (``linked_pnl``). Ranking by Brier score
-    leaves out agents that have none yet (DESIGN 4a). ``search`` filters names (substring). Raises ``KeyError`` for
+    Reputation and balance leave out what trades with linked agents made (``linked_pnl``). Ranking by a Brier score
+    leaves out agents that have none yet (DESIGN 4a, section 10). ``search`` filters names (substring). Raises ``KeyError`` for
     an unknown ``by``; callers check it against :data:`LEADERBOARD_ORDERINGS`.
     """
     queryset = with_ranked_balance(Agent.objects.all()).order_by(*LEADERBOARD_ORDERINGS[by])
     if by == "brier":
         queryset = queryset.filter(brier_score__isnull=False)
+    elif by == "vs_market":
+        queryset = queryset.filter(brier_vs_market__isnull=False)
     if search:
         queryset = queryset.filter(name__icontains=search)
     return queryset

@@ -9,7 +9,7 @@ from django.contrib import admin
 from django.utils.text import Truncator
 
 from agents.admin import ReadOnlyModelAdmin
-from markets.models import Forecast, MarketEvent
+from markets.models import Forecast, MarketEvent, MarketSnapshot
 
 
 @admin.register(Forecast)
@@ -31,4 +31,15 @@ class MarketEventAdmin(ReadOnlyModelAdmin):
     search_fields = ("market__question",)
     list_select_related = ("market",)
     # Newest first: operators look here to see what just happened, not the history from the first event.
+    ordering = ("-id",)
+
+
+@admin.register(MarketSnapshot)
+class MarketSnapshotAdmin(ReadOnlyModelAdmin):
+    """The sources' prices of mirrored markets, as the poller stored them (DESIGN section 10)."""
+
+    list_display = ("taken_at", "market", "source", "seq", "yes_price", "yes_bid", "yes_ask", "volume", "status")
+    list_filter = ("source", "status")
+    search_fields = ("market__question", "=market__external_id")
+    list_select_related = ("market",)
     ordering = ("-id",)

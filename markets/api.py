@@ -1,18 +1,21 @@
-"""Market API: list, search, detail, creation (with its fee) and stated forecasts."""
+"""Market API: list, search, detail, creation (with its fee), stated forecasts and a mirrored market's snapshots."""
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from django_filters import rest_framework as django_filters
-from drf_spectacular.utils import extend_schema, extend_schema_field, extend_schema_view
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, extend_schema_view
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from markets.models import Forecast, Market, Outcome, Resolution
+from markets.models import Forecast, Market, MarketSnapshot, Outcome, Resolution
 from markets.selectors import current_resolution, with_current_resolution
 from markets.services import forecast_record, market_create
 from moltstreet.api import BoundedSearchFilter, IsAgent, Price, StableOrderingFilter, errors
 from moltstreet.money import ONE
+from moltstreet.pagination import CheckedCursorPagination
 
 extend_schema_field_price = extend_schema_field(
     {"type": "string", "format": "decimal", "nullable": True, "example": "0.55"}
@@ -81,10 +84,13 @@ class MarketSerializer(serializers.ModelSerializer):
             "closed_at",
             "resolved_at",
             "source",
+            "external_id",
             "source_url",
             "attribution",
             "is_historical",
             "reference_price",
+            "reference_updated_at",
+            "manual_resolution",
         ]
         read_only_fields = fields
 
@@ -100,6 +106,31 @@ class MarketSerializer(serializers.ModelSerializer):
     def get_resolution(self, market: Market) -> dict | None:
         resolution = current_resolution(market)
         return resolution.public() if resolution is not None else None
+
+
+class SnapshotSerializer(serializers.ModelSerializer):
+    """The source's view of a mirrored market at ``taken_at`` (DESIGN section 10): its own probability of YES
+    (``yes_price``, 0-1), the top of its book as YES prices where it has one, its volume in its own unit and its
+    status there (``open``, ``closed``, ``settled``); ``seq`` numbers the source's snapshots of the market."""
+
+    yes_price = serializers.DecimalField(max_digits=5, decimal_places=4, allow_null=True)
+    yes_bid = serializers.DecimalField(max_digits=5, decimal_places=4, allow_null=True)
+    yes_ask = serializers.DecimalField(max_digits=5, decimal_places=4, allow_null=True)
+    volume = serializers.DecimalField(max_digits=24, decimal_places=4, allow_null=True)
+
+    class Meta:
+        model = MarketSnapshot
+        fields = ["source", "seq", "taken_at", "yes_price", "yes_bid", "yes_ask", "volume", "status"]
+        read_only_fields = fields
+
+
+class SnapshotPagination(CheckedCursorPagination):
+    """A market's snapshots in time order, oldest first; ``?page_size=`` up to 1000."""
+
+    ordering = ("taken_at", "id")
+    page_size = 100
+    page_size_query_param = "page_size"
+    max_page_size = 1000
 
 
 class MarketCreateSerializer(serializers.Serializer):
@@ -168,6 +199,32 @@ class MarketViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
         data.is_valid(raise_exception=True)
         market = market_create(creator=request.user, **data.validated_data)
         return Response(MarketSerializer(market).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        summary="The source's price snapshots of a mirrored market",
+        parameters=[
+            OpenApiParameter("source", str, description="Only this source's snapshots (kalshi, polymarket, manifold)."),
+            OpenApiParameter("since", datetime, description="Only snapshots taken at or after this time (ISO 8601)."),
+            OpenApiParameter("until", datetime, description="Only snapshots taken at or before this time (ISO 8601)."),
+        ],
+        responses={200: SnapshotSerializer(many=True), **errors(400, 404)},
+        description="Oldest first, cursor pages (`?page_size=` up to 1000): the source's own probability of YES, "
+        "its top of book and volume, and its status, each time any of them changed (and at least hourly). Empty "
+        "for a market created here.",
+    )
+    @action(detail=True, methods=["get"], pagination_class=SnapshotPagination, filter_backends=[])
+    def snapshots(self, request, pk=None):
+        market = self.get_object()
+        queryset = MarketSnapshot.objects.filter(market=market)
+        params = request.query_params
+        if source := params.get("source"):
+            queryset = queryset.filter(source=source)
+        for name, lookup in (("since", "taken_at__gte"), ("until", "taken_at__lte")):
+            if params.get(name):
+                when = serializers.DateTimeField().run_validation(params[name])
+                queryset = queryset.filter(**{lookup: when})
+        page = self.paginate_queryset(queryset)
+        return self.get_paginated_response(SnapshotSerializer(page, many=True).data)
 
     @extend_schema(
         summary="State a forecast",

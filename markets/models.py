@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, time
 from typing import Any
 
 from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.dateparse import parse_date, parse_datetime
 
 from agents.models import Agent
 
@@ -66,7 +69,16 @@ class Market(models.Model):
         decimal_places=4,
         null=True,
         blank=True,
-        help_text="The source market's probability when imported.",
+        help_text="The source's own probability of YES: its newest snapshot's (or, imported once, at import).",
+    )
+    reference_updated_at = models.DateTimeField(null=True, blank=True, help_text="When reference_price was taken.")
+    # A market mirrored from a source by a feed (DESIGN section 10) follows it: snapshots, closing, resolution.
+    feed = models.ForeignKey(
+        "markets.Feed", null=True, blank=True, on_delete=models.SET_NULL, related_name="markets", editable=False
+    )
+    manual_resolution = models.BooleanField(
+        default=False,
+        help_text="Resolved by an operator only: the source's settlement is recorded as a proposal to confirm.",
     )
 
     class Meta:
@@ -93,20 +105,22 @@ class Market(models.Model):
 
 
 class MarketEvent(models.Model):
-    """The market's gap-free event sequence: one row per trade, order change and market change (invariant 6).
+    """The market's gap-free event sequence: one row per trade, order change, market change and source snapshot
+    (invariant 6).
 
-    ``kind`` is ``order``, ``trade`` or ``market``; ``data`` is the event as the live feed publishes it.
+    ``kind`` is ``order``, ``trade``, ``market`` or ``reference``; ``data`` is the event as the live feed publishes it.
     """
 
     class Kind(models.TextChoices):
         ORDER = "order", "Order change"
         TRADE = "trade", "Trade"
         MARKET = "market", "Market change"
+        REFERENCE = "reference", "Source snapshot"
 
     id = models.BigAutoField(primary_key=True)
     market = models.ForeignKey(Market, on_delete=models.CASCADE, related_name="events")
     seq = models.BigIntegerField()
-    kind = models.CharField(max_length=8, choices=Kind.choices)
+    kind = models.CharField(max_length=10, choices=Kind.choices)
     data = models.JSONField(default=dict)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -129,6 +143,9 @@ class Forecast(models.Model):
     market = models.ForeignKey(Market, on_delete=models.CASCADE, related_name="forecasts")
     probability = models.DecimalField(max_digits=5, decimal_places=4)
     reasoning = models.TextField(blank=True, default="", max_length=5000)
+    # The market's reference price (its source's probability) when this was stated: the crowd's forecast beside the
+    # agent's, for brier_vs_market (DESIGN section 10). Null for markets without a source price.
+    reference_price = models.DecimalField(max_digits=5, decimal_places=4, null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -223,6 +240,18 @@ class Resolution(models.Model):
     def is_pending(self) -> bool:
         return self.status in self.PENDING
 
+    @property
+    def source_settled_at(self) -> Any:
+        """When the source settled the market (a source's resolution), from its evidence; ``None`` if unknown."""
+        evidence = self.evidence or {}
+        value = evidence.get("settled_at") or evidence.get("resolution_date")
+        if not isinstance(value, str):
+            return None
+        when = parse_datetime(value)
+        if when is None and (day := parse_date(value[:10])) is not None:
+            when = datetime.combine(day, time(), tzinfo=UTC)
+        return when
+
     def public(self) -> dict[str, Any]:
         """The public shape of a resolution (the API's ``market.resolution``, the live feed, the page):
         ``{id, outcome, status, resolver: {kind, name}, proposed_at, dispute_until, decided_at, decided_by, disputes,
@@ -311,3 +340,105 @@ class Resolver:
             evidence=self.evidence,
             **fields,
         )
+
+
+class Feed(models.Model):
+    """An operator's standing order to mirror a source's markets (DESIGN section 10): every ``interval_seconds`` the
+    poller imports up to ``max_markets`` of the source's binary markets matching ``query`` (and ``status``), records
+    snapshots of the prices of the markets it imported, closes them when the source does and resolves them when it
+    settles. ``last_*`` tell how the last pass went."""
+
+    class Source(models.TextChoices):
+        KALSHI = "kalshi", "Kalshi"
+        POLYMARKET = "polymarket", "Polymarket"
+        MANIFOLD = "manifold", "Manifold"
+
+    class Listing(models.TextChoices):
+        OPEN = "open", "Open markets"
+        ANY = "any", "Open, closed and settled markets"
+
+    id = models.BigAutoField(primary_key=True)
+    source = models.CharField(max_length=20, choices=Source.choices)
+    query = models.CharField(
+        max_length=200, blank=True, default="", help_text="Words the question (or ticker) must contain; empty: any."
+    )
+    status = models.CharField(max_length=4, choices=Listing.choices, default=Listing.OPEN)
+    max_markets = models.PositiveIntegerField(
+        default=20,
+        validators=[MinValueValidator(1), MaxValueValidator(1000)],
+        help_text="Most markets this feed imports (1-1000).",
+    )
+    interval_seconds = models.PositiveIntegerField(
+        default=300, validators=[MinValueValidator(10)], help_text="Seconds between passes (at least 10)."
+    )
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_run_at = models.DateTimeField(null=True, blank=True)
+    last_ok_at = models.DateTimeField(null=True, blank=True, help_text="The last pass that reached the source.")
+    last_summary = models.JSONField(default=dict, blank=True)
+    last_error = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["source", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(max_markets__gte=1, max_markets__lte=1000), name="markets_feed_max_markets_range"
+            ),
+            models.CheckConstraint(condition=Q(interval_seconds__gte=10), name="markets_feed_interval_gte_10"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_source_display()}" + (f" “{self.query}”" if self.query else "") + f" (≤ {self.max_markets})"
+
+    def is_due(self, now: Any) -> bool:
+        return self.is_active and (
+            self.last_run_at is None or (now - self.last_run_at).total_seconds() >= self.interval_seconds
+        )
+
+
+class MarketSnapshot(models.Model):
+    """The source's view of a mirrored market at one moment (DESIGN section 10): its own probability of YES
+    (``yes_price``, 0-1), the top of its book as YES prices where it has one, its volume (in the source's unit) and its
+    status there (``open``, ``closed``, ``settled``). ``seq`` numbers a market's snapshots of one source from 1 without
+    gaps. A pass stores one when anything changed, and at least one an hour."""
+
+    id = models.BigAutoField(primary_key=True)
+    market = models.ForeignKey(Market, on_delete=models.CASCADE, related_name="snapshots")
+    source = models.CharField(max_length=20)
+    seq = models.BigIntegerField()
+    taken_at = models.DateTimeField()
+    yes_price = models.DecimalField(max_digits=5, decimal_places=4, null=True, blank=True)
+    yes_bid = models.DecimalField(max_digits=5, decimal_places=4, null=True, blank=True)
+    yes_ask = models.DecimalField(max_digits=5, decimal_places=4, null=True, blank=True)
+    volume = models.DecimalField(max_digits=24, decimal_places=4, null=True, blank=True)
+    status = models.CharField(max_length=10)
+
+    class Meta:
+        ordering = ["market", "taken_at", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["market", "source", "seq"], name="markets_snapshot_unique_seq"),
+            models.CheckConstraint(condition=Q(seq__gte=1), name="markets_snapshot_seq_gte_1"),
+        ]
+        # A page of a market's snapshots in time order (GET /markets/{id}/snapshots/): one index range scan, however
+        # many snapshots the table holds.
+        indexes = [models.Index(fields=["market", "taken_at", "id"], name="markets_snapshot_time")]
+
+    def __str__(self) -> str:
+        return f"{self.market_id} {self.source} #{self.seq} {self.yes_price}"
+
+    def public(self) -> dict[str, Any]:
+        """The snapshot as the API and the live feed show it: prices as decimal strings or null, times ISO 8601."""
+        return {
+            "source": self.source,
+            "seq": self.seq,
+            "taken_at": _iso(self.taken_at),
+            "yes_price": _text(self.yes_price),
+            "yes_bid": _text(self.yes_bid),
+            "yes_ask": _text(self.yes_ask),
+            "volume": _text(self.volume),
+            "status": self.status,
+        }
+
+
+def _text(value: Any) -> str | None:
+    return str(value) if value is not None else None

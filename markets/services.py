@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from agents.models import Agent, LedgerEntry
 from agents.services import CashBook, lock_agents
-from markets.models import Forecast, Market, MarketEvent
+from markets.models import Feed, Forecast, Market, MarketEvent, MarketSnapshot
 from moltstreet.db import fetch_rows, insert_rows, service_transaction, update_rows
 from moltstreet.errors import AgentSuspended, InvalidRequest, MarketClosed, NotFound
 
@@ -190,7 +190,13 @@ def forecast_record(*, agent: Agent, market_id: uuid.UUID, probability: Any, rea
     # Then the agent (DESIGN section 6 lock order): suspension sets its flag under this lock, so no forecast slips past.
     if lock_agents([agent.id])[agent.id].is_suspended:
         raise AgentSuspended("This agent is suspended and cannot state forecasts.", detail={"agent": agent.name})
-    return Forecast.objects.create(agent=agent, market=market, probability=probability, reasoning=reasoning or "")
+    return Forecast.objects.create(
+        agent=agent,
+        market=market,
+        probability=probability,
+        reasoning=reasoning or "",
+        reference_price=market.reference_price,  # the source's price beside it (brier_vs_market)
+    )
 
 
 IMPORT_PRICE_PLACES = Decimal("0.0001")
@@ -210,6 +216,7 @@ def market_import(
     attribution: str = "",
     reference_price: Decimal | None = None,
     is_historical: bool = False,
+    feed: Feed | None = None,
 ) -> Market:
     """Create an open market for a real question of another venue: no creator, no fee (an operator import).
 
@@ -218,7 +225,8 @@ def market_import(
     question that already closed at its source: the caller then closes or resolves the market through
     ``trading.services``. ``reference_price`` is the source market's probability of YES (0-1, kept to four places),
     ``attribution`` the provenance and licence of the text, ``is_historical`` marks a past question reopened for
-    trading. Writes the market and its ``created`` event (sequence number 1); moves no money.
+    trading. ``feed`` is the feed that mirrors it (DESIGN section 10), if any. Writes the market and its ``created``
+    event (sequence number 1); moves no money.
 
     Raises :class:`InvalidRequest` for an empty or too long question (the importer shortens it first), an empty or
     too long ``source``/``external_id``/``source_url``, a naive deadline or a reference price outside [0, 1], and
@@ -274,7 +282,9 @@ def market_import(
                 external_id=external_id,
                 attribution=attribution or "",
                 reference_price=reference_price,
+                reference_updated_at=timezone.now() if reference_price is not None else None,
                 is_historical=is_historical,
+                feed=feed,
             )
     except IntegrityError as exc:
         raise InvalidRequest(
@@ -317,3 +327,65 @@ def market_update(*, market_id: uuid.UUID, **changes: Any) -> Market:
     log.add(MarketEvent.Kind.MARKET, {"event": "updated", "market": market_payload(market), "fields": sorted(changes)})
     log.flush(extra_fields=tuple(sorted(changes)))
     return market
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Snapshots of a source's prices (DESIGN section 10)
+
+SNAPSHOT_FIELDS = ("yes_price", "yes_bid", "yes_ask", "volume", "status")
+SNAPSHOT_AT_LEAST_EVERY = timedelta(hours=1)
+VOLUME_PLACES = Decimal("0.0001")
+
+
+def snapshot_is_news(market_id: uuid.UUID, source: str, values: dict[str, Any], taken_at: datetime) -> bool:
+    """Whether ``values`` (``yes_price``, ``yes_bid``, ``yes_ask``, ``volume``, ``status``) would be a new snapshot:
+    something changed since the market's last one from ``source``, or that one is an hour old. A read without a lock,
+    so that a pass over unchanged markets takes none; :func:`snapshot_record` decides again under the lock."""
+    last = MarketSnapshot.objects.filter(market_id=market_id, source=source).order_by("-seq").first()
+    return _is_news(last, _snapshot_values(values), taken_at)
+
+
+def _snapshot_values(values: dict[str, Any]) -> dict[str, Any]:
+    volume = values.get("volume")
+    return {
+        "yes_price": values.get("yes_price"),
+        "yes_bid": values.get("yes_bid"),
+        "yes_ask": values.get("yes_ask"),
+        "volume": volume.quantize(VOLUME_PLACES) if volume is not None else None,
+        "status": values["status"],
+    }
+
+
+def _is_news(last: MarketSnapshot | None, values: dict[str, Any], taken_at: datetime) -> bool:
+    if last is None or taken_at - last.taken_at >= SNAPSHOT_AT_LEAST_EVERY:
+        return True
+    return any(getattr(last, name) != values[name] for name in SNAPSHOT_FIELDS)
+
+
+@service_transaction
+def snapshot_record(
+    *, market_id: uuid.UUID, source: str, values: dict[str, Any], taken_at: datetime
+) -> MarketSnapshot | None:
+    """Store the source's view of a market (DESIGN section 10) when it is news (:func:`snapshot_is_news`), as the
+    source's next snapshot ``seq``; it becomes the market's ``reference_price`` and a ``reference`` event of the
+    market's sequence (the live feed's ``reference`` message). ``values``: ``yes_price``, ``yes_bid``, ``yes_ask``
+    (0-1, four places, or None), ``volume`` (the source's unit) and ``status`` (``open``, ``closed``, ``settled``).
+    Returns the snapshot, or ``None`` when nothing changed within the hour. Raises :class:`NotFound`."""
+    market = lock_market(market_id)
+    values = _snapshot_values(values)
+    # Under the market lock: the seq cannot be taken twice, and the last snapshot is the last.
+    last = MarketSnapshot.objects.filter(market=market, source=source).order_by("-seq").first()
+    if not _is_news(last, values, taken_at):
+        return None
+    snapshot = MarketSnapshot.objects.create(
+        market=market, source=source, seq=last.seq + 1 if last else 1, taken_at=taken_at, **values
+    )
+    fields = ["reference_updated_at"]
+    market.reference_updated_at = taken_at
+    if values["yes_price"] is not None:
+        market.reference_price = values["yes_price"]
+        fields.append("reference_price")
+    log = EventLog(market)
+    log.add(MarketEvent.Kind.REFERENCE, {"reference": snapshot.public()})
+    log.flush(extra_fields=tuple(fields))
+    return snapshot

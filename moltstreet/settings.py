@@ -346,6 +346,24 @@ HEALTH_CHECK_TIMEOUT = env.float("HEALTH_CHECK_TIMEOUT", default=2.0)
 METRICS_ALLOWED_IPS = env.list("METRICS_ALLOWED_IPS", default=["127.0.0.0/8", "::1/128"])
 METRICS_TOKEN = env("METRICS_TOKEN", default="")
 
+# --- Sources: real markets mirrored from Kalshi, Polymarket and Manifold (DESIGN section 10, markets/sources/) ---
+# Base URLs of their public APIs; tests point them at a local server serving recorded responses.
+KALSHI_API_BASE = env("KALSHI_API_BASE", default="https://api.elections.kalshi.com/trade-api/v2")
+POLYMARKET_GAMMA_BASE = env("POLYMARKET_GAMMA_BASE", default="https://gamma-api.polymarket.com")
+POLYMARKET_CLOB_BASE = env("POLYMARKET_CLOB_BASE", default="https://clob.polymarket.com")
+MANIFOLD_API_BASE = env("MANIFOLD_API_BASE", default="https://api.manifold.markets")
+# Their HTTP: seconds to connect and for a whole request; attempts on 429, 5xx and connection errors, with
+# exponential waits between RETRY_WAIT_MIN and RETRY_WAIT_MAX seconds, or the Retry-After a source asks for (at
+# most RETRY_AFTER_MAX seconds: a source cannot stall a pass for longer).
+SOURCE_HTTP = {
+    "CONNECT_TIMEOUT": env.float("SOURCE_CONNECT_TIMEOUT", default=5.0),
+    "TIMEOUT": env.float("SOURCE_TIMEOUT", default=10.0),
+    "RETRY_ATTEMPTS": env.int("SOURCE_RETRY_ATTEMPTS", default=3),
+    "RETRY_WAIT_MIN": env.float("SOURCE_RETRY_WAIT_MIN", default=2.0),
+    "RETRY_WAIT_MAX": env.float("SOURCE_RETRY_WAIT_MAX", default=10.0),
+    "RETRY_AFTER_MAX": env.float("SOURCE_RETRY_AFTER_MAX", default=60.0),
+}
+
 # --- MoltStreet rules (DESIGN section 2 and 6) ---
 MOLTSTREET = {
     "INITIAL_GRANT": Decimal(env("MOLTSTREET_INITIAL_GRANT", default="1000.00")),
@@ -383,6 +401,10 @@ MOLTSTREET = {
     # Seconds a commit may spend handing its messages to the channel layer before giving up (logged, never raised),
     # and a websocket handshake may wait to join its group (past that it is refused: Redis is down or stuck).
     "LIVE_PUBLISH_TIMEOUT": env.float("MOLTSTREET_LIVE_PUBLISH_TIMEOUT", default=2.0),
+    # The source poller (manage.py run_poller): seconds between its looks for due feeds, and a file it touches after
+    # each round (empty: none), which docker-compose.yml's health check of the poller reads.
+    "POLLER_TICK": env.float("MOLTSTREET_POLLER_TICK", default=5.0),
+    "POLLER_HEARTBEAT": env("MOLTSTREET_POLLER_HEARTBEAT", default=""),
     # Websockets per client address (moltstreet/clients.py): open at once in one server process, and handshakes in
     # a sliding window (a DRF rate string, counted in the cache across processes; empty turns it off). Past either,
     # the connection is accepted only to say why (an `error` message) and closed with 4429.
@@ -393,6 +415,8 @@ MOLTSTREET = {
     "SEARCH_MAX_LENGTH": env.int("MOLTSTREET_SEARCH_MAX_LENGTH", default=200),
     # Hours an oracle's proposed resolution waits for disputes before it becomes final and pays (DESIGN section 4).
     "RESOLUTION_DISPUTE_HOURS": env.float("RESOLUTION_DISPUTE_HOURS", default=24.0),
+    # brier_vs_market (DESIGN section 10) is shown from this many scored markets with a source price on.
+    "BRIER_VS_MARKET_MIN": env.int("MOLTSTREET_BRIER_VS_MARKET_MIN", default=5),
     # Agents registered from one address (an IPv4 address, an IPv6 /64) within this many hours of each other are
     # linked: their trades with each other earn no rank (DESIGN section 4a, docs/decisions.md).
     "LINK_WINDOW_HOURS": env.float("MOLTSTREET_LINK_WINDOW_HOURS", default=24.0),

@@ -30,13 +30,14 @@ from django.utils.safestring import mark_safe
 from agents.admin import ReadOnlyModelAdmin
 from agents.models import Agent
 from agents.services import agent_grant_credits, agents_link, agents_unlink
-from markets.models import Market, Outcome, Resolution, Resolver
+from markets.models import Feed, Market, Outcome, Resolution, Resolver
 from markets.selectors import current_resolution, market_payout_summary
 from markets.services import MARKET_EDITABLE_FIELDS as MARKET_EDITABLE
 from markets.services import MAX_MARKET_LIFETIME, market_update
 from moltstreet.errors import MarketClosed, MoltStreetError
 from moltstreet.money import ONE
 from trading.models import Order, Position, Trade
+from trading.poller import feed_pass
 from trading.resolution import market_resolve, resolution_confirm, resolution_overturn
 from trading.services import agent_reinstate, agent_suspend, market_close
 
@@ -210,10 +211,10 @@ class MarketAdminForm(forms.ModelForm):
 class MarketAdmin(ServiceActionsMixin, UUIDSearchMixin, admin.ModelAdmin):
     form = MarketAdminForm
     list_display = ("question", "status", "outcome", "yes_price", "volume", "deadline", "source")
-    list_filter = ("status", "outcome", "source", "category")
+    list_filter = ("status", "outcome", "source", "manual_resolution", "category")
     search_fields = ("question",)
     date_hierarchy = "deadline"
-    actions = ["close_markets", "resolve_yes", "resolve_no", "resolve_void"]
+    actions = ["close_markets", "resolve_yes", "resolve_no", "resolve_void", "keep_for_operators", "let_source_resolve"]
 
     # -- permissions: money-moving fields and the lifecycle only change through services -------------------------
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -436,6 +437,28 @@ class MarketAdmin(ServiceActionsMixin, UUIDSearchMixin, admin.ModelAdmin):
         )
         return None
 
+    @admin.action(
+        description="Resolve selected mirrored markets by hand (the source's settlement only proposes)",
+        permissions=["change"],
+    )
+    def keep_for_operators(self, request: HttpRequest, queryset: QuerySet[Market]) -> None:
+        self._manual_resolution(request, queryset, True)
+
+    @admin.action(
+        description="Let the source resolve selected mirrored markets when it settles", permissions=["change"]
+    )
+    def let_source_resolve(self, request: HttpRequest, queryset: QuerySet[Market]) -> None:
+        self._manual_resolution(request, queryset, False)
+
+    def _manual_resolution(self, request: HttpRequest, queryset: QuerySet[Market], manual: bool) -> None:
+        # A flag the poller reads before it settles a market: no money, no sequence; on any market not yet resolved.
+        markets = list(queryset.exclude(status=Market.Status.RESOLVED))
+        Market.objects.filter(pk__in=[m.pk for m in markets]).update(manual_resolution=manual)
+        for market in markets:
+            self.log_change(request, market, "Manual resolution " + ("on." if manual else "off."))
+        what = "resolved by an operator" if manual else "resolved by their source"
+        self.message_user(request, f"{_plural(len(markets), 'market')} will be {what}.", messages.SUCCESS)
+
     @admin.action(description="Resolve selected markets YES", permissions=["change"])
     def resolve_yes(self, request: HttpRequest, queryset: QuerySet[Market]) -> TemplateResponse | None:
         return self._resolve(request, queryset, Outcome.YES)
@@ -468,6 +491,38 @@ def describe_resolution(resolution: Resolution) -> str:
     if disputes:
         text += f", {_plural(disputes, 'dispute')}"
     return text
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Feeds: what the poller mirrors from the sources (DESIGN section 10).
+
+
+@admin.register(Feed)
+class FeedAdmin(admin.ModelAdmin):
+    list_display = ("__str__", "source", "query", "status", "max_markets", "interval_seconds", "is_active", "markets",
+                    "last_run_at", "last_ok_at", "last_error")  # fmt: skip
+    list_filter = ("source", "is_active")
+    fields = ("source", "query", "status", "max_markets", "interval_seconds", "is_active", "created_at",
+              "last_run_at", "last_ok_at", "last_summary", "last_error")  # fmt: skip
+    readonly_fields = ("created_at", "last_run_at", "last_ok_at", "last_summary", "last_error")
+    actions = ["run_now"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Feed]:
+        return super().get_queryset(request).annotate(market_count=Count("markets"))
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False  # deactivate instead: its markets keep their feed and their history
+
+    @admin.display(description="Markets", ordering="market_count")
+    def markets(self, obj: Feed) -> str:
+        return _changelist_link(Market, str(obj.market_count), feed__id__exact=obj.pk)
+
+    @admin.action(description="Run a pass of selected feeds now", permissions=["change"])
+    def run_now(self, request: HttpRequest, queryset: QuerySet[Feed]) -> None:
+        for feed in queryset:
+            summary = feed_pass(feed)
+            level = messages.WARNING if summary.source_error else messages.SUCCESS
+            self.message_user(request, summary.line(feed), level)
 
 
 # --------------------------------------------------------------------------------------------------------------------

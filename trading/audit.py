@@ -229,7 +229,6 @@ def _sequences(report: AuditReport) -> None:
     report.figures["markets"] = Market.objects.count()
 
 
-
 def _ranks(report: AuditReport) -> None:
     """Reputation is the realized P&L of resolved markets less what trades with linked agents made there, and
     ``linked_pnl`` what those trades made: settled in resolved markets, at most in open ones (DESIGN section 4a)."""

@@ -85,7 +85,8 @@ def _no_price(yes_price: Decimal | str | None) -> str | None:
 
 def market_state(market: Market) -> Message:
     """The ``market`` object of the feed: ``{id, question, status, outcome, yes_price, no_price, best_bid, best_ask,
-    volume, deadline}``; prices are decimal strings or null (``yes_price`` is the last traded YES price)."""
+    volume, deadline, reference_price}``; prices are decimal strings or null (``yes_price`` is the last traded YES
+    price, ``reference_price`` the source's probability of YES for a mirrored market)."""
     return {
         "id": str(market.id),
         "question": market.question,
@@ -97,6 +98,7 @@ def market_state(market: Market) -> Message:
         "best_ask": _price(market.best_ask),
         "volume": market.volume,
         "deadline": _time(market.deadline),
+        "reference_price": str(market.reference_price) if market.reference_price is not None else None,
     }
 
 
@@ -133,7 +135,7 @@ def _public_trade(event: MarketEvent) -> Message:
 
 
 def public_message(market_id: str, event: MarketEvent, market: Market | None = None) -> Message:
-    """The public message of one stored event: ``book``, ``trade`` or ``market`` (docs/realtime.md).
+    """The public message of one stored event: ``book``, ``trade``, ``market`` or ``reference`` (docs/realtime.md).
 
     Fields are copied by name, so nothing private in ``event.data`` (agents, orders) can leak. ``market`` is the
     market row, needed only for ``market`` events (question and top of book). Raises ``ValueError`` for an unknown
@@ -156,6 +158,8 @@ def public_message(market_id: str, event: MarketEvent, market: Market | None = N
         if "resolution" in data:  # resolved, resolution_proposed, resolution_disputed: who resolves, and how far
             message["resolution"] = data["resolution"]
         return message
+    if event.kind == MarketEvent.Kind.REFERENCE:  # a new snapshot of the source's prices (DESIGN section 10)
+        return {"type": "reference", "seq": event.seq, "market": market_id, "reference": data.get("reference")}
     raise ValueError(f"unknown market event kind {event.kind!r}")
 
 

@@ -134,11 +134,16 @@ def _settle(market: Market, resolution: Resolution, now: datetime) -> Market:
         agent.linked_pnl += linked - pos.linked_worth()
         agent.reputation += pos.realized_pnl - linked
     o = Decimal(1) if outcome == Outcome.YES else Decimal(0)
-    for agent_id, probability in forecasts.items():
+    for agent_id, (probability, reference) in forecasts.items():
         agent = tx.agents[agent_id]
         agent.brier_sum += (probability - o) ** 2
         agent.brier_count += 1
-        agent.brier_score = (agent.brier_sum / agent.brier_count).quantize(Decimal("0.000001"))
+        agent.brier_score = (agent.brier_sum / agent.brier_count).quantize(BRIER_PLACES)
+        if reference is not None:  # the source's crowd said `reference` when the agent said `probability`
+            agent.brier_ref_count += 1
+            agent.brier_ref_agent_sum += (probability - o) ** 2
+            agent.brier_ref_market_sum += (reference - o) ** 2
+            agent.brier_vs_market = brier_vs_market(agent)
     resolution.status, resolution.decided_at = Resolution.Status.FINAL, now
     resolution.save()
     market.status, market.outcome, market.resolved_at = Market.Status.RESOLVED, outcome, now
@@ -151,18 +156,41 @@ def _settle(market: Market, resolution: Resolution, now: datetime) -> Market:
     tx.flush()
     score_agents = [tx.agents[a] for a in holders | set(forecasts)]
     if score_agents:
-        Agent.objects.bulk_update(score_agents, ["reputation", "linked_pnl", "brier_sum", "brier_count", "brier_score"])
+        Agent.objects.bulk_update(score_agents, SCORE_FIELDS)
     return market
 
 
-def _last_forecasts(market: Market) -> dict[uuid.UUID, Decimal]:
-    """Each agent's last stated probability of YES in the market (forecasts are refused once it closes)."""
-    latest: dict[uuid.UUID, Decimal] = {}
-    for agent_id, probability in (
-        Forecast.objects.filter(market=market).order_by("agent_id", "-id").values_list("agent_id", "probability")
-    ):
-        latest.setdefault(agent_id, probability)
+def _last_forecasts(market: Market) -> dict[uuid.UUID, tuple[Decimal, Decimal | None]]:
+    """Each agent's last stated probability of YES in the market (forecasts are refused once it closes), with the
+    market's reference price when it was stated (``None`` without a source price)."""
+    latest: dict[uuid.UUID, tuple[Decimal, Decimal | None]] = {}
+    rows = Forecast.objects.filter(market=market).order_by("agent_id", "-id")
+    for agent_id, probability, reference in rows.values_list("agent_id", "probability", "reference_price"):
+        latest.setdefault(agent_id, (probability, reference))
     return latest
+
+
+BRIER_PLACES = Decimal("0.000001")
+SCORE_FIELDS = [
+    "reputation",
+    "linked_pnl",
+    "brier_sum",
+    "brier_count",
+    "brier_score",
+    "brier_ref_count",
+    "brier_ref_agent_sum",
+    "brier_ref_market_sum",
+    "brier_vs_market",
+]
+
+
+def brier_vs_market(agent: Agent) -> Decimal | None:
+    """``1 - brier_agent / brier_market`` over the resolved YES/NO markets where the agent's last forecast had the
+    source's price beside it (DESIGN section 10): above 0 the agent beat the crowd, 0 matched it, below lost to it.
+    ``None`` before ``BRIER_VS_MARKET_MIN`` (5) such markets, or when the crowd was never wrong (nothing to compare)."""
+    if agent.brier_ref_count < settings.MOLTSTREET["BRIER_VS_MARKET_MIN"] or agent.brier_ref_market_sum <= 0:
+        return None
+    return (1 - agent.brier_ref_agent_sum / agent.brier_ref_market_sum).quantize(BRIER_PLACES)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -227,6 +255,25 @@ def resolution_propose(*, market_id: uuid.UUID | str, outcome: str, agent: Agent
     return resolution
 
 
+@service_transaction
+def resolution_propose_for_operator(*, market_id: uuid.UUID | str, outcome: str, resolver: Resolver) -> Resolution:
+    """A source's settlement of a market an operator keeps for manual resolution (``manual_resolution``): recorded as a
+    proposal with no dispute window, which never becomes final by itself; an operator confirms or overturns it (the
+    admin's Resolutions). Records a ``resolution_proposed`` event. A market resolved already, or with a proposal
+    pending, is left as it is and its current resolution returned."""
+    outcome = parse_outcome(outcome)
+    market = lock_market_row(market_id)
+    current = pending_resolution(market.id)
+    if market.status == Market.Status.RESOLVED:
+        return Resolution.objects.get(market=market, status=Resolution.Status.FINAL)
+    if current is not None:
+        return current
+    resolution = resolver.record(market, outcome, Resolution.Status.PROPOSED)
+    resolution.save()
+    _market_event(market, "resolution_proposed", resolution)
+    return resolution
+
+
 def _market_event(market: Market, event: str, resolution: Resolution) -> None:
     log = EventLog(market)
     log.add(
@@ -256,7 +303,8 @@ def resolution_dispute(*, market_id: uuid.UUID | str, agent: Agent, reason: str)
         raise AgentSuspended("This agent is suspended and cannot dispute resolutions.")
     pending = pending_resolution(market.id)
     now = timezone.now()
-    if pending is None or (pending.status == Resolution.Status.PROPOSED and pending.dispute_until <= now):
+    window_over = pending is not None and pending.dispute_until is not None and pending.dispute_until <= now
+    if pending is None or (pending.status == Resolution.Status.PROPOSED and window_over):
         raise NotDisputable(detail={"market": str(market.id), "status": market.status})
     if ResolutionDispute.objects.filter(resolution=pending, agent_id=agent.id).exists():
         raise AlreadyDisputed(detail={"resolution": pending.pk})

@@ -31,7 +31,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from agents.models import Agent
-from markets.models import Forecast, Market
+from markets.models import Forecast, Market, MarketSnapshot
 from moltstreet.errors import InvalidRequest
 from moltstreet.money import ONE, quantize
 from trading.models import BookLevel, Position, Side, Trade
@@ -260,6 +260,27 @@ def _sampled_trades(market: Market, runs: int) -> list[tuple[datetime, Decimal]]
     """  # noqa: S608  (the table name is the model's own; every value is bound)
     seqs = RawSQL(starts, [runs, runs, market_id, market_id])  # noqa: S611  (bound values only)
     return list(Trade.objects.filter(market=market, seq__in=seqs).order_by("seq").values_list("created_at", "price"))
+
+
+def reference_series(market: Market, max_points: int = 500) -> list[list[Any]]:
+    """The source's probability of YES over time for the market page's chart: ``[[epoch_ms, "0.5500"], ...]`` in
+    time order, from the market's own source's snapshots (DESIGN section 10); empty for a market without a source.
+
+    Every snapshot when there are at most ``max_points``; otherwise every k-th seq and the last, found by the unique
+    ``(market, source, seq)`` index (a source's snapshots of a market are numbered 1, 2, ... without gaps), so the read
+    stays one small index probe per point however many snapshots there are."""
+    snapshots = MarketSnapshot.objects.filter(market=market, source=market.source).exclude(yes_price=None)
+    last = (
+        MarketSnapshot.objects.filter(market=market, source=market.source)
+        .order_by("-seq")
+        .values_list("seq", flat=True)[:1]
+    )
+    count = next(iter(last), 0)
+    if count > max_points:
+        step = -(-count // max_points)  # ceiling
+        snapshots = snapshots.filter(seq__in=[*range(1, count + 1, step), count])
+    rows = snapshots.order_by("seq").values_list("taken_at", "yes_price")
+    return [[int(at.timestamp() * 1000), str(price)] for at, price in rows]
 
 
 def market_public_forecasts(market: Market, limit: int = 50) -> list[Forecast]:

@@ -755,7 +755,13 @@ def order_place(
     for agent_id in {taker.agent_id} | {f.maker.agent_id for f in plan.fills}:
         tx.net(agent_id)
     if stated is not None:
-        Forecast.objects.create(agent=taker_agent, market=market, probability=stated, reasoning=reasoning or "")
+        Forecast.objects.create(
+            agent=taker_agent,
+            market=market,
+            probability=stated,
+            reasoning=reasoning or "",
+            reference_price=market.reference_price,  # the source's price beside it (brier_vs_market)
+        )
     tx.flush()
     return PlaceResult(order=taker, trades=tx.trades, created=True)
 

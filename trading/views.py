@@ -9,6 +9,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.core.paginator import Paginator
 from django.db.models import Count, Q
 from django.http import HttpRequest, HttpResponse
@@ -155,6 +156,8 @@ def market_detail(request: HttpRequest, market_id) -> HttpResponse:
         "book": {"yes": book["yes"], "no": book["no"]},
         "trades": TradeSerializer(trades, many=True).data,
         "reference_price": str(market.reference_price) if market.reference_price is not None else None,
+        # The source's probability over time (a second line on the chart); live `reference` messages extend it.
+        "reference": selectors.reference_series(market) if market.source else [],
     }
     return render(
         request,
@@ -178,7 +181,12 @@ def market_detail(request: HttpRequest, market_id) -> HttpResponse:
     )
 
 
-LEADERBOARD_TABS = (("reputation", "Reputation"), ("balance", "Balance"), ("brier", "Brier score"))
+LEADERBOARD_TABS = (
+    ("reputation", "Reputation"),
+    ("balance", "Balance"),
+    ("brier", "Brier score"),
+    ("vs_market", "Against the market"),
+)
 
 
 @require_safe
@@ -197,6 +205,7 @@ def agent_list(request: HttpRequest) -> HttpResponse:
         {
             "page": page,
             "by": by,
+            "vs_market_min": settings.MOLTSTREET["BRIER_VS_MARKET_MIN"],
             "q": q,
             "tabs": [
                 {"key": key, "label": label, "url": _query_string(request, by=key, page=None)}
@@ -243,5 +252,6 @@ def agent_detail(request: HttpRequest, name: str) -> HttpResponse:
             "resolved_positions": selectors.agent_resolved_positions(agent),
             "fills": selectors.agent_recent_fills(agent),
             "forecasts": selectors.agent_public_forecasts(agent),
+            "vs_market_min": settings.MOLTSTREET["BRIER_VS_MARKET_MIN"],
         },
     )

@@ -44,6 +44,7 @@ from moltstreet_client.models import (
     OrderResult,
     Position,
     Resolution,
+    Snapshot,
     Trade,
 )
 from moltstreet_client.streams import (
@@ -87,6 +88,7 @@ __all__ = [
     "Paginator",
     "Position",
     "Resolution",
+    "Snapshot",
     "PrivateStream",
     "ServerError",
     "StreamClosed",

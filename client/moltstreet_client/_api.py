@@ -33,6 +33,7 @@ from moltstreet_client.models import (
     OrderResult,
     Position,
     Resolution,
+    Snapshot,
     Trade,
 )
 
@@ -175,6 +176,10 @@ def orderbook(market_id: Any, depth: int | None) -> Op[OrderBook]:
 
 def market_trades(market_id: Any, page_size: int | None) -> ListOp[Trade]:
     return ListOp(_get(f"/markets/{ident(market_id)}/trades/", **_page_size(page_size)), Trade.from_dict)
+
+
+def snapshots(market_id: Any, params: dict[str, Any]) -> ListOp[Snapshot]:
+    return ListOp(_get(f"/markets/{ident(market_id)}/snapshots/", **params), Snapshot.from_dict)
 
 
 def history(market_id: Any, params: dict[str, Any]) -> Op[History]:

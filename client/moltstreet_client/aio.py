@@ -41,6 +41,7 @@ from moltstreet_client.models import (
     OrderResult,
     Position,
     Resolution,
+    Snapshot,
     Trade,
 )
 from moltstreet_client.streams import AsyncMarketStream, AsyncPrivateStream, MarketFeedState, PrivateFeedState
@@ -255,6 +256,10 @@ class AsyncClient:
     def market_trades(self, market_id: Any, *, page_size: int | None = None) -> AsyncPaginator[Trade]:
         """:meth:`Client.market_trades` as an async iterator."""
         return self._list(_api.market_trades(market_id, page_size))
+
+    def snapshots(self, market_id: Any, **params: Any) -> AsyncPaginator[Snapshot]:
+        """:meth:`Client.snapshots` as an async iterator."""
+        return self._list(_api.snapshots(market_id, clean_params(params)))
 
     async def history(self, market_id: Any, **params: Any) -> History:
         """Async :meth:`Client.history`."""

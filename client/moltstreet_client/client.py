@@ -39,6 +39,7 @@ from moltstreet_client.models import (
     OrderResult,
     Position,
     Resolution,
+    Snapshot,
     Trade,
 )
 from moltstreet_client.streams import MarketFeedState, MarketStream, PrivateFeedState, PrivateStream
@@ -297,6 +298,12 @@ class Client:
         """The market's trades, newest first (``GET /markets/{id}/trades/``), lazily over cursor pages; each
         :class:`Trade`'s ``price`` is the YES price."""
         return self._list(_api.market_trades(market_id, page_size))
+
+    def snapshots(self, market_id: Any, **params: Any) -> Paginator[Snapshot]:
+        """A mirrored market's snapshots of its source's prices, oldest first (``GET /markets/{id}/snapshots/``),
+        lazily over cursor pages. ``params``: ``source``, ``since`` and ``until`` (aware datetimes or ISO 8601 text),
+        ``page_size`` (up to 1000). Each :class:`Snapshot` has the source's ``yes_price`` (0-1) at ``taken_at``."""
+        return self._list(_api.snapshots(market_id, clean_params(params)))
 
     def history(self, market_id: Any, **params: Any) -> History:
         """The market's YES-price candles, oldest first (``GET /markets/{id}/history/``).

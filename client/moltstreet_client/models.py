@@ -112,7 +112,8 @@ _TIME = parse_datetime
 class Agent(Model):
     """An agent: its public profile and balances. Money in credits; ``available_balance`` = ``balance`` -
     ``locked_balance`` (what open BUY orders reserve). ``reputation`` is realized P&L over resolved markets,
-    ``brier_score`` (0 best, 1 worst) ``None`` until a forecast counted. ``linked_pnl``: what trades with linked
+    ``brier_score`` (0 best, 1 worst) ``None`` until a forecast counted; ``brier_vs_market`` (above 0: better
+    calibrated than the sources' crowds, over ``brier_ref_count`` mirrored markets) ``None`` before 5. ``linked_pnl``: what trades with linked
     agents (one address, one owner) made, left out of the reputation and of the balance the leaderboard ranks.
     ``api_key`` is only set on the agent that :meth:`Client.register` returns (the key is shown once)."""
 
@@ -126,6 +127,8 @@ class Agent(Model):
     linked_pnl: Decimal = Decimal("0.00")
     brier_score: Decimal | None = None
     brier_count: int = 0
+    brier_vs_market: Decimal | None = None
+    brier_ref_count: int = 0
     is_oracle: bool = False
     is_suspended: bool = False
     is_house: bool = False
@@ -141,6 +144,8 @@ class Agent(Model):
         "linked_pnl": _MONEY,
         "brier_score": parse_decimal,
         "brier_count": int,
+        "brier_vs_market": parse_decimal,
+        "brier_ref_count": int,
         "created_at": _TIME,
     }
 
@@ -223,10 +228,13 @@ class Market(Model):
     closed_at: datetime | None = None
     resolved_at: datetime | None = None
     source: str = ""
+    external_id: str = ""
     source_url: str = ""
     attribution: str = ""
     is_historical: bool = False
     reference_price: Decimal | None = None
+    reference_updated_at: datetime | None = None
+    manual_resolution: bool = False
 
     _converters: ClassVar[dict[str, Callable[[Any], Any]]] = {
         "id": str,
@@ -242,6 +250,8 @@ class Market(Model):
         "closed_at": _TIME,
         "resolved_at": _TIME,
         "reference_price": parse_decimal,
+        "reference_updated_at": _TIME,
+        "manual_resolution": _bool,
     }
 
 
@@ -501,6 +511,31 @@ class Candle(Model):
 
 
 @dataclass(frozen=True)
+class Snapshot(Model):
+    """The source's view of a mirrored market at ``taken_at``: its own probability of YES (``yes_price``, 0-1), the
+    top of its book as YES prices (``yes_bid``/``yes_ask``, ``None`` where it has none), its ``volume`` in its own
+    unit, and its ``status`` there (``open``, ``closed``, ``settled``); ``seq`` numbers the source's snapshots."""
+
+    source: str
+    seq: int = 0
+    taken_at: datetime | None = None
+    yes_price: Decimal | None = None
+    yes_bid: Decimal | None = None
+    yes_ask: Decimal | None = None
+    volume: Decimal | None = None
+    status: str = ""
+
+    _converters: ClassVar[dict[str, Callable[[Any], Any]]] = {
+        "seq": int,
+        "taken_at": _TIME,
+        "yes_price": parse_decimal,
+        "yes_bid": parse_decimal,
+        "yes_ask": parse_decimal,
+        "volume": parse_decimal,
+    }
+
+
+@dataclass(frozen=True)
 class History(Model):
     """A market's price history: ``candles`` oldest first, each ``interval`` wide (``1m``, ``5m``, ``1h``, ``1d``)."""
 
@@ -530,6 +565,7 @@ __all__ = [
     "OrderResult",
     "Position",
     "Resolution",
+    "Snapshot",
     "Trade",
     "parse_datetime",
     "parse_decimal",

@@ -17,6 +17,7 @@ COMPONENTS = {
     "NewApiKey": models.ApiKey,
     "Market": models.Market,
     "Resolution": models.Resolution,
+    "Snapshot": models.Snapshot,
     "Order": models.Order,
     "Trade": models.Trade,
     "Fill": models.Fill,

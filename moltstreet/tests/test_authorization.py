@@ -157,6 +157,7 @@ CHECKS = {
     ("GET", "/markets/{market}/orderbook/"): _public("/markets/{market}/orderbook/"),
     ("GET", "/markets/{market}/trades/"): _public("/markets/{market}/trades/"),
     ("GET", "/markets/{market}/history/"): _public("/markets/{market}/history/"),
+    ("GET", "/markets/{market}/snapshots/"): _public("/markets/{market}/snapshots/"),
     ("POST", "/markets/{market}/resolve/"): check_resolve,
     ("POST", "/markets/{market}/dispute/"): check_dispute,
     ("POST", "/markets/{market}/forecast/"): check_forecast,

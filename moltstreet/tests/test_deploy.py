@@ -33,7 +33,7 @@ BASE_DIR = Path(__file__).resolve().parents[2]
 COMPOSE = BASE_DIR / "docker-compose.yml"
 DOCKERFILE = BASE_DIR / "Dockerfile"
 ENV_EXAMPLE = BASE_DIR / ".env.example"
-APP_SERVICES = ("migrate", "web", "scheduler")
+APP_SERVICES = ("migrate", "web", "scheduler", "poller")
 DEADLINE = 50.0  # seconds the whole served-commands test may take
 
 
@@ -94,6 +94,8 @@ def test_the_compose_file_runs_the_whole_stack_with_a_health_check_on_every_serv
     assert "redis-cli ping" in " ".join(healthcheck_command("redis"))
     assert "/health/" in " ".join(healthcheck_command("web"))
     assert "MOLTSTREET_SCHEDULER_HEARTBEAT" in " ".join(healthcheck_command("scheduler"))
+    assert "MOLTSTREET_POLLER_HEARTBEAT" in " ".join(healthcheck_command("poller"))
+    assert services["poller"]["command"][2] == "run_poller" and services["poller"]["deploy"]["replicas"] == 1
 
     for name in APP_SERVICES:
         service = services[name]
@@ -108,7 +110,7 @@ def test_the_compose_file_runs_the_whole_stack_with_a_health_check_on_every_serv
     assert services["scheduler"]["environment"]["MOLTSTREET_SCHEDULER_HEARTBEAT"]
     assert services["migrate"]["command"][-2:] == ["migrate", "--noinput"]
     assert services["migrate"]["restart"] == "no"
-    for name in ("web", "scheduler"):
+    for name in ("web", "scheduler", "poller"):
         assert services[name]["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}, name
         assert services[name]["depends_on"]["postgres"] == {"condition": "service_healthy"}, name
     # Several workers: their metrics are summed from files in a directory emptied at each start.
@@ -298,6 +300,7 @@ def test_the_images_commands_serve_health_and_metrics_outside_a_container(tmp_pa
     deadline = started + DEADLINE
     port = serving.free_port()
     metrics_dir, heartbeat = tmp_path / "prometheus", tmp_path / "scheduler.heartbeat"
+    poller_heartbeat = tmp_path / "poller.heartbeat"
     env = _command_env(
         server_env(),
         WEB_HOST="127.0.0.1",
@@ -305,6 +308,15 @@ def test_the_images_commands_serve_health_and_metrics_outside_a_container(tmp_pa
         PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
         MOLTSTREET_SCHEDULER_HEARTBEAT=str(heartbeat),
         MOLTSTREET_SCHEDULER_INTERVAL="1",
+        MOLTSTREET_POLLER_HEARTBEAT=str(poller_heartbeat),
+        MOLTSTREET_POLLER_TICK="1",
+        # No internet here: the sources are a closed port, refused at once (the poller logs it and goes on).
+        KALSHI_API_BASE="http://127.0.0.1:9/trade-api/v2",
+        POLYMARKET_GAMMA_BASE="http://127.0.0.1:9",
+        POLYMARKET_CLOB_BASE="http://127.0.0.1:9",
+        MANIFOLD_API_BASE="http://127.0.0.1:9",
+        SOURCE_RETRY_WAIT_MIN="0.01",
+        SOURCE_RETRY_WAIT_MAX="0.02",
         LOG_FORMAT="json",
     )
     assert env["WEB_WORKERS"] == "2", "the image serves several workers"
@@ -316,7 +328,9 @@ def test_the_images_commands_serve_health_and_metrics_outside_a_container(tmp_pa
 
     web = Process("web", dockerfile_cmd(), env, tmp_path)
     scheduler = Process("scheduler", _compose_argv("scheduler"), env, tmp_path)
-    processes = [web, scheduler]
+    poller_argv = [arg.replace("${SOURCES:-kalshi,polymarket,manifold}", "kalshi") for arg in _compose_argv("poller")]
+    poller = Process("poller", poller_argv, env, tmp_path)
+    processes = [web, scheduler, poller]
     base = f"http://127.0.0.1:{port}"
     try:
 
@@ -349,14 +363,15 @@ def test_the_images_commands_serve_health_and_metrics_outside_a_container(tmp_pa
 
         # The compose health checks of the web server and the scheduler, as Docker would run them.
         _wait_for(heartbeat.exists, "the scheduler's heartbeat", deadline, processes)
-        for service in ("web", "scheduler"):
+        _wait_for(poller_heartbeat.exists, "the poller's heartbeat", deadline, processes)
+        for service in ("web", "scheduler", "poller"):
             argv = [sys.executable if arg == "python" else arg for arg in healthcheck_command(service)]
             check = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=10)
             assert check.returncode == 0, (service, check.stdout, check.stderr)
         _infrastructure_checks_where_their_tools_exist(env)
     finally:
         codes = {process.name: process.stop() for process in processes}
-    assert codes == {"web": 0, "scheduler": 0}, {p.name: p.output()[-3000:] for p in processes}
+    assert codes == {"web": 0, "scheduler": 0, "poller": 0}, {p.name: p.output()[-3000:] for p in processes}
 
     # Every line the web server wrote is one JSON object, uvicorn's own included, and no key is in any.
     output = web.output()

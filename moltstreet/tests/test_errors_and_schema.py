@@ -42,6 +42,7 @@ ROUTES = [
     ("GET", "/markets/{market}/orderbook/", "anyone"),
     ("GET", "/markets/{market}/trades/", "anyone"),
     ("GET", "/markets/{market}/history/", "anyone"),
+    ("GET", "/markets/{market}/snapshots/", "anyone"),
     ("POST", "/markets/{market}/resolve/", "oracle"),
     ("POST", "/markets/{market}/dispute/", "agent"),
     ("POST", "/markets/{market}/forecast/", "agent"),

@@ -21,6 +21,8 @@
   // ---- state ---------------------------------------------------------------------------------------------------
   function cents(price) { return Math.round(parseFloat(price) * 100); }
   function fmt(c) { return (c / 100).toFixed(2); }
+  // The source's probability (four places) as a percentage, unrounded: its line is drawn finer than the trades'.
+  function pct(price) { return parseFloat(price) * 100; }
   function levelsMap(levels) {
     var map = new Map();
     (levels || []).forEach(function (l) { if (l.size > 0) map.set(cents(l.price), Number(l.size)); });
@@ -36,7 +38,9 @@
     yes: levelsMap(initial.book.yes), // YES bids: YES price cents -> size
     no: levelsMap(initial.book.no), // NO bids: NO price cents -> size (a YES ask at 100 - cents)
     points: series.points.map(function (p) { return [p[0], cents(p[1])]; }),
-    reference: initial.reference_price == null ? null : cents(initial.reference_price),
+    reference: initial.reference_price == null ? null : pct(initial.reference_price),
+    // The source's probability over time (a mirrored market's snapshots), [epoch ms, percent].
+    refPoints: (initial.reference || []).map(function (p) { return [p[0], pct(p[1])]; }),
   };
   var knownTrades = new Set(initial.trades.map(function (t) { return String(t.id); }));
 
@@ -144,10 +148,13 @@
     var pending = $("resolution-status");
     if (r.status === "final") {
       if (pending) pending.hidden = true;
-      setText(
-        "resolved-by",
-        "Resolved by " + describeResolver(r) + (r.decided_by ? ", confirmed by operator " + r.decided_by : "") + "."
-      );
+      var who = r.resolver || {};
+      var settled = (r.evidence || {}).settled_at;
+      var text = who.kind === "source"
+        ? who.name + " settled it " + String(r.outcome).toLowerCase() +
+          (settled ? " on " + new Date(settled).toLocaleDateString() : "")
+        : "Resolved by " + describeResolver(r);
+      setText("resolved-by", text + (r.decided_by ? ", confirmed by operator " + r.decided_by : "") + ".");
       return;
     }
     if (!pending) return;
@@ -155,6 +162,8 @@
     if (r.status === "disputed") {
       text += "Disputed by " + r.disputes + " agent" + (r.disputes === 1 ? "" : "s") +
         ": an operator decides; nothing is paid until then.";
+    } else if (!r.dispute_until) {
+      text += "An operator decides; nothing is paid until then.";
     } else {
       text += "Final, and paid, at " + new Date(r.dispute_until).toLocaleString() + " unless an agent disputes it.";
     }
@@ -226,22 +235,27 @@
     var old = chartBox.querySelector("svg");
     if (old) old.remove();
     var pts = state.points;
-    $("chart-empty").hidden = pts.length > 0;
-    if (!pts.length) { layout = null; return; }
+    // The source's line is drawn against time; on the trades axis only its latest value is (a flat line).
+    var refs = axis === "time" ? state.refPoints : [];
+    $("chart-empty").hidden = pts.length > 0 || refs.length > 0;
+    if (!pts.length && !refs.length) { layout = null; return; }
     var W = chartBox.clientWidth || 600, H = chartBox.clientHeight || 280;
     var pad = { l: 8, r: 44, t: 10, b: 24 };
-    var values = pts.map(function (p) { return p[1]; });
-    if (state.reference != null) values.push(state.reference);
+    var values = pts.map(function (p) { return p[1]; }).concat(refs.map(function (p) { return p[1]; }));
+    if (!refs.length && state.reference != null) values.push(state.reference);
     var lo = Math.min.apply(null, values), hi = Math.max.apply(null, values);
     lo = Math.max(0, Math.floor((lo - 5) / 10) * 10);
     hi = Math.min(100, Math.ceil((hi + 5) / 10) * 10);
     if (hi - lo < 10) { hi = Math.min(100, lo + 10); lo = hi - 10; }
-    var xs;
+    var xs, xAt = null, t0 = null, t1 = null;
     if (axis === "time") {
-      var t0 = pts[0][0], t1 = pts[pts.length - 1][0];
+      var times = pts.map(function (p) { return p[0]; }).concat(refs.map(function (p) { return p[0]; }));
+      t0 = Math.min.apply(null, times);
+      t1 = Math.max.apply(null, times);
       var span = Math.max(t1 - t0, 1);
-      xs = pts.map(function (p) { return pad.l + ((p[0] - t0) / span) * (W - pad.l - pad.r); });
-      if (pts.length === 1) xs = [pad.l];
+      xAt = function (t) { return pad.l + ((t - t0) / span) * (W - pad.l - pad.r); };
+      xs = pts.map(function (p) { return xAt(p[0]); });
+      if (pts.length === 1 && !refs.length) xs = [pad.l];
     } else {
       var n = Math.max(pts.length - 1, 1);
       xs = pts.map(function (_, i) { return pad.l + (i / n) * (W - pad.l - pad.r); });
@@ -266,24 +280,32 @@
     }
     canvas.appendChild(grid);
 
-    // A step line: the price holds until the next trade.
-    var d = "M" + xs[0] + "," + y(pts[0][1]);
-    for (var i = 1; i < pts.length; i++) d += "H" + xs[i] + "V" + y(pts[i][1]);
-    var right = pts.length === 1 ? W - pad.r : xs[xs.length - 1];
-    if (pts.length === 1) d += "H" + right;
-    canvas.appendChild(svg("path", { class: "area", d: d + "V" + (H - pad.b) + "H" + xs[0] + "Z" }));
-    canvas.appendChild(svg("path", { class: "line", d: d }));
-    if (state.reference != null) {
+    // The source's probability: a dashed step line over time, or flat at its latest value.
+    if (refs.length) {
+      var r = "M" + xAt(refs[0][0]) + "," + y(refs[0][1]);
+      for (var k = 1; k < refs.length; k++) r += "H" + xAt(refs[k][0]) + "V" + y(refs[k][1]);
+      r += "H" + (W - pad.r);
+      canvas.appendChild(svg("path", { class: "ref", d: r, fill: "none" }));
+    } else if (state.reference != null) {
       canvas.appendChild(svg("line", { class: "ref", x1: pad.l, x2: W - pad.r, y1: y(state.reference), y2: y(state.reference) }));
     }
-    canvas.appendChild(svg("circle", { class: "dot", cx: right, cy: y(pts[pts.length - 1][1]), r: 4 }));
+    var right = W - pad.r;
+    if (pts.length) {
+      // A step line: the price holds until the next trade.
+      var d = "M" + xs[0] + "," + y(pts[0][1]);
+      for (var i = 1; i < pts.length; i++) d += "H" + xs[i] + "V" + y(pts[i][1]);
+      right = pts.length === 1 && !refs.length ? W - pad.r : xs[xs.length - 1];
+      if (pts.length === 1 && !refs.length) d += "H" + right;
+      canvas.appendChild(svg("path", { class: "area", d: d + "V" + (H - pad.b) + "H" + xs[0] + "Z" }));
+      canvas.appendChild(svg("path", { class: "line", d: d }));
+      canvas.appendChild(svg("circle", { class: "dot", cx: right, cy: y(pts[pts.length - 1][1]), r: 4 }));
+    }
 
     var ax = svg("g", { class: "axis" });
     var labels = axis === "time"
-      ? [[pad.l, timeLabel(pts[0][0], pts[pts.length - 1][0] - pts[0][0]), "start"],
-         [right, timeLabel(pts[pts.length - 1][0], pts[pts.length - 1][0] - pts[0][0]), "end"]]
+      ? [[pad.l, timeLabel(t0, t1 - t0), "start"], [W - pad.r, timeLabel(t1, t1 - t0), "end"]]
       : [[pad.l, "trade 1", "start"], [right, "trade " + pts.length, "end"]];
-    if (pts.length === 1) labels = [labels[0]];
+    if (axis === "time" ? t0 === t1 : pts.length === 1) labels = [labels[0]];
     labels.forEach(function (l) {
       var t = svg("text", { x: l[0], y: H - 6, "text-anchor": l[2] });
       t.textContent = l[1];
@@ -299,7 +321,7 @@
   }
 
   function hover(ev) {
-    if (!layout) return;
+    if (!layout || !layout.xs.length) return; // only the source's line: nothing of ours to point at
     var rect = chartBox.getBoundingClientRect();
     var x = ((ev.clientX - rect.left) / rect.width) * layout.W;
     var xs = layout.xs, best = 0;
@@ -362,6 +384,14 @@
     if (m.volume != null) state.volume = Number(m.volume);
   }
 
+  function applyReference(snapshot) {
+    var point = [Date.parse(snapshot.taken_at), pct(snapshot.yes_price)];
+    state.reference = point[1];
+    state.refPoints.push(point);
+    if (state.refPoints.length > 2000) state.refPoints.splice(0, state.refPoints.length - 2000);
+    setText("reference-price", snapshot.yes_price);
+  }
+
   function applyBook(levels) {
     (levels || []).forEach(function (l) {
       var map = l.side === "NO" ? state.no : state.yes;
@@ -409,15 +439,12 @@
         applySnapshot(msg);
         healthy();
         return;
-      case "book":
-      case "trade":
-      case "market":
-        break;
       case "error":
         if (msg.code === "buffer_overflow") resync(); // the server dropped us; resume from our last seq
         return;
       default:
-        return; // pong and anything new
+        // book, trade, market, reference, and any later kind: whatever carries a seq takes its place in the order.
+        if (typeof msg.seq !== "number") return; // pong
     }
     var seq = Number(msg.seq);
     if (seq <= state.seq) return; // already applied (the page or a replay overlap)
@@ -432,11 +459,14 @@
       applyTrade(msg.trade);
       renderPrices();
       queueChart();
-    } else {
+    } else if (msg.type === "market") {
       applyMarket(msg.market);
       renderPrices();
       renderMarket();
       if (msg.resolution) renderResolution(msg.resolution);
+    } else if (msg.type === "reference" && msg.reference && msg.reference.yes_price != null) {
+      applyReference(msg.reference);
+      queueChart();
     }
     state.seq = seq;
     root.dataset.seq = String(seq);

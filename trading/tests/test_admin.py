@@ -20,8 +20,8 @@ from django.utils import timezone
 
 from agents.models import Agent, ApiKey, LedgerEntry
 from agents.services import agent_for_api_key
-from markets.models import Market
-from markets.services import market_create
+from markets.models import Feed, Market
+from markets.services import market_create, snapshot_record
 from moltstreet.errors import AgentSuspended
 from moltstreet.testing import operator_resolver
 from trading.models import Order, Position, Trade
@@ -119,6 +119,11 @@ def test_every_admin_page_renders_for_staff(admin_client, traded, make_agent):
     order_place(agent=alice, market_id=resolved.id, side="YES", action="BUY", price="0.50", size=2)
     order_place(agent=bob, market_id=resolved.id, side="NO", action="BUY", price="0.50", size=2)
     market_resolve(market_id=resolved.id, outcome="NO", resolver=operator_resolver())
+    # A feed and a source's snapshot of a market (what the poller writes).
+    feed = Feed.objects.create(source="kalshi", query="fed")
+    Market.objects.filter(id=market.id).update(feed=feed, source="kalshi", external_id="KXFED-1")
+    values = {"yes_price": Decimal("0.55"), "yes_bid": None, "yes_ask": None, "volume": None, "status": "open"}
+    snapshot_record(market_id=market.id, source="kalshi", values=values, taken_at=timezone.now())
 
     for model in admin.site._registry:
         for query in ("", "?q=alice", f"?q={market.id}"):

@@ -11,18 +11,14 @@ check of the scheduler is that this file is fresh.
 from __future__ import annotations
 
 import logging
-import signal
-import threading
-import time
 from collections.abc import Callable
-from pathlib import Path
-from types import FrameType
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import InterfaceError, OperationalError, connections
 
 from moltstreet.errors import MoltStreetError
+from moltstreet.periodic import run_every, touch_heartbeat
 from trading import services
 from trading.resolution import resolutions_finalize_due
 
@@ -72,40 +68,12 @@ class Command(BaseCommand):
 
     def loop(self, interval: float) -> None:
         """Run passes until SIGINT or SIGTERM; a signal lets the running pass finish (its transactions commit)."""
-        stop = threading.Event()
-
-        def on_signal(signum: int, frame: FrameType | None) -> None:
-            if stop.is_set():  # a second signal: the operator does not want to wait for the pass
-                raise KeyboardInterrupt
-            logger.info("scheduler: %s received, stopping after this pass", signal.Signals(signum).name)
-            stop.set()
-
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-        logger.info("scheduler: started, a pass every %ss", interval)
-        try:
-            while not stop.is_set():
-                started = time.monotonic()
-                if run_pass():
-                    beat()
-                # Passes start every `interval` seconds; the wait returns at once when a signal arrives.
-                stop.wait(max(0.0, interval - (time.monotonic() - started)))
-        except KeyboardInterrupt:
-            logger.info("scheduler: interrupted")
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            logger.info("scheduler: stopped")
+        run_every("scheduler", interval, lambda stop: run_pass(), heartbeat=settings.MOLTSTREET["SCHEDULER_HEARTBEAT"])
 
 
 def beat() -> None:
     """Touch the heartbeat file (``MOLTSTREET_SCHEDULER_HEARTBEAT``), if one is set: a pass just succeeded."""
-    path = settings.MOLTSTREET.get("SCHEDULER_HEARTBEAT")
-    if not path:
-        return
-    try:
-        Path(path).touch()
-    except OSError as exc:  # a health check will say so; the exchange's clock must keep running
-        logger.warning("scheduler: cannot touch the heartbeat file %s: %s", path, exc)
+    touch_heartbeat(settings.MOLTSTREET["SCHEDULER_HEARTBEAT"], "scheduler")
 
 
 def run_pass() -> bool:
