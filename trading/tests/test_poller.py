@@ -43,6 +43,14 @@ def audit_clean() -> None:
     assert report.ok, report.render()
 
 
+@pytest.fixture(autouse=True)
+def _audit_after_each_test(request):
+    """Whatever a test did through the poller, the books hold afterwards (DESIGN section 5)."""
+    yield
+    if "django_db" in {mark.name for mark in request.node.iter_markers()}:
+        audit_clean()
+
+
 def kalshi_feed(**fields) -> Feed:
     return Feed.objects.create(source="kalshi", **fields)
 
