@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -11,12 +11,13 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
 from agents.models import Agent, LedgerEntry
 from agents.services import CashBook, lock_agents
 from markets.models import Feed, Forecast, Market, MarketEvent, MarketSnapshot
-from moltstreet.db import fetch_rows, insert_rows, service_transaction, update_rows
+from moltstreet.db import fetch_rows, insert_rows, pipelined, placeholders, service_transaction, update_rows
 from moltstreet.errors import AgentSuspended, InvalidRequest, MarketClosed, NotFound
 
 MAX_MARKET_LIFETIME = timedelta(days=5 * 365)
@@ -263,13 +264,9 @@ def market_import(
                 "reference_price must be between 0 and 1.", detail={"reference_price": str(reference_price)}
             )
         reference_price = reference_price.quantize(IMPORT_PRICE_PLACES)
-    existing = Market.objects.filter(source=source, external_id=external_id).values_list("id", flat=True).first()
-    if existing is not None:
-        raise InvalidRequest(
-            "This question is already imported.", code="market_exists", detail={"market": str(existing)}
-        )
     try:
-        # A savepoint: a concurrent import of the same question hits the unique constraint, not a broken transaction.
+        # A savepoint: an import of a question imported already hits the unique constraint, not a broken transaction
+        # (one statement instead of a read first and then the insert: the poller imports a thousand at a time).
         with transaction.atomic():
             market = Market.objects.create(
                 question=question,
@@ -287,8 +284,11 @@ def market_import(
                 feed=feed,
             )
     except IntegrityError as exc:
+        existing = Market.objects.filter(source=source, external_id=external_id).values_list("id", flat=True).first()
+        if existing is None:  # another constraint: not an import twice
+            raise
         raise InvalidRequest(
-            "This question is already imported.", code="market_exists", detail={"source": source, "id": external_id}
+            "This question is already imported.", code="market_exists", detail={"market": str(existing)}
         ) from exc
     # The new row is not visible to anyone else before commit, so no lock is needed to number its first event.
     log = EventLog(market)
@@ -335,13 +335,19 @@ def market_update(*, market_id: uuid.UUID, **changes: Any) -> Market:
 SNAPSHOT_FIELDS = ("yes_price", "yes_bid", "yes_ask", "volume", "status")
 SNAPSHOT_AT_LEAST_EVERY = timedelta(hours=1)
 VOLUME_PLACES = Decimal("0.0001")
+UNREAD = object()  # snapshot_is_news(last=...): the caller has not read the last snapshot
 
 
-def snapshot_is_news(market_id: uuid.UUID, source: str, values: dict[str, Any], taken_at: datetime) -> bool:
+def snapshot_is_news(
+    market_id: uuid.UUID, source: str, values: dict[str, Any], taken_at: datetime, *, last: Any = UNREAD
+) -> bool:
     """Whether ``values`` (``yes_price``, ``yes_bid``, ``yes_ask``, ``volume``, ``status``) would be a new snapshot:
     something changed since the market's last one from ``source``, or that one is an hour old. A read without a lock,
-    so that a pass over unchanged markets takes none; :func:`snapshot_record` decides again under the lock."""
-    last = MarketSnapshot.objects.filter(market_id=market_id, source=source).order_by("-seq").first()
+    so that a pass over unchanged markets takes none; :func:`snapshot_record` decides again under the lock.
+    ``last``: that last snapshot (``None``: there is none) when the caller read it already, with others (the poller
+    reads a page's in one query); then nothing is read here."""
+    if last is UNREAD:
+        last = MarketSnapshot.objects.filter(market_id=market_id, source=source).order_by("-seq").first()
     return _is_news(last, _snapshot_values(values), taken_at)
 
 
@@ -380,12 +386,53 @@ def snapshot_record(
     snapshot = MarketSnapshot.objects.create(
         market=market, source=source, seq=last.seq + 1 if last else 1, taken_at=taken_at, **values
     )
+    _reference(market, snapshot)
+    return snapshot
+
+
+def _reference(market: Market, snapshot: MarketSnapshot) -> None:
+    """The locked market's reference price and time from its new ``snapshot``, and the ``reference`` event."""
     fields = ["reference_updated_at"]
-    market.reference_updated_at = taken_at
-    if values["yes_price"] is not None:
-        market.reference_price = values["yes_price"]
+    market.reference_updated_at = snapshot.taken_at
+    if snapshot.yes_price is not None:
+        market.reference_price = snapshot.yes_price
         fields.append("reference_price")
     log = EventLog(market)
     log.add(MarketEvent.Kind.REFERENCE, {"reference": snapshot.public()})
     log.flush(extra_fields=tuple(fields))
-    return snapshot
+
+
+@service_transaction
+def snapshots_record(
+    *, source: str, views: Sequence[tuple[uuid.UUID, dict[str, Any]]], taken_at: datetime
+) -> dict[uuid.UUID, MarketSnapshot]:
+    """:func:`snapshot_record` for several markets of one ``source`` at once (the poller, a page at a time): one
+    transaction, the markets locked in one statement in ascending id order (the only lock of several markets, always
+    in that order, so two of these cannot deadlock, and markets still come before agents: DESIGN section 6), their last
+    snapshots read in one query, the new ones inserted in one statement, and each one's reference price and
+    ``reference`` event written as :func:`snapshot_record` writes them, together in one round trip. ``views``:
+    ``(market_id, values)`` pairs, ``values`` as for :func:`snapshot_record`. Returns the stored snapshots by market
+    id; a market whose values are not news, or that does not exist, has none."""
+    wanted = dict(views)
+    if not wanted:
+        return {}
+    ids = sorted(wanted)
+    markets = fetch_rows(Market, f"id IN ({placeholders(ids)})", ids, order_by="id", for_update=True)
+    last_id = MarketSnapshot.objects.filter(market=OuterRef("pk"), source=source).order_by("-seq").values("id")[:1]
+    lasts = {
+        snapshot.market_id: snapshot
+        for snapshot in MarketSnapshot.objects.filter(
+            id__in=Market.objects.filter(id__in=ids).annotate(last=Subquery(last_id)).values("last")
+        )
+    }
+    snapshots = []
+    for market in markets:
+        values, last = _snapshot_values(wanted[market.id]), lasts.get(market.id)
+        if _is_news(last, values, taken_at):
+            seq = last.seq + 1 if last else 1
+            snapshots.append(MarketSnapshot(market=market, source=source, seq=seq, taken_at=taken_at, **values))
+    MarketSnapshot.objects.bulk_create(snapshots)
+    with pipelined():
+        for snapshot in snapshots:
+            _reference(snapshot.market, snapshot)
+    return {snapshot.market_id: snapshot for snapshot in snapshots}

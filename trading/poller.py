@@ -19,18 +19,27 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError
+from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
 from markets.importers import shorten
-from markets.models import Feed, Market, Resolver
-from markets.services import market_import, market_update, snapshot_is_news, snapshot_record
+from markets.models import Feed, Market, MarketSnapshot, Resolver
+from markets.services import (
+    UNREAD,
+    market_import,
+    market_update,
+    snapshot_is_news,
+    snapshot_record,
+    snapshots_record,
+)
 from markets.sources import SOURCE_NAMES, BadEntry, SourceClient, SourceError, SourceMarket, client_for
 from markets.sources.base import CLOSED, OPEN, SETTLED
 from moltstreet.errors import MarketAlreadyResolved, MoltStreetError
@@ -38,6 +47,10 @@ from trading.resolution import market_resolve, resolution_propose_for_operator
 from trading.services import market_close
 
 logger = logging.getLogger("moltstreet.poller")
+
+# Listed entries are mirrored a batch at a time: their markets and last snapshots are read in two queries per batch
+# instead of two per market (bench/poller.py, docs/performance.md). A Kalshi or Polymarket page holds 100.
+BATCH = 100
 
 
 @dataclass
@@ -75,9 +88,13 @@ class _Pass:
     client: SourceClient
     now: datetime
     summary: PassSummary = field(default_factory=PassSummary)
+    # The feed's markets, counted once a pass rather than before each import (1,000 counts of a full feed cost about
+    # 1 s here, bench/poller.py); one poller at a time imports.
+    feed_markets: int | None = None
 
     def run(self) -> None:
         seen: set[str] = set()
+        batch: list[SourceMarket] = []
         try:
             for entry in self.client.list_markets(
                 query=self.feed.query, status=self.feed.status, limit=self.feed.max_markets
@@ -90,11 +107,67 @@ class _Pass:
                     continue
                 self.summary.listed += 1
                 seen.add(entry.external_id)
-                self.mirror(entry)
+                batch.append(entry)
+                if len(batch) >= BATCH:  # before asking for the next entry, which may cost another page
+                    self.mirror_batch(batch)
+                    batch = []
         except SourceError as exc:
+            self.mirror_batch(batch)  # what was listed before the failure
             self.summary.source_error = str(exc)
             return  # the source is down or answering garbage: the next pass catches up
+        self.mirror_batch(batch)
         self.refresh(seen)
+
+    def mirror_batch(self, entries: list[SourceMarket]) -> None:
+        """:meth:`mirror` ``entries`` (one source's) together: their markets and last snapshots read in two queries,
+        the new ones imported, then their snapshots stored in one transaction (``snapshots_record``), then each brought
+        up to date. A failure is still one market's only: when the batch's read or write fails, each market is read
+        or written on its own."""
+        if not entries:
+            return
+        known: dict[str, tuple[Market, MarketSnapshot | None]] | None
+        try:
+            known = self.known(entries)
+        except DatabaseError as exc:
+            logger.warning("feed %s: reading a batch of markets failed: %r", self.feed.pk, exc)
+            known = None
+        found: list[tuple[SourceMarket, Market, bool]] = []  # (entry, its market, whether its prices are news)
+        done: set[str] = set()
+        for entry in entries:
+            # A market listed twice in the batch is read again the second time: the first may have imported it.
+            fresh = known is not None and entry.external_id not in done
+            done.add(entry.external_id)
+            with self.guard(entry):
+                market, last = self.mirrored(entry, known.get(entry.external_id, (None, None)) if fresh else None)
+                if market is not None:
+                    found.append((entry, market, self.is_news(market, entry, last)))
+        news = [i for i, (_, _, is_news) in enumerate(found) if is_news]
+        try:
+            views = [(found[i][1].id, _values(found[i][0])) for i in news]
+            self.summary.snapshots += len(snapshots_record(source=entries[0].source, views=views, taken_at=self.now))
+            news = []  # stored, or no longer news under the locks
+        except (MoltStreetError, DatabaseError) as exc:  # then each market's is stored on its own
+            logger.warning("feed %s: storing a batch of snapshots failed: %r", self.feed.pk, exc)
+        left = set(news)
+        for i, (entry, market, _) in enumerate(found):
+            with self.guard(entry):
+                if i in left:
+                    self.store(market, entry)
+                self.follow(market, entry)
+
+    def known(self, entries: list[SourceMarket]) -> dict[str, tuple[Market, MarketSnapshot | None]]:
+        """The mirrored markets of ``entries`` by external id, each with its last snapshot from the source (or
+        ``None``): one query for the markets (the last snapshot's id beside each, an index probe of
+        ``(market, source, seq)``) and one for the snapshots."""
+        source = entries[0].source
+        last_id = MarketSnapshot.objects.filter(market=OuterRef("pk"), source=source).order_by("-seq").values("id")[:1]
+        markets = list(
+            Market.objects.filter(source=source, external_id__in={e.external_id for e in entries})
+            .annotate(last_snapshot_id=Subquery(last_id))
+            .order_by()
+        )
+        snapshots = MarketSnapshot.objects.in_bulk([m.last_snapshot_id for m in markets if m.last_snapshot_id])
+        return {m.external_id: (m, snapshots.get(m.last_snapshot_id)) for m in markets}
 
     def refresh(self, seen: set[str]) -> None:
         """Read one by one the feed's mirrored markets, not yet resolved here, that the listing did not show."""
@@ -111,25 +184,46 @@ class _Pass:
             self.summary.refreshed += 1
             self.mirror(entry)
 
-    def mirror(self, entry: SourceMarket) -> None:
-        """Import ``entry`` if new, then bring its market up to date. A failure here is this market's only."""
+    @contextmanager
+    def guard(self, entry: SourceMarket) -> Iterator[None]:
+        """A failure inside is this market's only: counted, logged, and the pass goes on."""
         try:
-            market = Market.objects.filter(source=entry.source, external_id=entry.external_id).first()
-            if market is None:
-                market = self.imported(entry)
-                if market is None:
-                    return
-            else:
-                self.summary.updated += 1
-                if market.feed_id is None:  # imported another way (ForecastBench): this feed follows it from now on
-                    Market.objects.filter(pk=market.pk, feed=None).update(feed=self.feed)
-            self.follow(market, entry)
+            yield
         except (MoltStreetError, DatabaseError) as exc:
             self.summary.failed += 1
             logger.warning("feed %s: %s %s not updated: %r", self.feed.pk, entry.source, entry.external_id, exc)
 
+    def mirror(self, entry: SourceMarket) -> None:
+        """Import ``entry`` if new, then bring its market up to date. A failure here is this market's only."""
+        with self.guard(entry):
+            market, last = self.mirrored(entry)
+            if market is not None:
+                self.record(market, entry, last)
+                self.follow(market, entry)
+
+    def mirrored(
+        self, entry: SourceMarket, known: tuple[Market | None, MarketSnapshot | None] | None = None
+    ) -> tuple[Market | None, Any]:
+        """``entry``'s market, imported if new (``None`` if it is not to be mirrored), and its last snapshot from the
+        source (``None``: none; ``UNREAD``: not read). ``known``: the market (``None`` if not mirrored yet) and its
+        last snapshot, if :meth:`known` read them already; otherwise the market is read here."""
+        if known is None:
+            market, last = Market.objects.filter(source=entry.source, external_id=entry.external_id).first(), UNREAD
+        else:
+            market, last = known
+        if market is None:
+            return self.imported(entry), None  # a market imported now has no snapshot yet
+        self.summary.updated += 1
+        if market.feed_id is None:  # imported another way (ForecastBench): this feed follows it from now on
+            adopted = Market.objects.filter(pk=market.pk, feed=None).update(feed=self.feed)
+            if adopted and self.feed_markets is not None:
+                self.feed_markets += 1
+        return market, last
+
     def imported(self, entry: SourceMarket) -> Market | None:
-        if self.feed.markets.count() >= self.feed.max_markets:
+        if self.feed_markets is None:
+            self.feed_markets = self.feed.markets.count()
+        if self.feed_markets >= self.feed.max_markets:
             self.summary.over_limit += 1
             return None
         if entry.close_time is None:
@@ -152,21 +246,25 @@ class _Pass:
             feed=self.feed,
         )
         self.summary.imported += 1
+        self.feed_markets += 1
         return market
 
-    def follow(self, market: Market, entry: SourceMarket) -> None:
-        """Snapshot, deadline, close and resolution of one mirrored market, each only when it is news."""
-        values = {
-            "yes_price": entry.yes_price,
-            "yes_bid": entry.yes_bid,
-            "yes_ask": entry.yes_ask,
-            "volume": entry.volume,
-            "status": entry.status,
-        }
-        if snapshot_is_news(market.id, entry.source, values, self.now) and snapshot_record(
-            market_id=market.id, source=entry.source, values=values, taken_at=self.now
-        ):
+    def is_news(self, market: Market, entry: SourceMarket, last: Any) -> bool:
+        return snapshot_is_news(market.id, entry.source, _values(entry), self.now, last=last)
+
+    def record(self, market: Market, entry: SourceMarket, last: Any) -> None:
+        """Store a snapshot of ``entry``'s prices when they are news. ``last``: the market's last snapshot from the
+        source when already read (``None``: it has none), else ``UNREAD``."""
+        if self.is_news(market, entry, last):
+            self.store(market, entry)
+
+    def store(self, market: Market, entry: SourceMarket) -> None:
+        """Store a snapshot of ``entry``'s prices (``snapshot_record`` decides again under the market's lock)."""
+        if snapshot_record(market_id=market.id, source=entry.source, values=_values(entry), taken_at=self.now):
             self.summary.snapshots += 1
+
+    def follow(self, market: Market, entry: SourceMarket) -> None:
+        """Deadline, close and resolution of one mirrored market (its snapshot stored), each only when it is news."""
         moved = entry.close_time is not None and entry.close_time != market.deadline and entry.close_time > self.now
         if market.status == Market.Status.OPEN and entry.status == OPEN and moved:
             market_update(market_id=market.id, deadline=entry.close_time)  # the source moved its close
@@ -191,6 +289,17 @@ class _Pass:
         except MarketAlreadyResolved:
             return  # resolved meanwhile (an operator, another pass): once is all
         self.summary.resolved += 1
+
+
+def _values(entry: SourceMarket) -> dict[str, Any]:
+    """What a snapshot keeps of ``entry``."""
+    return {
+        "yes_price": entry.yes_price,
+        "yes_bid": entry.yes_bid,
+        "yes_ask": entry.yes_ask,
+        "volume": entry.volume,
+        "status": entry.status,
+    }
 
 
 def feed_pass(feed: Feed, *, client: SourceClient | None = None, now: datetime | None = None) -> PassSummary:

@@ -164,13 +164,21 @@ def public_message(market_id: str, event: MarketEvent, market: Market | None = N
 
 
 def public_messages(market_id: uuid.UUID | str, events: Iterable[MarketEvent]) -> list[Message]:
-    """The public messages of stored events, in ``seq`` order; reads the market row once if a ``market`` event is
-    among them."""
+    """The public messages of stored events, in ``seq`` order; needs the market row if a ``market`` event is among
+    them (:func:`_market_of`)."""
     events = sorted(events, key=lambda e: e.seq)
-    market = None
-    if any(e.kind == MarketEvent.Kind.MARKET for e in events):
-        market = Market.objects.filter(id=market_id).first()
+    market = _market_of(market_id, events) if any(e.kind == MarketEvent.Kind.MARKET for e in events) else None
     return [public_message(str(market_id), event, market) for event in events]
+
+
+def _market_of(market_id: uuid.UUID | str, events: Sequence[MarketEvent]) -> Market | None:
+    """The market of ``events``: as the transaction that just committed them wrote it (the events it publishes hold
+    it), else read once (stored events, read back for a replay)."""
+    market_field = MarketEvent._meta.get_field("market")
+    for event in events:
+        if market_field.is_cached(event):
+            return event.market
+    return Market.objects.filter(id=market_id).first()
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -238,9 +246,9 @@ def private_messages(
                     }
                 )
         elif event.kind == MarketEvent.Kind.MARKET and data.get("event") == "created":
-            creator = Market.objects.filter(id=market_id).values_list("creator_id", flat=True).first()
-            if creator is not None:
-                balance_only.add(str(creator))
+            market = _market_of(market_id, events)
+            if market is not None and market.creator_id is not None:
+                balance_only.add(str(market.creator_id))
         elif event.kind == MarketEvent.Kind.MARKET and data.get("event") == "resolved":
             holders = Position.objects.filter(market_id=market_id).values_list("agent_id", flat=True)
             balance_only.update(str(agent_id) for agent_id in holders)

@@ -187,6 +187,7 @@ def test_a_new_subscriber_gets_a_snapshot_whose_seq_matches_its_book_trades_and_
         "best_ask": "0.60",
         "volume": 4,
         "deadline": market.deadline.isoformat().replace("+00:00", "Z"),
+        "reference_price": None,  # a market created here has no source
     }
 
 

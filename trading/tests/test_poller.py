@@ -505,3 +505,53 @@ def test_the_market_page_draws_the_source_s_price_beside_ours(source_server, cli
     text = page.content.decode()
     assert 'id="source-link"' in text and market.source_url in text
     assert "Dashed: Kalshi's own probability of YES" in text
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# A page at a time (bench/poller.py): the batch's reads and writes, and what happens when they fail
+
+
+def test_a_page_s_snapshots_are_stored_together_each_as_news_decides(make_agent):
+    from markets.services import market_import, snapshots_record
+
+    now = timezone.now()
+    first, second = (
+        market_import(question=f"Batch {n}?", deadline=now + timedelta(days=1), source="kalshi", external_id=f"KXB-{n}")
+        for n in range(2)
+    )
+    values = {"yes_price": Decimal("0.4200"), "yes_bid": None, "yes_ask": None, "volume": None, "status": "open"}
+    stored = snapshots_record(source="kalshi", views=[(first.id, values), (second.id, values)], taken_at=now)
+    assert set(stored) == {first.id, second.id}
+    moved = {**values, "yes_price": Decimal("0.4300")}
+    later = snapshots_record(source="kalshi", views=[(first.id, values), (second.id, moved)], taken_at=now)
+    assert set(later) == {second.id}  # the first's price did not change within the hour
+    assert list(MarketSnapshot.objects.filter(market=second).values_list("seq", "yes_price")) == [
+        (1, Decimal("0.4200")),
+        (2, Decimal("0.4300")),
+    ]
+    second.refresh_from_db()
+    assert second.reference_price == Decimal("0.4300")
+    assert MarketEvent.objects.filter(market=second, kind="reference").count() == 2
+
+
+def test_when_a_page_s_reads_or_writes_fail_each_market_goes_on_its_own(source_server, monkeypatch):
+    from django.db import DatabaseError
+
+    import trading.poller as poller
+
+    serve_kalshi_page(source_server)
+    feed = kalshi_feed()
+
+    def failing_read(self, entries):
+        raise DatabaseError("the batch's read")
+
+    def failing_write(**kwargs):
+        raise DatabaseError("the batch's write")
+
+    monkeypatch.setattr(poller._Pass, "known", failing_read)
+    monkeypatch.setattr(poller, "snapshots_record", failing_write)
+
+    summary = feed_pass(feed)
+
+    assert (summary.imported, summary.snapshots, summary.failed) == (2, 2, 0)
+    assert MarketSnapshot.objects.count() == 2
