@@ -9,19 +9,27 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, extend_schema_view
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    PolymorphicProxySerializer,
+    extend_schema,
+    extend_schema_field,
+    extend_schema_view,
+)
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from markets.api import MarketSerializer, ResolutionSerializer
-from markets.models import Market, Outcome, Resolution
+from markets.api import MarketSerializer, ResolutionSerializer, SnapshotSerializer
+from markets.models import Market, MarketEvent, Outcome, Resolution
 from moltstreet.api import IdCursorPagination, IsAgent, Money, Price, errors
 from moltstreet.errors import InvalidRequest, NotFound, NotOracle
 from moltstreet.logs import bind
 from moltstreet.money import ONE, quantize
+from moltstreet.pagination import CheckedCursorPagination
 from trading import selectors
 from trading.models import Action, Order, Position, Side, TimeInForce, Trade
+from trading.realtime import public_messages
 from trading.resolution import resolution_dispute, resolution_propose
 from trading.services import order_cancel, order_cancel_all, order_place
 
@@ -369,6 +377,103 @@ class HistorySerializer(serializers.Serializer):
     candles = CandleSerializer(many=True)
 
 
+# The messages of GET /markets/{id}/events/: the live feed's public messages (trading.realtime.public_message,
+# docs/realtime.md) plus the event's time. These serializers only describe them in the schema; the view renders
+# with public_message itself, so the feed and the history cannot drift apart.
+
+_EVENT_TIME_HELP = "When the event was recorded (ISO 8601, UTC)."
+
+
+class EventLevelSerializer(BookLevelSerializer):
+    side = serializers.ChoiceField(
+        choices=Side.choices, help_text="The queue: YES bids at YES prices, NO bids at NO prices (q = YES ask 1 - q)."
+    )
+    size = serializers.IntegerField(help_text="Contracts now resting at this price, absolute; 0 removes the level.")
+
+
+class BookEventSerializer(serializers.Serializer):
+    """An order change: the book levels it changed, with their new absolute sizes."""
+
+    type = serializers.CharField(help_text="`book`")
+    seq = serializers.IntegerField()
+    market = serializers.UUIDField()
+    levels = EventLevelSerializer(many=True, help_text="Empty when the order did not rest (it traded at once).")
+    created_at = serializers.DateTimeField(help_text=_EVENT_TIME_HELP)
+
+
+class EventTradeSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    seq = serializers.IntegerField()
+    price = Price(help_text="YES price in credits.")
+    size = serializers.IntegerField(help_text="Contracts.")
+    taker_side = serializers.ChoiceField(choices=Side.choices, help_text="The queue the taker bid in.")
+    created_at = serializers.DateTimeField()
+
+
+class TradeEventSerializer(serializers.Serializer):
+    """A trade."""
+
+    type = serializers.CharField(help_text="`trade`")
+    seq = serializers.IntegerField()
+    market = serializers.UUIDField()
+    trade = EventTradeSerializer()
+    created_at = serializers.DateTimeField(help_text=_EVENT_TIME_HELP)
+
+
+class EventMarketStateSerializer(serializers.Serializer):
+    """The market with the event: ``status``, ``outcome``, ``yes_price``/``no_price`` (last traded), ``volume`` and
+    ``deadline`` as recorded then; ``question``, ``best_bid``, ``best_ask`` and ``reference_price`` as they are now
+    (``closed`` and ``resolved`` carry a null top of book: they cancel every resting order)."""
+
+    id = serializers.UUIDField()
+    question = serializers.CharField()
+    status = serializers.ChoiceField(choices=Market.Status.choices)
+    outcome = serializers.ChoiceField(choices=Outcome.choices, allow_null=True)
+    yes_price = Price(allow_null=True)
+    no_price = Price(allow_null=True)
+    best_bid = Price(allow_null=True)
+    best_ask = Price(allow_null=True)
+    volume = serializers.IntegerField(help_text="Contracts traded.")
+    deadline = serializers.DateTimeField()
+    reference_price = serializers.DecimalField(max_digits=5, decimal_places=4, allow_null=True)
+
+
+class MarketChangeEventSerializer(serializers.Serializer):
+    """A change of the market itself: created, updated, closed, a resolution proposed, disputed or final."""
+
+    type = serializers.CharField(help_text="`market`")
+    seq = serializers.IntegerField()
+    event = serializers.CharField(
+        help_text="`created`, `updated`, `closed`, `resolution_proposed`, `resolution_disputed` or `resolved`."
+    )
+    market = EventMarketStateSerializer()
+    resolution = ResolutionSerializer(required=False, help_text="With the three resolution events only.")
+    created_at = serializers.DateTimeField(help_text=_EVENT_TIME_HELP)
+
+
+class ReferenceEventSerializer(serializers.Serializer):
+    """A new snapshot of a mirrored market's source (DESIGN section 10)."""
+
+    type = serializers.CharField(help_text="`reference`")
+    seq = serializers.IntegerField()
+    market = serializers.UUIDField()
+    reference = SnapshotSerializer()
+    created_at = serializers.DateTimeField(help_text=_EVENT_TIME_HELP)
+
+
+MarketEventMessage = PolymorphicProxySerializer(
+    component_name="MarketEvent",
+    serializers={
+        "book": BookEventSerializer,
+        "trade": TradeEventSerializer,
+        "market": MarketChangeEventSerializer,
+        "reference": ReferenceEventSerializer,
+    },
+    resource_type_field_name="type",
+    many=True,
+)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Views
 
@@ -513,6 +618,40 @@ class TradeCursorPagination(IdCursorPagination):
     ordering = "-seq"
 
 
+class EventCursorPagination(CheckedCursorPagination):
+    """A market's events in ``seq`` order, oldest first; ``?page_size=`` up to 5000 (a backtest reads them all)."""
+
+    ordering = ("seq",)  # unique per market: the cursor is the last seq sent
+    page_size = 1000
+    page_size_query_param = "page_size"
+    max_page_size = 5000
+
+
+_MAX_SEQ = 2**63 - 1  # a BIGINT
+
+
+def _seq_param(params, name: str) -> int | None:
+    """A ``seq`` from the query (``None`` if absent or empty): a whole number from 0, else 400 ``invalid_request``."""
+    value = params.get(name)
+    if not value:
+        return None
+    # ASCII digits only (str.isdigit() also accepts "²"), and short enough to be read as a number at once.
+    if not (value.isascii() and value.isdigit() and len(value) <= 19 and int(value) <= _MAX_SEQ):
+        raise InvalidRequest(f"{name} must be a whole number from 0 (a market seq).", detail={name: value})
+    return int(value)
+
+
+def _time_param(params, name: str) -> datetime | None:
+    """An ISO 8601 time from the query (``None`` if absent or empty; without a zone it is UTC), else 400."""
+    value = params.get(name)
+    if not value:
+        return None
+    try:
+        return _TIME.to_internal_value(value)
+    except serializers.ValidationError as exc:
+        raise InvalidRequest(f"{name} must be an ISO 8601 time.", detail={name: value}) from exc
+
+
 class MarketTradingViewSet(viewsets.GenericViewSet):
     """The trading side of a market: its book, trades, price history and resolution (same ``/markets/{id}/`` URLs)."""
 
@@ -548,6 +687,79 @@ class MarketTradingViewSet(viewsets.GenericViewSet):
         queryset = Trade.objects.filter(market=self.get_object())
         page = self.paginate_queryset(queryset)
         return self.get_paginated_response(TradeSerializer(page, many=True).data)
+
+    @extend_schema(
+        summary="A market's recorded events, for replays and backtests",
+        parameters=[
+            OpenApiParameter(
+                "since",
+                {"type": "integer", "minimum": 0, "maximum": _MAX_SEQ},
+                description="Only events after this `seq` (exclusive): the last one you have.",
+            ),
+            OpenApiParameter(
+                "until",
+                {"type": "integer", "minimum": 0, "maximum": _MAX_SEQ},
+                description="Only events up to this `seq` (inclusive); not below `since`.",
+            ),
+            OpenApiParameter(
+                "start", datetime, description="Only events recorded at or after this time (ISO 8601, inclusive)."
+            ),
+            OpenApiParameter(
+                "end",
+                datetime,
+                description="Only events recorded before this time (ISO 8601, exclusive); not before `start`.",
+            ),
+        ],
+        responses={200: MarketEventMessage, **errors(400, 404)},
+        description=(
+            "Every public event of the market in `seq` order (oldest first), as the live feed `/ws/markets/{id}/` "
+            "sends it (docs/realtime.md), plus `created_at`, the time it was recorded (ISO 8601, UTC): "
+            "`book` (`levels`: `[{side, price, size}]`, each level's new absolute size in contracts, 0 removes it; "
+            "`price` is the bid in that side's queue, a NO price for `side` NO), `trade` (`trade.price` the YES price, "
+            "`size` in contracts, `taker_side`), `market` (`event` created, updated, closed, resolution_proposed, "
+            "resolution_disputed or resolved, with the `market` state incl. `status` and `outcome`, and `resolution` "
+            "for the resolution events) and `reference` (a snapshot of a mirrored market's source: `yes_price`, "
+            "`yes_bid`, `yes_ask` as 0-1 probabilities). Prices are credits per contract as decimal strings. No "
+            "agent or order is named. Sequence numbers are consecutive, so applying the messages in order rebuilds "
+            "the book at any `seq`. Filters: `since` < seq <= `until`, `start` <= created_at < `end`. Cursor pages "
+            "(`next`), `page_size` default 1000, at most 5000."
+        ),
+    )
+    @action(detail=True, methods=["get"], pagination_class=EventCursorPagination)
+    def events(self, request, pk=None):
+        """A market's recorded history for replays and backtests: the live feed's public messages of its stored
+        events (``trading.realtime.public_message``) with ``created_at``, in ``seq`` order, cursor-paginated by
+        ``seq``. Query: ``since``/``until`` (seq, exclusive/inclusive), ``start``/``end`` (ISO 8601 times on
+        ``created_at``, inclusive/exclusive), ``page_size`` (1-5000, default 1000). Answers 400 ``invalid_request``
+        for a bad value, 404 for an unknown market.
+
+        Each page is one range scan of the ``(market, seq)`` index (``markets_event_unique_seq``), stopped by the
+        page's LIMIT; the time filters are checked on the rows it reads (trading/tests/test_events_api.py checks the
+        plan)."""
+        market = self.get_object()
+        params = request.query_params
+        since, until = _seq_param(params, "since"), _seq_param(params, "until")
+        start, end = _time_param(params, "start"), _time_param(params, "end")
+        if since is not None and until is not None and until < since:
+            raise InvalidRequest("until must not be below since.", detail={"since": since, "until": until})
+        if start is not None and end is not None and end < start:
+            raise InvalidRequest(
+                "end must not be before start.", detail={"start": params["start"], "end": params["end"]}
+            )
+        events = MarketEvent.objects.filter(market=market)
+        if since is not None:
+            events = events.filter(seq__gt=since)
+        if until is not None:
+            events = events.filter(seq__lte=until)
+        if start is not None:
+            events = events.filter(created_at__gte=start)
+        if end is not None:
+            events = events.filter(created_at__lt=end)
+        page = self.paginate_queryset(events)
+        recorded = {event.seq: _time(event.created_at) for event in page}
+        # One read of the market row for the page's `market` messages, however many there are.
+        messages = [{**message, "created_at": recorded[message["seq"]]} for message in public_messages(market.id, page)]
+        return self.get_paginated_response(messages)
 
     @extend_schema(
         summary="Price history",
