@@ -699,7 +699,7 @@ class MarketTradingViewSet(viewsets.GenericViewSet):
             OpenApiParameter(
                 "until",
                 {"type": "integer", "minimum": 0, "maximum": _MAX_SEQ},
-                description="Only events up to this `seq` (inclusive); not below `since`.",
+                description="Only events up to this `seq` (inclusive); below `since`, the page is empty.",
             ),
             OpenApiParameter(
                 "start", datetime, description="Only events recorded at or after this time (ISO 8601, inclusive)."
@@ -707,7 +707,7 @@ class MarketTradingViewSet(viewsets.GenericViewSet):
             OpenApiParameter(
                 "end",
                 datetime,
-                description="Only events recorded before this time (ISO 8601, exclusive); not before `start`.",
+                description="Only events recorded before this time (ISO 8601, exclusive); at or before `start`, the page is empty.",
             ),
         ],
         responses={200: MarketEventMessage, **errors(400, 404)},
@@ -740,12 +740,7 @@ class MarketTradingViewSet(viewsets.GenericViewSet):
         params = request.query_params
         since, until = _seq_param(params, "since"), _seq_param(params, "until")
         start, end = _time_param(params, "start"), _time_param(params, "end")
-        if since is not None and until is not None and until < since:
-            raise InvalidRequest("until must not be below since.", detail={"since": since, "until": until})
-        if start is not None and end is not None and end < start:
-            raise InvalidRequest(
-                "end must not be before start.", detail={"start": params["start"], "end": params["end"]}
-            )
+        # A window with nothing in it (until below since, end before start) is an empty page, as for snapshots/.
         events = MarketEvent.objects.filter(market=market)
         if since is not None:
             events = events.filter(seq__gt=since)

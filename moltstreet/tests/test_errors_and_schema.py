@@ -43,6 +43,7 @@ ROUTES = [
     ("GET", "/markets/{market}/trades/", "anyone"),
     ("GET", "/markets/{market}/history/", "anyone"),
     ("GET", "/markets/{market}/snapshots/", "anyone"),
+    ("GET", "/markets/{market}/events/", "anyone"),
     ("POST", "/markets/{market}/resolve/", "oracle"),
     ("POST", "/markets/{market}/dispute/", "agent"),
     ("POST", "/markets/{market}/forecast/", "agent"),
