@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
-# `make run TRADERS=0`: no house traders (manage.py run_traders) next to the server.
+# `make run` starts the scheduler (manage.py run_scheduler) and the backtest worker (manage.py run_worker) beside the
+# server. `make run TRADERS=0`: no house traders (manage.py run_traders) next to the server.
 TRADERS ?= 1
 # `make run SOURCES=kalshi,polymarket,manifold`: the source poller (manage.py run_poller) beside the server, with a
 # feed for each named source. Off by default: it needs the internet.
@@ -40,13 +41,14 @@ run: $(STAMP) local-env
 	$(BIN)/python manage.py collectstatic --noinput -v0
 	$(BIN)/python manage.py bootstrap --data $(DATA) --random-password
 	rm -f .traders.pid .poller.pid; $(BIN)/python manage.py run_scheduler & echo $$! > .scheduler.pid; \
+	$(BIN)/python manage.py run_worker & echo $$! > .worker.pid; \
 	if [ "$(TRADERS)" != 0 ]; then \
 		$(BIN)/python manage.py run_traders --url http://$(HOST):$(PORT) & echo $$! > .traders.pid; \
 	fi; \
 	if [ -n "$(SOURCES)" ]; then \
 		$(BIN)/python manage.py run_poller --sources "$(SOURCES)" & echo $$! > .poller.pid; \
 	fi; \
-	trap 'kill $$(cat .scheduler.pid .traders.pid .poller.pid 2>/dev/null) 2>/dev/null; rm -f .scheduler.pid .traders.pid .poller.pid' EXIT INT TERM; \
+	trap 'kill $$(cat .scheduler.pid .worker.pid .traders.pid .poller.pid 2>/dev/null) 2>/dev/null; rm -f .scheduler.pid .worker.pid .traders.pid .poller.pid' EXIT INT TERM; \
 	$(BIN)/daphne -v 0 -b $(HOST) -p $(PORT) moltstreet.asgi:application
 
 # Chromium and ChromeDriver for the browser tests: installed with apt-get when missing and we are root, otherwise the

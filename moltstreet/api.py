@@ -115,6 +115,28 @@ class BoundedSearchFilter(filters.SearchFilter):
             )
         return terms
 
+    def get_schema_operation_parameters(self, view):
+        """DRF's ``search`` parameter with what it accepts: no NUL character (DRF's own check), at most
+        ``SEARCH_MAX_LENGTH`` characters and ``SEARCH_MAX_TERMS`` terms; anything else is a 400."""
+        limits = settings.MOLTSTREET
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            if parameter["name"] == self.search_param:
+                parameter["description"] = (
+                    f"Words to look for (case-insensitive substrings), at most {limits['SEARCH_MAX_TERMS']} terms "
+                    f"and {limits['SEARCH_MAX_LENGTH']} characters, no NUL character; a phrase in double quotes is "
+                    "one term."
+                )
+                # At most SEARCH_MAX_TERMS runs of characters between separators (whitespace and commas, as DRF
+                # splits them): stricter than the server, which also counts a quoted phrase as one term.
+                most = limits["SEARCH_MAX_TERMS"] - 1
+                parameter["schema"] = {
+                    "type": "string",
+                    "maxLength": limits["SEARCH_MAX_LENGTH"],
+                    "pattern": f"^[\\s,]*(?:[^\\s,\\u0000]+[\\s,]+){{0,{most}}}[^\\s,\\u0000]*[\\s,]*$",
+                }
+        return parameters
+
 
 __all__ = [
     "BoundedSearchFilter",

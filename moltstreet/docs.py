@@ -253,6 +253,15 @@ ERROR_CODES: list[ErrorCode] = [
         "No. Create a new key first (`POST /agents/me/keys/`), or rotate with `revoke_current: true`.",
     ),
     ErrorCode(
+        "upload_conflict",
+        "409",
+        "A page of a backtest's executions (`POST /backtests/{id}/executions/`) that does not continue the upload: "
+        "its `offset` is not the number already stored (`detail.expected`), or the backtest is no longer "
+        "`uploading` (`detail.status`: done, or failed when the upload was left unfinished). Nothing was stored.",
+        "Not as is. Send the page that starts at `detail.expected`; a page already stored, sent again with the "
+        "same offset and content, is answered 200.",
+    ),
+    ErrorCode(
         "request_too_large",
         "413",
         "The request body is over the size limit (`detail.max_bytes`, 128 KiB by default). Nothing was read.",
@@ -296,7 +305,7 @@ ERROR_CODES: list[ErrorCode] = [
 ]
 
 
-EXAMPLES = ("quickstart.sh", "quickstart.py", "websocket.py", "sdk.py", "mcp.json")
+EXAMPLES = ("quickstart.sh", "quickstart.py", "websocket.py", "sdk.py", "strategy.py", "mcp.json")
 
 # The rate-limit scopes of moltstreet/throttling.py as the guide describes them.
 _RATE_SCOPES = (

@@ -165,6 +165,15 @@ class LastApiKey(MoltStreetError):
     default_message = "This is the agent's only active API key; create another before revoking it."
 
 
+class UploadConflict(MoltStreetError):
+    """A page of a backtest's executions that does not fit its upload: not at the next offset (``detail.expected``),
+    or the backtest is no longer ``uploading`` (``detail.status``)."""
+
+    code = "upload_conflict"
+    http_status = status.HTTP_409_CONFLICT
+    default_message = "This page of executions does not continue the upload."
+
+
 class ServiceBusy(MoltStreetError):
     """A lock wait hit ``lock_timeout`` or the database is unreachable: safe to retry after ``Retry-After``."""
 

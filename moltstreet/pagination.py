@@ -30,6 +30,24 @@ class CheckedCursorPagination(CursorPagination):
                 raise NotFound(self.invalid_cursor_message) from exc
         return cursor
 
+    def get_schema_operation_parameters(self, view):
+        """DRF's query parameters, with ``page_size`` described from this class's own ``page_size`` and
+        ``max_page_size`` (lists differ: 50 of 200 for most, 100 of 1000 for executions, 1000 of 5000 for events)."""
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            if parameter["name"] == self.page_size_query_param:
+                parameter["description"] = page_size_description(self.page_size, self.max_page_size)
+                parameter["schema"] = {"type": "integer", "minimum": 1}
+        return parameters
+
+
+def page_size_description(default: int, maximum: int) -> str:
+    """What a list's ``page_size`` query parameter does, for the OpenAPI schema."""
+    return (
+        f"Results per page, 1-{maximum} (default {default}). A value that is not a whole number from 1 up is ignored "
+        f"(the default applies); a larger one is capped at {maximum}."
+    )
+
 
 class CreatedCursorPagination(CheckedCursorPagination):
     """Newest first by ``created_at``; ``?page_size=`` up to 200. Lists with an ``OrderingFilter`` use its ordering."""

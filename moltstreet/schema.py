@@ -18,8 +18,7 @@ code   when                                                                 oper
 =====  ===================================================================  ===============================================
 
 It also states what the generated schema gets wrong or leaves out: request fields the serializers accept more loosely
-than the services (prices on the tick, probabilities in [0, 1], agent names), how a list treats a bad ``page_size``,
-and OpenAPI links from each created resource to the operations that use it (``POST /orders/`` to
+than the services (prices on the tick, probabilities in [0, 1], agent names) and OpenAPI links from each created resource to the operations that use it (``POST /orders/`` to
 ``GET``/``DELETE /orders/{id}/``, ...), which also drive the stateful fuzz test (moltstreet/tests/test_fuzz.py).
 """
 
@@ -61,7 +60,7 @@ ERRORS: dict[str, tuple[str, dict[str, Any]]] = {
     "409": (
         "State conflict: `market_closed`, "
         "`market_already_resolved`, `order_not_cancellable`, `post_only_would_cross`, `client_order_id_conflict`, "
-        "`open_order_limit`, `position_limit`, `reserved_limit`, `name_taken`, `last_api_key`.",
+        "`open_order_limit`, `position_limit`, `reserved_limit`, `name_taken`, `last_api_key`, `upload_conflict`.",
         {},
     ),
     "413": ("`request_too_large`: the body is over the size limit (`detail.max_bytes`).", {}),
@@ -115,12 +114,6 @@ def _request_fields() -> dict[tuple[str, str], dict[str, Any]]:
         "description": f"The question: not blank, at most {limit} characters.",
     }
     return {**REQUEST_FIELDS, ("MarketCreateRequest", "question"): question}
-
-
-PAGE_SIZE_DESCRIPTION = (
-    "Results per page, 1-200 (default 50). A value that is not a whole number from 1 up is ignored (the default "
-    "applies); a larger one is capped at 200."
-)
 
 
 def _link(operation_id: str, description: str, parameters=None, request_body=None) -> dict[str, Any]:
@@ -208,10 +201,6 @@ def _document_operation(operation: dict[str, Any]) -> None:
     responses = operation.setdefault("responses", {})
     for status in sorted(statuses | {s for s in responses if s in ERRORS}):
         responses[status] = _error_response(status, responses.get(status))
-    for parameter in parameters:
-        if parameter["in"] == "query" and parameter["name"] == "page_size":
-            parameter["description"] = PAGE_SIZE_DESCRIPTION
-            parameter["schema"] = {"type": "integer", "minimum": 1}
     for (operation_id, status), links in LINKS.items():
         if operation.get("operationId") == operation_id and status in responses:
             responses[status]["links"] = links

@@ -100,9 +100,13 @@ INSTALLED_APPS = [
     "channels",
     # the admin's login lockout
     "axes",
+    # Background tasks (backtests run by `manage.py run_worker`): django-tasks and its database backend (TASKS below)
+    "django_tasks",
+    "django_tasks_db",
     "agents",
     "markets",
     "trading",
+    "backtests",
 ]
 
 MIDDLEWARE = [
@@ -384,6 +388,8 @@ MOLTSTREET = {
         "agent_read": env("MOLTSTREET_RATE_AGENT_READ", default="1200/min"),
         "agent_write": env("MOLTSTREET_RATE_AGENT_WRITE", default="600/min"),
         "register": env("MOLTSTREET_RATE_REGISTER", default="20/hour"),
+        # POST /api/v1/backtests/ per agent (each queued run costs a worker's time), on top of agent_write.
+        "backtests": env("MOLTSTREET_RATE_BACKTESTS", default="30/hour"),
     },
     # Seconds between passes of the scheduler that closes markets at their deadline and expires GTD orders.
     "SCHEDULER_INTERVAL": env.float("MOLTSTREET_SCHEDULER_INTERVAL", default=10.0),
@@ -420,4 +426,17 @@ MOLTSTREET = {
     # Agents registered from one address (an IPv4 address, an IPv6 /64) within this many hours of each other are
     # linked: their trades with each other earn no rank (DESIGN section 4a, docs/decisions.md).
     "LINK_WINDOW_HOURS": env.float("MOLTSTREET_LINK_WINDOW_HOURS", default=24.0),
+    # Seconds after which `manage.py run_worker`, when it starts, takes a backtest still `running` (its worker died)
+    # or still `queued` for a lost run, and queues it again (backtests/services.py backtest_requeue_stale).
+    "BACKTEST_STALE_SECONDS": env.float("MOLTSTREET_BACKTEST_STALE_SECONDS", default=600.0),
+}
+
+# Background tasks (django-tasks): backtests are queued in the database (the `django_tasks_db` table, in the same
+# transaction as the backtest row, so a queued backtest always has its task) and run by `manage.py run_worker`.
+# MOLTSTREET_TASKS_BACKEND=django_tasks.backends.immediate.ImmediateBackend runs them inside the request instead.
+TASKS = {
+    "default": {
+        "BACKEND": env("MOLTSTREET_TASKS_BACKEND", default="django_tasks_db.DatabaseBackend"),
+        "QUEUES": ["default"],
+    }
 }

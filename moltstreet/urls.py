@@ -6,6 +6,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 from rest_framework.routers import DefaultRouter
 
 from agents.api import AgentViewSet, LedgerViewSet
+from backtests.api import BacktestViewSet
 from markets.api import MarketViewSet
 from moltstreet.health import health_view
 from moltstreet.metrics import metrics_view
@@ -22,6 +23,7 @@ router.register("orders", OrderViewSet, basename="order")
 router.register("positions", PositionViewSet, basename="position")
 router.register("trades", FillViewSet, basename="fill")
 router.register("ledger", LedgerViewSet, basename="ledger")
+router.register("backtests", BacktestViewSet, basename="backtest")
 
 urlpatterns = [
     path("api/v1/", include(router.urls)),
@@ -34,6 +36,7 @@ urlpatterns = [
     # Spectator pages (trading/urls.py) and the agent guide with /skill.md (moltstreet/docs.py).
     path("", include("moltstreet.docs")),
     path("", include("trading.urls")),
+    path("", include("backtests.urls")),
 ]
 
 handler400 = "moltstreet.views.bad_request"

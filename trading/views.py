@@ -18,6 +18,8 @@ from django.views.decorators.http import require_safe
 
 from agents.models import Agent
 from agents.selectors import LEADERBOARD_ORDERINGS, leaderboard, reputation_rank
+from backtests import charts
+from backtests import selectors as backtest_selectors
 from markets.models import Market
 from markets.selectors import current_resolution
 from moltstreet.money import ONE, quantize
@@ -236,16 +238,24 @@ def _mark(position) -> None:
 
 @require_safe
 def agent_detail(request: HttpRequest, name: str) -> HttpResponse:
-    """``/agents/<name>/``: reputation, balance, Brier score, positions, fills and public forecasts."""
+    """``/agents/<name>/``: reputation, balance, Brier score and its reliability diagram, positions, fills, public
+    forecasts and the agent's latest backtests."""
     agent = get_object_or_404(Agent, name=name)
     open_positions = selectors.agent_open_positions(agent)
     for position in open_positions:
         _mark(position)
+    # The reliability diagram of the forecasts its Brier score is made of (none scored: no query, no chart).
+    reliability_bins = backtest_selectors.agent_reliability(agent) if agent.brier_count else []
+    backtests, more_backtests = backtest_selectors.agent_recent_backtests(agent)
     return render(
         request,
         "pages/agent_detail.html",
         {
             "agent": agent,
+            "reliability": charts.reliability_chart(reliability_bins) if reliability_bins else None,
+            "reliability_bins": reliability_bins,
+            "backtests": backtests,
+            "more_backtests": more_backtests,
             "rank": reputation_rank(agent),
             "open_positions": open_positions,
             "summary": selectors.agent_position_summary(agent),

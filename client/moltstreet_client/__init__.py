@@ -9,12 +9,15 @@
 :class:`Client` (sync) and :class:`AsyncClient` (asyncio) cover every endpoint; models are frozen dataclasses with
 ``Decimal`` prices and money and aware datetimes (:mod:`moltstreet_client.models`); errors are one class per API
 error code under :class:`MoltStreetError` (:mod:`moltstreet_client.errors`), plus :class:`TransportError`;
-live feeds are in :mod:`moltstreet_client.streams`.
+live feeds are in :mod:`moltstreet_client.streams`. Strategies (DESIGN section 11): one
+:class:`Strategy` class runs in a backtest (:func:`run_backtest` on a :class:`MarketHistory`) and live
+(:func:`run_live`); the built-ins are in :mod:`moltstreet_client.strategies`.
 """
 
 from moltstreet_client import errors as _errors
 from moltstreet_client._version import __version__
 from moltstreet_client.aio import AsyncClient, AsyncPaginator
+from moltstreet_client.backtest import BacktestResult, MarketHistory, run_backtest
 from moltstreet_client.client import Client, Paginator
 from moltstreet_client.errors import (
     ERRORS_BY_CODE,
@@ -47,6 +50,17 @@ from moltstreet_client.models import (
     Snapshot,
     Trade,
 )
+from moltstreet_client.runner import LiveContext, LiveResult, LiveRunner, run_live
+from moltstreet_client.strategy import (
+    Context,
+    Execution,
+    OpenOrder,
+    Param,
+    Print,
+    Strategy,
+    StrategyError,
+    load_strategy,
+)
 from moltstreet_client.streams import (
     AsyncMarketStream,
     AsyncPrivateStream,
@@ -62,6 +76,21 @@ __all__ = [
     "ERRORS_BY_CODE",
     "Agent",
     "ApiKey",
+    "BacktestResult",
+    "Context",
+    "Execution",
+    "LiveContext",
+    "LiveResult",
+    "LiveRunner",
+    "MarketHistory",
+    "OpenOrder",
+    "Param",
+    "Print",
+    "Strategy",
+    "StrategyError",
+    "load_strategy",
+    "run_backtest",
+    "run_live",
     "AsyncClient",
     "AsyncMarketStream",
     "AsyncPaginator",

@@ -4,7 +4,9 @@ make and how to turn the answer into models."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections import deque
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -20,6 +22,7 @@ from moltstreet_client._base import (
     price_text,
     time_text,
 )
+from moltstreet_client.errors import MoltStreetError
 from moltstreet_client.models import (
     Agent,
     ApiKey,
@@ -182,6 +185,26 @@ def snapshots(market_id: Any, params: dict[str, Any]) -> ListOp[Snapshot]:
     return ListOp(_get(f"/markets/{ident(market_id)}/snapshots/", **params), Snapshot.from_dict)
 
 
+def market_events(
+    market_id: Any,
+    since: int | None,
+    until: int | None,
+    start: datetime | str | None,
+    end: datetime | str | None,
+    page_size: int | None,
+) -> ListOp[dict[str, Any]]:
+    # The messages stay as sent (plain dicts, decimal strings), exactly as the market stream yields them.
+    call = _get(
+        f"/markets/{ident(market_id)}/events/",
+        since=since,
+        until=until,
+        start=start,  # datetimes go out as ISO 8601 (clean_params)
+        end=end,
+        **_page_size(page_size),
+    )
+    return ListOp(call, dict)
+
+
 def history(market_id: Any, params: dict[str, Any]) -> Op[History]:
     return Op(_get(f"/markets/{ident(market_id)}/history/", **params), _one(History.from_dict))
 
@@ -288,3 +311,126 @@ def fills(market: Any, page_size: int | None) -> ListOp[Fill]:
     # GET /trades/ has no market filter: the SDK keeps the fills of that market.
     keep = (lambda fill: fill.market == market_id) if market_id is not None else None
     return ListOp(_get("/trades/", **_page_size(page_size)), Fill.from_dict, keep)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Backtests (DESIGN section 11): plain dicts, as the API sends them (decimal strings, ISO 8601 times).
+
+
+def _body(answer: Answer) -> Any:
+    return answer.body
+
+
+def _items(answer: Answer) -> list[dict[str, Any]]:
+    # A list, or a page of one ({"results": [...]}).
+    body = answer.body
+    return list(body.get("results") or []) if isinstance(body, dict) else list(body or [])
+
+
+def create_backtest(
+    strategy: str,
+    markets: list[Any],
+    params: dict[str, Any] | None,
+    start: datetime | str | None,
+    end: datetime | str | None,
+    cash: Any,
+) -> Op[dict[str, Any]]:
+    body: dict[str, Any] = {"strategy": strategy, "markets": [ident(m) for m in markets], "params": dict(params or {})}
+    if start is not None:
+        body["start"] = time_text(start)
+    if end is not None:
+        body["end"] = time_text(end)
+    if cash is not None:
+        body["cash"] = decimal_text(cash)
+    # Not replayable: a repeat after a lost answer would queue a second backtest.
+    return Op(Call("POST", "/backtests/", json=body), _body)
+
+
+# An uploaded result goes in one body when it is small, else in parts: POST /backtests/ with `executions_count`, then
+# pages of executions (POST /backtests/{id}/executions/). The server refuses bodies over MAX_REQUEST_BODY_BYTES
+# (128 KiB by default: about 600 executions), and a page holds at most 1,000 executions.
+INLINE_MAX_EXECUTIONS = 500
+PAGE_MAX_EXECUTIONS = 1_000
+BODY_MAX_BYTES = 112 * 1024  # what the SDK puts in one body: the default limit less a margin
+
+
+def _json_size(value: Any) -> int:
+    # As httpx encodes a body: compact separators, UTF-8.
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def execution_pages(
+    executions: list[dict[str, Any]], offset: int = 0, max_bytes: int = BODY_MAX_BYTES
+) -> list[tuple[int, list[dict[str, Any]]]]:
+    """``executions`` as ``(offset, rows)`` pages in order from ``offset``: at most 1,000 rows and about
+    ``max_bytes`` of JSON each (a single row larger than that is a page of its own)."""
+    pages: list[tuple[int, list[dict[str, Any]]]] = []
+    rows: list[dict[str, Any]] = []
+    size = envelope = _json_size({"offset": offset + len(executions), "executions": []})
+    for row in executions:
+        row_size = _json_size(row) + 1  # and its comma
+        if rows and (len(rows) == PAGE_MAX_EXECUTIONS or size + row_size > max_bytes):
+            pages.append((offset, rows))
+            offset, rows, size = offset + len(rows), [], envelope
+        rows.append(row)
+        size += row_size
+    if rows:
+        pages.append((offset, rows))
+    return pages
+
+
+def append_backtest_executions(backtest_id: Any, offset: int, rows: list[dict[str, Any]]) -> Op[dict[str, Any]]:
+    # Replayable: the server answers a page it already stored (same offset, same rows) with 200, storing it once.
+    body = {"offset": offset, "executions": rows}
+    return Op(Call("POST", f"/backtests/{ident(backtest_id)}/executions/", json=body, replayable=True), _body)
+
+
+def upload_backtest(result: Any) -> Generator[Op[Any], Any, dict[str, Any]]:
+    """The calls of :meth:`Client.upload_backtest`, as a generator shared by both clients: it yields each
+    :class:`Op`, receives its parsed answer (or has the call's error thrown into it) and returns the final backtest.
+
+    Inline (one ``POST /backtests/``) when the result has at most 500 executions and fits ``BODY_MAX_BYTES``;
+    otherwise, or when the server refuses the inline body as too large (a lower limit than the default), in parts:
+    the result without ``executions`` but with ``executions_count``, then the pages of :func:`execution_pages` in
+    order. A page the server refuses as too large is split in two and sent again (nothing of it was stored)."""
+    # A BacktestResult (its as_dict()) or the dict itself; "reported": the agent ran it, not the exchange.
+    body = dict(result.as_dict() if hasattr(result, "as_dict") else result)
+    body["reported"] = True
+    executions = list(body.pop("executions", None) or [])
+    if len(executions) <= INLINE_MAX_EXECUTIONS and _json_size({**body, "executions": executions}) <= BODY_MAX_BYTES:
+        try:
+            # Not replayable: a repeat after a lost answer would store the result twice.
+            return (yield Op(Call("POST", "/backtests/", json={**body, "executions": executions}), _body))
+        except MoltStreetError as error:
+            if error.code != "request_too_large":
+                raise
+    backtest = yield Op(Call("POST", "/backtests/", json={**body, "executions_count": len(executions)}), _body)
+    pages = deque(execution_pages(executions))
+    while pages:
+        offset, rows = pages.popleft()
+        try:
+            answer = yield append_backtest_executions(backtest["id"], offset, rows)
+        except MoltStreetError as error:
+            if error.code != "request_too_large" or len(rows) == 1:
+                raise
+            half = len(rows) // 2
+            pages.extendleft([(offset + half, rows[half:]), (offset, rows[:half])])
+            continue
+        backtest = answer["backtest"]
+    return backtest
+
+
+def backtests(page_size: int | None) -> ListOp[dict[str, Any]]:
+    return ListOp(_get("/backtests/", **_page_size(page_size)), dict)
+
+
+def backtest(backtest_id: Any) -> Op[dict[str, Any]]:
+    return Op(_get(f"/backtests/{ident(backtest_id)}/"), _body)
+
+
+def backtest_executions(backtest_id: Any, page_size: int | None) -> ListOp[dict[str, Any]]:
+    return ListOp(_get(f"/backtests/{ident(backtest_id)}/executions/", **_page_size(page_size)), dict)
+
+
+def backtest_strategies() -> Op[list[dict[str, Any]]]:
+    return Op(_get("/backtests/strategies/"), _items)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
@@ -73,7 +73,7 @@ class AsyncPaginator(AsyncIterator[T], Generic[T]):
                 raise StopAsyncIteration
             answer = await self._client._send(self._call)
             self.pages += 1
-            body = answer.body if isinstance(answer.body, dict) else {}
+            body = answer.body if isinstance(answer.body, dict) else {"results": answer.body}  # a page, or a list
             self._buffer.extend(self._op.item(item) for item in body.get("results") or [])
             params = next_params(body.get("next"))
             self._call = Call("GET", self._op.call.path, params=params, replayable=True) if params else None
@@ -173,6 +173,20 @@ class AsyncClient:
     async def _do(self, op: _api.Op[T]) -> T:
         return op.parse(await self._send(op.call))
 
+    async def _drive(self, steps: Generator[_api.Op[Any], Any, T]) -> T:
+        """:meth:`Client._drive`, awaiting each call."""
+        try:
+            op = next(steps)
+            while True:
+                try:
+                    answer = await self._do(op)
+                except MoltStreetError as error:
+                    op = steps.throw(error)
+                else:
+                    op = steps.send(answer)
+        except StopIteration as finished:
+            return finished.value
+
     def _list(self, op: _api.ListOp[T]) -> AsyncPaginator[T]:
         return AsyncPaginator(self, op)
 
@@ -260,6 +274,20 @@ class AsyncClient:
     def snapshots(self, market_id: Any, **params: Any) -> AsyncPaginator[Snapshot]:
         """:meth:`Client.snapshots` as an async iterator."""
         return self._list(_api.snapshots(market_id, clean_params(params)))
+
+    def market_events(
+        self,
+        market_id: Any,
+        *,
+        since: int | None = None,
+        until: int | None = None,
+        start: datetime | str | None = None,
+        end: datetime | str | None = None,
+        page_size: int | None = None,
+    ) -> AsyncPaginator[dict[str, Any]]:
+        """:meth:`Client.market_events` as an async iterator: the market's recorded events, oldest first, as the
+        stream's message dicts plus ``created_at``."""
+        return self._list(_api.market_events(market_id, since, until, start, end, page_size))
 
     async def history(self, market_id: Any, **params: Any) -> History:
         """Async :meth:`Client.history`."""
@@ -351,6 +379,42 @@ class AsyncClient:
     def fills(self, market: Any = None, *, page_size: int | None = None) -> AsyncPaginator[Fill]:
         """:meth:`Client.fills` as an async iterator."""
         return self._list(_api.fills(market, page_size))
+
+    # Backtests
+
+    async def create_backtest(
+        self,
+        strategy: str,
+        markets: list[Any],
+        *,
+        params: dict[str, Any] | None = None,
+        start: datetime | str | None = None,
+        end: datetime | str | None = None,
+        cash: Any = None,
+    ) -> dict[str, Any]:
+        """Async :meth:`Client.create_backtest`."""
+        return await self._do(_api.create_backtest(strategy, markets, params, start, end, cash))
+
+    async def upload_backtest(self, result: Any) -> dict[str, Any]:
+        """Async :meth:`Client.upload_backtest`: inline when small, else in parts (``executions_count``, then pages
+        of executions in order, each retried safely). Returns the final backtest as a dict."""
+        return await self._drive(_api.upload_backtest(result))
+
+    def backtests(self, *, page_size: int | None = None) -> AsyncPaginator[dict[str, Any]]:
+        """:meth:`Client.backtests` as an async iterator."""
+        return self._list(_api.backtests(page_size))
+
+    async def backtest(self, backtest_id: Any) -> dict[str, Any]:
+        """Async :meth:`Client.backtest`."""
+        return await self._do(_api.backtest(backtest_id))
+
+    def backtest_executions(self, backtest_id: Any, *, page_size: int | None = None) -> AsyncPaginator[dict[str, Any]]:
+        """:meth:`Client.backtest_executions` as an async iterator."""
+        return self._list(_api.backtest_executions(backtest_id, page_size))
+
+    async def backtest_strategies(self) -> list[dict[str, Any]]:
+        """Async :meth:`Client.backtest_strategies`."""
+        return await self._do(_api.backtest_strategies())
 
     # Live feeds
 

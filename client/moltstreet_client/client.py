@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
@@ -71,7 +71,7 @@ class Paginator(Iterator[T], Generic[T]):
                 raise StopIteration
             answer = self._client._send(self._call)
             self.pages += 1
-            body = answer.body if isinstance(answer.body, dict) else {}
+            body = answer.body if isinstance(answer.body, dict) else {"results": answer.body}  # a page, or a list
             self._buffer.extend(self._op.item(item) for item in body.get("results") or [])
             params = next_params(body.get("next"))
             self._call = Call("GET", self._op.call.path, params=params, replayable=True) if params else None
@@ -185,6 +185,21 @@ class Client:
 
     def _do(self, op: _api.Op[T]) -> T:
         return op.parse(self._send(op.call))
+
+    def _drive(self, steps: Generator[_api.Op[Any], Any, T]) -> T:
+        """Make the calls a generator of :mod:`moltstreet_client._api` asks for, one after the other, sending it
+        each answer or throwing in each error; returns what it returns."""
+        try:
+            op = next(steps)
+            while True:
+                try:
+                    answer = self._do(op)
+                except MoltStreetError as error:
+                    op = steps.throw(error)
+                else:
+                    op = steps.send(answer)
+        except StopIteration as finished:
+            return finished.value
 
     def _list(self, op: _api.ListOp[T]) -> Paginator[T]:
         return Paginator(self, op)
@@ -304,6 +319,37 @@ class Client:
         lazily over cursor pages. ``params``: ``source``, ``since`` and ``until`` (aware datetimes or ISO 8601 text),
         ``page_size`` (up to 1000). Each :class:`Snapshot` has the source's ``yes_price`` (0-1) at ``taken_at``."""
         return self._list(_api.snapshots(market_id, clean_params(params)))
+
+    def market_events(
+        self,
+        market_id: Any,
+        *,
+        since: int | None = None,
+        until: int | None = None,
+        start: datetime | str | None = None,
+        end: datetime | str | None = None,
+        page_size: int | None = None,
+    ) -> Paginator[dict[str, Any]]:
+        """The market's recorded history, oldest first (``GET /markets/{id}/events/``), lazily over cursor pages: every
+        public event as a plain dict, exactly as :meth:`stream_market` yields it (decimal strings stay strings), plus
+        ``created_at`` (ISO 8601 UTC text), in consecutive ``seq`` order. For replays and backtests.
+
+        Each message has ``type``, ``seq`` and ``created_at``: ``book`` (``market`` id, ``levels``
+        ``[{side, price, size}]``: each level's new absolute size in contracts, 0 removes it; ``price`` is the bid in
+        that side's queue, a NO price for ``side`` ``NO``), ``trade`` (``trade`` ``{id, seq, price, size,
+        taker_side, created_at}``, ``price`` the YES price in credits, ``size`` in contracts), ``market``
+        (``event``: ``created``, ``updated``, ``closed``, ``resolution_proposed``, ``resolution_disputed``,
+        ``resolved``; ``market`` state with ``status``, ``outcome``, ``yes_price``, ``volume``; ``resolution`` for
+        the resolution events) and ``reference`` (``reference`` ``{source, seq, taken_at, yes_price, yes_bid,
+        yes_ask, volume, status}``: the source's probabilities of YES, 0-1). See docs/realtime.md.
+
+        ``since``: only events after this ``seq``; ``until``: up to this ``seq`` (inclusive); ``start``/``end``:
+        aware datetimes (or ISO 8601 text) on ``created_at``, ``start`` inclusive, ``end`` exclusive; ``page_size``
+        1-5000 (default 1000); a window with nothing in it (``until`` below ``since``) yields nothing. Raises
+        :class:`InvalidRequest` (400) for a bad filter (a negative ``seq``, a time that is not ISO 8601),
+        :class:`NotFound` (404) for an unknown market; a naive datetime raises ``ValueError`` before anything is
+        sent."""
+        return self._list(_api.market_events(market_id, since, until, start, end, page_size))
 
     def history(self, market_id: Any, **params: Any) -> History:
         """The market's YES-price candles, oldest first (``GET /markets/{id}/history/``).
@@ -435,6 +481,72 @@ class Client:
         ``price`` (YES), ``fill_price`` (own side), ``size``, ``role``, ``order``. ``market`` keeps that market's
         (filtered by the SDK: the endpoint lists all)."""
         return self._list(_api.fills(market, page_size))
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Backtests (DESIGN section 11)
+
+    def create_backtest(
+        self,
+        strategy: str,
+        markets: list[Any],
+        *,
+        params: dict[str, Any] | None = None,
+        start: datetime | str | None = None,
+        end: datetime | str | None = None,
+        cash: Any = None,
+    ) -> dict[str, Any]:
+        """Run a built-in strategy on the server (``POST /backtests/``): ``strategy`` a name of
+        :meth:`backtest_strategies`, ``markets`` 1-20 market ids (or :class:`Market`), ``params`` its parameters,
+        ``start``/``end`` aware datetimes (or ISO 8601 text) of the period, ``cash`` starting credits (default
+        1000.00). Returns the backtest as a dict (``id``, ``status`` ``queued``: a worker runs it; read it again
+        with :meth:`backtest`). Raises :class:`InvalidRequest` (400) for an unknown strategy or parameter, a market
+        with no history, ``end`` before ``start``, a cash amount that is not positive, more than 20 markets. Not
+        retried after a timeout (it would queue a second backtest)."""
+        return self._do(_api.create_backtest(strategy, markets, params, start, end, cash))
+
+    def upload_backtest(self, result: Any) -> dict[str, Any]:
+        """Store the result of a backtest run with the SDK (:func:`moltstreet_client.backtest.run_backtest`) on
+        the exchange, shown as reported by the agent, not run by the exchange. ``result``: a
+        :class:`~moltstreet_client.backtest.BacktestResult` or its ``as_dict()``.
+
+        A result with at most 500 executions that fits one request body (the server takes 128 KiB by default) is
+        sent in one ``POST /backtests/`` (``as_dict()`` and ``"reported": true``). A larger one is sent in parts:
+        ``POST /backtests/`` without ``executions`` but with ``executions_count`` (the backtest is ``uploading``),
+        then its executions in order, in pages of at most 1,000 that fit a body (``POST /backtests/{id}/executions/``
+        ``{"offset": k, "executions": [...]}``); the last page makes it ``done``. A page is retried like a GET
+        (timeouts, 429, 503): the server stores a page sent twice once. A body the server refuses as too large
+        (413, a lower limit) is sent in parts, or as two half pages.
+
+        Returns the final backtest as a dict (``id``, ``status`` ``done``, ``reported``, ``metrics``,
+        ``executions_count``...). Raises :class:`InvalidRequest` (400: a bad field, ``detail`` names it; or
+        ``metrics.pnl`` that is not the executions' cash plus payouts plus marked values, to the cent: for an upload
+        in parts, at its last page, which is then not stored and the backtest stays ``uploading`` until the worker
+        marks it ``failed``), :class:`UploadConflict` (409: the upload no longer takes pages), :class:`RateLimited`
+        (429) once the retries are spent. The first ``POST`` is not retried after a timeout (it would store a second
+        backtest)."""
+        return self._drive(_api.upload_backtest(result))
+
+    def backtests(self, *, page_size: int | None = None) -> Paginator[dict[str, Any]]:
+        """The agent's backtests, newest first (``GET /backtests/``), lazily over pages, as dicts."""
+        return self._list(_api.backtests(page_size))
+
+    def backtest(self, backtest_id: Any) -> dict[str, Any]:
+        """One backtest (``GET /backtests/{id}/``) as a dict: its inputs, ``status`` (``queued``, ``running``,
+        ``uploading``, ``done``, ``failed`` with ``error``), ``reported`` and, once done, ``metrics`` (``pnl``
+        credits, ``return``, ``sharpe``, ``max_drawdown``, ``win_rate``, ``trades``, ``brier``; decimals as strings).
+        Raises :class:`NotFound` (404)."""
+        return self._do(_api.backtest(backtest_id))
+
+    def backtest_executions(self, backtest_id: Any, *, page_size: int | None = None) -> Paginator[dict[str, Any]]:
+        """A backtest's simulated fills in order (``GET /backtests/{id}/executions/``), lazily over pages: dicts
+        ``{time, market, side, action, price, size, reason, cash, order}`` (``reason`` ``taker``, ``maker`` or
+        ``netting``; ``price`` on the order's own side, ``cash`` credits moved, negative when paid)."""
+        return self._list(_api.backtest_executions(backtest_id, page_size))
+
+    def backtest_strategies(self) -> list[dict[str, Any]]:
+        """The built-in strategies the server runs (``GET /backtests/strategies/``): ``{name, version,
+        description, params: [{name, type, default, unit, description, minimum, maximum}]}`` each."""
+        return self._do(_api.backtest_strategies())
 
     # ----------------------------------------------------------------------------------------------------------------
     # Live feeds

@@ -177,6 +177,7 @@ ERROR_TABLE: tuple[tuple[str, int, bool], ...] = (
     ("position_limit", 409, False),
     ("reserved_limit", 409, False),
     ("last_api_key", 409, False),
+    ("upload_conflict", 409, False),
     ("request_too_large", 413, False),
     ("unsupported_media_type", 415, False),
     ("rate_limited", 429, True),

@@ -17,6 +17,8 @@ from django.urls import reverse
 
 from agents.models import Agent, ApiKey
 from agents.services import api_key_create
+from backtests.models import Backtest, BacktestExecution
+from backtests.services import backtest_upload
 from moltstreet.testing import API, api_client, assert_error, mint, place, unchanged
 from moltstreet.tests.test_errors_and_schema import ROUTES
 from trading.models import Order
@@ -33,7 +35,13 @@ def world(make_agent, market):
     api_client(alice).post(f"{API}/markets/{market.id}/forecast/", {"probability": "0.7", "reasoning": "secret"})
     second_key, _ = api_key_create(agent=alice)
     place(api_client(mallory), market, "NO", "BUY", "0.10", 1)
+    # Backtests are public to read (docs/decisions.md); what is alice's alone is adding to her upload in progress.
+    alice_upload = backtest_upload(
+        agent=alice, strategy="alice:Secret", markets=[market.id], result={}, executions_count=2
+    )
+    backtest_upload(agent=mallory, strategy="mallory:Mine", markets=[market.id], result={})
     return {
+        "backtest": str(alice_upload.id),
         "alice": alice,
         "mallory": mallory,
         "market": market,
@@ -67,7 +75,8 @@ def _own_list(path: str):
 
 def _public(path: str):
     def check(world, mallory, audit_clean):
-        _hides_alice(world, mallory.get(f"{API}{path.format(market=world['market'].id, name='alice')}"))
+        url = path.format(market=world["market"].id, name="alice", backtest=world["backtest"])
+        _hides_alice(world, mallory.get(f"{API}{url}"))
 
     return check
 
@@ -137,6 +146,33 @@ def check_dispute(world, mallory, audit_clean):
         assert_error(api_client().post(f"{API}/markets/{world['market'].id}/dispute/", body), 401, "not_authenticated")
 
 
+def check_create_backtest(world, mallory, audit_clean):
+    # A backtest is always the caller's: a body naming another agent is ignored.
+    body = {"strategy": "momentum", "markets": [str(world["market"].id)], "agent": "alice"}
+    with unchanged(audit_clean):
+        response = mallory.post(f"{API}/backtests/", body)
+    assert response.status_code == 202, _text(response)
+    assert Backtest.objects.get(id=response.json()["id"]).agent.name == "mallory"
+    assert_error(api_client().post(f"{API}/backtests/", body), 401, "not_authenticated")
+
+
+def check_own_backtests(world, mallory, audit_clean):
+    # Each backtest is public on its own URL; the list is the caller's own.
+    rows = _hides_alice(world, mallory.get(f"{API}/backtests/"))["results"]
+    assert [row["strategy"] for row in rows] == ["mallory:Mine"]
+    assert world["backtest"] not in json.dumps(rows)
+
+
+def check_append_executions(world, mallory, audit_clean):
+    row = {"time": "2026-01-01T00:00:00Z", "market": str(world["market"].id), "side": "YES", "action": "BUY"}
+    body = {"offset": 0, "executions": [{**row, "price": "0.50", "size": 1, "reason": "taker", "cash": "-0.50"}]}
+    url = f"{API}/backtests/{world['backtest']}/executions/"
+    with unchanged(audit_clean):
+        assert_error(mallory.post(url, body), 404, "not_found")
+        assert_error(api_client().post(url, body), 401, "not_authenticated")
+    assert not BacktestExecution.objects.filter(backtest_id=world["backtest"]).exists()
+
+
 def check_register(world, mallory, audit_clean):
     # Registering while authenticated makes a new, separate agent; it never touches the caller or anyone else.
     created = mallory.post(f"{API}/agents/", {"name": "mallory-two"}).json()
@@ -169,6 +205,13 @@ CHECKS = {
     ("GET", "/positions/"): _own_list("/positions/"),
     ("GET", "/trades/"): _own_list("/trades/"),
     ("GET", "/ledger/"): _own_list("/ledger/"),
+    ("GET", "/markets/{market}/events/"): _public("/markets/{market}/events/"),
+    ("POST", "/backtests/"): check_create_backtest,
+    ("GET", "/backtests/"): check_own_backtests,
+    ("GET", "/backtests/strategies/"): _public("/backtests/strategies/"),
+    ("GET", "/backtests/{backtest}/"): _public("/backtests/{backtest}/"),
+    ("GET", "/backtests/{backtest}/executions/"): _public("/backtests/{backtest}/executions/"),
+    ("POST", "/backtests/{backtest}/executions/"): check_append_executions,
 }
 
 

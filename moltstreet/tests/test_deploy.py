@@ -33,7 +33,7 @@ BASE_DIR = Path(__file__).resolve().parents[2]
 COMPOSE = BASE_DIR / "docker-compose.yml"
 DOCKERFILE = BASE_DIR / "Dockerfile"
 ENV_EXAMPLE = BASE_DIR / ".env.example"
-APP_SERVICES = ("migrate", "web", "scheduler", "poller")
+APP_SERVICES = ("migrate", "web", "scheduler", "poller", "worker")
 DEADLINE = 50.0  # seconds the whole served-commands test may take
 
 
@@ -96,6 +96,8 @@ def test_the_compose_file_runs_the_whole_stack_with_a_health_check_on_every_serv
     assert "MOLTSTREET_SCHEDULER_HEARTBEAT" in " ".join(healthcheck_command("scheduler"))
     assert "MOLTSTREET_POLLER_HEARTBEAT" in " ".join(healthcheck_command("poller"))
     assert services["poller"]["command"][2] == "run_poller" and services["poller"]["deploy"]["replicas"] == 1
+    assert services["worker"]["command"][2] == "run_worker"
+    assert healthcheck_command("worker")[-2:] == ["run_worker", "--check"]
 
     for name in APP_SERVICES:
         service = services[name]
@@ -110,7 +112,7 @@ def test_the_compose_file_runs_the_whole_stack_with_a_health_check_on_every_serv
     assert services["scheduler"]["environment"]["MOLTSTREET_SCHEDULER_HEARTBEAT"]
     assert services["migrate"]["command"][-2:] == ["migrate", "--noinput"]
     assert services["migrate"]["restart"] == "no"
-    for name in ("web", "scheduler", "poller"):
+    for name in ("web", "scheduler", "poller", "worker"):
         assert services[name]["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}, name
         assert services[name]["depends_on"]["postgres"] == {"condition": "service_healthy"}, name
     # Several workers: their metrics are summed from files in a directory emptied at each start.

@@ -28,6 +28,7 @@ from rest_framework import exceptions as drf_exceptions
 from agents.models import Agent
 from moltstreet import errors
 from moltstreet.docs import ERROR_CODES
+from moltstreet.testing import unchanged
 from moltstreet.tests.test_errors_and_schema import ROUTES
 from trading.models import Order, Trade
 
@@ -118,7 +119,8 @@ def test_the_guide_shows_the_same_examples_as_skill_md(client):
     assert html_example(guide, "example-python") == example(skill, "python", "urllib.request")
     assert html_example(guide, "example-curl") == example(skill, "sh", "field()")
     assert html_example(guide, "example-websocket") == example(skill, "python", "import websockets")
-    assert html_example(guide, "example-sdk") == example(skill, "python", "moltstreet_client")
+    assert html_example(guide, "example-sdk") == example(skill, "python", "stream_market")
+    assert html_example(guide, "example-strategy") == example(skill, "python", "run_backtest")
     assert html_example(guide, "example-mcp") == example(skill, "json", "mcpServers")
 
 
@@ -223,6 +225,34 @@ def test_the_python_example_trades_against_a_live_server(live_server, market, au
     assert (alice.balance, alice.locked_balance) == (Decimal("994.00"), Decimal("0.00"))
     assert (bob.balance, bob.locked_balance) == (Decimal("996.00"), Decimal("0.00"))
     audit_clean()
+
+
+@pytest.mark.django_db
+def test_the_strategy_example_backtests_a_market_against_a_live_server(live_server, market, make_agent, audit_clean):
+    """The guide's strategy example, run as printed: it fetches the market's recorded history and backtests on it.
+    The history is made so the strategy must trade: a resting NO bid at 0.35 (a YES ask at 0.65) and a YES bid at
+    0.50, then trades at 0.60, 0.55 (a fall of 0.05: it buys 5 YES at the ask, 0.65) and 0.58 (a rise of 0.03: it
+    sells them at the bid, 0.50), so its P&L is 5 x (0.50 - 0.65) = -0.75."""
+    from moltstreet.testing import api_client, place
+
+    asker, bidder, maker, taker = (api_client(make_agent()) for _ in range(4))
+    place(asker, market, "NO", "BUY", "0.35", 50)
+    place(bidder, market, "YES", "BUY", "0.50", 50)
+    for price in ("0.60", "0.55", "0.58"):
+        place(maker, market, "YES", "BUY", price, 10)
+        taken = place(taker, market, "NO", "BUY", str(Decimal(1) - Decimal(price)), 10)
+        assert taken["order"]["status"] == "filled", taken
+
+    _, _, skill = fetch(f"{live_server.url}/skill.md")
+    code = example(skill, "python", "run_backtest")
+    with unchanged(audit_clean):
+        run = subprocess.run(
+            [sys.executable, "-"], input=code, env=clean_env(), capture_output=True, text=True, timeout=60
+        )
+    assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}"
+    assert re.search(r"^ +pnl  -0\.75$", run.stdout, flags=re.M), run.stdout
+    assert re.search(r"^ +trades  2$", run.stdout, flags=re.M), run.stdout
+    assert "2 executions" in run.stdout, run.stdout
 
 
 CURL_WRAPPER = r"""set -euo pipefail
@@ -361,7 +391,7 @@ def test_the_sdk_example_registers_places_and_streams_against_a_live_server():
 
     with daphne_servers(1) as [server]:
         _, _, skill = fetch(f"{server.url}/skill.md")
-        code = example(skill, "python", "moltstreet_client")
+        code = example(skill, "python", "stream_market")
         assert f'Client("{server.url}")' in code
         creator = register_agent(server.url, "sdk-doc-creator")
         create_market(server.url, creator["api_key"], "Will the SDK example stream?")

@@ -19,6 +19,7 @@ from django.http import Http404
 from rest_framework import exceptions as drf_exceptions
 
 from agents.services import api_key_create
+from backtests.services import backtest_upload
 from moltstreet import errors
 from moltstreet.testing import API, api_client, assert_error, assert_error_shape, make_oracle, unchanged
 from moltstreet.urls import router
@@ -55,6 +56,12 @@ ROUTES = [
     ("GET", "/positions/", "agent"),
     ("GET", "/trades/", "agent"),
     ("GET", "/ledger/", "agent"),
+    ("POST", "/backtests/", "agent"),
+    ("GET", "/backtests/", "agent"),
+    ("GET", "/backtests/strategies/", "anyone"),
+    ("GET", "/backtests/{backtest}/", "anyone"),
+    ("GET", "/backtests/{backtest}/executions/", "anyone"),
+    ("POST", "/backtests/{backtest}/executions/", "agent"),
 ]
 ROUTE_IDS = [f"{method} {path}" for method, path, _ in ROUTES]
 
@@ -68,6 +75,22 @@ VALID_BODIES = {
     "/markets/{market}/forecast/": lambda ctx: {"probability": "0.5"},
     "/orders/": lambda ctx: {"market": ctx["market"], "side": "YES", "action": "BUY", "price": "0.50", "size": 1},
     "/orders/cancel-all/": lambda ctx: {},
+    "/backtests/": lambda ctx: {"strategy": "market_maker", "markets": [ctx["market"]]},
+    "/backtests/{backtest}/executions/": lambda ctx: {
+        "offset": 0,
+        "executions": [
+            {
+                "time": "2026-01-01T00:00:00Z",
+                "market": ctx["market"],
+                "side": "YES",
+                "action": "BUY",
+                "price": "0.50",
+                "size": 1,
+                "reason": "taker",
+                "cash": "-0.50",
+            }
+        ],
+    },
 }
 
 
@@ -97,7 +120,9 @@ def ctx(make_agent, market):
     )
     assert response.status_code == 201
     second_key, _ = api_key_create(agent=oracle)
+    backtest = backtest_upload(agent=oracle, strategy="mine:Strategy", markets=[market.id], result={})
     return {
+        "backtest": str(backtest.id),
         "agent": oracle,
         "market": str(market.id),
         "order": response.json()["order"]["id"],
@@ -149,7 +174,8 @@ def test_every_agent_route_asks_for_a_key(method, path, who, ctx, audit_clean):
 @pytest.mark.parametrize(("method", "path", "who"), [r for r in ROUTES if "{" in r[1]], ids=str)
 @pytest.mark.parametrize("missing", [UNKNOWN, "not-a-uuid", "0"])
 def test_every_route_with_an_id_answers_404_for_an_unknown_one(method, path, who, missing, ctx, audit_clean):
-    values = {**ctx, "market": missing, "order": missing, "key": missing, "name": "no-such-agent-" + missing}
+    values = {**ctx, "market": missing, "order": missing, "key": missing, "backtest": missing}
+    values["name"] = "no-such-agent-" + missing
     body = VALID_BODIES[path](ctx) if path in VALID_BODIES else None
     with unchanged(audit_clean):
         assert_error(_call(api_client(ctx["agent"]), method, _url(path, **values), body), 404, "not_found")
@@ -183,7 +209,10 @@ def test_every_post_route_refuses_a_body_that_is_not_json(method, path, who, ctx
 LIST_ROUTES = [
     (m, p, w)
     for m, p, w in ROUTES
-    if m == "GET" and p.endswith(("s/", "ledger/")) and "{" not in p and p != "/agents/me/keys/"
+    if m == "GET"
+    and p.endswith(("s/", "ledger/"))
+    and "{" not in p
+    and p not in ("/agents/me/keys/", "/backtests/strategies/")
 ]
 LIST_ROUTES.append(("GET", "/markets/{market}/trades/", "anyone"))
 
@@ -365,6 +394,23 @@ def test_the_openapi_schema_is_served_as_json(db):
     assert _schema_operations(schema) == {(method, _shape(path)) for method, path, _ in ROUTES}
     order_input = schema["components"]["schemas"]["OrderInputRequest"]
     assert {"market", "side", "action", "price", "size"} <= set(order_input["required"])
+
+
+@pytest.mark.parametrize(
+    ("path", "default", "maximum"),
+    [
+        ("/markets/", 50, 200),
+        ("/backtests/{id}/executions/", 100, 1000),
+        ("/markets/{id}/events/", 1000, 5000),
+        ("/markets/{id}/snapshots/", 100, 1000),
+    ],
+)
+def test_each_lists_page_size_is_described_from_its_own_pagination(path, default, maximum, db):
+    schema = json.loads(api_client().get("/api/schema/?format=json").content)
+
+    (page_size,) = [p for p in schema["paths"][API + path]["get"]["parameters"] if p["name"] == "page_size"]
+    assert page_size["description"].startswith(f"Results per page, 1-{maximum} (default {default}).")
+    assert page_size["schema"] == {"type": "integer", "minimum": 1}
 
 
 def test_the_api_docs_page_is_served_from_this_server_alone(db):

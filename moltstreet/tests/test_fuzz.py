@@ -78,7 +78,7 @@ schema = schemathesis.openapi.from_wsgi("/api/schema/?format=json", WSGIHandler(
 # Query parameters the API reads leniently by design: a bad `page_size` means the default page size (DRF's
 # behaviour, stated in the schema), so a request with one is not "invalid data accepted". An empty query parameter
 # is no filter at all (django-filter's rule, and the views' too).
-LENIENT_QUERY = {"page_size"}
+LENIENT_QUERY = {"page_size", "search"}  # search: a quoted phrase is one term, stricter in the schema
 
 # Responses by operation and status, printed at the end of the module's tests (run with -s to see them).
 RESPONSES: Counter[tuple[str, int]] = Counter()
@@ -197,6 +197,8 @@ def aim_at_real_resources(case) -> None:
             orders = Order.objects.filter(agent=caller) if caller else Order.objects.all()
             ids = [str(i) for i in orders.order_by("-created_at").values_list("id", flat=True)[:20]]
             params["id"] = _pick(case, "order", ids or WORLD["orders"])
+        elif path.startswith("/api/v1/backtests/"):
+            params["id"] = _pick(case, "backtest", WORLD["backtests"])
     if "key_id" in params and _is_uuid(params["key_id"]) and caller and _pick(case, "real-key", [True, False]):
         keys = [str(i) for i in ApiKey.objects.filter(agent=caller).order_by("created_at").values_list("id", flat=True)]
         params["key_id"] = _pick(case, "key", keys)
@@ -303,6 +305,7 @@ def world(db, make_agent, in_process_wsgi):
     global WORLD
     from agents.models import ApiKey
     from agents.services import hash_api_key
+    from backtests.services import backtest_upload
     from markets.services import forecast_record, market_create
     from moltstreet.testing import make_oracle, operator_resolver
     from trading.resolution import market_resolve
@@ -335,10 +338,16 @@ def world(db, make_agent, in_process_wsgi):
     agents = {"trader": trader, "other": other, "oracle": oracle}
     for name, agent in agents.items():
         ApiKey.objects.create(agent=agent, prefix=KEYS[name][:10], key_hash=hash_api_key(KEYS[name]))
+    # Backtests: the trader's upload in parts, waiting for its executions, and a finished one.
+    backtests = [
+        backtest_upload(agent=trader, strategy="fuzz:Strategy", markets=[markets[0].id], result={}, **extra)
+        for extra in ({"executions_count": 50}, {})
+    ]
     WORLD = {
         "agents": agents,
         "markets": [str(m.id) for m in markets],
         "orders": [str(placed.order.id) for placed in orders],
+        "backtests": [str(b.id) for b in backtests],
     }
     assert_books_balance()
     yield WORLD
@@ -433,6 +442,23 @@ HOSTILE = [
     ("POST", "/markets/{market}/dispute/", json.dumps({"reason": "x" * 3000}), 400),
     ("POST", "/markets/{market}/dispute/", json.dumps({"reason": ["a"]}), 400),
     ("POST", "/markets/{market}/resolve/", json.dumps({"outcome": "YES" * 1000}), 403),  # not an oracle
+    # A page of the trader's upload in parts: values no number or time parser should choke on.
+    (
+        "POST",
+        "/backtests/{backtest}/executions/",
+        json.dumps(
+            {
+                "offset": 0,
+                "executions": [
+                    {"time": "²", "market": "{market}", "side": "YES", "action": "BUY", "reason": "taker"},
+                    {"price": "1e999999", "size": 10**40, "cash": "NaN", "time": "9" * 5000},
+                ],
+            }
+        ),
+        400,
+    ),
+    ("POST", "/backtests/{backtest}/executions/", json.dumps({"offset": "9" * 5000, "executions": [{}]}), 400),
+    ("POST", "/backtests/{backtest}/executions/", json.dumps({"offset": 0, "executions": [{}] * 1001}), 400),
 ]
 
 
@@ -441,7 +467,7 @@ def test_hostile_input_is_answered_without_a_5xx_in_the_error_shape(method, path
     from moltstreet.testing import api_client
 
     client = api_client(key=KEYS["trader"])  # it checks the one error shape of every 4xx itself
-    url = "/api/v1" + path.format(market=world["markets"][-1])
+    url = "/api/v1" + path.format(market=world["markets"][-1], backtest=world["backtests"][0])
     if body is None:
         response = client.generic(method, url)
     else:

@@ -1,9 +1,10 @@
-"""``python manage.py run_traders [--url URL] [--makers N] [--noise N] [--momentum N] [--markets N] [--duration S]``.
+"""``python manage.py run_traders [--url URL] [--makers N] [--noise N] [--momentum N] [--leaners N] [--markets N]
+[--refresh S] [--noise-pace S] [--duration S]``.
 
-Runs MoltStreet's house traders (trading/traders.py) against a running server, through the Python SDK. ``make run``
-starts it next to the server (``make run TRADERS=0`` does not). Stops cleanly on SIGINT/SIGTERM: every house trader
-cancels its resting orders (directly through the service when the server stopped at the same moment), then a
-summary is printed.
+Runs MoltStreet's house traders (trading/traders.py: the SDK's built-in strategies, run live by the SDK's runner like
+any agent's ``moltstreet-run``) against a running server. ``make run`` starts it next to the server (``make run
+TRADERS=0`` does not). Stops cleanly on SIGINT/SIGTERM: every house trader cancels its resting orders (directly
+through the service when the server stopped at the same moment), then a summary is printed.
 
 Server side it does only what an operator does in the admin: the house agents register over the API like anyone,
 then are marked ``is_house`` (shown on the pages); on a later start each gets a fresh API key (its older keys are
@@ -31,11 +32,10 @@ from agents.services import agent_grant_credits, agent_mark_house, api_key_creat
 from trading import traders
 from trading.services import order_cancel_all
 
-STRATEGIES = {
-    traders.MAKER: traders.MarketMaker,
-    traders.NOISE: traders.NoiseTrader,
-    traders.MOMENTUM: traders.MomentumTrader,
-}
+# Available credits below which a house trader is topped up.
+TOP_UP_BELOW = Decimal("100")
+# Few retries: when the server stops with us, each unanswered request should give up quickly.
+CLIENT_OPTIONS = {"max_retries": 2, "timeout": 10.0}
 
 
 def wait_for_server(url: str, timeout: float) -> None:
@@ -56,9 +56,10 @@ def wait_for_server(url: str, timeout: float) -> None:
 
 class Command(BaseCommand):
     help = (
-        "Run the house traders (a market maker, noise traders, a momentum trader) against the server at --url, "
-        "through the SDK like any outside agent, so the demo markets move by themselves. Their agents are marked "
-        "as house traders on the pages. Stops cleanly on SIGINT/SIGTERM, cancelling their resting orders."
+        "Run the house traders (the SDK's built-in strategies: a market maker, noise traders, a momentum trader, a "
+        "reference leaner) live against the server at --url, through the SDK's runner like any outside agent, so "
+        "the demo markets move by themselves. Their agents are marked as house traders on the pages. Stops cleanly "
+        "on SIGINT/SIGTERM, cancelling their resting orders."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -66,7 +67,22 @@ class Command(BaseCommand):
         parser.add_argument("--makers", type=int, default=1, help="Market makers (default %(default)s).")
         parser.add_argument("--noise", type=int, default=3, help="Noise traders (default %(default)s).")
         parser.add_argument("--momentum", type=int, default=1, help="Momentum traders (default %(default)s).")
+        parser.add_argument(
+            "--leaners",
+            type=int,
+            default=1,
+            help="Reference leaners, trading the chosen markets that have a source price (default %(default)s).",
+        )
         parser.add_argument("--markets", type=int, default=6, help="Open markets traded, the most traded first.")
+        parser.add_argument(
+            "--refresh", type=float, default=300.0, help="Seconds between choices of the markets traded."
+        )
+        parser.add_argument(
+            "--noise-pace",
+            type=float,
+            default=traders.NOISE_PACE,
+            help="Seconds between one noise trader's orders, across its markets (default %(default)s).",
+        )
         parser.add_argument("--duration", type=float, default=None, help="Stop after this many seconds.")
         parser.add_argument("--seed", type=int, default=None, help="Seed of the strategies' random choices.")
         parser.add_argument("--wait", type=float, default=60.0, help="Seconds to wait for the server to answer.")
@@ -87,20 +103,25 @@ class Command(BaseCommand):
             traders.MAKER: options["makers"],
             traders.NOISE: options["noise"],
             traders.MOMENTUM: options["momentum"],
+            traders.LEANER: options["leaners"],
         }
         if any(n < 0 for n in counts.values()) or not sum(counts.values()):
             raise CommandError("Give at least one trader, and no negative counts.")
         if options["markets"] < 1:
             raise CommandError("--markets must be at least 1.")
+        if options["refresh"] <= 0 or options["noise_pace"] <= 0:
+            raise CommandError("--refresh and --noise-pace must be positive.")
         wait_for_server(url, options["wait"])
         team = [self._trader(url, kind, number) for kind, count in counts.items() for number in range(1, count + 1)]
         amount = options["top_up"]
 
         def top_up(trader: traders.Trader) -> None:
+            # Read here rather than over HTTP: the trader's client belongs to its runner's thread.
             agent = Agent.objects.get(name=trader.name)
-            agent_grant_credits(agent_id=agent.id, amount=amount, memo="house trader top-up")
+            if agent.balance - agent.locked_balance < TOP_UP_BELOW:
+                agent_grant_credits(agent_id=agent.id, amount=amount, memo="house trader top-up")
+                self.stdout.write(f"{trader.name}: topped up with {amount} credits")
             close_old_connections()
-            self.stdout.write(f"{trader.name}: topped up with {amount} credits")
 
         stop = threading.Event()
 
@@ -113,6 +134,8 @@ class Command(BaseCommand):
             team,
             markets=options["markets"],
             seed=options["seed"],
+            refresh=options["refresh"],
+            noise_pace=options["noise_pace"],
             top_up=top_up if amount > 0 else None,
             report=lambda line: self.stdout.write(line),
         )
@@ -124,7 +147,7 @@ class Command(BaseCommand):
         finally:
             for trader in team:
                 trader.client.close()
-        for trader in desk.unwithdrawn:
+        for trader in desk.unwithdrawn():
             # The server went away with us (Ctrl-C under `make run` stops both): cancel through the service,
             # as an operator would, so no house order outlives its trader.
             cancelled = order_cancel_all(agent=Agent.objects.get(name=trader.name))
@@ -136,7 +159,7 @@ class Command(BaseCommand):
         name = f"house-{kind}-{number}"
         agent = Agent.objects.filter(name__iexact=name).first()
         if agent is None:
-            client = Client(url)
+            client = Client(url, **CLIENT_OPTIONS)
             try:
                 client.register(name, traders.DESCRIPTIONS[kind])
             except (MoltStreetError, TransportError) as exc:
@@ -149,6 +172,6 @@ class Command(BaseCommand):
             key, raw = api_key_create(agent=agent)
             for old in ApiKey.objects.filter(agent=agent, revoked_at__isnull=True).exclude(id=key.id):
                 api_key_revoke(agent=agent, key_id=old.id)
-            client = Client(url, api_key=raw)
+            client = Client(url, api_key=raw, **CLIENT_OPTIONS)
         close_old_connections()
-        return traders.Trader(name=name, kind=kind, client=client, strategy=STRATEGIES[kind]())
+        return traders.Trader(name=name, kind=kind, client=client, number=number)
