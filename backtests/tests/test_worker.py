@@ -199,3 +199,23 @@ def test_the_health_check_fails_while_a_backtest_waits_too_long(traded_market, m
     Backtest.objects.filter(id=backtest.id).update(created_at=timezone.now() - timedelta(hours=1))
     with pytest.raises(CommandError, match="1 backtest"):
         call_command("run_worker", check=True, stdout=io.StringIO())
+
+
+def test_the_scheduler_queues_again_a_backtest_a_dead_worker_left_running(
+    traded_market, make_agent, database_tasks, settings
+):
+    """Workers sweep when they start; the scheduler's pass sweeps while they run, so a worker killed mid-run is not
+    waited on until the next restart."""
+    from trading.management.commands.run_scheduler import _sweep_backtests, run_pass
+
+    assert "_sweep_backtests" in run_pass.__code__.co_names  # one of the pass's jobs (run_pass recycles connections)
+
+    backtest = queue(make_agent(), traded_market)
+    DBTaskResult.objects.all().delete()  # its task was taken by a worker that then died
+    Backtest.objects.filter(id=backtest.id).update(
+        status=Backtest.Status.RUNNING, started_at=timezone.now() - timedelta(hours=1)
+    )
+    settings.MOLTSTREET = {**settings.MOLTSTREET, "BACKTEST_STALE_SECONDS": 60}
+    _sweep_backtests()
+    [task] = DBTaskResult.objects.filter(args_kwargs__kwargs__backtest_id=str(backtest.id))
+    assert task.status == "READY"  # a worker runs it as any queued backtest (the tests above)

@@ -77,8 +77,9 @@ def beat() -> None:
 
 
 def run_pass() -> bool:
-    """Close due markets, expire due GTD orders, settle oracle proposals whose dispute window passed undisputed;
-    returns False if any job failed.
+    """Close due markets, expire due GTD orders, settle oracle proposals whose dispute window passed undisputed, and
+    sweep the backtests a dead worker or an abandoned upload left behind (``backtests.services``); returns False if
+    any job failed.
 
     The jobs fail independently: a database hiccup while closing markets still lets the others run. Errors are
     logged and swallowed, so a long-running scheduler survives outages and retries on its next pass.
@@ -88,6 +89,7 @@ def run_pass() -> bool:
         _job("closing due markets", _close_due),
         _job("expiring GTD orders", _expire_due),
         _job("settling proposed resolutions", _settle_due),
+        _job("sweeping stale backtests", _sweep_backtests),
     ]
     recycle_connections()
     return all(results)
@@ -120,3 +122,18 @@ def _expire_due() -> None:
 def _settle_due() -> None:
     for market in resolutions_finalize_due():
         logger.info("scheduler: %s resolved %s, the proposal undisputed: %s", market.id, market.outcome, market)
+
+
+def _sweep_backtests() -> None:
+    # The worker sweeps when it starts too; here it also happens while workers run (a worker killed mid-run).
+    from backtests.services import backtest_fail_stale_uploads, backtest_requeue_stale
+
+    abandoned, requeued = backtest_fail_stale_uploads(), backtest_requeue_stale()
+    if abandoned:
+        logger.info(
+            "scheduler: %d unfinished backtest upload(s) marked failed: %s", len(abandoned), ", ".join(abandoned)
+        )
+    if requeued:
+        logger.info(
+            "scheduler: queued again %d backtest(s) left by a stopped worker: %s", len(requeued), ", ".join(requeued)
+        )
