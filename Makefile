@@ -18,7 +18,7 @@ DATA ?= ../shared/data
 CHROMIUM := /usr/bin/chromium
 CHROMEDRIVER := /usr/bin/chromedriver
 
-.PHONY: run test setup local-env browser lint format audit clean
+.PHONY: run test test-long setup local-env browser lint format audit clean
 
 $(STAMP): requirements.txt client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,13 @@ browser:
 test: $(STAMP) local-env browser
 	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
 		$(BIN)/pytest $(PYTEST_ARGS)
+
+# The property test (trading/tests/test_properties.py) with many more and longer random sequences than `make test`
+# runs: the Hypothesis profile "long" of trading/tests/conftest.py, about 20 minutes. `make test-long
+# PROPERTY_EXAMPLES=N` sets the count; a failure names its seed (PROPERTY_SEED=<n> replays it).
+test-long: $(STAMP) local-env
+	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} PROPERTY_PROFILE=long \
+		$(BIN)/pytest trading/tests/test_properties.py $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -257,8 +257,12 @@ def test_it_refuses_unreadable_files(db, tmp_path):
 def test_it_imports_the_real_forecastbench_question_set(db, audit_clean):
     questions = DATA / "2024-07-21-human.questions.json"
     resolutions = DATA / "2024-07-21.resolutions.json"
-    if not questions.exists():
-        pytest.skip(f"no data at {DATA}")
+    if not (questions.exists() and resolutions.exists()):  # a missing data set is a failure, never a skip
+        pytest.fail(
+            f"The real ForecastBench data is missing: {questions} and {resolutions} must exist "
+            "(../shared/data beside this checkout, as `make run` needs it).",
+            pytrace=False,
+        )
     out, err = run(str(questions), str(resolutions), resolve=True, reopen_days=30)
     assert Market.objects.count() == 90
     assert Market.objects.filter(status="resolved").count() == 57  # every known outcome

@@ -116,13 +116,20 @@ def test_an_agent_without_limits_is_bounded_only_by_its_balance(make_agent, book
     assert_error(post_order(client, book, "YES", "BUY", "0.50", 2000), 400, "insufficient_balance")
 
 
-def test_sells_and_the_other_side_are_never_refused_by_risk_limits(make_agent, market, audit_clean):
+def test_sells_are_never_refused_by_risk_limits_and_the_other_side_only_by_the_reserved_limit(
+    make_agent, market, audit_clean
+):
+    # docs/decisions.md 28: SELLs are never refused; max_position counts only the side bought, while max_reserved
+    # bounds the credits of every BUY, whichever side.
     alice, bob = make_agent(), make_agent()
     mint(api_client(alice), api_client(bob), market, 5)  # alice holds 5 YES
     set_limits(alice, max_position=1, max_reserved=Decimal("0.00"))
     client = api_client(alice)
-    place(client, market, "YES", "SELL", "0.70", 5)
-    assert_error(post_order(client, market, "NO", "BUY", "0.10", 1), 409, "reserved_limit")
+    place(client, market, "YES", "SELL", "0.70", 5)  # 5 YES over a position limit of 1 and nothing to reserve
+    with unchanged(audit_clean):
+        assert_error(post_order(client, market, "NO", "BUY", "0.10", 1), 409, "reserved_limit")
+    set_limits(alice, max_reserved=None)
+    place(client, market, "NO", "BUY", "0.10", 1)  # holding 5 YES does not count against the NO position limit
     audit_clean()
 
 

@@ -325,8 +325,12 @@ def test_over_http_the_run_stops_cleanly_when_the_liquidity_agent_runs_out(live_
 
 
 def test_bootstrap_creates_the_operator_imports_the_real_data_once(db, monkeypatch):
-    if not (DATA / "polymarket").exists():
-        pytest.skip(f"no data at {DATA}")
+    if not (DATA / "polymarket").exists():  # a missing data set is a failure, never a skip
+        pytest.fail(
+            f"The real market data is missing: {DATA / 'polymarket'} must exist "
+            "(../shared/data beside this checkout, as `make run` needs it).",
+            pytrace=False,
+        )
     monkeypatch.delenv("MOLTSTREET_ADMIN_USER", raising=False)
     monkeypatch.delenv("MOLTSTREET_ADMIN_PASSWORD", raising=False)
     out = io.StringIO()
