@@ -139,9 +139,9 @@ class CashBook:
 
     def unlock(self, agent: Agent, amount: Decimal) -> None:
         amount = quantize(amount)
-        agent.locked_balance -= amount
-        if agent.locked_balance < ZERO:  # a bookkeeping bug, never a user error
+        if agent.locked_balance - amount < ZERO:  # a bookkeeping bug, never a user error; the agent is left as it was
             raise AssertionError(f"locked balance of {agent.name} would go negative")
+        agent.locked_balance -= amount
         self.touched[agent.id] = agent
 
     def flush(self) -> None:
