@@ -18,18 +18,48 @@ from markets.models import Market, MarketEvent
 from moltstreet.money import ONE, ZERO, quantize
 from trading.models import Action, BookLevel, Order, Position, Side, Trade
 
+# Every check of the audit, by the name its breaches are filed under (``AuditReport.by_check``): one name for each
+# ``report.breach`` call below, in their order. trading/tests/test_audit.py plants a breach for each and shows that no
+# other check sees it.
+CHECKS = (
+    "locked within balance",
+    "locked = BUY reserves",
+    "position within shares",
+    "reserved = SELL orders",
+    "pairs",
+    "money",
+    "ledger replay",
+    "ledger chain",
+    "crossed book",
+    "book levels",
+    "resting in closed markets",
+    "filled within size",
+    "filled = traded",
+    "trades of unfilled orders",
+    "trade count",
+    "sequence",
+    "events without seq",
+    "trade events",
+    "reputation",
+    "linked pnl",
+)
+
 
 @dataclass
 class AuditReport:
     breaches: list[str] = field(default_factory=list)
     figures: dict[str, object] = field(default_factory=dict)
+    # The same breaches by the check (a name of CHECKS) that found them.
+    by_check: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return not self.breaches
 
-    def breach(self, invariant: int | str, message: str) -> None:
-        self.breaches.append(f"[invariant {invariant}] {message}")
+    def breach(self, invariant: int | str, message: str, *, check: str) -> None:
+        line = f"[invariant {invariant}] {message}"
+        self.breaches.append(line)
+        self.by_check.setdefault(check, []).append(line)
 
     def render(self) -> str:
         lines = [f"{k}: {v}" for k, v in self.figures.items()]
@@ -70,11 +100,16 @@ def _balances_and_reserves(report: AuditReport) -> None:
         locked_by_agent[agent_id] += price * (size - filled)
     for agent in Agent.objects.only("id", "name", "balance", "locked_balance"):
         if not (ZERO <= agent.locked_balance <= agent.balance):
-            report.breach(1, f"agent {agent.name}: locked {agent.locked_balance} not within 0..balance {agent.balance}")
+            report.breach(
+                1,
+                f"agent {agent.name}: locked {agent.locked_balance} not within 0..balance {agent.balance}",
+                check="locked within balance",
+            )
         if agent.locked_balance != locked_by_agent[agent.id]:
             report.breach(
                 1,
                 f"agent {agent.name}: locked {agent.locked_balance} != reserves of resting BUYs {locked_by_agent[agent.id]}",
+                check="locked = BUY reserves",
             )
     reserved = defaultdict(int)
     rows = Order.objects.filter(status__in=Order.RESTING, action=Action.SELL).values_list(
@@ -88,18 +123,21 @@ def _balances_and_reserves(report: AuditReport) -> None:
             (Side.NO, pos.no_shares, pos.no_reserved),
         ):
             if shares < 0 or res < 0 or res > shares:
-                report.breach(1, f"position {pos.id}: {side} shares {shares}, reserved {res}")
+                report.breach(
+                    1, f"position {pos.id}: {side} shares {shares}, reserved {res}", check="position within shares"
+                )
             if res != reserved[(pos.agent_id, pos.market_id, side)]:
                 report.breach(
                     1,
                     f"position {pos.id}: {side} reserved {res} != resting SELLs {reserved[(pos.agent_id, pos.market_id, side)]}",
+                    check="reserved = SELL orders",
                 )
 
 
 def _pairs(report: AuditReport) -> None:
     for row in Position.objects.values("market_id").annotate(yes=Sum("yes_shares"), no=Sum("no_shares")):
         if row["yes"] != row["no"]:
-            report.breach(2, f"market {row['market_id']}: {row['yes']} YES held != {row['no']} NO held")
+            report.breach(2, f"market {row['market_id']}: {row['yes']} YES held != {row['no']} NO held", check="pairs")
 
 
 def _money(report: AuditReport) -> None:
@@ -117,7 +155,11 @@ def _money(report: AuditReport) -> None:
         }
     )
     if balances + pairs * ONE != external:
-        report.breach(3, f"balances {balances} + pairs {pairs} x 1.00 != grants - fees +/- adjustments {external}")
+        report.breach(
+            3,
+            f"balances {balances} + pairs {pairs} x 1.00 != grants - fees +/- adjustments {external}",
+            check="money",
+        )
 
 
 def _ledger(report: AuditReport) -> None:
@@ -130,7 +172,9 @@ def _ledger(report: AuditReport) -> None:
     for agent in Agent.objects.only("id", "name", "balance"):
         if sums.get(agent.id, ZERO) != agent.balance:
             report.breach(
-                4, f"agent {agent.name}: ledger replays to {sums.get(agent.id, ZERO)}, balance is {agent.balance}"
+                4,
+                f"agent {agent.name}: ledger replays to {sums.get(agent.id, ZERO)}, balance is {agent.balance}",
+                check="ledger replay",
             )
     # Each row's balance_after must continue the previous one (the ledger replays row by row).
     running: dict = defaultdict(lambda: ZERO)
@@ -141,7 +185,11 @@ def _ledger(report: AuditReport) -> None:
     ):
         running[agent_id] += amount
         if running[agent_id] != after:
-            report.breach(4, f"ledger entry {entry_id}: balance_after {after} but replay gives {running[agent_id]}")
+            report.breach(
+                4,
+                f"ledger entry {entry_id}: balance_after {after} but replay gives {running[agent_id]}",
+                check="ledger chain",
+            )
             running[agent_id] = after
     report.figures["ledger entries"] = LedgerEntry.objects.count()
 
@@ -156,7 +204,9 @@ def _book(report: AuditReport) -> None:
     for market_id, top in tops.items():
         if Side.YES in top and Side.NO in top and top[Side.YES] + top[Side.NO] >= ONE:
             report.breach(
-                5, f"market {market_id}: book crossed (best YES bid {top[Side.YES]} + best NO bid {top[Side.NO]} >= 1)"
+                5,
+                f"market {market_id}: book crossed (best YES bid {top[Side.YES]} + best NO bid {top[Side.NO]} >= 1)",
+                check="crossed book",
             )
     # The stored book levels are the sums of the resting orders (what the order book and the live feed show).
     resting = {
@@ -177,12 +227,15 @@ def _book(report: AuditReport) -> None:
                 5,
                 f"market {key[0]}: book level {key[1]} {key[2]} holds {stored.get(key, 0)}, "
                 f"its resting orders {resting.get(key, 0)}",
+                check="book levels",
             )
     closed = Order.objects.filter(status__in=Order.RESTING).exclude(market__status=Market.Status.OPEN).count()
     if closed:
-        report.breach(5, f"{closed} orders still resting in closed or resolved markets")
+        report.breach(
+            5, f"{closed} orders still resting in closed or resolved markets", check="resting in closed markets"
+        )
     if Order.objects.filter(filled__gt=F("size")).exists():
-        report.breach(5, "an order has filled > size")
+        report.breach(5, "an order has filled > size", check="filled within size")
     traded = defaultdict(int)
     for order_id, size in (
         Trade.objects.values_list("maker_order_id").annotate(s=Sum("size")).values_list("maker_order_id", "s")
@@ -194,13 +247,19 @@ def _book(report: AuditReport) -> None:
         traded[order_id] += size
     for order_id, filled in Order.objects.filter(filled__gt=0).values_list("id", "filled"):
         if traded.pop(order_id, 0) != filled:
-            report.breach(5, f"order {order_id}: filled {filled} != traded contracts")
+            report.breach(5, f"order {order_id}: filled {filled} != traded contracts", check="filled = traded")
     if any(traded.values()):
-        report.breach(5, f"trades against orders with filled = 0: {list(traded)[:5]}")
+        report.breach(
+            5, f"trades against orders with filled = 0: {list(traded)[:5]}", check="trades of unfilled orders"
+        )
     counted = dict(Trade.objects.values_list("market_id").annotate(n=Count("id")).values_list("market_id", "n"))
     for market_id, trade_count in Market.objects.values_list("id", "trade_count"):
         if trade_count != counted.get(market_id, 0):
-            report.breach(5, f"market {market_id}: trade_count {trade_count} != {counted.get(market_id, 0)} trades")
+            report.breach(
+                5,
+                f"market {market_id}: trade_count {trade_count} != {counted.get(market_id, 0)} trades",
+                check="trade count",
+            )
     report.figures["trades"] = Trade.objects.count()
     report.figures["resting orders"] = Order.objects.filter(status__in=Order.RESTING).count()
 
@@ -214,10 +273,12 @@ def _sequences(report: AuditReport) -> None:
         row = stats.get(market.id, {"n": 0, "lo": None, "hi": None})
         if market.seq and (row["n"] != market.seq or row["lo"] != 1 or row["hi"] != market.seq):
             report.breach(
-                6, f"market {market.id}: seq {market.seq} but events {row['n']} from {row['lo']} to {row['hi']}"
+                6,
+                f"market {market.id}: seq {market.seq} but events {row['n']} from {row['lo']} to {row['hi']}",
+                check="sequence",
             )
         if not market.seq and row["n"]:
-            report.breach(6, f"market {market.id}: events exist but seq is 0")
+            report.breach(6, f"market {market.id}: events exist but seq is 0", check="events without seq")
     # An anti-join on the unique (market, seq) index: linear in the trades (a join of every trade with every event of
     # its market, as this once was, never finished on a market of 100,000 trades).
     trade_event = MarketEvent.objects.filter(
@@ -225,7 +286,7 @@ def _sequences(report: AuditReport) -> None:
     )
     stray = Trade.objects.filter(~Exists(trade_event)).count()
     if stray:
-        report.breach(6, f"{stray} trades without a trade event at their seq")
+        report.breach(6, f"{stray} trades without a trade event at their seq", check="trade events")
     report.figures["markets"] = Market.objects.count()
 
 
@@ -248,9 +309,15 @@ def _ranks(report: AuditReport) -> None:
         "id", "name", "reputation", "linked_pnl"
     ):
         if agent_reputation != reputation[agent_id]:
-            report.breach("4a", f"agent {name}: reputation {agent_reputation} != positions' {reputation[agent_id]}")
+            report.breach(
+                "4a",
+                f"agent {name}: reputation {agent_reputation} != positions' {reputation[agent_id]}",
+                check="reputation",
+            )
         if agent_linked != linked[agent_id]:
-            report.breach("4a", f"agent {name}: linked_pnl {agent_linked} != positions' {linked[agent_id]}")
+            report.breach(
+                "4a", f"agent {name}: linked_pnl {agent_linked} != positions' {linked[agent_id]}", check="linked pnl"
+            )
 
 
-__all__ = ["AuditReport", "run_audit"]
+__all__ = ["CHECKS", "AuditReport", "run_audit"]
