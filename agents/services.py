@@ -94,7 +94,7 @@ def lock_agents(ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Agent]:
 class CashBook:
     """Collects cash movements of locked agents in one transaction, then writes them with their ledger rows.
 
-    ``move`` changes ``agent.balance`` in memory and records a ledger row; ``lock``/``unlock`` change the reserve.
+    ``move`` changes ``agent.balance`` in memory and records a ledger row; ``reserve``/``release`` change the reserve.
     ``flush`` saves each touched agent once and bulk-inserts the ledger rows. Check constraints in the database back
     ``0 <= locked_balance <= balance``; :meth:`move` also refuses a balance that would go negative.
     """
@@ -126,7 +126,7 @@ class CashBook:
             )
         )
 
-    def lock(self, agent: Agent, amount: Decimal) -> None:
+    def reserve(self, agent: Agent, amount: Decimal) -> None:
         """Reserve ``amount`` credits for a BUY order; raises :class:`InsufficientBalance` beyond the available balance."""
         amount = quantize(amount)
         if amount > agent.available_balance:
@@ -137,7 +137,7 @@ class CashBook:
         agent.locked_balance += amount
         self.touched[agent.id] = agent
 
-    def unlock(self, agent: Agent, amount: Decimal) -> None:
+    def release(self, agent: Agent, amount: Decimal) -> None:
         amount = quantize(amount)
         if agent.locked_balance - amount < ZERO:  # a bookkeeping bug, never a user error; the agent is left as it was
             raise AssertionError(f"locked balance of {agent.name} would go negative")

@@ -16,9 +16,6 @@ Uploads in parts (a result whose executions would not fit the request body limit
 
 from __future__ import annotations
 
-import uuid
-from typing import Any
-
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from moltstreet_client.strategies import BUILTINS
 from rest_framework import permissions, serializers, status, viewsets
@@ -36,6 +33,7 @@ from backtests.services import (
 )
 from moltstreet.api import IsAgent, Money, Price, errors
 from moltstreet.errors import NotFound
+from moltstreet.ids import parse_id
 from moltstreet.logs import bind
 from moltstreet.pagination import CheckedCursorPagination
 from moltstreet.throttling import AgentWriteThrottle
@@ -246,13 +244,6 @@ class ExecutionCursorPagination(CheckedCursorPagination):
     max_page_size = 1000
 
 
-def _backtest_id(value: Any) -> uuid.UUID:
-    try:
-        return uuid.UUID(str(value))
-    except ValueError as exc:
-        raise NotFound("No such backtest.", detail={"backtest": value}) from exc
-
-
 @extend_schema_view(
     list=extend_schema(
         summary="Own backtests",
@@ -283,7 +274,7 @@ class BacktestViewSet(viewsets.GenericViewSet):
         return throttles
 
     def get_object(self) -> Backtest:
-        backtest = self.get_queryset().filter(id=_backtest_id(self.kwargs["pk"])).first()
+        backtest = self.get_queryset().filter(id=parse_id(self.kwargs["pk"], "backtest")).first()
         if backtest is None:
             raise NotFound("No such backtest.", detail={"backtest": self.kwargs["pk"]})
         return backtest
@@ -376,7 +367,7 @@ class BacktestViewSet(viewsets.GenericViewSet):
         return self.get_paginated_response(BacktestExecutionSerializer(page, many=True).data)
 
     def _append_executions(self, request) -> Response:
-        backtest_id = _backtest_id(self.kwargs["pk"])
+        backtest_id = parse_id(self.kwargs["pk"], "backtest")
         data = ExecutionPageSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         bind(agent_id=request.user.id, backtest_id=backtest_id)

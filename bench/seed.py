@@ -49,7 +49,7 @@ from agents.models import LedgerEntry
 from agents.services import CashBook, agent_grant_credits, agent_register, lock_agents
 from markets.models import Market, MarketEvent
 from markets.services import lock_market
-from moltstreet.money import CENT, ONE, ZERO, quantize
+from moltstreet.money import CENT, ONE, ZERO, complement, quantize
 from trading import models as trading_models
 from trading.models import Action, Order, Position, Side, Trade
 from trading.services import _order_snapshot
@@ -201,7 +201,7 @@ def _finish(market: Market, levels: dict[tuple[str, Decimal], int], tx_fields: S
     bid, ``best_ask`` 1 - the best NO bid, from ``levels``: every level of the market), and ``tx_fields``."""
     best = {side: max((p for (s, p), n in levels.items() if s == side and n > 0), default=None) for side in Side}
     market.best_bid = best[Side.YES]
-    market.best_ask = ONE - best[Side.NO] if best[Side.NO] is not None else None
+    market.best_ask = complement(best[Side.NO]) if best[Side.NO] is not None else None
     fields = {"seq", "best_bid", "best_ask", *tx_fields}
     Market.objects.filter(id=market.id).update(**{name: getattr(market, name) for name in fields})
 
@@ -291,7 +291,7 @@ def resting_plan(
 
 
 def resting_needs(plan: Iterable[RestingSpec]) -> dict[uuid.UUID, Decimal]:
-    """Credits each maker's BUY orders reserve (``price x size``, as ``order_place`` locks them)."""
+    """Credits each maker's BUY orders reserve (``price x size``, as ``order_place`` reserves them)."""
     needs: dict[uuid.UUID, Decimal] = defaultdict(lambda: ZERO)
     for spec in plan:
         needs[spec.agent_id] += quantize(spec.price * spec.size)
@@ -323,7 +323,7 @@ def seed_resting(market_id, plan: Sequence[RestingSpec], *, at: datetime | None 
             market.seq += 1
             order = _Order(uuid.uuid4(), market.id, spec.agent_id, spec.side, spec.price, spec.size)
             order.seq = order.updated_seq = market.seq
-            book.lock(agents[spec.agent_id], spec.price * spec.size)
+            book.reserve(agents[spec.agent_id], spec.price * spec.size)
             key = (order.book_side, order.book_price)
             levels[key] += order.size
             level = {"side": key[0], "price": str(key[1]), "size": levels[key]}
@@ -398,7 +398,7 @@ def trade_needs(plan: Iterable[TradeSpec]) -> dict[uuid.UUID, Decimal]:
     needs: dict[uuid.UUID, Decimal] = defaultdict(lambda: ZERO)
     for spec in plan:
         needs[spec.yes_agent] += quantize(spec.price * spec.size)
-        needs[spec.no_agent] += quantize((ONE - spec.price) * spec.size)
+        needs[spec.no_agent] += quantize(complement(spec.price) * spec.size)
     return needs
 
 
@@ -426,14 +426,14 @@ def seed_trades(market_id, plan: Sequence[TradeSpec]) -> int:
         book = CashBook()
         orders, trades, events = [], [], []
         for spec in chunk:
-            x, no_price, qty = spec.price, ONE - spec.price, spec.size
+            x, no_price, qty = spec.price, complement(spec.price), spec.size
             maker = _Order(uuid.uuid4(), market.id, spec.yes_agent, Side.YES, x, qty)
             taker = _Order(uuid.uuid4(), market.id, spec.no_agent, Side.NO, no_price, qty)
             yes_agent, no_agent = agents[spec.yes_agent], agents[spec.no_agent]
             key = (Side.YES, x)
             # 1. The maker's order rests (its own transaction): the reserve and the level grow.
             maker.seq = market.seq + 1
-            book.lock(yes_agent, x * qty)
+            book.reserve(yes_agent, x * qty)
             levels[key] += qty
             events.append(
                 _event(
@@ -449,11 +449,11 @@ def seed_trades(market_id, plan: Sequence[TradeSpec]) -> int:
                 )
             )
             # 2. The taker: its reserve, its seq (reserved before the fill), the trade, the maker's fill.
-            book.lock(no_agent, no_price * qty)
+            book.reserve(no_agent, no_price * qty)
             taker.seq = maker.seq + 1
             trade_id = uuid.uuid4()
             ref = str(trade_id)
-            book.unlock(yes_agent, x * qty)
+            book.release(yes_agent, x * qty)
             book.move(
                 yes_agent,
                 -quantize(x * qty),
@@ -462,7 +462,7 @@ def seed_trades(market_id, plan: Sequence[TradeSpec]) -> int:
                 reference=ref,
                 memo=f"buy {qty} YES @ {x}",
             )
-            book.unlock(no_agent, no_price * qty)
+            book.release(no_agent, no_price * qty)
             book.move(
                 no_agent,
                 -quantize(no_price * qty),

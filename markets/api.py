@@ -14,7 +14,7 @@ from markets.models import Forecast, Market, MarketSnapshot, Outcome, Resolution
 from markets.selectors import current_resolution, with_current_resolution
 from markets.services import forecast_record, market_create
 from moltstreet.api import BoundedSearchFilter, IsAgent, Price, StableOrderingFilter, errors
-from moltstreet.money import ONE
+from moltstreet.money import complement
 from moltstreet.pagination import CheckedCursorPagination
 
 extend_schema_field_price = extend_schema_field(
@@ -100,7 +100,7 @@ class MarketSerializer(serializers.ModelSerializer):
 
     @extend_schema_field_price
     def get_no_price(self, market: Market) -> str | None:
-        return str(ONE - market.last_price) if market.last_price is not None else None
+        return str(complement(market.last_price)) if market.last_price is not None else None
 
     @extend_schema_field(ResolutionSerializer(allow_null=True))
     def get_resolution(self, market: Market) -> dict | None:

@@ -19,6 +19,7 @@ from agents.services import CashBook, lock_agents
 from markets.models import Feed, Forecast, Market, MarketEvent, MarketSnapshot
 from moltstreet.db import fetch_rows, insert_rows, pipelined, placeholders, service_transaction, update_rows
 from moltstreet.errors import AgentSuspended, InvalidRequest, MarketClosed, NotFound
+from moltstreet.ids import parse_id
 
 MAX_MARKET_LIFETIME = timedelta(days=5 * 365)
 
@@ -28,10 +29,7 @@ def lock_market(market_id: uuid.UUID) -> Market:
 
     Raises :class:`NotFound` for an unknown id.
     """
-    try:
-        key = uuid.UUID(str(market_id))
-    except ValueError as exc:  # a malformed id is an unknown id
-        raise NotFound("No such market.", detail={"market": str(market_id)}) from exc
+    key = parse_id(market_id, "market")  # a malformed id is an unknown id
     # Read and locked in one statement: the row lock is held from here to commit.
     found = fetch_rows(Market, "id = %s", [key], for_update=True)
     if not found:

@@ -23,9 +23,10 @@ from rest_framework.response import Response
 from markets.api import MarketSerializer, ResolutionSerializer, SnapshotSerializer
 from markets.models import Market, MarketEvent, Outcome, Resolution
 from moltstreet.api import IdCursorPagination, IsAgent, Money, Price, errors
-from moltstreet.errors import InvalidRequest, NotFound, NotOracle
+from moltstreet.errors import InvalidRequest, NotOracle
+from moltstreet.ids import parse_id
 from moltstreet.logs import bind
-from moltstreet.money import ONE, quantize
+from moltstreet.money import complement, quantize
 from moltstreet.pagination import CheckedCursorPagination
 from trading import selectors
 from trading.models import Action, Order, Position, Side, TimeInForce, Trade
@@ -270,7 +271,7 @@ class FillSerializer(TradeSerializer):
 
     @extend_schema_field({"type": "string", "format": "decimal", "example": "0.45"})
     def get_fill_price(self, trade: Trade) -> str:
-        return str(trade.price if self._own(trade).side == Side.YES else ONE - trade.price)
+        return str(trade.price if self._own(trade).side == Side.YES else complement(trade.price))
 
 
 class PlacedOrderSerializer(serializers.Serializer):
@@ -332,7 +333,7 @@ class PositionSerializer(serializers.ModelSerializer):
         mark = pos.market.last_price
         if mark is None:
             return None
-        value = mark * pos.yes_shares + (ONE - mark) * pos.no_shares
+        value = mark * pos.yes_shares + complement(mark) * pos.no_shares
         return str(quantize(value - pos.yes_cost - pos.no_cost))
 
 
@@ -549,7 +550,7 @@ class OrderViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     )
     def destroy(self, request, pk=None):
         bind(agent_id=request.user.id, order_id=pk)
-        order = order_cancel(agent=request.user, order_id=_uuid(pk, "order", 404))
+        order = order_cancel(agent=request.user, order_id=parse_id(pk, "order"))
         bind(market_id=order.market_id)
         return Response(OrderSerializer(order).data)
 
@@ -568,13 +569,11 @@ class OrderViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         return Response(OrderSerializer(cancelled, many=True).data)
 
 
-def _uuid(value: str, what: str, http_status: int = 400) -> uuid.UUID:
-    """Parse a UUID from a URL or query; a bad one is a 400 (query) or 404 (path) in the error shape."""
+def _uuid(value: str, what: str) -> uuid.UUID:
+    """Parse a UUID from a query string; a bad one is a 400 in the error shape (in a path, see ``parse_id``)."""
     try:
         return uuid.UUID(str(value))
     except ValueError as exc:
-        if http_status == 404:
-            raise NotFound(f"No such {what}.", detail={what: value}) from exc
         raise InvalidRequest(f"{what} must be a UUID.", detail={what: value}) from exc
 
 

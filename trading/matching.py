@@ -15,22 +15,20 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from moltstreet.money import ONE
-
-YES, NO = "YES", "NO"
-BUY, SELL = "BUY", "SELL"
+from moltstreet.money import ONE, complement
+from trading.models import Action, Side
 
 
 def book_position(side: str, action: str, price: Decimal) -> tuple[str, Decimal]:
     """The queue and bid price of an intent: BUY YES p -> (YES, p), SELL NO q -> (YES, 1 - q),
     BUY NO q -> (NO, q), SELL YES p -> (NO, 1 - p)."""
-    if action == BUY:
+    if action == Action.BUY:
         return side, price
-    return (NO if side == YES else YES), ONE - price
+    return opposite(side), complement(price)
 
 
 def opposite(book_side: str) -> str:
-    return NO if book_side == YES else YES
+    return Side.NO if book_side == Side.YES else Side.YES
 
 
 def crosses(book_price: Decimal, other_book_price: Decimal) -> bool:
@@ -40,16 +38,16 @@ def crosses(book_price: Decimal, other_book_price: Decimal) -> bool:
 
 def yes_price_of_maker(maker_book_side: str, maker_book_price: Decimal) -> Decimal:
     """The trade's YES price x: the maker's price expressed as a YES price."""
-    return maker_book_price if maker_book_side == YES else ONE - maker_book_price
+    return maker_book_price if maker_book_side == Side.YES else complement(maker_book_price)
 
 
 def trade_kind(yes_party_action: str, no_party_action: str) -> str:
     """mint (both buy), transfer_yes (YES bought from a YES seller), transfer_no (NO bought from a NO seller), burn."""
-    if yes_party_action == BUY and no_party_action == BUY:
+    if yes_party_action == Action.BUY and no_party_action == Action.BUY:
         return "mint"
-    if yes_party_action == BUY:
+    if yes_party_action == Action.BUY:
         return "transfer_yes"
-    if no_party_action == BUY:
+    if no_party_action == Action.BUY:
         return "transfer_no"
     return "burn"
 

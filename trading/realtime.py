@@ -34,7 +34,7 @@ from rest_framework import serializers
 
 from agents.models import Agent
 from markets.models import Market, MarketEvent
-from moltstreet.money import ONE
+from moltstreet.money import complement
 from trading.models import Position, Side
 from trading.selectors import book_levels
 
@@ -76,7 +76,7 @@ def _price(value: Decimal | str | None) -> str | None:
 
 
 def _no_price(yes_price: Decimal | str | None) -> str | None:
-    return str(ONE - Decimal(str(yes_price))) if yes_price is not None else None
+    return str(complement(Decimal(str(yes_price)))) if yes_price is not None else None
 
 
 # --------------------------------------------------------------------------------------------------------------------

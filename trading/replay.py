@@ -46,9 +46,9 @@ from agents.services import NAME_RE, agent_grant_credits, agent_register
 from markets.models import Market
 from markets.services import market_import
 from moltstreet.errors import InsufficientBalance, MoltStreetError
-from moltstreet.money import MAX_PRICE, MIN_PRICE, ONE, quantize
+from moltstreet.money import MAX_PRICE, MIN_PRICE, complement, quantize
 from moltstreet.progress import Progress
-from trading.models import Order, Position
+from trading.models import Action, Order, Position, Side
 from trading.services import order_cancel, order_place
 
 SOURCE = "polymarket"
@@ -118,7 +118,7 @@ class TradeRow:
     @property
     def yes_price(self) -> Decimal:
         """The real price expressed as a YES price."""
-        return self.price if self.outcome == "YES" else ONE - self.price
+        return self.price if self.outcome == Side.YES else complement(self.price)
 
     @property
     def client_order_id(self) -> str:
@@ -153,10 +153,10 @@ def parse_row(raw: dict[str, Any], line: int, occurrence: int = 0) -> TradeRow:
     if not values["user_id"]:
         raise BadRow("no user_id")
     direction = values["trade_direction"].upper()
-    if direction not in ("BUY", "SELL"):
+    if direction not in Action.values:
         raise BadRow(f"trade_direction {values['trade_direction']!r} is not BUY or SELL")
     outcome = values["option_yes_no"].upper()
-    if outcome not in ("YES", "NO"):
+    if outcome not in Side.values:
         raise BadRow(f"option_yes_no {values['option_yes_no']!r} is not Yes or No")
     question = " ".join(values["option_type"].split())
     if not question:
@@ -257,7 +257,7 @@ def agent_names(user_ids: Iterable[str], prefix: str = LOCAL_PREFIX) -> dict[str
 
 
 def other(side: str) -> str:
-    return "NO" if side == "YES" else "YES"
+    return Side.NO if side == Side.YES else Side.YES
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -353,7 +353,7 @@ class LocalExchange:
         return balance - locked
 
     def held(self, agent: Agent, market_id: str, side: str) -> int:
-        fields = ("yes_shares", "yes_reserved") if side == "YES" else ("no_shares", "no_reserved")
+        fields = ("yes_shares", "yes_reserved") if side == Side.YES else ("no_shares", "no_reserved")
         row = Position.objects.filter(agent=agent, market_id=market_id).values_list(*fields).first()
         return row[0] - row[1] if row else 0
 
@@ -499,7 +499,7 @@ class HttpExchange:
         def first_page() -> int:
             for pos in agent.client.positions(market=market_id):
                 if pos.market == str(market_id):
-                    return pos.yes_shares - pos.yes_reserved if side == "YES" else pos.no_shares - pos.no_reserved
+                    return pos.yes_shares - pos.yes_reserved if side == Side.YES else pos.no_shares - pos.no_reserved
             return 0
 
         return self._sdk(first_page)
@@ -712,18 +712,18 @@ def _replay_row(
     price, clamped = tick_price(row.price)
     size = contracts(row.shares, scale)
     side, action, converted, trimmed = row.outcome, row.direction, False, False
-    if action == "SELL" and exchange.held(trader, market_id, side) < size:
+    if action == Action.SELL and exchange.held(trader, market_id, side) < size:
         # Their contracts predate the file: the same economic trade is a buy of the other side at 1 - p.
-        side, action, price, converted = other(side), "BUY", ONE - price, True
-    if action == "BUY":
+        side, action, price, converted = other(side), Action.BUY, complement(price), True
+    if action == Action.BUY:
         affordable = int((exchange.available(trader) / price).to_integral_value(rounding=ROUND_FLOOR))
         if affordable < 1:
             return RowResult(unaffordable=f"cannot afford one contract at {price}")
         if affordable < size:
             size, trimmed = affordable, True
-        maker = {"side": other(side), "action": "BUY", "price": ONE - price, "size": size}
+        maker = {"side": other(side), "action": Action.BUY, "price": complement(price), "size": size}
     else:
-        maker = {"side": side, "action": "BUY", "price": price, "size": size}
+        maker = {"side": side, "action": Action.BUY, "price": price, "size": size}
     exchange.fund(liquidity, maker["price"] * size)
     trades = exchange.execute(
         market_id=market_id,

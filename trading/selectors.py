@@ -33,7 +33,7 @@ from django.utils import timezone
 from agents.models import Agent
 from markets.models import Forecast, Market, MarketSnapshot
 from moltstreet.errors import InvalidRequest
-from moltstreet.money import ONE, quantize
+from moltstreet.money import ONE, complement, quantize
 from trading.models import BookLevel, Position, Side, Trade
 
 
@@ -66,7 +66,7 @@ def book_levels(market: Market, depth: int | None = None) -> dict[str, Any]:
         "yes": levels[Side.YES],
         "no": levels[Side.NO],
         "best_bid": levels[Side.YES][0]["price"] if levels[Side.YES] else None,
-        "best_ask": str(ONE - best_no) if best_no is not None else None,
+        "best_ask": str(complement(best_no)) if best_no is not None else None,
     }
 
 
@@ -361,7 +361,7 @@ def agent_recent_fills(agent: Agent, limit: int = 50) -> list[Trade]:
         maker = trade.maker_agent_id == agent.id
         trade.own_order = trade.maker_order if maker else trade.taker_order
         trade.role = "maker" if maker else "taker"
-        trade.own_price = trade.price if trade.own_order.side == Side.YES else ONE - trade.price
+        trade.own_price = trade.price if trade.own_order.side == Side.YES else complement(trade.price)
     return newest
 
 

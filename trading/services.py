@@ -61,8 +61,9 @@ from moltstreet.errors import (
     PostOnlyWouldCross,
     RiskLimitExceeded,
 )
+from moltstreet.ids import parse_id
 from moltstreet.logs import log_context
-from moltstreet.money import CENT, MAX_PRICE, MIN_PRICE, ONE, quantize
+from moltstreet.money import CENT, MAX_PRICE, MIN_PRICE, ONE, complement, quantize
 from trading import matching
 from trading.models import Action, BookLevel, Order, Position, Side, TimeInForce, Trade
 
@@ -162,18 +163,6 @@ class MarketTx:
         self.log = EventLog(self.market)
 
     # -- locks and rows ------------------------------------------------------------------------------------------
-    def lock_agents(self, ids) -> None:
-        """Lock every agent this transaction touches, once, in ascending id order (after the market lock)."""
-        wanted = set(ids) - set(self.agents)
-        if not wanted:
-            return
-        if self.agents and min(wanted) < max(self.agents):
-            raise AssertionError("agents must be locked in one ascending batch")
-        if LOCKING_ENABLED:
-            self.agents.update(lock_agents(wanted))
-        else:
-            self.agents.update({a.id: a for a in Agent.objects.filter(id__in=wanted)})
-
     def position(self, agent_id: uuid.UUID) -> Position:
         if agent_id not in self.positions:
             self.load_positions([agent_id])
@@ -191,16 +180,6 @@ class MarketTx:
         for agent_id in missing - set(self.positions):
             self.positions[agent_id] = Position(agent_id=agent_id, market=self.market)
             self.new_positions.add(agent_id)
-
-    def load_book(self) -> None:
-        """Read the market's book levels (``BookLevel``, at most 198 rows) once, before any order changes: every
-        order event then carries its level's new absolute size, and :meth:`flush` writes the levels that changed
-        and the top of book from them."""
-        if self.levels_loaded is not None:
-            return
-        for level in fetch_rows(BookLevel, "market_id = %s", [self.market.id]):
-            self.levels[(level.book_side, level.price)] = level.size
-        self.levels_loaded = dict(self.levels)
 
     def prepare(self, agent_ids, *extra: Select | Scalar) -> list[Any]:
         """Lock the agents (ascending, after the market: DESIGN section 6), read their positions in this market and
@@ -264,7 +243,7 @@ class MarketTx:
         data: dict[str, Any] = {"event": event, "order": _order_snapshot(order)}
         if level_delta:
             if self.levels_loaded is None:
-                raise AssertionError("load_book() before changing resting orders")
+                raise AssertionError("prepare() before changing resting orders")
             self.levels[key] = self.levels.get(key, 0) + level_delta
             data["level"] = {"side": key[0], "price": str(key[1]), "size": self.levels[key]}
         if seq is None:
@@ -283,7 +262,7 @@ class MarketTx:
         agent = self.agents[order.agent_id]
         pos = self.position(order.agent_id)
         cost = quantize(paid * qty)
-        self.cash.unlock(agent, order.price * qty)
+        self.cash.release(agent, order.price * qty)
         self.cash.move(
             agent,
             -cost,
@@ -371,7 +350,7 @@ class MarketTx:
         """Give back what a resting order still reserves (credits for a BUY, contracts for a SELL)."""
         left = order.size - order.filled
         if order.action == Action.BUY:
-            self.cash.unlock(self.agents[order.agent_id], order.price * left)
+            self.cash.release(self.agents[order.agent_id], order.price * left)
         else:
             pos = self.position(order.agent_id)
             if order.side == Side.YES:
@@ -395,7 +374,7 @@ class MarketTx:
             if size > 0 and (best[side] is None or price > best[side]):
                 best[side] = price
         self.market.best_bid = best[Side.YES]
-        self.market.best_ask = ONE - best[Side.NO] if best[Side.NO] is not None else None
+        self.market.best_ask = complement(best[Side.NO]) if best[Side.NO] is not None else None
         self.market_fields.update({"best_bid", "best_ask"})
 
     def write_levels(self) -> bool:
@@ -458,27 +437,16 @@ def crossing_read(market_id: uuid.UUID, book_side: str, book_price: Decimal, pag
 def _crossing_where(market_id, book_side: str, book_price: Decimal, after: list[Any]) -> tuple[str, list[Any]]:
     """Resting orders of the queue opposite ``book_side`` crossing ``book_price``, after the keyset ``after``."""
     where = "market_id = %s AND book_side = %s AND status IN (%s, %s) AND book_price >= %s"
-    params: list[Any] = [market_id, matching.opposite(book_side), *RESTING, ONE - book_price]
+    params: list[Any] = [market_id, matching.opposite(book_side), *RESTING, complement(book_price)]
     if after:
         where += " AND (book_price < %s OR (book_price = %s AND seq > %s))"
     return where, params + after
 
 
-def _market_key(market_id) -> uuid.UUID:
-    """``market_id`` as a UUID; a malformed id is an unknown market (:class:`NotFound`)."""
-    try:
-        return uuid.UUID(str(market_id))
-    except ValueError as exc:
-        raise NotFound("No such market.", detail={"market": str(market_id)}) from exc
-
-
 def lock_market_row(market_id) -> Market:
     """Lock the market's row, the first lock of every write service (DESIGN section 6); raises :class:`NotFound`
     for an unknown or malformed id. The concurrency suite's negative control turns the lock off (LOCKING_ENABLED)."""
-    try:  # a malformed id is an unknown market (Django would raise ValidationError, not DoesNotExist)
-        uuid.UUID(str(market_id))
-    except ValueError as exc:
-        raise NotFound("No such market.", detail={"market": str(market_id)}) from exc
+    parse_id(market_id, "market")  # a malformed id is an unknown market (Django would raise ValidationError)
     if LOCKING_ENABLED:
         return lock_market(market_id)
     try:
@@ -639,7 +607,7 @@ def order_place(
 
     # One round trip: lock the market row (the first lock, DESIGN section 6), read the first page of the crossing
     # orders under it (the book cannot change until commit), and look for an earlier order with this client id.
-    market_key = _market_key(market_id)
+    market_key = parse_id(market_id, "market")
     reads: list[Select | Scalar] = [
         Select(Market, "id = %s", [market_key], for_update=LOCKING_ENABLED),
         crossing_read(market_key, book_side, book_price, page),
@@ -700,7 +668,7 @@ def order_place(
 
     # Reserve collateral for the whole order.
     if action == Action.BUY:
-        tx.cash.lock(taker_agent, price * size)
+        tx.cash.reserve(taker_agent, price * size)
     else:
         pos = tx.position(agent.id)
         held, reserved = (pos.yes_shares, pos.yes_reserved) if side == Side.YES else (pos.no_shares, pos.no_reserved)
@@ -848,9 +816,9 @@ def _execute(tx: MarketTx, taker: Order, fill: matching.Fill) -> None:
     if yes_party.action == Action.BUY:
         tx.buy(yes_party, qty, x, ref)
     else:
-        tx.sell(yes_party, qty, ONE - x, ref)
+        tx.sell(yes_party, qty, complement(x), ref)
     if no_party.action == Action.BUY:
-        tx.buy(no_party, qty, ONE - x, ref)
+        tx.buy(no_party, qty, complement(x), ref)
     else:
         tx.sell(no_party, qty, x, ref)
     maker.filled += qty
@@ -881,7 +849,7 @@ def _execute(tx: MarketTx, taker: Order, fill: matching.Fill) -> None:
         # Between linked agents (one address, one owner): flagged, and earning neither of them rank (DESIGN 4a).
         trade.linked = True
         for party in (yes_party, no_party):
-            tx.linked_fill(party, qty, x if party.side == Side.YES else ONE - x)
+            tx.linked_fill(party, qty, x if party.side == Side.YES else complement(x))
     tx.trades.append(trade)
     tx.order_event(maker, maker.status, level_delta=-qty)
     tx.market.last_price = x
@@ -946,10 +914,7 @@ def order_cancel_all(
     """
     resting = Order.objects.filter(agent=agent, status__in=RESTING)
     if market_id is not None:
-        try:
-            resting = resting.filter(market_id=uuid.UUID(str(market_id)))
-        except ValueError as exc:
-            raise NotFound("No such market.", detail={"market": str(market_id)}) from exc
+        resting = resting.filter(market_id=parse_id(market_id, "market"))
     cancelled: list[Order] = []
     market_ids = sorted(set(resting.values_list("market_id", flat=True)))
     # Every market row first, then the agent: holding the agent while waiting for the next market deadlocks with a

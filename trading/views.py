@@ -22,7 +22,7 @@ from backtests import charts
 from backtests import selectors as backtest_selectors
 from markets.models import Market
 from markets.selectors import current_resolution
-from moltstreet.money import ONE, quantize
+from moltstreet.money import complement, quantize
 from trading import selectors
 from trading.api import TradeSerializer
 from trading.models import Side
@@ -119,7 +119,7 @@ def market_list(request: HttpRequest) -> HttpResponse:
 def _ladder(book: dict[str, Any]) -> dict[str, Any]:
     """Depth ladder rows: YES bids, and NO bids shown as YES asks at ``1 - price``, each best first with totals."""
     bids = [{"price": Decimal(level["price"]), "size": level["size"]} for level in book["yes"]]
-    asks = [{"price": ONE - Decimal(level["price"]), "size": level["size"]} for level in book["no"]]
+    asks = [{"price": complement(Decimal(level["price"])), "size": level["size"]} for level in book["no"]]
     deepest = 1
     for rows in (bids, asks):
         total = 0
@@ -172,7 +172,7 @@ def market_detail(request: HttpRequest, market_id) -> HttpResponse:
             "spread": best_ask - best_bid if best_bid is not None and best_ask is not None else None,
             "trades": trades,
             "live": live,
-            "no_price": ONE - market.last_price if market.last_price is not None else None,
+            "no_price": complement(market.last_price) if market.last_price is not None else None,
             "yes_holders": holders[Side.YES],
             "no_holders": holders[Side.NO],
             "series": selectors.price_series(market),
@@ -232,7 +232,7 @@ def _mark(position) -> None:
     if mark is None:
         position.marked_pnl = None
         return
-    value = mark * position.yes_shares + (ONE - mark) * position.no_shares
+    value = mark * position.yes_shares + complement(mark) * position.no_shares
     position.marked_pnl = quantize(value - position.yes_cost - position.no_cost)
 
 

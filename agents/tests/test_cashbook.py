@@ -1,7 +1,7 @@
 """``CashBook`` on its own, at its boundaries, to the cent (DESIGN sections 2 and 5, invariants 1, 3 and 4).
 
 The cash book is the one place an agent's ``balance`` and ``locked_balance`` change: ``move`` (with a ledger row),
-``lock``/``unlock`` (the reserve of BUY orders) and ``flush`` (one write per agent, the ledger rows in bulk). It does
+``reserve``/``release`` (the reserve of BUY orders) and ``flush`` (one write per agent, the ledger rows in bulk). It does
 not net YES/NO pairs: netting is ``trading.services.MarketTx.net``, which calls ``move`` with kind ``netting``.
 
 Each test works on agents locked as the services lock them (``lock_agents`` inside a transaction), flushes, and then
@@ -68,14 +68,14 @@ def agent(make_agent):
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# lock: reserving credits for a BUY.
+# reserve: setting credits aside for a BUY.
 
 
 def test_it_reserves_exactly_the_available_balance(agent, audit_clean):
     book = CashBook()
     with transaction.atomic():
         a = locked(agent)
-        book.lock(a, D("1000.00"))
+        book.reserve(a, D("1000.00"))
         assert (a.balance, a.locked_balance, a.available_balance) == (GRANT, GRANT, D("0.00"))
         book.flush()
     assert stored(agent) == (GRANT, GRANT)
@@ -86,7 +86,7 @@ def test_it_reserves_exactly_the_available_balance(agent, audit_clean):
 
     with transaction.atomic():
         a = locked(agent)
-        book.unlock(a, D("1000.00"))  # releasing exactly what is reserved
+        book.release(a, D("1000.00"))  # releasing exactly what is reserved
         book.flush()
     assert stored(agent) == (GRANT, D("0.00"))
     assert_ledger_replays(agent)
@@ -97,19 +97,19 @@ def test_it_refuses_to_reserve_one_cent_beyond_the_available_balance_and_changes
     book = CashBook()
     with transaction.atomic():
         a = locked(agent)
-        book.lock(a, D("400.00"))
+        book.reserve(a, D("400.00"))
         with pytest.raises(InsufficientBalance) as refused:
-            book.lock(a, D("600.01"))
+            book.reserve(a, D("600.01"))
         assert refused.value.code == "insufficient_balance"
         assert refused.value.detail == {"required": "600.01", "available": "600.00"}
         assert "600.01" in refused.value.message and "600.00" in refused.value.message
         assert (a.balance, a.locked_balance) == (GRANT, D("400.00"))  # the refused reserve left no trace
-        book.lock(a, D("600.00"))  # and the exact remainder is still there
+        book.reserve(a, D("600.00"))  # and the exact remainder is still there
         assert a.available_balance == D("0.00")
         with pytest.raises(InsufficientBalance):
-            book.lock(a, D("0.01"))
+            book.reserve(a, D("0.01"))
         assert a.locked_balance == GRANT
-        book.unlock(a, GRANT)
+        book.release(a, GRANT)
         book.flush()
     assert stored(agent) == (GRANT, D("0.00"))
     audit_clean()
@@ -120,7 +120,7 @@ def test_a_refused_first_reserve_leaves_the_agent_untouched_so_flush_writes_noth
     with transaction.atomic():
         a = locked(agent)
         with pytest.raises(InsufficientBalance):
-            book.lock(a, D("1000.01"))
+            book.reserve(a, D("1000.01"))
         assert book.touched == {} and book.entries == []
         book.flush()
     assert stored(agent) == (GRANT, D("0.00"))
@@ -142,12 +142,12 @@ def test_a_reserve_is_rounded_to_the_cent_before_it_is_checked(agent, amount, re
     with transaction.atomic():
         a = locked(agent)
         if allowed:
-            book.lock(a, D(amount))
+            book.reserve(a, D(amount))
             assert a.locked_balance == reserved
-            book.unlock(a, reserved)
+            book.release(a, reserved)
         else:
             with pytest.raises(InsufficientBalance) as refused:
-                book.lock(a, D(amount))
+                book.reserve(a, D(amount))
             assert refused.value.detail == {"required": str(reserved), "available": "1000.00"}
         assert a.locked_balance == D("0.00")
         book.flush()
@@ -159,8 +159,8 @@ def test_a_zero_reserve_changes_nothing(agent, audit_clean):
     book = CashBook()
     with transaction.atomic():
         a = locked(agent)
-        book.lock(a, D("0"))
-        book.unlock(a, D("0.00"))
+        book.reserve(a, D("0"))
+        book.release(a, D("0.00"))
         assert (a.balance, a.locked_balance) == (GRANT, D("0.00"))
         book.flush()
     assert stored(agent) == (GRANT, D("0.00"))
@@ -169,12 +169,12 @@ def test_a_zero_reserve_changes_nothing(agent, audit_clean):
 
 
 def test_a_negative_reserve_below_zero_is_refused_by_the_database_at_flush(agent, audit_clean):
-    """``lock`` does not check the sign (callers reserve ``price * size``, both validated positive): a negative
+    """``reserve`` does not check the sign (callers reserve ``price * size``, both validated positive): a negative
     reserve taking ``locked_balance`` below zero passes in memory and is stopped by the check constraint."""
     with pytest.raises(IntegrityError, match="agents_agent_locked_gte_0"), transaction.atomic():
         a = locked(agent)
         book = CashBook()
-        book.lock(a, D("-0.01"))
+        book.reserve(a, D("-0.01"))
         assert a.locked_balance == D("-0.01")
         book.flush()
     assert stored(agent) == (GRANT, D("0.00"))
@@ -182,16 +182,16 @@ def test_a_negative_reserve_below_zero_is_refused_by_the_database_at_flush(agent
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# unlock: releasing a reserve.
+# release: releasing a reserve.
 
 
 def test_it_releases_exactly_what_is_reserved_to_the_cent(agent, audit_clean):
     book = CashBook()
     with transaction.atomic():
         a = locked(agent)
-        book.lock(a, D("0.03"))
-        book.unlock(a, D("0.01"))
-        book.unlock(a, D("0.02"))
+        book.reserve(a, D("0.03"))
+        book.release(a, D("0.01"))
+        book.release(a, D("0.02"))
         assert (a.locked_balance, a.available_balance) == (D("0.00"), GRANT)
         book.flush()
     assert stored(agent) == (GRANT, D("0.00"))
@@ -202,8 +202,8 @@ def test_releasing_one_cent_more_than_is_reserved_is_refused_as_a_bookkeeping_bu
     with pytest.raises(AssertionError, match=r"locked balance of .* would go negative"), transaction.atomic():
         a = locked(agent)
         book = CashBook()
-        book.lock(a, D("5.00"))
-        book.unlock(a, D("5.01"))
+        book.reserve(a, D("5.00"))
+        book.release(a, D("5.01"))
     assert stored(agent) == (GRANT, D("0.00"))  # the transaction that tried it wrote nothing
     audit_clean()
 
@@ -212,19 +212,19 @@ def test_a_refused_release_leaves_the_agent_as_it_was(agent):
     with transaction.atomic():
         a = locked(agent)
         book = CashBook()
-        book.lock(a, D("5.00"))
+        book.reserve(a, D("5.00"))
         with pytest.raises(AssertionError):
-            book.unlock(a, D("5.01"))
+            book.release(a, D("5.01"))
         assert a.locked_balance == D("5.00")  # checked before it is changed, as lock and move do
 
 
 def test_a_negative_release_beyond_the_balance_is_refused_by_the_database_at_flush(agent, audit_clean):
-    """``unlock`` does not check the sign either: a negative release is a reserve that skips ``lock``'s check of
+    """``release`` does not check the sign either: a negative release is a reserve that skips ``reserve``'s check of
     the available balance; ``locked_balance <= balance`` is then kept only by the check constraint."""
     with pytest.raises(IntegrityError, match="agents_agent_locked_lte_balance"), transaction.atomic():
         a = locked(agent)
         book = CashBook()
-        book.unlock(a, D("-1000.01"))
+        book.release(a, D("-1000.01"))
         assert a.locked_balance == D("1000.01")
         book.flush()
     assert stored(agent) == (GRANT, D("0.00"))
@@ -297,7 +297,7 @@ def test_it_spends_exactly_the_available_balance_and_refuses_one_cent_more(agent
     book = CashBook()
     with transaction.atomic():
         a = locked(agent)
-        book.lock(a, D("300.00"))
+        book.reserve(a, D("300.00"))
         with pytest.raises(InsufficientBalance) as refused:
             book.move(a, D("-700.01"), Kind.ADJUSTMENT)
         assert refused.value.detail == {"agent": agent.name, "needed": "700.01", "available": "700.00"}
@@ -308,8 +308,8 @@ def test_it_spends_exactly_the_available_balance_and_refuses_one_cent_more(agent
         with pytest.raises(InsufficientBalance):
             book.move(a, D("-0.01"), Kind.ADJUSTMENT)
         with pytest.raises(InsufficientBalance):  # and no reserve beyond the balance either
-            book.lock(a, D("0.01"))
-        book.unlock(a, D("300.00"))
+            book.reserve(a, D("0.01"))
+        book.release(a, D("300.00"))
         book.flush()
     assert stored(agent) == (D("300.00"), D("0.00"))
     assert ledger(agent) == [(Kind.GRANT, GRANT, GRANT), (Kind.ADJUSTMENT, D("-700.00"), D("300.00"))]
@@ -394,11 +394,11 @@ def test_settling_a_reserve_with_a_cheaper_fill_keeps_locked_within_the_balance(
     with transaction.atomic():
         a = locked(agent)
         book = CashBook()
-        book.lock(a, D("1000.00"))  # BUY 2000 @ 0.50 reserves everything
-        book.unlock(a, D("0.50"))  # one contract fills at 0.49
+        book.reserve(a, D("1000.00"))  # BUY 2000 @ 0.50 reserves everything
+        book.release(a, D("0.50"))  # one contract fills at 0.49
         book.move(a, D("-0.49"), Kind.TRADE, reference="fill")
         assert (a.balance, a.locked_balance, a.available_balance) == (D("999.51"), D("999.50"), D("0.01"))
-        book.unlock(a, D("999.50"))  # the rest is cancelled
+        book.release(a, D("999.50"))  # the rest is cancelled
         book.move(a, D("0.49"), Kind.TRADE, reference="sold back")  # zero-sum for the audit: it is not a pair
         book.flush()
     assert stored(agent) == (GRANT, D("0.00"))
@@ -411,11 +411,11 @@ def test_a_settlement_that_pays_for_a_reserve_before_releasing_it_is_refused(age
     with transaction.atomic():
         a = locked(agent)
         book = CashBook()
-        book.lock(a, D("1000.00"))
+        book.reserve(a, D("1000.00"))
         with pytest.raises(InsufficientBalance):
             book.move(a, D("-0.01"), Kind.TRADE)
         assert (a.balance, a.locked_balance) == (GRANT, GRANT)
-        book.unlock(a, GRANT)
+        book.release(a, GRANT)
         book.flush()
     assert stored(agent) == (GRANT, D("0.00"))
     audit_clean()

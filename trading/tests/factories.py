@@ -17,7 +17,7 @@ from agents.models import Agent, LedgerEntry
 from agents.services import agent_register
 from markets.models import Market
 from markets.services import market_create
-from moltstreet.money import ONE, ZERO
+from moltstreet.money import ONE, ZERO, complement
 from moltstreet.testing import state as snapshot  # noqa: F401  (re-exported for the trading tests)
 from trading.models import Order, Position
 from trading.services import PlaceResult, order_place
@@ -48,7 +48,7 @@ def mint(yes_buyer: Agent, no_buyer: Agent, market: Market, size: int, yes_price
     """Give ``yes_buyer`` ``size`` YES and ``no_buyer`` ``size`` NO: a resting BUY YES met by a BUY NO at the
     complementary price (one mint trade at ``yes_price``)."""
     place(yes_buyer, market, "YES", "BUY", yes_price, size)
-    result = place(no_buyer, market, "NO", "BUY", ONE - Decimal(yes_price), size)
+    result = place(no_buyer, market, "NO", "BUY", complement(Decimal(yes_price)), size)
     assert sum(t.size for t in result.trades) == size, "the mint must fill completely"
 
 

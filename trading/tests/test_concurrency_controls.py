@@ -85,14 +85,14 @@ def stops(monkeypatch) -> Stops:
 
 @pytest.fixture
 def cash_log(monkeypatch) -> list[tuple[str, object, Decimal, Decimal, Decimal]]:
-    """Every release (``unlock``) and payout (``move`` of kind payout) the cash book computes, committed or not, as
+    """Every release (``CashBook.release``) and payout (``move`` of kind payout) the cash book computes, committed or not, as
     (what, agent id, amount, balance or locked balance before, after)."""
     log: list = []
-    unlock, move = CashBook.unlock, CashBook.move
+    release, move = CashBook.release, CashBook.move
 
-    def logged_unlock(book, agent, amount):
+    def logged_release(book, agent, amount):
         before = agent.locked_balance
-        unlock(book, agent, amount)
+        release(book, agent, amount)
         log.append(("release", agent.id, Decimal(amount), before, agent.locked_balance))
 
     def logged_move(book, agent, amount, kind, **kwargs):
@@ -101,7 +101,7 @@ def cash_log(monkeypatch) -> list[tuple[str, object, Decimal, Decimal, Decimal]]
         if kind == LedgerEntry.Kind.PAYOUT and agent.balance != before:
             log.append(("payout", agent.id, agent.balance - before, before, agent.balance))
 
-    monkeypatch.setattr(CashBook, "unlock", logged_unlock)
+    monkeypatch.setattr(CashBook, "release", logged_release)
     monkeypatch.setattr(CashBook, "move", logged_move)
     return log
 

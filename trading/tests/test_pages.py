@@ -24,7 +24,7 @@ from django.utils import timezone
 from agents.models import Agent
 from markets.models import Forecast, Market
 from markets.services import forecast_record, market_create
-from moltstreet.money import ONE
+from moltstreet.money import complement
 from moltstreet.testing import operator_resolver
 from trading.models import BookLevel, Order, Position, Side, Trade
 from trading.resolution import market_resolve
@@ -166,9 +166,9 @@ def bulk_trades(market: Market, agents: list[Agent], n: int, seq: Seq) -> list[T
         taker = Order(
             agent=taker_agent,
             side=Side.NO,
-            price=ONE - price,
+            price=complement(price),
             book_side=Side.NO,
-            book_price=ONE - price,
+            book_price=complement(price),
             seq=taker_seq,
             updated_seq=taker_seq,
             **common,
