@@ -53,6 +53,15 @@ class Stop:
         self.reached.set()
         assert self.go.wait(WAIT), "a staged thread was never let go"
 
+    def conductor(self, outcomes) -> None:
+        """A thread of :func:`run_threads` that lets the stopped thread go once the other waits on a row lock (the
+        market row) behind it: the interleaving forced, not hoped for."""
+        assert self.reached.wait(WAIT)
+        try:
+            wait_for_lock_waiters(1)
+        finally:
+            self.go.set()
+
 
 class Stops:
     """Installs the stopping ``MarketTx.prepare``; a thread stops only if it registered a :class:`Stop` for itself,
@@ -180,14 +189,7 @@ def test_two_cancels_of_one_resting_order_release_its_reserve_once(resting, stop
         assert first.reached.wait(WAIT)
         attempt(outcomes, order_cancel, agent=maker, order_id=order.id)
 
-    def conductor(outcomes):
-        assert first.reached.wait(WAIT)
-        try:
-            wait_for_lock_waiters(1)  # the second cancel waits for the market row
-        finally:
-            first.go.set()
-
-    outcomes, errors = outcomes_and_errors(run_threads([winner, loser, conductor]))
+    outcomes, errors = outcomes_and_errors(run_threads([winner, loser, first.conductor]))
 
     assert errors == []
     assert outcomes == Counter({"ok": 1, "OrderNotCancellable": 1})
@@ -221,14 +223,7 @@ def test_a_cancel_racing_a_fill_of_the_same_order_either_cancels_it_or_fills_it_
             assert first.reached.wait(WAIT)
         attempt(outcomes, place, agent=taker, market=market, side="NO", action="BUY", price="0.40", size=10)
 
-    def conductor(outcomes):
-        assert first.reached.wait(WAIT)
-        try:
-            wait_for_lock_waiters(1)
-        finally:
-            first.go.set()
-
-    outcomes, errors = outcomes_and_errors(run_threads([canceller, filler, conductor]))
+    outcomes, errors = outcomes_and_errors(run_threads([canceller, filler, first.conductor]))
 
     assert errors == []
     order.refresh_from_db()
@@ -364,14 +359,7 @@ def test_two_resolutions_of_one_market_pay_out_once(held, stops, cash_log, audit
         assert first.reached.wait(WAIT)
         resolve(outcomes, market)
 
-    def conductor(outcomes):
-        assert first.reached.wait(WAIT)
-        try:
-            wait_for_lock_waiters(1)  # the second resolution waits for the market row
-        finally:
-            first.go.set()
-
-    outcomes, errors = outcomes_and_errors(run_threads([winner, loser, conductor]))
+    outcomes, errors = outcomes_and_errors(run_threads([winner, loser, first.conductor]))
 
     assert errors == []
     assert outcomes == Counter({"ok": 1, "MarketAlreadyResolved": 1})
