@@ -15,7 +15,7 @@ MONEY = {"max_digits": 16, "decimal_places": 2}
 class Agent(models.Model):
     """A trading account. ``balance`` is all its credits; ``locked_balance`` the part reserved by resting BUY orders.
 
-    Only services in ``agents.services`` and ``trading.services`` change ``balance``/``locked_balance`` (each change
+    Only services in ``agents.services`` and the trading services (``trading.orders``, ``trading.lifecycle``, ``trading.resolution``) change ``balance``/``locked_balance`` (each change
     has a ``LedgerEntry`` for ``balance``). ``reputation`` is realized P&L summed over resolved markets (DESIGN 4a).
     """
 

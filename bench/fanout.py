@@ -561,12 +561,12 @@ def split(total: int, parts: int) -> list[int]:
 
 
 def trader_process(conn: Any, market: str, agent_ids: list[str], rate: float, duration: float) -> None:
-    """``--load services``: place the crossing orders through ``trading.services.order_place`` from a process of
+    """``--load services``: place the crossing orders through ``trading.orders.order_place`` from a process of
     its own, open loop at ``rate`` per second (latency from the due time), publishing to the feed through Redis as
     any writer does; reports a ``harness.LoadResult``'s figures over ``conn``."""
     harness.setup(fresh=False)
     from agents.models import Agent
-    from trading.services import order_place
+    from trading.orders import order_place
 
     agents = [Agent.objects.get(id=agent_id) for agent_id in agent_ids]
     result = harness.LoadResult(rate=rate, duration=duration)

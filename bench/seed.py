@@ -1,7 +1,7 @@
 """Bulk seeding for the benchmarks: resting orders and mint trades written in bulk, row for row what the trading
 services would have written, so that ``manage.py audit`` stays clean (bench/README.md).
 
-Import this module after :func:`harness.setup` (it imports the models). The rows follow ``trading.services``:
+Import this module after :func:`harness.setup` (it imports the models). The rows follow the trading services:
 
 * a resting order is what ``order_place`` writes for a BUY that crosses nothing: an ``open`` ``Order`` with the
   market's next ``seq`` (``seq == updated_seq``), one ``order`` ``MarketEvent`` at that seq carrying
@@ -51,8 +51,8 @@ from markets.models import Market, MarketEvent
 from markets.services import lock_market
 from moltstreet.money import CENT, ONE, ZERO, complement, quantize
 from trading import models as trading_models
+from trading.market_tx import _order_snapshot
 from trading.models import Action, Order, Position, Side, Trade
-from trading.services import _order_snapshot
 
 CHUNK = 5000  # rows per COPY and per CashBook flush (bounded memory)
 

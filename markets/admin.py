@@ -1,6 +1,6 @@
 """Admin for forecasts and the market event sequence. ``Market`` itself is registered in ``trading/admin.py``.
 
-Market's operator actions (close, resolve) call ``trading.services``, which this app must not import.
+Market's operator actions (close, resolve) call the trading services, which this app must not import.
 """
 
 from __future__ import annotations

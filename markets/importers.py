@@ -6,7 +6,7 @@ questions of prediction markets (Manifold, Metaculus, INFER, Polymarket) with qu
 on the freeze date and an attribution naming ForecastBench and the licence.
 
 This module creates markets through :func:`markets.services.market_import`. Closing and resolving belong to
-``trading.services`` (``markets`` does not import ``trading``), so :func:`import_forecastbench` receives those two
+the trading services (``markets`` does not import ``trading``), so :func:`import_forecastbench` receives those two
 services from its caller, the management command.
 """
 

@@ -222,7 +222,7 @@ def market_import(
     ``source`` names the venue (``manifold``, ``polymarket``, …) and ``external_id`` the question's id there; the pair
     is unique, so an import never duplicates a market. ``deadline`` (time-zone aware) may lie in the past for a
     question that already closed at its source: the caller then closes or resolves the market through
-    ``trading.services``. ``reference_price`` is the source market's probability of YES (0-1, kept to four places),
+    the trading services. ``reference_price`` is the source market's probability of YES (0-1, kept to four places),
     ``attribution`` the provenance and licence of the text, ``is_historical`` marks a past question reopened for
     trading. ``feed`` is the feed that mirrors it (DESIGN section 10), if any. Writes the market and its ``created``
     event (sequence number 1); moves no money.

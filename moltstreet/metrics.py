@@ -6,7 +6,7 @@ What is measured, and where:
   every HTTP request, in ``moltstreet.middleware.AccessLogMiddleware``. ``route`` is the URL pattern's name
   (``order-list``, ``market-detail``, ``health``), never the raw path, so ids in URLs cannot multiply the series;
   ``static`` for static files, ``unmatched`` for a path no pattern matched.
-* ``moltstreet_order_place_duration_seconds{result}``: the order service (``trading.services.order_place``, locks,
+* ``moltstreet_order_place_duration_seconds{result}``: the order service (``trading.orders.order_place``, locks,
   matching and commit), ``result`` ``created``, ``duplicate`` (a repeated ``client_order_id``), ``refused`` (a
   domain error) or ``error``; ``moltstreet_orders_placed_total{time_in_force, status}`` (the new order's status
   after matching), ``moltstreet_orders_refused_total{code}``, ``moltstreet_trades_total`` and

@@ -1,7 +1,7 @@
 """The operators' admin: markets, agents, orders, trades and positions.
 
 ``Market`` and ``Agent`` are registered here, not in ``markets/admin.py`` and ``agents/admin.py``, because their
-operator actions (close, resolve, suspend, reinstate) call ``trading.services`` and imports only flow
+operator actions (close, resolve, suspend, reinstate) call the trading services and imports only flow
 agents <- markets <- trading. Every action calls a service per object and reports with ``message_user``; nothing here
 writes balances, positions, orders or market state itself (DESIGN section 1, CONVENTIONS "Only services move money").
 """
@@ -36,10 +36,11 @@ from markets.services import MARKET_EDITABLE_FIELDS as MARKET_EDITABLE
 from markets.services import MAX_MARKET_LIFETIME, market_update
 from moltstreet.errors import MarketClosed, MoltStreetError
 from moltstreet.money import ONE
+from trading.lifecycle import market_close
 from trading.models import Order, Position, Trade
 from trading.poller import feed_pass
 from trading.resolution import market_resolve, resolution_confirm, resolution_overturn
-from trading.services import agent_reinstate, agent_suspend, market_close
+from trading.suspension import agent_reinstate, agent_suspend
 
 T = TypeVar("T", bound=models.Model)
 

@@ -30,9 +30,9 @@ from moltstreet.money import complement, quantize
 from moltstreet.pagination import CheckedCursorPagination
 from trading import selectors
 from trading.models import Action, Order, Position, Side, TimeInForce, Trade
+from trading.orders import order_cancel, order_cancel_all, order_place
 from trading.realtime import public_messages
 from trading.resolution import resolution_dispute, resolution_propose
-from trading.services import order_cancel, order_cancel_all, order_place
 
 # --------------------------------------------------------------------------------------------------------------------
 # Serializers

@@ -43,8 +43,8 @@ from markets.services import (
 from markets.sources import SOURCE_NAMES, BadEntry, SourceClient, SourceError, SourceMarket, client_for
 from markets.sources.base import CLOSED, OPEN, SETTLED
 from moltstreet.errors import MarketAlreadyResolved, MoltStreetError
+from trading.lifecycle import market_close
 from trading.resolution import market_resolve, resolution_propose_for_operator
-from trading.services import market_close
 
 logger = logging.getLogger("moltstreet.poller")
 

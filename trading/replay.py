@@ -49,7 +49,7 @@ from moltstreet.errors import InsufficientBalance, MoltStreetError
 from moltstreet.money import MAX_PRICE, MIN_PRICE, complement, quantize
 from moltstreet.progress import Progress
 from trading.models import Action, Order, Position, Side
-from trading.services import order_cancel, order_place
+from trading.orders import order_cancel, order_place
 
 SOURCE = "polymarket"
 DEFAULT_SCALE = Decimal("0.1")
@@ -337,7 +337,7 @@ class Exchange(Protocol):
 
 
 class LocalExchange:
-    """Replays through ``trading.services`` in this process (the same services the API calls)."""
+    """Replays through the trading services in this process (the same services the API calls)."""
 
     def __init__(self) -> None:
         self.agents: dict[str, Agent] = {}

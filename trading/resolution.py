@@ -45,8 +45,9 @@ from moltstreet.errors import (
     ResolutionPending,
 )
 from moltstreet.money import ZERO, quantize
+from trading.lifecycle import end_all_resting
+from trading.market_tx import MarketTx, lock_market_row
 from trading.models import SETTLEMENT, Order, Position
-from trading.services import MarketTx, end_all_resting, lock_market_row
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ What runs:
   with deadlines inside the run, some closed early by the operator, the rest outliving it; when fewer than half are
   open, agents create more. **Operator**: a thread that closes soak markets at their deadline and expires GTD orders
   (what ``run_scheduler`` does), closes some early, and resolves each closed market YES, NO or VOID a moment later,
-  through ``trading.services`` (operators use the admin, not the API). With ``url`` and the same database, the
+  through the trading services (operators use the admin, not the API). With ``url`` and the same database, the
   closes go through the services and the resolutions through ``POST /markets/{id}/resolve/`` as an agent flagged
   ``is_oracle`` in the database; with another database, resolutions go through the API with ``oracle_key`` if given,
   otherwise there are no operator actions (the report says so).
@@ -686,7 +686,7 @@ class Operator(threading.Thread):
         from django.db import DatabaseError
 
         from moltstreet.errors import MoltStreetError
-        from trading import services
+        from trading import lifecycle
 
         wall = datetime.now(UTC)
         for market in self.board.all():
@@ -697,7 +697,7 @@ class Operator(threading.Thread):
             if not (due or early):
                 continue
             try:
-                services.market_close(market_id=market.id)
+                lifecycle.market_close(market_id=market.id)
             except (MoltStreetError, DatabaseError) as exc:  # e.g. a lock timeout: next tick
                 self.stats.add("operator_retries")
                 self.stats.sample("operator action retried", f"close {market.id}: {exc!r}")
@@ -712,7 +712,7 @@ class Operator(threading.Thread):
         from django.db import DatabaseError
 
         from moltstreet.errors import MoltStreetError
-        from trading import services
+        from trading import lifecycle
         from trading.models import Order
 
         ids = [m.id for m in self.board.all() if m.status == "open"]
@@ -723,7 +723,7 @@ class Operator(threading.Thread):
         )
         for market_id in list(due):
             try:
-                self.stats.add("gtd_expired", services.orders_expire(market_id=market_id, now=wall))
+                self.stats.add("gtd_expired", lifecycle.orders_expire(market_id=market_id, now=wall))
             except (MoltStreetError, DatabaseError) as exc:
                 self.stats.add("operator_retries")
                 self.stats.sample("operator action retried", f"expire {market_id}: {exc!r}")
@@ -897,7 +897,7 @@ class Soak:
     def operator_plan(self) -> tuple[Callable[[str, str], bool] | None, bool]:
         config = self.config
         if not config.url:
-            self.say("operator: closes and resolutions through trading.services in this process")
+            self.say("operator: closes and resolutions through the trading services in this process")
             return services_resolver(self.stats), True
         oracle_key = config.oracle_key
         if self.same_db and not oracle_key:
@@ -909,7 +909,7 @@ class Soak:
         client = self.client()
         if self.same_db:
             self.say(
-                "operator: closes through trading.services, resolutions through POST /markets/{id}/resolve/ (oracle)"
+                "operator: closes through the trading services, resolutions through POST /markets/{id}/resolve/ (oracle)"
             )
             return api_resolver(client, oracle_key, self.stats), True
         if oracle_key:

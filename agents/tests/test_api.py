@@ -24,8 +24,8 @@ from moltstreet.testing import (
     unchanged,
     walk_pages,
 )
+from trading.lifecycle import market_close
 from trading.resolution import resolutions_finalize_due
-from trading.services import market_close
 
 AGENT_FIELDS = {
     "id",

@@ -2,7 +2,7 @@
 
 The cash book is the one place an agent's ``balance`` and ``locked_balance`` change: ``move`` (with a ledger row),
 ``reserve``/``release`` (the reserve of BUY orders) and ``flush`` (one write per agent, the ledger rows in bulk). It does
-not net YES/NO pairs: netting is ``trading.services.MarketTx.net``, which calls ``move`` with kind ``netting``.
+not net YES/NO pairs: netting is ``trading.market_tx.MarketTx.net``, which calls ``move`` with kind ``netting``.
 
 Each test works on agents locked as the services lock them (``lock_agents`` inside a transaction), flushes, and then
 reads the database back: the stored balances, the ledger rows with their ``balance_after`` chain, and the audit.

@@ -12,8 +12,8 @@ from django.utils import timezone
 from markets.models import Market, MarketEvent
 from markets.services import snapshot_record
 from moltstreet.testing import operator_resolver
+from trading.lifecycle import market_close
 from trading.resolution import market_resolve
-from trading.services import market_close
 from trading.tests.factories import mint, new_agent, new_market, place
 
 IMMEDIATE = {"default": {"BACKEND": "django_tasks.backends.immediate.ImmediateBackend", "QUEUES": ["default"]}}

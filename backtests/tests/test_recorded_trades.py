@@ -20,8 +20,8 @@ from markets.models import Market
 from markets.services import snapshot_record
 from moltstreet.testing import API, api_client, operator_resolver, unchanged
 from trading import replay
+from trading.lifecycle import market_close
 from trading.resolution import market_resolve
-from trading.services import market_close
 
 pytestmark = pytest.mark.django_db
 

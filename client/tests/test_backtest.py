@@ -669,8 +669,8 @@ def polymarket_history(db) -> MarketHistory:
     from markets.services import snapshot_record
     from moltstreet.testing import api_client, operator_resolver, walk_pages
     from trading import replay
+    from trading.lifecycle import market_close
     from trading.resolution import market_resolve
-    from trading.services import market_close
 
     if not DATA.exists():
         pytest.fail(f"the recorded trades are missing: {DATA}")

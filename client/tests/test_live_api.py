@@ -220,7 +220,7 @@ def test_a_forecast_is_stated_and_a_closed_market_refuses_one(make_client, marke
     forecast = client.forecast(market.id, Decimal("0.62"), "base rates")
     assert (forecast.probability, forecast.reasoning, forecast.market) == (Decimal("0.62"), "base rates", market.id)
 
-    from trading.services import market_close
+    from trading.lifecycle import market_close
 
     market_close(market_id=market.id)
     with pytest.raises(MarketClosed):

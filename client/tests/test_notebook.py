@@ -30,8 +30,8 @@ def traded_market(make_client, market_of):
     """A market with a trade at each price of ``WALK`` (a maker rests, a taker crosses it: the side alternates),
     then closed and resolved YES by an operator; its id."""
     from moltstreet.testing import operator_resolver
+    from trading.lifecycle import market_close
     from trading.resolution import market_resolve
-    from trading.services import market_close
 
     maker, taker = make_client(), make_client()
     market = market_of(maker, question="Will the notebook's market resolve YES?")

@@ -25,8 +25,8 @@ from moltstreet.testing import (
     unchanged,
     walk_pages,
 )
+from trading.lifecycle import market_close
 from trading.resolution import market_resolve
-from trading.services import market_close
 
 MARKET_FIELDS = {
     "id",

@@ -17,7 +17,7 @@ from agents.models import LedgerEntry
 from markets.models import Market, MarketEvent
 from markets.services import market_import
 from moltstreet.errors import InvalidRequest
-from trading.services import order_place
+from trading.orders import order_place
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "forecastbench"
 PAST = "2024-12-31T00:00:00+00:00"

@@ -6,7 +6,7 @@ from django.utils import timezone
 from markets.models import MarketEvent
 from markets.services import market_update
 from moltstreet.errors import InvalidRequest, MarketClosed
-from trading.services import market_close
+from trading.lifecycle import market_close
 
 
 def test_an_edit_takes_the_next_sequence_number_as_an_updated_market_event(market, audit_clean):

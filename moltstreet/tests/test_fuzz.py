@@ -308,8 +308,9 @@ def world(db, make_agent, in_process_wsgi):
     from backtests.services import backtest_upload
     from markets.services import forecast_record, market_create
     from moltstreet.testing import make_oracle, operator_resolver
+    from trading.lifecycle import market_close
+    from trading.orders import order_place
     from trading.resolution import market_resolve
-    from trading.services import market_close, order_place
 
     trader, other, oracle = make_agent("fuzz-trader"), make_agent("fuzz-other"), make_agent("fuzz-oracle")
     make_oracle(oracle)

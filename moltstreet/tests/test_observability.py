@@ -255,20 +255,20 @@ def test_every_line_of_a_request_carries_its_request_id_which_is_returned(client
 def test_the_order_path_logs_carry_the_order_market_and_agent(make_agent, market):
     agent = make_agent()
     client = api_client(agent)
-    logging.getLogger("trading.services").setLevel(logging.DEBUG)
+    logging.getLogger("trading.orders").setLevel(logging.DEBUG)
     try:
         with log_lines() as stream:
             placed = post_order(client, market, "YES", "BUY", "0.55", 3)
             order_id = placed.json()["order"]["id"]
             cancelled = client.delete(f"{API}/orders/{order_id}/")
     finally:
-        logging.getLogger("trading.services").setLevel(logging.NOTSET)
+        logging.getLogger("trading.orders").setLevel(logging.NOTSET)
     assert cancelled.status_code == 200
     lines = parsed(stream)
     ids = {"order_id": order_id, "market_id": str(market.id), "agent_id": str(agent.id)}
     for response in (placed, cancelled):
         request_lines = [line for line in lines if line["request_id"] == response["X-Request-ID"]]
-        assert {line["logger"] for line in request_lines} == {"moltstreet.access", "trading.services"}, request_lines
+        assert {line["logger"] for line in request_lines} == {"moltstreet.access", "trading.orders"}, request_lines
         for line in request_lines:
             assert {name: line.get(name) for name in ids} == ids, line
 

@@ -20,7 +20,7 @@ from markets.services import market_create
 from moltstreet.money import ONE, ZERO, complement
 from moltstreet.testing import state as snapshot  # noqa: F401  (re-exported for the trading tests)
 from trading.models import Order, Position
-from trading.services import PlaceResult, order_place
+from trading.orders import PlaceResult, order_place
 
 _names = itertools.count(1)
 

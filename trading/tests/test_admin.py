@@ -24,9 +24,10 @@ from markets.models import Feed, Market
 from markets.services import market_create, snapshot_record
 from moltstreet.errors import AgentSuspended
 from moltstreet.testing import operator_resolver
+from trading.lifecycle import market_close
 from trading.models import Order, Position, Trade
+from trading.orders import order_place
 from trading.resolution import market_resolve
-from trading.services import market_close, order_place
 
 APPS = {"agents", "markets", "trading"}
 

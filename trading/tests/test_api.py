@@ -29,9 +29,11 @@ from moltstreet.testing import (
     unchanged,
     walk_pages,
 )
+from trading.lifecycle import market_close
 from trading.models import Order, Position, Trade
+from trading.orders import order_cancel_all
 from trading.resolution import market_resolve, resolutions_finalize_due
-from trading.services import agent_suspend, market_close, order_cancel_all
+from trading.suspension import agent_suspend
 
 ORDER_FIELDS = {
     "id",
@@ -1086,7 +1088,7 @@ def test_the_fast_order_trade_and_fill_renderings_equal_drfs_own(make_agent, mar
     from rest_framework.test import APIRequestFactory
 
     from trading.api import FillSerializer, OrderSerializer, TradeSerializer
-    from trading.services import order_cancel, order_place
+    from trading.orders import order_cancel, order_place
 
     alice, bob = make_agent(), make_agent()
     later = timezone.now() + timedelta(days=1)

@@ -36,7 +36,7 @@ from moltstreet.serving import database_url
 from trading import audit
 from trading.audit import CHECKS, AuditReport, run_audit
 from trading.models import BookLevel, Order, Position, Trade
-from trading.services import order_place
+from trading.orders import order_place
 
 pytestmark = pytest.mark.django_db
 

@@ -43,7 +43,7 @@ from moltstreet.testing_e2e import (
     register_agent,
     require_browser,
 )
-from trading.services import order_place
+from trading.orders import order_place
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 

@@ -19,10 +19,10 @@ from markets.models import Market
 from markets.services import market_create
 from moltstreet.errors import ServiceBusy
 from moltstreet.testing import operator_resolver
-from trading import services
+from trading import lifecycle
 from trading.models import Order
+from trading.orders import order_place
 from trading.resolution import market_resolve
-from trading.services import order_place
 
 
 def manage(monkeypatch, *argv: str) -> int:
@@ -142,7 +142,7 @@ def test_run_scheduler_once_exits_non_zero_when_its_pass_fails(monkeypatch, db):
     def down(*args, **kwargs):
         raise OperationalError("server closed the connection unexpectedly")
 
-    monkeypatch.setattr(services, "markets_close_due", down)
+    monkeypatch.setattr(lifecycle, "markets_close_due", down)
 
     with pytest.raises(CommandError, match="pass failed") as excinfo:
         call_command("run_scheduler", "--once")
@@ -162,7 +162,7 @@ def test_the_scheduler_survives_a_database_error_and_stops_cleanly_on_a_signal(
     due, alice, _ = traded
     Market.objects.filter(pk=due.pk).update(deadline=timezone.now() - timedelta(seconds=1))
     settings.MOLTSTREET = {**settings.MOLTSTREET, "SCHEDULER_INTERVAL": 0}  # the default interval, made instant
-    real_close_due, passes = services.markets_close_due, []
+    real_close_due, passes = lifecycle.markets_close_due, []
     handlers_before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
 
     def flaky_close_due(*args, **kwargs):
@@ -175,7 +175,7 @@ def test_the_scheduler_survives_a_database_error_and_stops_cleanly_on_a_signal(
         signal.raise_signal(signum)
         return closed
 
-    monkeypatch.setattr(services, "markets_close_due", flaky_close_due)
+    monkeypatch.setattr(lifecycle, "markets_close_due", flaky_close_due)
 
     with caplog.at_level(logging.INFO, logger="moltstreet.scheduler"):
         call_command("run_scheduler")
@@ -204,7 +204,7 @@ def test_each_successful_pass_touches_the_heartbeat_file_and_a_failed_one_does_n
     def down(*args, **kwargs):
         raise OperationalError("server closed the connection unexpectedly")
 
-    monkeypatch.setattr(services, "markets_close_due", down)
+    monkeypatch.setattr(lifecycle, "markets_close_due", down)
     with pytest.raises(CommandError):
         call_command("run_scheduler", "--once")
     assert heartbeat.stat().st_mtime_ns == beaten

@@ -1,7 +1,7 @@
 """The websocket feeds through ``moltstreet.asgi.application`` (docs/realtime.md is the contract checked here).
 
 Each test is sync (pytest-asyncio is not used) and runs its websocket part with ``async_to_sync``; trading happens
-through ``trading.services`` via ``sync_to_async``, so it commits (``transaction=True``), publishes from
+through the trading services via ``sync_to_async``, so it commits (``transaction=True``), publishes from
 ``on_commit`` through the real channel layer (channels-redis on the tests' Redis, under a key prefix of the test's
 own that is flushed afterwards) and the consumers read committed rows.
 """
@@ -32,10 +32,11 @@ from moltstreet.asgi import application
 from moltstreet.testing import operator_resolver
 from trading import realtime
 from trading.consumers import CLOSE_BUFFER_OVERFLOW, CLOSE_KEY_REVOKED, CLOSE_RATE_LIMITED, HandshakeThrottle
+from trading.lifecycle import market_close
 from trading.models import Order
+from trading.orders import order_cancel, order_place
 from trading.resolution import market_resolve
 from trading.selectors import book_levels
-from trading.services import market_close, order_cancel, order_place
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

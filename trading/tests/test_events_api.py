@@ -19,10 +19,11 @@ from markets.services import snapshot_record
 from moltstreet.testing import API, assert_error, assert_page, assert_time, operator_resolver, walk_pages
 from moltstreet.testing import api_client as make_client
 from trading.api import _time
+from trading.lifecycle import market_close
 from trading.models import Order
+from trading.orders import order_cancel
 from trading.realtime import public_message
 from trading.resolution import market_resolve
-from trading.services import market_close, order_cancel
 from trading.tests.factories import new_agent, new_market, place
 
 pytestmark = pytest.mark.django_db

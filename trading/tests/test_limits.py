@@ -12,7 +12,7 @@ from django.urls import reverse
 from agents.models import Agent
 from moltstreet.testing import API, api_client, assert_error, mint, place, post_order, unchanged
 from trading.models import Order
-from trading.services import agent_suspend
+from trading.suspension import agent_suspend
 
 pytestmark = pytest.mark.django_db
 

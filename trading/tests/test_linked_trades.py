@@ -23,9 +23,10 @@ from markets.services import market_create
 from moltstreet.errors import MoltStreetError
 from moltstreet.testing import API, api_client, operator_resolver
 from trading.audit import run_audit
+from trading.lifecycle import market_close
 from trading.models import Position, Trade
+from trading.orders import order_place
 from trading.resolution import market_resolve
-from trading.services import market_close, order_place
 
 pytestmark = pytest.mark.django_db
 

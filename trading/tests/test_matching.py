@@ -29,16 +29,10 @@ from moltstreet.errors import (
     PostOnlyWouldCross,
 )
 from moltstreet.testing import operator_resolver
+from trading.lifecycle import market_close, markets_close_due, orders_expire_due
 from trading.models import Order, Trade
+from trading.orders import order_cancel, order_cancel_all, order_place
 from trading.resolution import market_resolve
-from trading.services import (
-    market_close,
-    markets_close_due,
-    order_cancel,
-    order_cancel_all,
-    order_place,
-    orders_expire_due,
-)
 from trading.tests.factories import (
     assert_book_not_crossed,
     book_tops,

@@ -26,9 +26,9 @@ from markets.models import Forecast, Market
 from markets.services import forecast_record, market_create
 from moltstreet.money import complement
 from moltstreet.testing import operator_resolver
+from trading.lifecycle import market_close
 from trading.models import BookLevel, Order, Position, Side, Trade
 from trading.resolution import market_resolve
-from trading.services import market_close
 from trading.tests.factories import mint, new_agent, place
 
 pytestmark = pytest.mark.django_db

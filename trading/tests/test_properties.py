@@ -44,17 +44,11 @@ from moltstreet.errors import (
 )
 from moltstreet.testing import operator_resolver
 from trading.audit import run_audit
+from trading.lifecycle import market_close, orders_expire_due
 from trading.models import Order, Position
+from trading.orders import order_cancel, order_cancel_all, order_place
 from trading.resolution import market_resolve, resolution_dispute, resolution_propose, resolutions_finalize_due
-from trading.services import (
-    agent_reinstate,
-    agent_suspend,
-    market_close,
-    order_cancel,
-    order_cancel_all,
-    order_place,
-    orders_expire_due,
-)
+from trading.suspension import agent_reinstate, agent_suspend
 from trading.tests.factories import new_agent, new_market, snapshot
 
 ZERO = Decimal("0.00")

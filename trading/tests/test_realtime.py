@@ -20,9 +20,10 @@ from markets.models import MarketEvent
 from markets.services import market_create
 from moltstreet.testing import operator_resolver
 from trading import realtime
+from trading.lifecycle import market_close
 from trading.models import Order, Trade
+from trading.orders import order_cancel, order_place
 from trading.resolution import market_resolve
-from trading.services import market_close, order_cancel, order_place
 from trading.tests.factories import mint
 
 pytestmark = pytest.mark.django_db(transaction=True)

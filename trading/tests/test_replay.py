@@ -19,8 +19,9 @@ from agents.models import Agent, LedgerEntry
 from agents.services import NAME_RE
 from markets.models import Market
 from trading import replay
+from trading.lifecycle import market_close
 from trading.models import Order, Position, Trade
-from trading.services import agent_suspend, market_close
+from trading.suspension import agent_suspend
 
 FED = "Will the Fed cut rates in March?"
 HIKE = "Will the Fed hike rates in March?"

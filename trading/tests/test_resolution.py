@@ -20,7 +20,9 @@ from agents.models import Agent
 from markets.models import Market, MarketEvent, Resolution, Resolver
 from moltstreet.errors import InvalidRequest, MarketAlreadyResolved, NotDisputable
 from moltstreet.testing import make_oracle, operator_resolver
+from trading.lifecycle import market_close
 from trading.management.commands.run_scheduler import run_pass
+from trading.orders import order_place
 from trading.realtime import public_messages
 from trading.resolution import (
     market_resolve,
@@ -30,7 +32,6 @@ from trading.resolution import (
     resolution_propose,
     resolutions_finalize_due,
 )
-from trading.services import market_close, order_place
 
 
 def balance(agent: Agent) -> Decimal:

@@ -1,6 +1,6 @@
 from decimal import Decimal
 
-from trading.services import order_place
+from trading.orders import order_place
 
 
 def test_it_mints_a_pair_when_a_yes_buyer_meets_a_no_buyer(make_agent, market, audit_clean):

@@ -16,9 +16,9 @@ from markets.models import Market
 from moltstreet.progress import Progress
 from trading import replay
 from trading.audit import run_audit
+from trading.lifecycle import market_close
 from trading.models import Trade
 from trading.resolution import market_resolve
-from trading.services import market_close
 
 FORECASTBENCH_MARK = "ForecastBench"
 REPLAY_MARK = "ylcoder/random-walk"

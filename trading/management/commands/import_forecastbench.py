@@ -8,8 +8,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from markets.importers import import_forecastbench
 from moltstreet.progress import Progress
+from trading.lifecycle import market_close
 from trading.resolution import market_resolve
-from trading.services import market_close
 
 
 class Command(BaseCommand):

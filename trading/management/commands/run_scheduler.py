@@ -1,7 +1,7 @@
 """``python manage.py run_scheduler [--interval S] [--once]``: close markets at their deadline, expire GTD orders,
 settle oracle proposals whose dispute window passed.
 
-``make run`` starts it next to daphne. Each pass calls ``trading.services.markets_close_due`` and
+``make run`` starts it next to daphne. Each pass calls ``trading.lifecycle.markets_close_due`` and
 ``orders_expire_due`` and ``trading.resolution.resolutions_finalize_due``; each is idempotent (every change is
 re-checked under the market lock), so running two schedulers at once, or a pass after a crash, is harmless.
 After each pass that succeeded it touches ``MOLTSTREET_SCHEDULER_HEARTBEAT`` (when set): docker-compose.yml's health
@@ -19,7 +19,7 @@ from django.db import InterfaceError, OperationalError, connections
 
 from moltstreet.errors import MoltStreetError
 from moltstreet.periodic import run_every, touch_heartbeat
-from trading import services
+from trading import lifecycle
 from trading.resolution import resolutions_finalize_due
 
 logger = logging.getLogger("moltstreet.scheduler")
@@ -109,12 +109,12 @@ def _job(what: str, work: Callable[[], None]) -> bool:
 
 
 def _close_due() -> None:
-    for market in services.markets_close_due():
+    for market in lifecycle.markets_close_due():
         logger.info("scheduler: closed market %s at its deadline %s: %s", market.id, market.deadline, market)
 
 
 def _expire_due() -> None:
-    expired = services.orders_expire_due()
+    expired = lifecycle.orders_expire_due()
     if expired:
         logger.info("scheduler: expired %d GTD order%s", expired, "" if expired == 1 else "s")
 

@@ -30,7 +30,7 @@ from moltstreet_client import Client, MoltStreetError, TransportError
 from agents.models import Agent, ApiKey
 from agents.services import agent_grant_credits, agent_mark_house, api_key_create, api_key_revoke
 from trading import traders
-from trading.services import order_cancel_all
+from trading.orders import order_cancel_all
 
 # Available credits below which a house trader is topped up.
 TOP_UP_BELOW = Decimal("100")

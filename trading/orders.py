@@ -1,0 +1,533 @@
+"""The order service: placing and cancelling orders (DESIGN section 3).
+
+``order_place`` parses the order (``trading.order_input``), plans the match against the book under the market lock
+(``trading.matching.plan_match``), then locks the agents involved, re-checks balances and limits, and applies the
+plan to a ``trading.market_tx.MarketTx``, which writes everything out in one round trip. Every service here is one
+transaction (``service_transaction``) taking locks in the one order of DESIGN section 6: the market row, then the
+agent rows involved by ascending id.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import F, Q, Sum
+from django.utils import timezone
+
+from agents.models import Agent
+from markets.models import Forecast, Market, MarketEvent
+from markets.services import (
+    ensure_tradable,
+    parse_probability,
+)
+from moltstreet import metrics
+from moltstreet.db import (
+    Scalar,
+    Select,
+    fetch_together,
+    service_transaction,
+)
+from moltstreet.errors import (
+    AgentSuspended,
+    ClientOrderIdConflict,
+    InsufficientPosition,
+    InvalidRequest,
+    MoltStreetError,
+    NotFound,
+    OpenOrderLimit,
+    OrderNotCancellable,
+    PostOnlyWouldCross,
+    RiskLimitExceeded,
+)
+from moltstreet.ids import parse_id
+from moltstreet.logs import log_context
+from moltstreet.money import complement, quantize
+from trading import market_tx, matching
+from trading.market_tx import MarketTx, crossing_read, lock_market_row
+from trading.models import Action, Order, Side, TimeInForce, Trade
+from trading.order_input import parse_price, parse_size
+
+logger = logging.getLogger(__name__)
+
+RESTING = Order.RESTING
+
+# --------------------------------------------------------------------------------------------------------------------
+# Placing orders.
+
+
+@dataclass
+class PlaceResult:
+    order: Order
+    trades: list[Trade]
+    created: bool
+
+
+def _same_request(order: Order, **params) -> bool:
+    return (
+        str(order.market_id) == str(params["market_id"])
+        and order.side == params["side"]
+        and order.action == params["action"]
+        and order.price == params["price"]
+        and order.size == params["size"]
+        and order.time_in_force == params["time_in_force"]
+        and order.post_only == params["post_only"]
+    )
+
+
+def _existing_read(agent_id: uuid.UUID, client_order_id: str) -> Select:
+    """The read of the agent's order with this ``client_order_id`` (at most one: unique per agent)."""
+    return Select(Order, "agent_id = %s AND client_order_id = %s", [agent_id, client_order_id], limit=1)
+
+
+def _existing(found: list[Order], client_order_id: str, **params) -> PlaceResult | None:
+    """The earlier order of :func:`_existing_read` as the answer to a repeated request, or ``None`` if there is
+    none. Raises :class:`ClientOrderIdConflict` if it was placed with other parameters."""
+    if not found:
+        return None
+    order = found[0]
+    if not _same_request(order, **params):
+        raise ClientOrderIdConflict(detail={"client_order_id": client_order_id, "order": str(order.id)})
+    return PlaceResult(order=order, trades=list(order.taker_trades.order_by("seq")), created=False)
+
+
+def _observed_place(place: Callable[..., PlaceResult]) -> Callable[..., PlaceResult]:
+    """``order_place`` with its metrics (``moltstreet.metrics``: duration, orders placed and refused, trades) and its
+    log lines carrying ``agent_id``, ``market_id`` and, once known, ``order_id``."""
+
+    @functools.wraps(place)
+    def wrapper(*, agent: Agent, market_id: uuid.UUID | str, **kwargs: Any) -> PlaceResult:
+        started = time.perf_counter()
+        with log_context(agent_id=agent.id, market_id=market_id):
+            try:
+                result = place(agent=agent, market_id=market_id, **kwargs)
+            except MoltStreetError as exc:
+                metrics.ORDER_SECONDS.labels("refused").observe(time.perf_counter() - started)
+                metrics.ORDERS_REFUSED.labels(exc.code).inc()
+                logger.debug("order refused: %s", exc.code, extra={"code": exc.code})
+                raise
+            except Exception:
+                metrics.ORDER_SECONDS.labels("error").observe(time.perf_counter() - started)
+                raise
+            order = result.order
+            metrics.ORDER_SECONDS.labels("created" if result.created else "duplicate").observe(
+                time.perf_counter() - started
+            )
+            if result.created:
+                trades, contracts = len(result.trades), sum(t.size for t in result.trades)
+
+                def count() -> None:
+                    metrics.ORDERS_PLACED.labels(order.time_in_force, order.status).inc()
+                    if trades:
+                        metrics.TRADES.inc(trades)
+                        metrics.CONTRACTS.inc(contracts)
+
+                # Counters count committed orders; outside a transaction Django runs this at once.
+                transaction.on_commit(count)
+            logger.debug(
+                "order %s %s %s %s x%s: %s, %d trade(s)%s",
+                order.id,
+                order.action,
+                order.side,
+                order.price,
+                order.size,
+                order.status,
+                len(result.trades),
+                "" if result.created else " (repeated client_order_id)",
+                extra={"order_id": str(order.id)},
+            )
+        return result
+
+    return wrapper
+
+
+def _resting_count_read(agent_id: uuid.UUID) -> Scalar:
+    """How many open or partly filled orders the agent has, across all markets (an index-only count)."""
+    sql = f"SELECT COUNT(*) FROM {Order._meta.db_table} WHERE agent_id = %s AND status IN (%s, %s)"  # noqa: S608
+    return Scalar(sql, [agent_id, *RESTING])
+
+
+@_observed_place
+@service_transaction
+def order_place(
+    *,
+    agent: Agent,
+    market_id: uuid.UUID | str,
+    side: str,
+    action: str,
+    price: Any,
+    size: Any,
+    time_in_force: str = TimeInForce.GTC,
+    expires_at: datetime | None = None,
+    post_only: bool = False,
+    client_order_id: str | None = None,
+    forecast: Any = None,
+    reasoning: str = "",
+) -> PlaceResult:
+    """Place a limit order and match it against the book (DESIGN section 3).
+
+    ``side`` YES or NO, ``action`` BUY or SELL, ``price`` the limit on the order's own side (credits per contract,
+    0.01-0.99 on the 0.01 tick), ``size`` whole contracts. A BUY reserves ``price * size`` credits; a SELL reserves
+    ``size`` held, unreserved contracts. Trades execute at the maker's price. ``time_in_force``: GTC, GTD (needs a
+    future ``expires_at``), IOC, FOK. ``post_only`` rejects an order that would cross. A repeated
+    ``client_order_id`` returns the original order (``created=False``) and creates nothing. ``forecast`` (0-1)
+    records the agent's stated probability of YES.
+
+    Returns :class:`PlaceResult` with the order and the trades it took as taker.
+    Raises :class:`InvalidRequest`, :class:`NotFound` (market), :class:`MarketClosed`, :class:`AgentSuspended`,
+    :class:`InsufficientBalance`, :class:`InsufficientPosition`, :class:`PostOnlyWouldCross`,
+    :class:`ClientOrderIdConflict`, :class:`OpenOrderLimit`, :class:`RiskLimitExceeded` (``position_limit``,
+    ``reserved_limit``), :class:`ServiceBusy` (lock timeout).
+    """
+    side, action, tif = str(side).upper(), str(action).upper(), str(time_in_force or TimeInForce.GTC).upper()
+    if side not in Side.values:
+        raise InvalidRequest("side must be YES or NO.", detail={"side": side})
+    if action not in Action.values:
+        raise InvalidRequest("action must be BUY or SELL.", detail={"action": action})
+    if tif not in TimeInForce.values:
+        raise InvalidRequest("time_in_force must be GTC, GTD, IOC or FOK.", detail={"time_in_force": tif})
+    price, size = parse_price(price), parse_size(size)
+    now = timezone.now()
+    if tif == TimeInForce.GTD and expires_at is None:
+        raise InvalidRequest("A GTD order needs expires_at in the future.", detail={"expires_at": None})
+    if tif != TimeInForce.GTD and expires_at is not None:
+        raise InvalidRequest("expires_at is only allowed with time_in_force GTD.", detail={"time_in_force": tif})
+    if post_only and tif in (TimeInForce.IOC, TimeInForce.FOK):
+        raise InvalidRequest("post_only cannot be combined with IOC or FOK.", detail={"time_in_force": tif})
+    if client_order_id is not None and (not str(client_order_id) or len(str(client_order_id)) > 64):
+        raise InvalidRequest("client_order_id must be 1-64 characters.", detail={"client_order_id": client_order_id})
+    stated = parse_probability(forecast) if forecast is not None else None
+    params = {"market_id": market_id, "side": side, "action": action, "price": price, "size": size}
+    params |= {"time_in_force": tif, "post_only": bool(post_only)}
+    book_side, book_price = matching.book_position(side, action, price)
+    page = min(size, 20) + 1
+
+    # One round trip: lock the market row (the first lock, DESIGN section 6), read the first page of the crossing
+    # orders under it (the book cannot change until commit), and look for an earlier order with this client id.
+    market_key = parse_id(market_id, "market")
+    reads: list[Select | Scalar] = [
+        Select(Market, "id = %s", [market_key], for_update=market_tx.LOCKING_ENABLED),
+        crossing_read(market_key, book_side, book_price, page),
+    ]
+    if client_order_id:
+        reads.append(_existing_read(agent.id, client_order_id))
+    markets, first_page, *earlier = fetch_together(*reads)
+    if not markets:
+        raise NotFound("No such market.", detail={"market": str(market_id)})
+    if earlier and (found := _existing(earlier[0], client_order_id, **params)) is not None:
+        return found
+    # After the idempotency check: a retry of a GTD order whose expiry has passed since returns the original.
+    if tif == TimeInForce.GTD and expires_at <= now:
+        raise InvalidRequest("A GTD order needs expires_at in the future.", detail={"expires_at": str(expires_at)})
+    market = markets[0]
+    ensure_tradable(market, now)
+    tx = MarketTx(market)
+
+    plan = matching.plan_match(
+        agent_id=agent.id,
+        book_side=book_side,
+        book_price=book_price,
+        size=size,
+        resting=tx.crossing(book_side, book_price, page, first=first_page),
+        now=now,
+    )
+    if post_only and (plan.fills or plan.self_trade_cancels):
+        raise PostOnlyWouldCross(detail={"price": str(price)})
+    fok_killed = tif == TimeInForce.FOK and plan.filled < size
+    if fok_killed:  # fill or kill: nothing trades, nothing else changes
+        plan = matching.MatchPlan()
+
+    # Then, in one more round trip: lock every agent involved (ascending), read their positions and the book, count
+    # the taker's resting orders (the open-order limit) and look for a twin of this request that committed first.
+    touched = plan.expired + plan.self_trade_cancels + [f.maker for f in plan.fills]
+    extra: list[Select | Scalar] = []
+    if tif in (TimeInForce.GTC, TimeInForce.GTD):
+        extra.append(_resting_count_read(agent.id))
+    if client_order_id:
+        extra.append(_existing_read(agent.id, client_order_id))
+    results = tx.prepare({agent.id} | {o.agent_id for o in touched}, *extra)
+    resting_count = results.pop(0) if tif in (TimeInForce.GTC, TimeInForce.GTD) else None
+    taker_agent = tx.agents[agent.id]
+    if taker_agent.is_suspended:
+        raise AgentSuspended()
+    if results and (found := _existing(results[0], client_order_id, **params)) is not None:
+        return found  # a concurrent twin of this request committed first
+    _check_limits(tx, taker_agent, side=side, action=action, price=price, size=size, resting=resting_count)
+
+    for order in plan.expired:
+        tx.end_order(order, Order.Status.EXPIRED, Order.CancelReason.EXPIRED, "expired")
+    for order in plan.self_trade_cancels:
+        tx.end_order(order, Order.Status.CANCELLED, Order.CancelReason.SELF_TRADE, "cancelled")
+    for agent_id in {o.agent_id for o in touched}:
+        # A selling taker reserves its contracts first (below): netting now could merge away what it offers.
+        if agent_id != agent.id or action == Action.BUY:
+            tx.net(agent_id)
+
+    # Reserve collateral for the whole order.
+    if action == Action.BUY:
+        tx.cash.reserve(taker_agent, price * size)
+    else:
+        pos = tx.position(agent.id)
+        held, reserved = (pos.yes_shares, pos.yes_reserved) if side == Side.YES else (pos.no_shares, pos.no_reserved)
+        if held - reserved < size:
+            raise InsufficientPosition(
+                f"Selling {size} {side} needs {size} unreserved contracts; {held - reserved} are available.",
+                detail={"side": side, "required": size, "available": held - reserved},
+            )
+        if side == Side.YES:
+            pos.yes_reserved += size
+        else:
+            pos.no_reserved += size
+
+    taker = Order(
+        id=uuid.uuid4(),
+        market=market,
+        agent=taker_agent,
+        side=side,
+        action=action,
+        price=price,
+        size=size,
+        time_in_force=tif,
+        post_only=post_only,
+        expires_at=expires_at,
+        client_order_id=client_order_id or None,
+        forecast=stated,
+        book_side=book_side,
+        book_price=book_price,
+        seq=0,
+        updated_seq=0,
+    )
+    taker_seq = tx.log.add(MarketEvent.Kind.ORDER, {})  # reserved now: the taker's time priority
+    taker.seq = taker.updated_seq = taker_seq
+    tx.new_orders.append(taker)
+
+    for fill in plan.fills:
+        _execute(tx, taker, fill)
+
+    left = taker.size - taker.filled
+    if taker.filled == taker.size:
+        taker.status = Order.Status.FILLED
+        tx.order_event(taker, "filled", seq=taker_seq)
+    elif fok_killed or tif == TimeInForce.IOC:
+        tx.release(taker)
+        taker.status = Order.Status.CANCELLED
+        taker.cancel_reason = Order.CancelReason.FOK_UNFILLED if fok_killed else Order.CancelReason.IOC_REMAINDER
+        tx.order_event(taker, "cancelled", seq=taker_seq)
+    else:
+        taker.status = Order.Status.PARTIAL if taker.filled else Order.Status.OPEN
+        tx.order_event(taker, "placed", level_delta=left, seq=taker_seq)
+
+    for agent_id in {taker.agent_id} | {f.maker.agent_id for f in plan.fills}:
+        tx.net(agent_id)
+    if stated is not None:
+        Forecast.objects.create(
+            agent=taker_agent,
+            market=market,
+            probability=stated,
+            reasoning=reasoning or "",
+            reference_price=market.reference_price,  # the source's price beside it (brier_vs_market)
+        )
+    tx.flush()
+    return PlaceResult(order=taker, trades=tx.trades, created=True)
+
+
+def _check_limits(
+    tx: MarketTx, agent: Agent, *, side: str, action: str, price: Decimal, size: int, resting: int | None
+) -> None:
+    """Refuse an order, before anything is matched, that would break a limit (issue 4; docs/decisions.md):
+
+    * ``MAX_OPEN_ORDERS`` resting orders per agent across all markets, for an order that may rest (GTC, GTD):
+      :class:`OpenOrderLimit` (409 ``open_order_limit``);
+    * the agent's ``max_reserved`` credits reserved by resting BUY orders, this order's ``price * size`` included:
+      :class:`RiskLimitExceeded` (409 ``reserved_limit``);
+    * the agent's ``max_position`` contracts of ``side`` in this market, counting contracts held, the rest of its
+      resting BUY orders on that side and this order's ``size`` (the most it could come to hold):
+      :class:`RiskLimitExceeded` (409 ``position_limit``).
+
+    SELL orders only reduce exposure and are never refused by the risk limits. The caller holds the agent's row
+    lock, so the counts cannot change under us (every order an agent places locks its row).
+    """
+    if resting is not None:
+        limit = settings.MOLTSTREET["MAX_OPEN_ORDERS"]
+        if resting >= limit:
+            raise OpenOrderLimit(
+                f"An agent may have at most {limit} resting orders; cancel some first.",
+                detail={"max_open_orders": limit},
+            )
+    if action != Action.BUY:
+        return
+    if agent.max_reserved is not None and agent.locked_balance + price * size > agent.max_reserved:
+        raise RiskLimitExceeded(
+            f"This order would reserve {quantize(agent.locked_balance + price * size)} credits; this agent's limit "
+            f"is {agent.max_reserved}.",
+            code="reserved_limit",
+            detail={
+                "max_reserved": str(agent.max_reserved),
+                "reserved": str(agent.locked_balance),
+                "required": str(quantize(price * size)),
+            },
+        )
+    if agent.max_position is not None:
+        pos = tx.position(agent.id)
+        held = pos.yes_shares if side == Side.YES else pos.no_shares
+        resting = (
+            Order.objects.filter(
+                agent_id=agent.id, market_id=tx.market.id, side=side, action=Action.BUY, status__in=RESTING
+            ).aggregate(left=Sum(F("size") - F("filled")))["left"]
+            or 0
+        )
+        if held + resting + size > agent.max_position:
+            raise RiskLimitExceeded(
+                f"This order could bring the position to {held + resting + size} {side} contracts in this market; "
+                f"this agent's limit is {agent.max_position}.",
+                code="position_limit",
+                detail={
+                    "side": side,
+                    "max_position": agent.max_position,
+                    "held": held,
+                    "resting_buys": resting,
+                    "size": size,
+                },
+            )
+
+
+def _execute(tx: MarketTx, taker: Order, fill: matching.Fill) -> None:
+    """Apply one fill: move cash and contracts for both parties per DESIGN section 3's table, record the trade."""
+    maker, qty, x = fill.maker, fill.size, fill.yes_price
+    yes_party, no_party = (taker, maker) if taker.book_side == Side.YES else (maker, taker)
+    trade = Trade(
+        id=uuid.uuid4(),
+        market=tx.market,
+        price=x,
+        size=qty,
+        taker_side=taker.book_side,
+        kind=matching.trade_kind(yes_party.action, no_party.action),
+        maker_order=maker,
+        taker_order=taker,
+        maker_agent_id=maker.agent_id,
+        taker_agent_id=taker.agent_id,
+        seq=0,
+    )
+    ref = str(trade.id)
+    # The YES-bid party buys YES at x or sells NO at 1 - x; the NO-bid party buys NO at 1 - x or sells YES at x.
+    if yes_party.action == Action.BUY:
+        tx.buy(yes_party, qty, x, ref)
+    else:
+        tx.sell(yes_party, qty, complement(x), ref)
+    if no_party.action == Action.BUY:
+        tx.buy(no_party, qty, complement(x), ref)
+    else:
+        tx.sell(no_party, qty, x, ref)
+    maker.filled += qty
+    taker.filled += qty
+    maker.status = Order.Status.FILLED if maker.filled == maker.size else Order.Status.PARTIAL
+    trade.seq = tx.log.add(
+        MarketEvent.Kind.TRADE,
+        {
+            "trade": {
+                "id": ref,
+                "price": str(x),
+                "size": qty,
+                "taker_side": taker.book_side,
+                "kind": trade.kind,
+                "maker_order": str(maker.id),
+                "taker_order": str(taker.id),
+                # Private: the live feed strips these from public messages and routes fills to each agent's channel.
+                "maker_agent": str(maker.agent_id),
+                "taker_agent": str(taker.agent_id),
+                "maker_side": maker.side,
+                "maker_action": maker.action,
+                "taker_side_intent": taker.side,
+                "taker_action": taker.action,
+            }
+        },
+    )
+    if tx.agents[maker.agent_id].is_linked_to(tx.agents[taker.agent_id]):
+        # Between linked agents (one address, one owner): flagged, and earning neither of them rank (DESIGN 4a).
+        trade.linked = True
+        for party in (yes_party, no_party):
+            tx.linked_fill(party, qty, x if party.side == Side.YES else complement(x))
+    tx.trades.append(trade)
+    tx.order_event(maker, maker.status, level_delta=-qty)
+    tx.market.last_price = x
+    tx.market.volume += qty
+    tx.market.trade_count += 1
+    tx.market_fields.update({"last_price", "volume", "trade_count"})
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Cancelling.
+
+
+def _cancel_in_market(market_id, orders_filter: Q, reason: str) -> list[Order]:
+    """Cancel the resting orders of one market that match ``orders_filter``; the caller's transaction holds nothing."""
+    market = lock_market_row(market_id)
+    # Re-read under the market lock: only what is still resting now is cancelled.
+    orders = list(Order.objects.filter(orders_filter, market=market, status__in=RESTING).order_by("seq"))
+    if not orders:
+        return []
+    tx = MarketTx(market)
+    tx.prepare({o.agent_id for o in orders})
+    for order in orders:
+        tx.end_order(order, Order.Status.CANCELLED, reason, "cancelled")
+    for agent_id in tx.agents:
+        tx.net(agent_id)
+    tx.flush()
+    return orders
+
+
+def order_cancel(*, agent: Agent, order_id: uuid.UUID | str) -> Order:
+    """Cancel one of the agent's resting orders and release its reserve.
+
+    Raises :class:`NotFound` for an unknown order or another agent's order, :class:`OrderNotCancellable` when it is
+    already filled, cancelled or expired.
+    """
+    with log_context(agent_id=agent.id, order_id=order_id):
+        order = _order_cancel(agent=agent, order_id=order_id)
+        logger.debug("order %s cancelled", order.id, extra={"market_id": str(order.market_id)})
+    return order
+
+
+@service_transaction
+def _order_cancel(*, agent: Agent, order_id: uuid.UUID | str) -> Order:
+    try:
+        order = Order.objects.only("id", "market_id", "agent_id").get(id=order_id, agent=agent)
+    except (Order.DoesNotExist, ValidationError, ValueError, TypeError) as exc:
+        raise NotFound("No such order.", detail={"order": str(order_id)}) from exc
+    cancelled = _cancel_in_market(order.market_id, Q(id=order.id), Order.CancelReason.USER)
+    if not cancelled:
+        order = Order.objects.get(id=order.id)
+        raise OrderNotCancellable(detail={"order": str(order.id), "status": order.status})
+    return cancelled[0]
+
+
+@service_transaction
+def order_cancel_all(
+    *, agent: Agent, market_id: uuid.UUID | str | None = None, reason: str = Order.CancelReason.USER
+) -> list[Order]:
+    """Cancel every resting order of the agent, optionally only in one market; returns the cancelled orders.
+
+    All its markets are locked first, in ascending id order, then the agent (DESIGN section 6).
+    """
+    resting = Order.objects.filter(agent=agent, status__in=RESTING)
+    if market_id is not None:
+        resting = resting.filter(market_id=parse_id(market_id, "market"))
+    cancelled: list[Order] = []
+    market_ids = sorted(set(resting.values_list("market_id", flat=True)))
+    # Every market row first, then the agent: holding the agent while waiting for the next market deadlocks with a
+    # trade in that market, which holds the market and waits for the agent (DESIGN section 6).
+    for mid in market_ids:
+        lock_market_row(mid)
+    for mid in market_ids:
+        cancelled += _cancel_in_market(mid, Q(agent=agent), reason)
+    return cancelled
