@@ -29,7 +29,6 @@ from agents.models import Agent
 from markets.models import Forecast, Market, MarketEvent
 from markets.services import (
     ensure_tradable,
-    parse_probability,
 )
 from moltstreet import metrics
 from moltstreet.db import (
@@ -56,7 +55,7 @@ from moltstreet.money import complement, quantize
 from trading import market_tx, matching
 from trading.market_tx import MarketTx, crossing_read, lock_market_row
 from trading.models import Action, Order, Side, TimeInForce, Trade
-from trading.order_input import parse_price, parse_size
+from trading.order_input import parse_order
 
 logger = logging.getLogger(__name__)
 
@@ -189,24 +188,21 @@ def order_place(
     :class:`ClientOrderIdConflict`, :class:`OpenOrderLimit`, :class:`RiskLimitExceeded` (``position_limit``,
     ``reserved_limit``), :class:`ServiceBusy` (lock timeout).
     """
-    side, action, tif = str(side).upper(), str(action).upper(), str(time_in_force or TimeInForce.GTC).upper()
-    if side not in Side.values:
-        raise InvalidRequest("side must be YES or NO.", detail={"side": side})
-    if action not in Action.values:
-        raise InvalidRequest("action must be BUY or SELL.", detail={"action": action})
-    if tif not in TimeInForce.values:
-        raise InvalidRequest("time_in_force must be GTC, GTD, IOC or FOK.", detail={"time_in_force": tif})
-    price, size = parse_price(price), parse_size(size)
+    order = parse_order(
+        side=side,
+        action=action,
+        price=price,
+        size=size,
+        time_in_force=time_in_force,
+        expires_at=expires_at,
+        post_only=post_only,
+        client_order_id=client_order_id,
+        forecast=forecast,
+        reasoning=reasoning,
+    )
+    side, action, price, size, tif = order.side, order.action, order.price, order.size, order.time_in_force
+    post_only, client_order_id, stated = order.post_only, order.client_order_id, order.forecast
     now = timezone.now()
-    if tif == TimeInForce.GTD and expires_at is None:
-        raise InvalidRequest("A GTD order needs expires_at in the future.", detail={"expires_at": None})
-    if tif != TimeInForce.GTD and expires_at is not None:
-        raise InvalidRequest("expires_at is only allowed with time_in_force GTD.", detail={"time_in_force": tif})
-    if post_only and tif in (TimeInForce.IOC, TimeInForce.FOK):
-        raise InvalidRequest("post_only cannot be combined with IOC or FOK.", detail={"time_in_force": tif})
-    if client_order_id is not None and (not str(client_order_id) or len(str(client_order_id)) > 64):
-        raise InvalidRequest("client_order_id must be 1-64 characters.", detail={"client_order_id": client_order_id})
-    stated = parse_probability(forecast) if forecast is not None else None
     params = {"market_id": market_id, "side": side, "action": action, "price": price, "size": size}
     params |= {"time_in_force": tif, "post_only": bool(post_only)}
     book_side, book_price = matching.book_position(side, action, price)
