@@ -23,15 +23,7 @@ from django.utils import timezone
 
 from agents.models import Agent, ApiKey, LedgerEntry
 from moltstreet.clients import Address, network_key
-from moltstreet.db import (
-    fetch_pairs,
-    fetch_rows,
-    insert_rows,
-    lock_name,
-    placeholders,
-    service_transaction,
-    update_rows,
-)
+from moltstreet.db import lock_name, service_transaction
 from moltstreet.errors import InsufficientBalance, InvalidRequest, LastApiKey, NameTaken, NotFound
 from moltstreet.money import ZERO, quantize
 
@@ -54,20 +46,10 @@ def api_key_lookup(raw_key: str) -> ApiKey | None:
     if not isinstance(raw_key, str) or not raw_key.startswith(API_KEY_PREFIX) or len(raw_key) > 100:
         return None
     digest = hash_api_key(raw_key)
-    # The key and its agent in one indexed read, without building an ORM query: every request makes it.
-    keys, agents = ApiKey._meta.db_table, Agent._meta.db_table
-    found = fetch_pairs(
-        ApiKey,
-        Agent,
-        f"{agents}.id = {keys}.agent_id",
-        f"{keys}.key_hash = %s AND {keys}.revoked_at IS NULL",
-        [digest],
-        limit=1,
-    )
-    if not found or not hmac.compare_digest(found[0][0].key_hash, digest):
+    # The key and its agent in one indexed read.
+    key = ApiKey.objects.select_related("agent").filter(key_hash=digest, revoked_at__isnull=True).first()
+    if key is None or not hmac.compare_digest(key.key_hash, digest):
         return None
-    key, agent = found[0]
-    key.agent = agent
     return key
 
 
@@ -86,8 +68,7 @@ def lock_agents(ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Agent]:
     if not ordered:
         return {}
     # Read and locked in one statement, in id order: the rows are locked before any balance is read.
-    agents = fetch_rows(Agent, f"id IN ({placeholders(ordered)})", ordered, order_by="id", for_update=True)
-    return {a.id: a for a in agents}
+    return {a.id: a for a in Agent.objects.select_for_update().filter(id__in=ordered).order_by("id")}
 
 
 @dataclass
@@ -145,8 +126,10 @@ class CashBook:
         self.touched[agent.id] = agent
 
     def flush(self) -> None:
-        update_rows(Agent, self.touched.values(), ("balance", "locked_balance"))
-        insert_rows(LedgerEntry, self.entries)
+        """Save the touched agents' balances and reserves and insert the ledger rows (the order path writes them with
+        everything else instead: ``trading.book_store.write``)."""
+        Agent.objects.bulk_update(self.touched.values(), ["balance", "locked_balance"])
+        LedgerEntry.objects.bulk_create(self.entries)
         self.entries.clear()
         self.touched.clear()
 

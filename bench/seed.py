@@ -51,7 +51,7 @@ from markets.models import Market, MarketEvent
 from markets.services import lock_market
 from moltstreet.money import CENT, ONE, ZERO, complement, quantize
 from trading import models as trading_models
-from trading.market_tx import _order_snapshot
+from trading.market_tx import order_snapshot
 from trading.models import Action, Order, Position, Side, Trade
 
 CHUNK = 5000  # rows per COPY and per CashBook flush (bounded memory)
@@ -212,7 +212,7 @@ def _event(market_id, seq: int, kind: str, data: dict, at: datetime) -> dict[str
 
 @dataclass(slots=True)
 class _Order:
-    """The fields of an ``Order`` that the seeding sets (``_order_snapshot`` reads them); a model instance per
+    """The fields of an ``Order`` that the seeding sets (``order_snapshot`` reads them); a model instance per
     order would cost more than writing the row."""
 
     id: uuid.UUID
@@ -333,7 +333,7 @@ def seed_resting(market_id, plan: Sequence[RestingSpec], *, at: datetime | None 
                     market.id,
                     market.seq,
                     MarketEvent.Kind.ORDER,
-                    {"event": "placed", "order": _order_snapshot(order), "level": level},
+                    {"event": "placed", "order": order_snapshot(order), "level": level},
                     at,
                 )
             )
@@ -404,7 +404,7 @@ def trade_needs(plan: Iterable[TradeSpec]) -> dict[uuid.UUID, Decimal]:
 
 def _fill_snapshot(order: _Order) -> dict[str, Any]:
     order.filled, order.status = order.size, Order.Status.FILLED
-    return _order_snapshot(order)
+    return order_snapshot(order)
 
 
 @transaction.atomic
@@ -442,7 +442,7 @@ def seed_trades(market_id, plan: Sequence[TradeSpec]) -> int:
                     MarketEvent.Kind.ORDER,
                     {
                         "event": "placed",
-                        "order": _order_snapshot(maker),
+                        "order": order_snapshot(maker),
                         "level": {"side": Side.YES, "price": str(x), "size": levels[key]},
                     },
                     spec.at,

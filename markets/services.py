@@ -17,7 +17,8 @@ from django.utils import timezone
 from agents.models import Agent, LedgerEntry
 from agents.services import CashBook, lock_agents
 from markets.models import Feed, Forecast, Market, MarketEvent, MarketSnapshot
-from moltstreet.db import fetch_rows, insert_rows, pipelined, placeholders, service_transaction, update_rows
+from markets.shape import market_payload  # the state a ``market`` event stores (one market shape)
+from moltstreet.db import service_transaction
 from moltstreet.errors import AgentSuspended, InvalidRequest, MarketClosed, NotFound
 from moltstreet.ids import parse_id
 
@@ -31,10 +32,10 @@ def lock_market(market_id: uuid.UUID) -> Market:
     """
     key = parse_id(market_id, "market")  # a malformed id is an unknown id
     # Read and locked in one statement: the row lock is held from here to commit.
-    found = fetch_rows(Market, "id = %s", [key], for_update=True)
-    if not found:
+    found = Market.objects.select_for_update().filter(id=key).first()
+    if found is None:
         raise NotFound("No such market.", detail={"market": str(market_id)})
-    return found[0]
+    return found
 
 
 def clean_question(question: str | None, *, limit: int) -> str:
@@ -77,11 +78,17 @@ class EventLog:
 
     def flush(self, extra_fields: tuple[str, ...] = (), agents: Iterable[Agent] = ()) -> list[MarketEvent]:
         """Store the events and the market's ``seq`` (and ``extra_fields``); after commit, hand them to the
-        subscribers with the balances of ``agents`` as this transaction committed them (its locked agents)."""
+        subscribers (:meth:`published_on_commit`). The order path writes its events with everything else instead
+        (``trading.book_store.write``)."""
         if not self.events:
             return []
-        insert_rows(MarketEvent, self.events)
-        update_rows(Market, [self.market], ("seq", *extra_fields))
+        MarketEvent.objects.bulk_create(self.events)
+        self.market.save(update_fields=["seq", *extra_fields])
+        return self.published_on_commit(agents)
+
+    def published_on_commit(self, agents: Iterable[Agent] = ()) -> list[MarketEvent]:
+        """Hand the stored events to the subscribers once the transaction commits, with the balances of ``agents``
+        as this transaction committed them (its locked agents); returns them and starts a new batch."""
         stored, self.events = self.events, []
         balances = {str(a.id): (a.balance, a.locked_balance) for a in agents}
         # robust: a failing subscriber is logged; the committed trade must never surface as an error.
@@ -100,18 +107,6 @@ def publish_events(
 ) -> None:
     for subscriber in EVENT_SUBSCRIBERS:
         subscriber(market_id, events, balances or {})
-
-
-def market_payload(market: Market) -> dict[str, Any]:
-    """The market state carried by ``market`` events."""
-    return {
-        "id": str(market.id),
-        "status": market.status,
-        "outcome": market.outcome,
-        "last_price": str(market.last_price) if market.last_price is not None else None,
-        "volume": market.volume,
-        "deadline": market.deadline.isoformat(),
-    }
 
 
 @service_transaction
@@ -415,7 +410,7 @@ def snapshots_record(
     if not wanted:
         return {}
     ids = sorted(wanted)
-    markets = fetch_rows(Market, f"id IN ({placeholders(ids)})", ids, order_by="id", for_update=True)
+    markets = list(Market.objects.select_for_update().filter(id__in=ids).order_by("id"))
     last_id = MarketSnapshot.objects.filter(market=OuterRef("pk"), source=source).order_by("-seq").values("id")[:1]
     lasts = {
         snapshot.market_id: snapshot
@@ -430,7 +425,6 @@ def snapshots_record(
             seq = last.seq + 1 if last else 1
             snapshots.append(MarketSnapshot(market=market, source=source, seq=seq, taken_at=taken_at, **values))
     MarketSnapshot.objects.bulk_create(snapshots)
-    with pipelined():
-        for snapshot in snapshots:
-            _reference(snapshot.market, snapshot)
+    for snapshot in snapshots:
+        _reference(snapshot.market, snapshot)
     return {snapshot.market_id: snapshot for snapshot in snapshots}

@@ -21,7 +21,8 @@ from moltstreet.errors import (
     MarketAlreadyResolved,
     MoltStreetError,
 )
-from trading.market_tx import MarketTx, lock_market_row
+from trading import book_store
+from trading.market_tx import MarketTx
 from trading.models import Order
 
 logger = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ RESTING = Order.RESTING
 def end_all_resting(tx: MarketTx, status: str, reason: str, extra_agents=()) -> None:
     """Take every resting order of the locked market out of the book (closing, resolving), locking their agents and
     ``extra_agents`` (ascending) and netting what the released reserves free up."""
-    orders = list(Order.objects.filter(market=tx.market, status__in=RESTING).order_by("seq"))
+    orders = book_store.resting_orders(tx.market.id)
     tx.prepare({o.agent_id for o in orders} | set(extra_agents))
     for order in orders:
         tx.end_order(order, status, reason, "cancelled")
@@ -47,8 +48,8 @@ def end_all_resting(tx: MarketTx, status: str, reason: str, extra_agents=()) -> 
 def orders_expire(*, market_id: uuid.UUID | str, now: datetime | None = None) -> int:
     """Expire the market's GTD orders whose ``expires_at`` has passed; returns how many."""
     now = now or timezone.now()
-    market = lock_market_row(market_id)
-    orders = list(Order.objects.filter(market=market, status__in=RESTING, expires_at__lte=now).order_by("seq"))
+    market = book_store.lock_market(market_id)
+    orders = book_store.resting_orders(market.id, expired_by=now)
     if not orders:
         return 0
     tx = MarketTx(market)
@@ -67,7 +68,7 @@ def market_close(*, market_id: uuid.UUID | str) -> Market:
 
     Closing a closed market changes nothing. Raises :class:`MarketAlreadyResolved` for a resolved market.
     """
-    market = lock_market_row(market_id)
+    market = book_store.lock_market(market_id)
     if market.status == Market.Status.RESOLVED:
         raise MarketAlreadyResolved(detail={"market": str(market.id)})
     if market.status == Market.Status.CLOSED:

@@ -16,41 +16,17 @@ from typing import Any
 
 from agents.models import Agent, LedgerEntry
 from agents.services import CashBook
-from markets.models import Market, MarketEvent
-from markets.services import (
-    EventLog,
-    lock_market,
-)
-from moltstreet.db import (
-    Scalar,
-    Select,
-    fetch_rows,
-    fetch_together,
-    insert_rows,
-    pipelined,
-    placeholders,
-    update_rows,
-    upsert_rows,
-)
-from moltstreet.errors import (
-    NotFound,
-)
-from moltstreet.ids import parse_id
-from moltstreet.money import ONE, complement, quantize
-from trading import matching
-from trading.models import Action, BookLevel, Order, Position, Side, Trade
-
-RESTING = Order.RESTING
-# Priority within a queue: best price first, then earliest arrival (DESIGN section 3).
-CROSSING_ORDER = "book_price DESC, seq"
-# Test-only switch for the concurrency suite's negative control: with it off, no row is locked (never in production).
-LOCKING_ENABLED = True
-
-# --------------------------------------------------------------------------------------------------------------------
-# The working set of one transaction on one locked market.
+from markets.models import Forecast, Market, MarketEvent
+from markets.services import EventLog
+from moltstreet.money import ONE, quantize
+from trading import book_store
+from trading.book_store import Parties
+from trading.models import Action, Order, Position, Side, Trade
 
 
-def _order_snapshot(order: Order) -> dict[str, Any]:
+def order_snapshot(order: Order) -> dict[str, Any]:
+    """The ``order`` of an order event as stored (``MarketEvent.data``): ids and enums as strings, prices as decimal
+    strings, ``size`` and ``filled`` in contracts, and where it rests in the YES-price book."""
     return {
         "id": str(order.id),
         "agent": str(order.agent_id),
@@ -67,7 +43,8 @@ def _order_snapshot(order: Order) -> dict[str, Any]:
 
 @dataclass
 class MarketTx:
-    """Everything one transaction changes in one locked market, written out once by :meth:`flush`.
+    """Everything one transaction changes in one locked market, written out once by :meth:`flush`
+    (:func:`trading.book_store.write`). It runs no SQL of its own: it reads through :mod:`trading.book_store`.
 
     ``levels`` tracks the absolute resting size of every book level the transaction touches, so each order event
     carries its level's new size (what the live feed's ``book`` messages publish).
@@ -81,6 +58,7 @@ class MarketTx:
     orders: dict[uuid.UUID, Order] = field(default_factory=dict)
     new_orders: list[Order] = field(default_factory=list)
     trades: list[Trade] = field(default_factory=list)
+    forecasts: list[Forecast] = field(default_factory=list)
     levels: dict[tuple[str, Decimal], int] = field(default_factory=dict)
     levels_loaded: dict[tuple[str, Decimal], int] | None = None
     market_fields: set[str] = field(default_factory=set)
@@ -91,83 +69,64 @@ class MarketTx:
 
     # -- locks and rows ------------------------------------------------------------------------------------------
     def position(self, agent_id: uuid.UUID) -> Position:
+        """The agent's position in the market (a new, empty one if it has none), read once per transaction."""
         if agent_id not in self.positions:
-            self.load_positions([agent_id])
+            self._add_positions([agent_id], book_store.load_positions(self.market.id, [agent_id]))
         return self.positions[agent_id]
 
-    def load_positions(self, agent_ids) -> None:
-        missing = set(agent_ids) - set(self.positions)
-        if not missing:
-            return
-        ids = sorted(missing)
-        for pos in fetch_rows(
-            Position, f"market_id = %s AND agent_id IN ({placeholders(ids)})", [self.market.id, *ids]
-        ):
-            self.positions[pos.agent_id] = pos
-        for agent_id in missing - set(self.positions):
-            self.positions[agent_id] = Position(agent_id=agent_id, market=self.market)
-            self.new_positions.add(agent_id)
+    def _add_positions(self, agent_ids, found: dict[uuid.UUID, Position]) -> None:
+        for agent_id in agent_ids:
+            if agent_id in found:
+                self.positions[agent_id] = found[agent_id]
+            else:
+                self.positions[agent_id] = Position(agent_id=agent_id, market=self.market)
+                self.new_positions.add(agent_id)
 
-    def prepare(self, agent_ids, *extra: Select | Scalar) -> list[Any]:
+    def prepare(
+        self,
+        agent_ids,
+        *,
+        count_resting_of: uuid.UUID | None = None,
+        client_order: tuple[uuid.UUID, str] | None = None,
+    ) -> Parties:
         """Lock the agents (ascending, after the market: DESIGN section 6), read their positions in this market and
-        the book levels, and run the ``extra`` reads, all in one round trip; returns the ``extra`` results."""
+        the book levels, and what :func:`~trading.book_store.load_parties` is asked besides, in one round trip."""
         wanted = sorted(set(agent_ids) - set(self.agents))
         if self.agents and wanted and wanted[0] < max(self.agents):
             raise AssertionError("agents must be locked in one ascending batch")
         positions = sorted(set(agent_ids) - set(self.positions))
-        reads: list[Select | Scalar] = []
-        if wanted:
-            reads.append(
-                Select(Agent, f"id IN ({placeholders(wanted)})", wanted, order_by="id", for_update=LOCKING_ENABLED)
-            )
-        if positions:
-            where = f"market_id = %s AND agent_id IN ({placeholders(positions)})"
-            reads.append(Select(Position, where, [self.market.id, *positions]))
-        book = self.levels_loaded is None
-        if book:
-            reads.append(Select(BookLevel, "market_id = %s", [self.market.id]))
-        results = fetch_together(*reads, *extra)
-        if wanted:
-            self.agents.update({a.id: a for a in results.pop(0)})
-        if positions:
-            found = {pos.agent_id: pos for pos in results.pop(0)}
-            for agent_id in positions:
-                if agent_id in found:
-                    self.positions[agent_id] = found[agent_id]
-                else:
-                    self.positions[agent_id] = Position(agent_id=agent_id, market=self.market)
-                    self.new_positions.add(agent_id)
-        if book:
-            for level in results.pop(0):
-                self.levels[(level.book_side, level.price)] = level.size
-            self.levels_loaded = dict(self.levels)
-        return results
+        parties = book_store.load_parties(
+            self.market.id,
+            agent_ids=wanted,
+            position_ids=positions,
+            levels=self.levels_loaded is None,
+            count_resting_of=count_resting_of,
+            client_order=client_order,
+        )
+        self.agents.update(parties.agents)
+        self._add_positions(positions, parties.positions)
+        if parties.levels is not None:
+            self.levels.update(parties.levels)
+            self.levels_loaded = dict(parties.levels)
+        return parties
 
-    def crossing(
-        self, book_side: str, book_price: Decimal, page: int = 20, first: list[Order] | None = None
-    ) -> Iterator[Order]:
+    def crossing(self, book_side: str, book_price: Decimal, first: list[Order], page: int) -> Iterator[Order]:
         """The resting orders of the queue opposite ``book_side`` that cross ``book_price``, in priority order (best
-        price, then earliest), read a page at a time (keyset) as the matching walks them. ``first`` is the first
-        page when it was read already (:func:`crossing_read`)."""
-        after: list[Any] = []
+        price, then earliest), a page at a time as the matching walks them: ``first`` (read with the market's lock,
+        ``page`` orders at most), then pages of 200 (:func:`~trading.book_store.crossing_page`)."""
+        rows = first
         while True:
-            if first is not None:
-                rows, first = first, None
-            else:
-                where, params = _crossing_where(self.market.id, book_side, book_price, after)
-                rows = fetch_rows(Order, where, params, order_by=CROSSING_ORDER, limit=page)
             yield from rows
             if len(rows) < page:
                 return
-            last = rows[-1]
-            after = [last.book_price, last.book_price, last.seq]
             page = 200
+            rows = book_store.crossing_page(self.market.id, book_side, book_price, after=rows[-1], limit=page)
 
     # -- events --------------------------------------------------------------------------------------------------
     def order_event(self, order: Order, event: str, level_delta: int = 0, seq: int | None = None) -> int:
         """Record an order change; ``level_delta`` is the change of resting contracts at the order's book level."""
         key = (order.book_side, order.book_price)
-        data: dict[str, Any] = {"event": event, "order": _order_snapshot(order)}
+        data: dict[str, Any] = {"event": event, "order": order_snapshot(order)}
         if level_delta:
             if self.levels_loaded is None:
                 raise AssertionError("prepare() before changing resting orders")
@@ -294,89 +253,6 @@ class MarketTx:
         self.order_event(order, event, level_delta=-left)
 
     # -- write out -----------------------------------------------------------------------------------------------
-    def refresh_top_of_book(self) -> None:
-        """Set the market's best YES bid and ask from the book levels (all of them are loaded)."""
-        best = {Side.YES: None, Side.NO: None}
-        for (side, price), size in self.levels.items():
-            if size > 0 and (best[side] is None or price > best[side]):
-                best[side] = price
-        self.market.best_bid = best[Side.YES]
-        self.market.best_ask = complement(best[Side.NO]) if best[Side.NO] is not None else None
-        self.market_fields.update({"best_bid", "best_ask"})
-
-    def write_levels(self) -> bool:
-        """Upsert the book levels whose size changed; ``True`` if any did."""
-        before = self.levels_loaded or {}
-        changed = [
-            BookLevel(market_id=self.market.id, book_side=side, price=price, size=size)
-            for (side, price), size in self.levels.items()
-            if size != before.get((side, price), 0)
-        ]
-        upsert_rows(BookLevel, changed, unique=("market", "book_side", "price"), update=("size",))
-        return bool(changed)
-
     def flush(self) -> list[MarketEvent]:
-        """Write everything out: cash and ledger, positions, orders, trades, book levels, the market's events and
-        fields, in one round trip to the database (:func:`~moltstreet.db.pipelined`)."""
-        with pipelined():
-            return self._write()
-
-    def _write(self) -> list[MarketEvent]:
-        self.cash.flush()
-        new_positions = [self.positions[a] for a in self.new_positions]
-        old_positions = [p for a, p in self.positions.items() if a not in self.new_positions]
-        insert_rows(Position, [p for p in new_positions if _worth_keeping(p)])
-        update_rows(Position, old_positions, POSITION_FIELDS)
-        insert_rows(Order, self.new_orders)
-        update_rows(Order, self.orders.values(), ORDER_FIELDS)
-        insert_rows(Trade, self.trades)
-        if self.linked_agents:
-            update_rows(Agent, [self.agents[a] for a in sorted(self.linked_agents)], ("linked_pnl",))
-        if self.write_levels():  # some book level changed: the top of book may have moved
-            self.refresh_top_of_book()
-        return self.log.flush(extra_fields=tuple(sorted(self.market_fields)), agents=self.agents.values())
-
-
-def _worth_keeping(position: Position) -> bool:
-    """A new position row is written only when it holds or records something (a market's passers-by leave none)."""
-    return bool(
-        position.yes_shares
-        or position.no_shares
-        or position.realized_pnl
-        or position.linked_cash
-        or position.linked_yes
-        or position.linked_no
-    )
-
-
-# What a transaction may change in a position or an existing order (updated_at is set to now on write).
-POSITION_FIELDS = ("yes_shares", "no_shares", "yes_reserved", "no_reserved", "yes_cost", "no_cost", "realized_pnl")
-POSITION_FIELDS += ("linked_cash", "linked_yes", "linked_no", "updated_at")
-ORDER_FIELDS = ("filled", "status", "cancel_reason", "updated_seq", "updated_at")
-
-
-def crossing_read(market_id: uuid.UUID, book_side: str, book_price: Decimal, page: int) -> Select:
-    """The read of the first page of :meth:`MarketTx.crossing`, to run together with others."""
-    where, params = _crossing_where(market_id, book_side, book_price, [])
-    return Select(Order, where, params, order_by=CROSSING_ORDER, limit=page)
-
-
-def _crossing_where(market_id, book_side: str, book_price: Decimal, after: list[Any]) -> tuple[str, list[Any]]:
-    """Resting orders of the queue opposite ``book_side`` crossing ``book_price``, after the keyset ``after``."""
-    where = "market_id = %s AND book_side = %s AND status IN (%s, %s) AND book_price >= %s"
-    params: list[Any] = [market_id, matching.opposite(book_side), *RESTING, complement(book_price)]
-    if after:
-        where += " AND (book_price < %s OR (book_price = %s AND seq > %s))"
-    return where, params + after
-
-
-def lock_market_row(market_id) -> Market:
-    """Lock the market's row, the first lock of every write service (DESIGN section 6); raises :class:`NotFound`
-    for an unknown or malformed id. The concurrency suite's negative control turns the lock off (LOCKING_ENABLED)."""
-    parse_id(market_id, "market")  # a malformed id is an unknown market (Django would raise ValidationError)
-    if LOCKING_ENABLED:
-        return lock_market(market_id)
-    try:
-        return Market.objects.get(id=market_id)
-    except (Market.DoesNotExist, ValueError) as exc:
-        raise NotFound("No such market.", detail={"market": str(market_id)}) from exc
+        """Write everything out in one round trip (:func:`trading.book_store.write`); returns the stored events."""
+        return book_store.write(self)

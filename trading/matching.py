@@ -69,6 +69,11 @@ class MatchPlan:
     def filled(self) -> int:
         return sum(f.size for f in self.fills)
 
+    @property
+    def touched(self) -> list:
+        """The resting orders the plan changes: expired, cancelled as self-trades, or filled (makers)."""
+        return self.expired + self.self_trade_cancels + [f.maker for f in self.fills]
+
 
 def plan_match(
     *,

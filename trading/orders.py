@@ -16,27 +16,17 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import F, Q, Sum
 from django.utils import timezone
 
 from agents.models import Agent
-from markets.models import Forecast, Market, MarketEvent
-from markets.services import (
-    ensure_tradable,
-)
+from markets.models import Forecast, MarketEvent
+from markets.services import ensure_tradable
 from moltstreet import metrics
-from moltstreet.db import (
-    Scalar,
-    Select,
-    fetch_together,
-    service_transaction,
-)
+from moltstreet.db import service_transaction
 from moltstreet.errors import (
     AgentSuspended,
     ClientOrderIdConflict,
@@ -52,10 +42,10 @@ from moltstreet.errors import (
 from moltstreet.ids import parse_id
 from moltstreet.logs import log_context
 from moltstreet.money import complement, quantize
-from trading import market_tx, matching
-from trading.market_tx import MarketTx, crossing_read, lock_market_row
+from trading import book_store, matching
+from trading.market_tx import MarketTx
 from trading.models import Action, Order, Side, TimeInForce, Trade
-from trading.order_input import parse_order
+from trading.order_input import OrderInput, parse_order
 
 logger = logging.getLogger(__name__)
 
@@ -67,37 +57,32 @@ RESTING = Order.RESTING
 
 @dataclass
 class PlaceResult:
+    """What :func:`order_place` did: the taker ``order`` (as stored), the ``trades`` it took as taker in execution
+    order, and whether it was ``created`` now (``False``: a repeated ``client_order_id`` answered with the original)."""
+
     order: Order
     trades: list[Trade]
     created: bool
 
 
-def _same_request(order: Order, **params) -> bool:
-    return (
-        str(order.market_id) == str(params["market_id"])
-        and order.side == params["side"]
-        and order.action == params["action"]
-        and order.price == params["price"]
-        and order.size == params["size"]
-        and order.time_in_force == params["time_in_force"]
-        and order.post_only == params["post_only"]
-    )
-
-
-def _existing_read(agent_id: uuid.UUID, client_order_id: str) -> Select:
-    """The read of the agent's order with this ``client_order_id`` (at most one: unique per agent)."""
-    return Select(Order, "agent_id = %s AND client_order_id = %s", [agent_id, client_order_id], limit=1)
-
-
-def _existing(found: list[Order], client_order_id: str, **params) -> PlaceResult | None:
-    """The earlier order of :func:`_existing_read` as the answer to a repeated request, or ``None`` if there is
-    none. Raises :class:`ClientOrderIdConflict` if it was placed with other parameters."""
-    if not found:
+def _repeated(earlier: Order | None, market_id: uuid.UUID | str, order: OrderInput) -> PlaceResult | None:
+    """The answer to a repeated request: the agent's ``earlier`` order with the same ``client_order_id`` and the
+    trades it took (``created=False``), or ``None`` when there is none. Raises :class:`ClientOrderIdConflict` if it
+    was placed with other parameters."""
+    if earlier is None:
         return None
-    order = found[0]
-    if not _same_request(order, **params):
-        raise ClientOrderIdConflict(detail={"client_order_id": client_order_id, "order": str(order.id)})
-    return PlaceResult(order=order, trades=list(order.taker_trades.order_by("seq")), created=False)
+    same = (
+        str(earlier.market_id) == str(market_id)
+        and earlier.side == order.side
+        and earlier.action == order.action
+        and earlier.price == order.price
+        and earlier.size == order.size
+        and earlier.time_in_force == order.time_in_force
+        and earlier.post_only == order.post_only
+    )
+    if not same:
+        raise ClientOrderIdConflict(detail={"client_order_id": order.client_order_id, "order": str(earlier.id)})
+    return PlaceResult(order=earlier, trades=book_store.taker_trades(earlier.id), created=False)
 
 
 def _observed_place(place: Callable[..., PlaceResult]) -> Callable[..., PlaceResult]:
@@ -150,12 +135,6 @@ def _observed_place(place: Callable[..., PlaceResult]) -> Callable[..., PlaceRes
     return wrapper
 
 
-def _resting_count_read(agent_id: uuid.UUID) -> Scalar:
-    """How many open or partly filled orders the agent has, across all markets (an index-only count)."""
-    sql = f"SELECT COUNT(*) FROM {Order._meta.db_table} WHERE agent_id = %s AND status IN (%s, %s)"  # noqa: S608
-    return Scalar(sql, [agent_id, *RESTING])
-
-
 @_observed_place
 @service_transaction
 def order_place(
@@ -188,6 +167,7 @@ def order_place(
     :class:`ClientOrderIdConflict`, :class:`OpenOrderLimit`, :class:`RiskLimitExceeded` (``position_limit``,
     ``reserved_limit``), :class:`ServiceBusy` (lock timeout).
     """
+    # 1. Parse: every field against its rule (trading.order_input), before anything is read.
     order = parse_order(
         side=side,
         action=action,
@@ -200,104 +180,92 @@ def order_place(
         forecast=forecast,
         reasoning=reasoning,
     )
-    side, action, price, size, tif = order.side, order.action, order.price, order.size, order.time_in_force
-    post_only, client_order_id, stated = order.post_only, order.client_order_id, order.forecast
     now = timezone.now()
-    params = {"market_id": market_id, "side": side, "action": action, "price": price, "size": size}
-    params |= {"time_in_force": tif, "post_only": bool(post_only)}
-    book_side, book_price = matching.book_position(side, action, price)
-    page = min(size, 20) + 1
+    book_side, book_price = order.book_position
+    page = min(order.size, 20) + 1
 
-    # One round trip: lock the market row (the first lock, DESIGN section 6), read the first page of the crossing
-    # orders under it (the book cannot change until commit), and look for an earlier order with this client id.
-    market_key = parse_id(market_id, "market")
-    reads: list[Select | Scalar] = [
-        Select(Market, "id = %s", [market_key], for_update=market_tx.LOCKING_ENABLED),
-        crossing_read(market_key, book_side, book_price, page),
-    ]
-    if client_order_id:
-        reads.append(_existing_read(agent.id, client_order_id))
-    markets, first_page, *earlier = fetch_together(*reads)
-    if not markets:
-        raise NotFound("No such market.", detail={"market": str(market_id)})
-    if earlier and (found := _existing(earlier[0], client_order_id, **params)) is not None:
-        return found
+    # 2. Plan. One round trip: lock the market row (the first lock, DESIGN section 6), read the first page of the
+    # orders this one crosses (the book cannot change until commit) and an earlier order with this client id.
+    context = book_store.lock_for_order(
+        market_id=market_id,
+        agent_id=agent.id,
+        book_side=book_side,
+        book_price=book_price,
+        page=page,
+        client_order_id=order.client_order_id,
+    )
+    if (repeated := _repeated(context.earlier, market_id, order)) is not None:
+        return repeated
     # After the idempotency check: a retry of a GTD order whose expiry has passed since returns the original.
-    if tif == TimeInForce.GTD and expires_at <= now:
-        raise InvalidRequest("A GTD order needs expires_at in the future.", detail={"expires_at": str(expires_at)})
-    market = markets[0]
-    ensure_tradable(market, now)
-    tx = MarketTx(market)
-
+    if order.time_in_force == TimeInForce.GTD and order.expires_at <= now:
+        raise InvalidRequest(
+            "A GTD order needs expires_at in the future.", detail={"expires_at": str(order.expires_at)}
+        )
+    ensure_tradable(context.market, now)
+    tx = MarketTx(context.market)
     plan = matching.plan_match(
         agent_id=agent.id,
         book_side=book_side,
         book_price=book_price,
-        size=size,
-        resting=tx.crossing(book_side, book_price, page, first=first_page),
+        size=order.size,
+        resting=tx.crossing(book_side, book_price, context.crossing, page),
         now=now,
     )
-    if post_only and (plan.fills or plan.self_trade_cancels):
-        raise PostOnlyWouldCross(detail={"price": str(price)})
-    fok_killed = tif == TimeInForce.FOK and plan.filled < size
+    if order.post_only and (plan.fills or plan.self_trade_cancels):
+        raise PostOnlyWouldCross(detail={"price": str(order.price)})
+    fok_killed = order.time_in_force == TimeInForce.FOK and plan.filled < order.size
     if fok_killed:  # fill or kill: nothing trades, nothing else changes
         plan = matching.MatchPlan()
 
-    # Then, in one more round trip: lock every agent involved (ascending), read their positions and the book, count
-    # the taker's resting orders (the open-order limit) and look for a twin of this request that committed first.
-    touched = plan.expired + plan.self_trade_cancels + [f.maker for f in plan.fills]
-    extra: list[Select | Scalar] = []
-    if tif in (TimeInForce.GTC, TimeInForce.GTD):
-        extra.append(_resting_count_read(agent.id))
-    if client_order_id:
-        extra.append(_existing_read(agent.id, client_order_id))
-    results = tx.prepare({agent.id} | {o.agent_id for o in touched}, *extra)
-    resting_count = results.pop(0) if tif in (TimeInForce.GTC, TimeInForce.GTD) else None
+    # In one more round trip: lock every agent involved (ascending), read their positions and the book, count the
+    # taker's resting orders (the open-order limit) and look for a twin of this request that committed first.
+    parties = tx.prepare(
+        {agent.id} | {o.agent_id for o in plan.touched},
+        count_resting_of=agent.id if order.may_rest else None,
+        client_order=(agent.id, order.client_order_id) if order.client_order_id else None,
+    )
     taker_agent = tx.agents[agent.id]
     if taker_agent.is_suspended:
         raise AgentSuspended()
-    if results and (found := _existing(results[0], client_order_id, **params)) is not None:
-        return found  # a concurrent twin of this request committed first
-    _check_limits(tx, taker_agent, side=side, action=action, price=price, size=size, resting=resting_count)
+    if (twin := _repeated(parties.earlier, market_id, order)) is not None:
+        return twin  # a concurrent twin of this request committed first
+    _check_limits(tx, taker_agent, order, resting=parties.resting_count)
 
-    for order in plan.expired:
-        tx.end_order(order, Order.Status.EXPIRED, Order.CancelReason.EXPIRED, "expired")
-    for order in plan.self_trade_cancels:
-        tx.end_order(order, Order.Status.CANCELLED, Order.CancelReason.SELF_TRADE, "cancelled")
-    for agent_id in {o.agent_id for o in touched}:
+    # 3. Apply the plan to the working set, then write it out in one round trip.
+    taker = _apply(tx, taker_agent, order, plan, fok_killed)
+    tx.flush()
+    return PlaceResult(order=taker, trades=tx.trades, created=True)
+
+
+def _apply(tx: MarketTx, agent: Agent, order: OrderInput, plan: matching.MatchPlan, fok_killed: bool) -> Order:
+    """Apply a match plan to ``tx``: take expired and self-trade orders out of the book, reserve the taker's
+    collateral (credits for a BUY, contracts for a SELL), execute each fill at the maker's price, then rest, fill or
+    cancel the taker's remainder as its time in force says, and net every party's YES/NO pairs. Returns the taker's
+    order. Raises :class:`InsufficientBalance` or :class:`InsufficientPosition` when the collateral is not there."""
+    for resting in plan.expired:
+        tx.end_order(resting, Order.Status.EXPIRED, Order.CancelReason.EXPIRED, "expired")
+    for resting in plan.self_trade_cancels:
+        tx.end_order(resting, Order.Status.CANCELLED, Order.CancelReason.SELF_TRADE, "cancelled")
+    for agent_id in {o.agent_id for o in plan.touched}:
         # A selling taker reserves its contracts first (below): netting now could merge away what it offers.
-        if agent_id != agent.id or action == Action.BUY:
+        if agent_id != agent.id or order.action == Action.BUY:
             tx.net(agent_id)
+    _reserve(tx, agent, order)
 
-    # Reserve collateral for the whole order.
-    if action == Action.BUY:
-        tx.cash.reserve(taker_agent, price * size)
-    else:
-        pos = tx.position(agent.id)
-        held, reserved = (pos.yes_shares, pos.yes_reserved) if side == Side.YES else (pos.no_shares, pos.no_reserved)
-        if held - reserved < size:
-            raise InsufficientPosition(
-                f"Selling {size} {side} needs {size} unreserved contracts; {held - reserved} are available.",
-                detail={"side": side, "required": size, "available": held - reserved},
-            )
-        if side == Side.YES:
-            pos.yes_reserved += size
-        else:
-            pos.no_reserved += size
-
+    book_side, book_price = order.book_position
     taker = Order(
         id=uuid.uuid4(),
-        market=market,
-        agent=taker_agent,
-        side=side,
-        action=action,
-        price=price,
-        size=size,
-        time_in_force=tif,
-        post_only=post_only,
-        expires_at=expires_at,
-        client_order_id=client_order_id or None,
-        forecast=stated,
+        market=tx.market,
+        agent=agent,
+        side=order.side,
+        action=order.action,
+        price=order.price,
+        size=order.size,
+        time_in_force=order.time_in_force,
+        post_only=order.post_only,
+        expires_at=order.expires_at,
+        client_order_id=order.client_order_id,
+        forecast=order.forecast,
         book_side=book_side,
         book_price=book_price,
         seq=0,
@@ -314,7 +282,7 @@ def order_place(
     if taker.filled == taker.size:
         taker.status = Order.Status.FILLED
         tx.order_event(taker, "filled", seq=taker_seq)
-    elif fok_killed or tif == TimeInForce.IOC:
+    elif fok_killed or order.time_in_force == TimeInForce.IOC:
         tx.release(taker)
         taker.status = Order.Status.CANCELLED
         taker.cancel_reason = Order.CancelReason.FOK_UNFILLED if fok_killed else Order.CancelReason.IOC_REMAINDER
@@ -325,21 +293,39 @@ def order_place(
 
     for agent_id in {taker.agent_id} | {f.maker.agent_id for f in plan.fills}:
         tx.net(agent_id)
-    if stated is not None:
-        Forecast.objects.create(
-            agent=taker_agent,
-            market=market,
-            probability=stated,
-            reasoning=reasoning or "",
-            reference_price=market.reference_price,  # the source's price beside it (brier_vs_market)
+    if order.forecast is not None:
+        tx.forecasts.append(
+            Forecast(
+                agent=agent,
+                market=tx.market,
+                probability=order.forecast,
+                reasoning=order.reasoning,
+                reference_price=tx.market.reference_price,  # the source's price beside it (brier_vs_market)
+            )
         )
-    tx.flush()
-    return PlaceResult(order=taker, trades=tx.trades, created=True)
+    return taker
 
 
-def _check_limits(
-    tx: MarketTx, agent: Agent, *, side: str, action: str, price: Decimal, size: int, resting: int | None
-) -> None:
+def _reserve(tx: MarketTx, agent: Agent, order: OrderInput) -> None:
+    """Set aside the whole order's collateral: ``price * size`` credits for a BUY, ``size`` held contracts of its
+    side for a SELL. Raises :class:`InsufficientBalance` / :class:`InsufficientPosition`."""
+    if order.action == Action.BUY:
+        tx.cash.reserve(agent, order.price * order.size)
+        return
+    pos = tx.position(agent.id)
+    held, reserved = (pos.yes_shares, pos.yes_reserved) if order.side == Side.YES else (pos.no_shares, pos.no_reserved)
+    if held - reserved < order.size:
+        raise InsufficientPosition(
+            f"Selling {order.size} {order.side} needs {order.size} unreserved contracts; {held - reserved} are available.",
+            detail={"side": order.side, "required": order.size, "available": held - reserved},
+        )
+    if order.side == Side.YES:
+        pos.yes_reserved += order.size
+    else:
+        pos.no_reserved += order.size
+
+
+def _check_limits(tx: MarketTx, agent: Agent, order: OrderInput, *, resting: int | None) -> None:
     """Refuse an order, before anything is matched, that would break a limit (issue 4; docs/decisions.md):
 
     * ``MAX_OPEN_ORDERS`` resting orders per agent across all markets, for an order that may rest (GTC, GTD):
@@ -360,8 +346,9 @@ def _check_limits(
                 f"An agent may have at most {limit} resting orders; cancel some first.",
                 detail={"max_open_orders": limit},
             )
-    if action != Action.BUY:
+    if order.action != Action.BUY:
         return
+    side, price, size = order.side, order.price, order.size
     if agent.max_reserved is not None and agent.locked_balance + price * size > agent.max_reserved:
         raise RiskLimitExceeded(
             f"This order would reserve {quantize(agent.locked_balance + price * size)} credits; this agent's limit "
@@ -376,12 +363,7 @@ def _check_limits(
     if agent.max_position is not None:
         pos = tx.position(agent.id)
         held = pos.yes_shares if side == Side.YES else pos.no_shares
-        resting = (
-            Order.objects.filter(
-                agent_id=agent.id, market_id=tx.market.id, side=side, action=Action.BUY, status__in=RESTING
-            ).aggregate(left=Sum(F("size") - F("filled")))["left"]
-            or 0
-        )
+        resting = book_store.resting_buy_contracts(agent.id, tx.market.id, side)
         if held + resting + size > agent.max_position:
             raise RiskLimitExceeded(
                 f"This order could bring the position to {held + resting + size} {side} contracts in this market; "
@@ -465,11 +447,14 @@ def _execute(tx: MarketTx, taker: Order, fill: matching.Fill) -> None:
 # Cancelling.
 
 
-def _cancel_in_market(market_id, orders_filter: Q, reason: str) -> list[Order]:
-    """Cancel the resting orders of one market that match ``orders_filter``; the caller's transaction holds nothing."""
-    market = lock_market_row(market_id)
+def _cancel_in_market(
+    market_id: uuid.UUID, reason: str, *, agent_id: uuid.UUID | None = None, order_id: uuid.UUID | None = None
+) -> list[Order]:
+    """Cancel the resting orders of one market, the agent's or the one order, releasing their reserves; locks the
+    market, then their agents. Returns the cancelled orders (none if nothing is resting any more)."""
+    market = book_store.lock_market(market_id)
     # Re-read under the market lock: only what is still resting now is cancelled.
-    orders = list(Order.objects.filter(orders_filter, market=market, status__in=RESTING).order_by("seq"))
+    orders = book_store.resting_orders(market.id, agent_id=agent_id, order_id=order_id)
     if not orders:
         return []
     tx = MarketTx(market)
@@ -496,14 +481,13 @@ def order_cancel(*, agent: Agent, order_id: uuid.UUID | str) -> Order:
 
 @service_transaction
 def _order_cancel(*, agent: Agent, order_id: uuid.UUID | str) -> Order:
-    try:
-        order = Order.objects.only("id", "market_id", "agent_id").get(id=order_id, agent=agent)
-    except (Order.DoesNotExist, ValidationError, ValueError, TypeError) as exc:
-        raise NotFound("No such order.", detail={"order": str(order_id)}) from exc
-    cancelled = _cancel_in_market(order.market_id, Q(id=order.id), Order.CancelReason.USER)
+    order = book_store.own_order(agent.id, order_id)
+    if order is None:
+        raise NotFound("No such order.", detail={"order": str(order_id)})
+    cancelled = _cancel_in_market(order.market_id, Order.CancelReason.USER, order_id=order.id)
     if not cancelled:
-        order = Order.objects.get(id=order.id)
-        raise OrderNotCancellable(detail={"order": str(order.id), "status": order.status})
+        now = book_store.own_order(agent.id, order.id) or order
+        raise OrderNotCancellable(detail={"order": str(order.id), "status": now.status})
     return cancelled[0]
 
 
@@ -513,17 +497,16 @@ def order_cancel_all(
 ) -> list[Order]:
     """Cancel every resting order of the agent, optionally only in one market; returns the cancelled orders.
 
-    All its markets are locked first, in ascending id order, then the agent (DESIGN section 6).
+    All its markets are locked first, in ascending id order, then the agent (DESIGN section 6). Raises
+    :class:`NotFound` for a malformed ``market_id``.
     """
-    resting = Order.objects.filter(agent=agent, status__in=RESTING)
-    if market_id is not None:
-        resting = resting.filter(market_id=parse_id(market_id, "market"))
-    cancelled: list[Order] = []
-    market_ids = sorted(set(resting.values_list("market_id", flat=True)))
+    only = parse_id(market_id, "market") if market_id is not None else None
+    market_ids = book_store.resting_markets(agent.id, only)
     # Every market row first, then the agent: holding the agent while waiting for the next market deadlocks with a
     # trade in that market, which holds the market and waits for the agent (DESIGN section 6).
     for mid in market_ids:
-        lock_market_row(mid)
+        book_store.lock_market(mid)
+    cancelled: list[Order] = []
     for mid in market_ids:
-        cancelled += _cancel_in_market(mid, Q(agent=agent), reason)
+        cancelled += _cancel_in_market(mid, reason, agent_id=agent.id)
     return cancelled

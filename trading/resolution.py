@@ -20,10 +20,9 @@ import logging
 import uuid
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
-from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import DatabaseError
 from django.utils import timezone
 
@@ -45,9 +44,13 @@ from moltstreet.errors import (
     ResolutionPending,
 )
 from moltstreet.money import ZERO, quantize
+from trading import book_store
 from trading.lifecycle import end_all_resting
-from trading.market_tx import MarketTx, lock_market_row
+from trading.market_tx import MarketTx
 from trading.models import SETTLEMENT, Order, Position
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User  # settings.AUTH_USER_MODEL: Resolution.decided_by's model
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +90,7 @@ def market_resolve(*, market_id: uuid.UUID | str, outcome: str, resolver: Resolv
     outcome = parse_outcome(outcome)
     if resolver.kind == Resolution.ResolverKind.ORACLE:
         raise InvalidRequest("An oracle proposes a resolution; it is final after the dispute window.")
-    market = lock_market_row(market_id)
+    market = book_store.lock_market(market_id)
     if market.status == Market.Status.RESOLVED:
         raise MarketAlreadyResolved(detail={"market": str(market.id), "outcome": market.outcome})
     now = timezone.now()
@@ -127,7 +130,12 @@ def _settle(market: Market, resolution: Resolution, now: datetime) -> Market:
         pos.yes_cost = pos.no_cost = ZERO
         agent = tx.agents[agent_id]
         tx.cash.move(
-            agent, payout, LedgerEntry.Kind.PAYOUT, market_id=market.id, reference=market.id, memo=f"resolved {outcome}"
+            agent,
+            payout,
+            LedgerEntry.Kind.PAYOUT,
+            market_id=market.id,
+            reference=str(market.id),
+            memo=f"resolved {outcome}",
         )
         # Trades with linked agents earn no reputation (DESIGN section 4a): what they made, now settled exactly,
         # replaces their open estimate in linked_pnl and stays out of the reputation.
@@ -227,7 +235,7 @@ def resolution_propose(*, market_id: uuid.UUID | str, outcome: str, agent: Agent
     """
     outcome = parse_outcome(outcome)
     # The market row first (DESIGN section 6); the agent's flags are read fresh, an operator may have changed them.
-    market = lock_market_row(market_id)
+    market = book_store.lock_market(market_id)
     agent = Agent.objects.get(id=agent.id)
     if not agent.is_oracle:
         raise NotOracle()
@@ -263,7 +271,7 @@ def resolution_propose_for_operator(*, market_id: uuid.UUID | str, outcome: str,
     admin's Resolutions). Records a ``resolution_proposed`` event. A market resolved already, or with a proposal
     pending, is left as it is and its current resolution returned."""
     outcome = parse_outcome(outcome)
-    market = lock_market_row(market_id)
+    market = book_store.lock_market(market_id)
     current = pending_resolution(market.id)
     if market.status == Market.Status.RESOLVED:
         return Resolution.objects.get(market=market, status=Resolution.Status.FINAL)
@@ -299,7 +307,7 @@ def resolution_dispute(*, market_id: uuid.UUID | str, agent: Agent, reason: str)
             f"reason must be 1-{MAX_REASON_LENGTH} characters: what the proposed outcome gets wrong.",
             detail={"length": len(reason)},
         )
-    market = lock_market_row(market_id)
+    market = book_store.lock_market(market_id)
     if Agent.objects.filter(id=agent.id, is_suspended=True).exists():
         raise AgentSuspended("This agent is suspended and cannot dispute resolutions.")
     pending = pending_resolution(market.id)
@@ -322,7 +330,7 @@ def _pending_by_id(resolution_id: int) -> tuple[Market, Resolution]:
     market_id = Resolution.objects.filter(pk=resolution_id).values_list("market_id", flat=True).first()
     if market_id is None:
         raise NotFound("No such resolution.", detail={"resolution": resolution_id})
-    market = lock_market_row(market_id)
+    market = book_store.lock_market(market_id)
     resolution = Resolution.objects.get(pk=resolution_id)
     if not resolution.is_pending:
         raise NotDisputable(
@@ -332,7 +340,7 @@ def _pending_by_id(resolution_id: int) -> tuple[Market, Resolution]:
 
 
 @service_transaction
-def resolution_confirm(*, resolution_id: int, user: AbstractBaseUser, note: str = "") -> Market:
+def resolution_confirm(*, resolution_id: int, user: User, note: str = "") -> Market:
     """An operator confirms a pending proposal: it becomes final (``decided_by`` the operator) and pays out.
 
     Raises :class:`NotFound` for an unknown resolution, :class:`NotDisputable` (409) when it is no longer pending.
@@ -343,7 +351,7 @@ def resolution_confirm(*, resolution_id: int, user: AbstractBaseUser, note: str 
 
 
 @service_transaction
-def resolution_overturn(*, resolution_id: int, outcome: str, user: AbstractBaseUser, note: str = "") -> Market:
+def resolution_overturn(*, resolution_id: int, outcome: str, user: User, note: str = "") -> Market:
     """An operator decides another outcome than a pending proposal's: the proposal is ``overturned`` and the
     operator's own resolution is final and pays out.
 
@@ -364,10 +372,15 @@ def resolution_overturn(*, resolution_id: int, outcome: str, user: AbstractBaseU
 @service_transaction
 def _finalize_proposal(resolution_id: int, now: datetime) -> Market | None:
     market_id = Resolution.objects.filter(pk=resolution_id).values_list("market_id", flat=True).first()
-    market = lock_market_row(market_id)
+    market = book_store.lock_market(market_id)
     # Re-read under the market lock: a dispute or an operator may have come first.
     resolution = Resolution.objects.get(pk=resolution_id)
-    if resolution.status != Resolution.Status.PROPOSED or resolution.dispute_until > now:
+    # As in resolution_dispute: without a dispute_until the window is not over.
+    if (
+        resolution.status != Resolution.Status.PROPOSED
+        or resolution.dispute_until is None
+        or resolution.dispute_until > now
+    ):
         return None
     return _settle(market, resolution, now)
 

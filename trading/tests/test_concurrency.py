@@ -2,7 +2,7 @@
 
 Each thread has its own database connection (Django's are per thread), waits at a ``threading.Barrier`` so the
 requests really overlap, and closes its connections in ``finally``. The negative control turns locking off through
-``trading.market_tx.LOCKING_ENABLED`` and shows that the same race then breaks the books.
+``trading.book_store.LOCKING_ENABLED`` and shows that the same race then breaks the books.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from django.db import DatabaseError, connection, connections, transaction
 
 from markets.services import lock_market
 from moltstreet.errors import MoltStreetError
-from trading import market_tx
+from trading import book_store
 from trading.audit import run_audit
 from trading.models import Order, Position, Trade
 from trading.orders import order_cancel, order_cancel_all, order_place
@@ -317,7 +317,7 @@ def test_without_locks_the_same_race_breaks_the_books():
     breaches: list[str] = []
     attempts = 0
     try:
-        market_tx.LOCKING_ENABLED = False
+        book_store.LOCKING_ENABLED = False
         while not breaches and attempts < 10:
             attempts += 1
             markets = [new_market(creator) for _ in range(5)]
@@ -334,7 +334,7 @@ def test_without_locks_the_same_race_breaks_the_books():
             if not run_audit().ok:
                 breaches.append("the audit found a breach")
     finally:
-        market_tx.LOCKING_ENABLED = True
+        book_store.LOCKING_ENABLED = True
 
     assert breaches, f"{attempts} unlocked races all came out right: the negative control shows nothing"
 

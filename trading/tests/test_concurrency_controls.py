@@ -5,7 +5,7 @@ Each race is staged, not hoped for: a thread stops at a chosen point (:class:`St
 the race needs it; a waiting lock is seen in ``pg_stat_activity`` (``wait_for_lock_waiters``), never by sleeping.
 
 With the locks, the outcome is exact: one cancel wins and the reserve is released once, to the cent; one resolution
-pays out. The controls turn the row locks off (``trading.market_tx.LOCKING_ENABLED``, as the buying race's control in
+pays out. The controls turn the row locks off (``trading.book_store.LOCKING_ENABLED``, as the buying race's control in
 ``test_concurrency.py`` does) and show that the same tests then see the race: the loser passes the "still resting?" or
 "not resolved yet?" re-check and releases the reserve (or pays out) a second time, from a balance the winner already
 changed. What stops that second release from being committed, once the locks are gone, is only the database: a book
@@ -26,7 +26,7 @@ from django.db import IntegrityError
 from agents.models import Agent, LedgerEntry
 from agents.services import CashBook
 from markets.models import Market, Resolution, Resolver
-from trading import market_tx
+from trading import book_store
 from trading.market_tx import MarketTx
 from trading.models import Order, Trade
 from trading.orders import order_cancel
@@ -119,7 +119,7 @@ def cash_log(monkeypatch) -> list[tuple[str, object, Decimal, Decimal, Decimal]]
 @pytest.fixture
 def unlocked(monkeypatch):
     """No row locks for the test (the negative control's switch); restored afterwards by monkeypatch."""
-    monkeypatch.setattr(market_tx, "LOCKING_ENABLED", False)
+    monkeypatch.setattr(book_store, "LOCKING_ENABLED", False)
 
 
 def outcomes_and_errors(results) -> tuple[Counter, list[Exception]]:
