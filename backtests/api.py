@@ -16,6 +16,8 @@ Uploads in parts (a result whose executions would not fit the request body limit
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from moltstreet_client.strategies import BUILTINS
 from rest_framework import permissions, serializers, status, viewsets
@@ -38,6 +40,10 @@ from moltstreet.logs import bind
 from moltstreet.pagination import CheckedCursorPagination
 from moltstreet.throttling import AgentWriteThrottle
 from trading.api import UUIDStringField
+
+if TYPE_CHECKING:
+    from agents.models import Agent
+    from markets.models import Market
 
 # --------------------------------------------------------------------------------------------------------------------
 # Serializers
@@ -129,8 +135,12 @@ class BacktestSerializer(serializers.ModelSerializer):
     """A backtest: its inputs, its status and, once ``done``, its results. ``reported``: run by the agent with the
     SDK and uploaded (the exchange did not run it)."""
 
-    agent = serializers.SlugRelatedField(slug_field="name", read_only=True, help_text="The agent who ran it.")
-    markets = serializers.PrimaryKeyRelatedField(many=True, read_only=True, help_text="Market ids.")
+    agent: serializers.SlugRelatedField[Agent] = serializers.SlugRelatedField(
+        slug_field="name", read_only=True, help_text="The agent who ran it."
+    )
+    markets: serializers.PrimaryKeyRelatedField[Market] = serializers.PrimaryKeyRelatedField(
+        many=True, read_only=True, help_text="Market ids."
+    )
     cash = Money(help_text="Starting credits (simulated).")
     metrics = serializers.JSONField(
         read_only=True,
@@ -240,7 +250,6 @@ class ExecutionCursorPagination(CheckedCursorPagination):
 
     ordering = ("number",)  # unique within a backtest: the cursor is the last number sent
     page_size = 100
-    page_size_query_param = "page_size"
     max_page_size = 1000
 
 
@@ -327,7 +336,7 @@ class BacktestViewSet(viewsets.GenericViewSet):
             result = {name: request.data.get(name) for name in _RESULT_FIELDS}
             count = request.data.get("executions_count")
             backtest = backtest_upload(**common, result=result, executions_count=count)
-            answer = status.HTTP_201_CREATED
+            answer: int = status.HTTP_201_CREATED
         else:
             backtest = backtest_create(**common)
             answer = status.HTTP_202_ACCEPTED

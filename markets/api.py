@@ -10,11 +10,12 @@ from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
+from agents.models import Agent
+from markets import shape
 from markets.models import Forecast, Market, MarketSnapshot, Outcome, Resolution
-from markets.selectors import current_resolution, with_current_resolution
+from markets.selectors import with_current_resolution
 from markets.services import forecast_record, market_create
 from moltstreet.api import BoundedSearchFilter, IsAgent, Price, StableOrderingFilter, errors
-from moltstreet.money import complement
 from moltstreet.pagination import CheckedCursorPagination
 
 extend_schema_field_price = extend_schema_field(
@@ -46,66 +47,49 @@ class ResolutionSerializer(serializers.Serializer):
         return resolution.public()
 
 
+class _Described(serializers.Field):
+    """A read-only field of :class:`MarketSerializer` that only describes its value for the schema."""
+
+    def __init__(self, **kwargs):
+        super().__init__(read_only=True, **kwargs)
+
+
+@extend_schema_field_price
+class _PriceField(_Described):
+    """A YES or NO price as a decimal string, null before the first trade."""
+
+
+@extend_schema_field(ResolutionSerializer(allow_null=True))
+class _ResolutionField(_Described):
+    """The market's current resolution (:meth:`Resolution.public`), or null."""
+
+
 class MarketSerializer(serializers.ModelSerializer):
     """A market with its prices: ``yes_price`` is the last traded YES price (null before the first trade),
     ``best_bid``/``best_ask`` the top of the book as YES prices, ``volume`` the contracts traded."""
 
-    yes_price = serializers.SerializerMethodField()
-    no_price = serializers.SerializerMethodField()
-    resolution = serializers.SerializerMethodField(
+    # Rendered by markets.shape.market_view (the one market shape, all of its fields, in this order); the fields
+    # below only describe it for the OpenAPI schema.
+    yes_price = _PriceField()
+    no_price = _PriceField()
+    resolution = _ResolutionField(
         help_text="The final resolution once resolved, else a pending proposal, else null; names the resolver."
     )
     best_bid = Price(read_only=True, allow_null=True)
     best_ask = Price(read_only=True, allow_null=True)
-    creator = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
+    creator: serializers.SlugRelatedField[Agent] = serializers.SlugRelatedField(
+        slug_field="name", read_only=True, allow_null=True
+    )
     # A plain string: empty for markets created here, which have no source (a URI field would forbid "").
     source_url = serializers.CharField(read_only=True, help_text="The source question's page; empty if none.")
 
     class Meta:
         model = Market
-        fields = [
-            "id",
-            "question",
-            "description",
-            "resolution_criteria",
-            "category",
-            "deadline",
-            "status",
-            "outcome",
-            "resolution",
-            "yes_price",
-            "no_price",
-            "best_bid",
-            "best_ask",
-            "volume",
-            "seq",
-            "creator",
-            "created_at",
-            "closed_at",
-            "resolved_at",
-            "source",
-            "external_id",
-            "source_url",
-            "attribution",
-            "is_historical",
-            "reference_price",
-            "reference_updated_at",
-            "manual_resolution",
-        ]
+        fields = list(shape.API)
         read_only_fields = fields
 
-    @extend_schema_field_price
-    def get_yes_price(self, market: Market) -> str | None:
-        return str(market.last_price) if market.last_price is not None else None
-
-    @extend_schema_field_price
-    def get_no_price(self, market: Market) -> str | None:
-        return str(complement(market.last_price)) if market.last_price is not None else None
-
-    @extend_schema_field(ResolutionSerializer(allow_null=True))
-    def get_resolution(self, market: Market) -> dict | None:
-        resolution = current_resolution(market)
-        return resolution.public() if resolution is not None else None
+    def to_representation(self, market: Market) -> dict:
+        return shape.market_view(market, shape.API)
 
 
 class SnapshotSerializer(serializers.ModelSerializer):
@@ -129,7 +113,6 @@ class SnapshotPagination(CheckedCursorPagination):
 
     ordering = ("taken_at", "id")
     page_size = 100
-    page_size_query_param = "page_size"
     max_page_size = 1000
 
 
@@ -149,7 +132,7 @@ class ForecastInputSerializer(serializers.Serializer):
 
 
 class ForecastSerializer(serializers.ModelSerializer):
-    agent = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    agent: serializers.SlugRelatedField[Agent] = serializers.SlugRelatedField(slug_field="name", read_only=True)
 
     class Meta:
         model = Forecast
@@ -187,7 +170,8 @@ class MarketViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
 
     @extend_schema(
         summary="Create a market",
-        auth=[{"ApiKey": []}],  # the list is public, creating needs a key (checked in the view, unseen by the schema)
+        # drf-spectacular takes security requirement objects here (what it emits); its annotation says str.
+        auth=[{"ApiKey": []}],  # type: ignore[list-item]  # the list is public, creating needs a key (checked in the view, unseen by the schema)
         request=MarketCreateSerializer,
         responses={201: MarketSerializer, **errors(400, 401, 403)},
         description="Opens a new market; the creator pays the 10.00 credit creation fee.",

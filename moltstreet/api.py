@@ -9,7 +9,7 @@ from drf_spectacular.utils import OpenApiResponse, inline_serializer
 from rest_framework import filters, permissions, serializers
 
 from moltstreet.errors import InvalidRequest, error_body
-from moltstreet.pagination import CheckedCursorPagination
+from moltstreet.pagination import IdCursorPagination
 
 
 class IsAgent(permissions.IsAuthenticated):
@@ -60,19 +60,6 @@ class Price(serializers.DecimalField):
     def validate_precision(self, value):
         normalized = value.quantize(Decimal("0.01")) if value == value.quantize(Decimal("0.01")) else value
         return super().validate_precision(normalized)
-
-
-class IdCursorPagination(CheckedCursorPagination):
-    """Newest first by insertion id, for rows created in bursts with equal timestamps (ledger, trades)."""
-
-    ordering = "-id"
-    page_size = 50
-    page_size_query_param = "page_size"
-    max_page_size = 200
-
-
-class SeqCursorPagination(IdCursorPagination):
-    ordering = "-seq"
 
 
 class StableOrderingFilter(filters.OrderingFilter):
@@ -145,7 +132,6 @@ __all__ = [
     "IsAgent",
     "Money",
     "Price",
-    "SeqCursorPagination",
     "StableOrderingFilter",
     "error_body",
     "errors",

@@ -1,4 +1,8 @@
-"""Cursor pagination for every list: ``{next, previous, results}`` (DESIGN section 7)."""
+"""Cursor pagination for every list: ``{next, previous, results}`` (DESIGN section 7).
+
+One class, :class:`CheckedCursorPagination`, with the shared query parameters and page sizes; a list's pagination is
+a subclass that names its ``ordering`` (and its page sizes where they differ).
+"""
 
 from django.core.exceptions import FieldDoesNotExist
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -11,7 +15,15 @@ class CheckedCursorPagination(CursorPagination):
 
     DRF answers an undecodable cursor with 404 "Invalid cursor" but passes a decodable one's position straight into
     the query, so a forged or mangled cursor (``p=abc`` for an id, ``p=2026`` for a time) failed there as a 500.
+
+    Query parameters ``cursor`` and ``page_size`` (1 to ``max_page_size``, default ``page_size``: 50 of 200 unless a
+    subclass says otherwise). Subclasses set ``ordering`` (model field names, ``-`` for descending; the first is the
+    cursor's position); a list with an ``OrderingFilter`` pages by the filter's ordering instead.
     """
+
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 200
 
     def paginate_queryset(self, queryset, request, view=None):
         self._model = queryset.model
@@ -34,9 +46,10 @@ class CheckedCursorPagination(CursorPagination):
         """DRF's query parameters, with ``page_size`` described from this class's own ``page_size`` and
         ``max_page_size`` (lists differ: 50 of 200 for most, 100 of 1000 for executions, 1000 of 5000 for events)."""
         parameters = super().get_schema_operation_parameters(view)
+        default, maximum = self.page_size, self.max_page_size  # None only on DRF's base class: every list sets both
         for parameter in parameters:
-            if parameter["name"] == self.page_size_query_param:
-                parameter["description"] = page_size_description(self.page_size, self.max_page_size)
+            if parameter["name"] == self.page_size_query_param and default is not None and maximum is not None:
+                parameter["description"] = page_size_description(default, maximum)
                 parameter["schema"] = {"type": "integer", "minimum": 1}
         return parameters
 
@@ -50,9 +63,12 @@ def page_size_description(default: int, maximum: int) -> str:
 
 
 class CreatedCursorPagination(CheckedCursorPagination):
-    """Newest first by ``created_at``; ``?page_size=`` up to 200. Lists with an ``OrderingFilter`` use its ordering."""
+    """Newest first by ``created_at``: the default of every list (``REST_FRAMEWORK["DEFAULT_PAGINATION_CLASS"]``)."""
 
     ordering = ("-created_at", "-id")  # id breaks ties between rows created in the same microsecond
-    page_size = 50
-    page_size_query_param = "page_size"
-    max_page_size = 200
+
+
+class IdCursorPagination(CheckedCursorPagination):
+    """Newest first by insertion id, for rows created in bursts with equal timestamps (ledger, positions)."""
+
+    ordering = ("-id",)

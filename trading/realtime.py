@@ -21,7 +21,6 @@ import threading
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -29,12 +28,10 @@ from asgiref.sync import async_to_sync
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
 from django.db import connection, transaction
-from django.utils.dateparse import parse_datetime
-from rest_framework import serializers
 
 from agents.models import Agent
 from markets.models import Market, MarketEvent
-from moltstreet.money import complement
+from markets.shape import FEED, market_view, recorded_view, render_no_price, render_time
 from trading.models import Position, Side
 from trading.selectors import book_levels
 
@@ -46,8 +43,6 @@ Message = dict[str, Any]
 MARKET_BATCH = "market.batch"
 AGENT_BATCH = "agent.batch"
 KEY_REVOKED = "key.revoked"
-
-_TIME = serializers.DateTimeField()  # the REST API's time format, so a time reads the same in both
 
 
 def market_group(market_id: uuid.UUID | str) -> str:
@@ -65,58 +60,16 @@ def key_group(key_id: uuid.UUID | str) -> str:
     return f"apikey.{key_id}"
 
 
-def _time(value: datetime | str | None) -> str | None:
-    if isinstance(value, str):
-        value = parse_datetime(value)
-    return _TIME.to_representation(value) if value is not None else None
-
-
-def _price(value: Decimal | str | None) -> str | None:
-    return str(value) if value is not None else None
-
-
-def _no_price(yes_price: Decimal | str | None) -> str | None:
-    return str(complement(Decimal(str(yes_price)))) if yes_price is not None else None
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # Public messages
 
 
-def market_state(market: Market) -> Message:
-    """The ``market`` object of the feed: ``{id, question, status, outcome, yes_price, no_price, best_bid, best_ask,
-    volume, deadline, reference_price}``; prices are decimal strings or null (``yes_price`` is the last traded YES
-    price, ``reference_price`` the source's probability of YES for a mirrored market)."""
-    return {
-        "id": str(market.id),
-        "question": market.question,
-        "status": market.status,
-        "outcome": market.outcome,
-        "yes_price": _price(market.last_price),
-        "no_price": _no_price(market.last_price),
-        "best_bid": _price(market.best_bid),
-        "best_ask": _price(market.best_ask),
-        "volume": market.volume,
-        "deadline": _time(market.deadline),
-        "reference_price": str(market.reference_price) if market.reference_price is not None else None,
-    }
-
-
 def _market_event_state(data: dict[str, Any], market: Market | None) -> Message:
-    """A ``market`` message's object: the state recorded with the event (status, outcome, last price, volume,
-    deadline); the question and top of book, which the event does not record, as the market row has them now."""
-    recorded = data.get("market") or {}
-    state = market_state(market) if market is not None else {"question": None, "best_bid": None, "best_ask": None}
-    last_price = recorded.get("last_price")
-    state.update(
-        id=recorded.get("id", state.get("id")),
-        status=recorded.get("status"),
-        outcome=recorded.get("outcome"),
-        yes_price=_price(last_price),
-        no_price=_no_price(last_price),
-        volume=recorded.get("volume"),
-        deadline=_time(recorded.get("deadline")),
-    )
+    """A ``market`` message's object, the feed's market shape (``markets.shape.FEED``): the state recorded with the
+    event (``recorded_view``: id, status, outcome, prices, volume, deadline); the question, top of book and reference
+    price, which the event does not record, as the market row has them now."""
+    state = market_view(market, FEED) if market is not None else {"question": None, "best_bid": None, "best_ask": None}
+    state.update({"id": state.get("id"), **recorded_view(data.get("market") or {})})
     if data.get("event") in ("closed", "resolved"):  # closing and resolving cancel every resting order
         state.update(best_bid=None, best_ask=None)
     return state
@@ -130,7 +83,7 @@ def _public_trade(event: MarketEvent) -> Message:
         "price": trade["price"],
         "size": trade["size"],
         "taker_side": trade["taker_side"],
-        "created_at": _time(event.created_at),
+        "created_at": render_time(event.created_at),
     }
 
 
@@ -239,9 +192,9 @@ def private_messages(
                             "action": action,
                             "role": role,
                             "price": trade["price"],
-                            "fill_price": trade["price"] if side == Side.YES else _no_price(trade["price"]),
+                            "fill_price": trade["price"] if side == Side.YES else render_no_price(trade["price"]),
                             "size": trade["size"],
-                            "created_at": _time(event.created_at),
+                            "created_at": render_time(event.created_at),
                         },
                     }
                 )
@@ -410,7 +363,7 @@ def market_snapshot(market_id: uuid.UUID | str, reason: str) -> Message | None:
         "type": "snapshot",
         "seq": market.seq,
         "reason": reason,
-        "market": market_state(market),
+        "market": market_view(market, FEED),
         "book": {"yes": book["yes"], "no": book["no"]},
         "trades": [_public_trade(event) for event in trades],
     }
@@ -441,7 +394,6 @@ __all__ = [
     "market_exists",
     "market_group",
     "market_snapshot",
-    "market_state",
     "private_messages",
     "public_message",
     "public_messages",

@@ -22,6 +22,7 @@ from backtests import charts
 from backtests import selectors as backtest_selectors
 from markets.models import Market
 from markets.selectors import current_resolution
+from markets.shape import MARKET_FIELDS, PAGE, market_view
 from moltstreet.money import complement, quantize
 from trading import selectors
 from trading.api import TradeSerializer
@@ -138,7 +139,7 @@ def market_detail(request: HttpRequest, market_id) -> HttpResponse:
     """``/markets/<id>/``: the question and its rules, price chart, depth ladder, trades, holders; live over ws."""
     # The market row first: its seq, volume and last price are one consistent state the live feed resumes from.
     market = get_object_or_404(selectors.markets_with_change(Market.objects.select_related("creator")), id=market_id)
-    market.change = selectors.price_change(market)
+    market.change = selectors.price_change(market)  # type: ignore[attr-defined]  # for the page, not a model field
     book = selectors.book_levels(market)
     ladder = _ladder(book)
     best_bid = Decimal(book["best_bid"]) if book["best_bid"] else None
@@ -148,16 +149,10 @@ def market_detail(request: HttpRequest, market_id) -> HttpResponse:
     # What market.js starts from; it then applies the live feed's messages after ``seq`` (docs/realtime.md).
     live = {
         "seq": market.seq,
-        "market": {
-            "id": str(market.id),
-            "status": market.status,
-            "outcome": market.outcome,
-            "yes_price": str(market.last_price) if market.last_price is not None else None,
-            "volume": market.volume,
-        },
+        "market": market_view(market, PAGE),
         "book": {"yes": book["yes"], "no": book["no"]},
         "trades": TradeSerializer(trades, many=True).data,
-        "reference_price": str(market.reference_price) if market.reference_price is not None else None,
+        "reference_price": MARKET_FIELDS["reference_price"](market),
         # The source's probability over time (a second line on the chart); live `reference` messages extend it.
         "reference": selectors.reference_series(market) if market.source else [],
     }
