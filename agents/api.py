@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
@@ -104,7 +106,7 @@ class KeyRotationSerializer(serializers.Serializer):
 
 
 class LeaderboardPagination(IdCursorPagination):
-    ordering = "-reputation"
+    ordering = ("-reputation",)
 
 
 class LeaderboardOrderingFilter(StableOrderingFilter):
@@ -161,7 +163,7 @@ class AgentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         data.is_valid(raise_exception=True)
         # The client's address links agents registered from it close together (DESIGN section 4a).
         agent, key = agent_register(**data.validated_data, address=request_address(request))
-        agent.api_key = key
+        agent.api_key = key  # type: ignore[attr-defined]  # shown once by RegisteredAgentSerializer; not a field
         return Response(RegisteredAgentSerializer(agent).data, status=status.HTTP_201_CREATED)
 
     def get_throttles(self):
@@ -205,7 +207,7 @@ class AgentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         data.is_valid(raise_exception=True)
         revoke = request.auth.id if data.validated_data["revoke_current"] else None
         key, raw = api_key_create(agent=request.user, revoke_key_id=revoke)
-        key.api_key = raw
+        key.api_key = raw  # type: ignore[attr-defined]  # shown once by NewApiKeySerializer; not a field
         current = None if revoke else request.auth
         return Response(NewApiKeySerializer(key, context={"current": current}).data, status=status.HTTP_201_CREATED)
 
@@ -254,4 +256,4 @@ class LedgerViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     filterset_fields = ["kind", "market_id"]
 
     def get_queryset(self):
-        return LedgerEntry.objects.filter(agent=self.request.user)
+        return LedgerEntry.objects.filter(agent=cast(Agent, self.request.user))  # IsAgent: the user is an Agent

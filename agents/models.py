@@ -9,7 +9,9 @@ from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import F, Q
 
-MONEY = {"max_digits": 16, "decimal_places": 2}
+from moltstreet.money import DecimalDigits
+
+MONEY: DecimalDigits = {"max_digits": 16, "decimal_places": 2}
 
 
 class Agent(models.Model):

@@ -145,7 +145,8 @@ def agent_recent_backtests(agent: Agent, limit: int = PROFILE_BACKTESTS) -> tupl
     )
     for backtest in rows:
         done = backtest.status == Backtest.Status.DONE
-        backtest.pnl = decimal_or_none(backtest.metrics.get("pnl")) if done else None
+        # An attribute for the profile page, set on the instance: not a model field, so unknown to mypy.
+        backtest.pnl = decimal_or_none(backtest.metrics.get("pnl")) if done else None  # type: ignore[attr-defined]
     return rows[:limit], len(rows) > limit
 
 

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Literal, overload
 
 from django.conf import settings
 from django.db import transaction
@@ -289,8 +289,8 @@ def backtest_requeue_stale(*, older_than: timedelta | None = None) -> list[str]:
         )
         if not pending.exists():
             ids.append(str(backtest_id))
-    for backtest_id in ids:
-        run_backtest_task.enqueue(backtest_id=backtest_id)
+    for stale_id in ids:
+        run_backtest_task.enqueue(backtest_id=stale_id)
     return ids
 
 
@@ -304,6 +304,10 @@ def _json_capped(field: str, value: Any) -> Any:
     return value
 
 
+@overload
+def _decimal(field: str, value: Any, *, places: int | None = None, allow_none: Literal[False] = False) -> Decimal: ...
+@overload
+def _decimal(field: str, value: Any, *, places: int | None = None, allow_none: bool) -> Decimal | None: ...
 def _decimal(field: str, value: Any, *, places: int | None = None, allow_none: bool = False) -> Decimal | None:
     """A finite decimal from a string or a number (never a boolean), with at most ``places`` decimal places."""
     if value is None and allow_none:
@@ -372,7 +376,8 @@ def _executions(
         at = f"executions[{index}]"
         if not isinstance(row, dict):
             raise InvalidRequest(f"{at} must be an object.", detail={at: type(row).__name__})
-        market = markets.get(row.get("market")) if isinstance(row.get("market"), str) else None
+        market_id = row.get("market")
+        market = markets.get(market_id) if isinstance(market_id, str) else None
         if market is None:
             raise InvalidRequest(
                 f"{at}.market is not in markets.", detail={f"{at}.market": _jsonable(row.get("market"))}

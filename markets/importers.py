@@ -22,7 +22,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from django.db import transaction
+from django.db import models, transaction
 from django.utils import timezone
 from django.utils.html import strip_tags
 
@@ -32,7 +32,18 @@ from moltstreet.errors import MoltStreetError
 
 # ForecastBench sources that are prediction markets; every other source is a data series and is skipped.
 MARKET_SOURCES = {"manifold": "Manifold", "metaculus": "Metaculus", "infer": "INFER", "polymarket": "Polymarket"}
-QUESTION_LIMIT = Market._meta.get_field("question").max_length
+
+
+def _max_length(name: str) -> int:
+    """The ``max_length`` of one of ``Market``'s text fields, in characters."""
+    field = Market._meta.get_field(name)
+    if not isinstance(field, models.Field) or field.max_length is None:
+        raise TypeError(f"Market.{name} has no max_length")
+    return field.max_length
+
+
+QUESTION_LIMIT = _max_length("question")
+EXTERNAL_ID_LIMIT = _max_length("external_id")
 MISSING = {"", "n/a", "na", "none", "null"}
 DATASET_URL = "https://github.com/forecastingresearch/forecastbench-datasets"
 # The resolver named on markets resolved to a real outcome from the data set (a source: final at once).
@@ -211,7 +222,7 @@ def parse_question(
         raise BadQuestion(f"source {source!r} is not a prediction market")
     if not external_id:
         raise BadQuestion("no id")
-    if len(external_id) > Market._meta.get_field("external_id").max_length:
+    if len(external_id) > EXTERNAL_ID_LIMIT:
         raise BadQuestion("id longer than 100 characters")
     text = shorten(clean_text(raw.get("question")), QUESTION_LIMIT)
     if not text:
@@ -342,10 +353,10 @@ def _import_one(
     created = market is None
     will_resolve = resolve and question.outcome is not None
     reopened = created and reopen_days is not None and question.deadline <= now and not will_resolve
-    if created:
+    if market is None:
         market = market_import(
             question=question.question,
-            deadline=now + timedelta(days=reopen_days) if reopened else question.deadline,
+            deadline=now + timedelta(days=reopen_days) if reopened and reopen_days is not None else question.deadline,
             source=question.source,
             external_id=question.external_id,
             description=question.description,

@@ -15,8 +15,9 @@ from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
 from agents.models import Agent
+from moltstreet.money import DecimalDigits
 
-PRICE = {"max_digits": 3, "decimal_places": 2}
+PRICE: DecimalDigits = {"max_digits": 3, "decimal_places": 2}
 
 
 class Outcome(models.TextChoices):
@@ -268,7 +269,7 @@ class Resolution(models.Model):
             "proposed_at": _iso(self.created_at),
             "dispute_until": _iso(self.dispute_until),
             "decided_at": _iso(self.decided_at),
-            "decided_by": self.decided_by.get_username() if self.decided_by_id else None,
+            "decided_by": self.decided_by.get_username() if self.decided_by is not None else None,
             "disputes": disputes,
             "evidence": self.evidence or {},
         }

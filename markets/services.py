@@ -11,7 +11,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import OuterRef, Subquery
+from django.db.models import CharField, OuterRef, Subquery
 from django.utils import timezone
 
 from agents.models import Agent, LedgerEntry
@@ -36,6 +36,13 @@ def lock_market(market_id: uuid.UUID) -> Market:
     if found is None:
         raise NotFound("No such market.", detail={"market": str(market_id)})
     return found
+
+
+def _max_length(name: str) -> int:
+    """The ``max_length`` of one of the market's text fields (characters)."""
+    field = Market._meta.get_field(name)
+    assert isinstance(field, CharField) and field.max_length is not None, name
+    return field.max_length
 
 
 def clean_question(question: str | None, *, limit: int) -> str:
@@ -148,7 +155,7 @@ def market_create(
         -settings.MOLTSTREET["MARKET_CREATION_FEE"],
         LedgerEntry.Kind.FEE,
         market_id=market.id,
-        reference=market.id,
+        reference=str(market.id),
         memo="market creation fee",
     )
     book.flush()
@@ -238,7 +245,7 @@ def market_import(
         ("external_id", external_id),
         ("source_url", source_url or ""),
     ):
-        limit = Market._meta.get_field(name).max_length
+        limit = _max_length(name)
         if len(value) > limit:
             raise InvalidRequest(
                 f"{name} must be at most {limit} characters.", detail={name: value[:80], "limit": limit}
@@ -309,7 +316,7 @@ def market_update(*, market_id: uuid.UUID, **changes: Any) -> Market:
     if market.status != Market.Status.OPEN:
         raise MarketClosed("Only open markets can be edited.", detail={"status": market.status})
     if "question" in changes:
-        changes["question"] = clean_question(changes["question"], limit=Market._meta.get_field("question").max_length)
+        changes["question"] = clean_question(changes["question"], limit=_max_length("question"))
     if "deadline" in changes and changes["deadline"] <= timezone.now():
         raise InvalidRequest("deadline must be in the future; close the market to stop trading now.")
     if not changes:

@@ -80,7 +80,7 @@ def _redis_client(host: Any, timeout: float) -> redis.Redis:
     with _redis_clients_lock:
         client = _redis_clients.get(key)
         if client is None:
-            limits = {"socket_connect_timeout": timeout, "socket_timeout": timeout}
+            limits: dict[str, Any] = {"socket_connect_timeout": timeout, "socket_timeout": timeout}
             if isinstance(host, str):
                 client = redis.Redis.from_url(host, **limits)
             elif isinstance(host, dict):

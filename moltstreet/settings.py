@@ -9,6 +9,7 @@ import logging
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import environ
 
@@ -182,6 +183,7 @@ REDIS_URL = env("REDIS_URL", default="")
 # `group_expiry` must outlive the longest connection (daphne closes websockets after 24 hours by default), or a live
 # subscriber would silently fall out of its group.
 _channel_layer_options = {"capacity": 1000, "expiry": 60, "group_expiry": 86400}
+CHANNEL_LAYERS: dict[str, dict[str, Any]]
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {

@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, cast
 
 from django import forms
 from django.conf import settings
@@ -42,7 +42,50 @@ from trading.poller import feed_pass
 from trading.resolution import market_resolve, resolution_confirm, resolution_overturn
 from trading.suspension import agent_reinstate, agent_suspend
 
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+    from django_stubs_ext import WithAnnotations
+
 T = TypeVar("T", bound=models.Model)
+
+
+class Exposure(TypedDict):
+    """What ``markets_with_exposure`` annotates on each market: counts of orders, agents and YES/NO pairs."""
+
+    resting_orders: int
+    holders: int
+    pairs_outstanding: int
+
+
+class FeedCounts(TypedDict):
+    """What ``FeedAdmin.get_queryset`` annotates on each feed."""
+
+    market_count: int
+
+
+class ResolutionCounts(TypedDict):
+    """What ``ResolutionAdmin.get_queryset`` annotates on each resolution."""
+
+    dispute_count: int
+
+
+# What an operator reads about markets before closing them, by status (none for an open market).
+CLOSE_NOTES: dict[str, str] = {
+    Market.Status.CLOSED: "Already closed.",
+    Market.Status.RESOLVED: "Already resolved: will be refused.",
+}
+# What one contract pays, by outcome, for the confirmation page of a resolution.
+OUTCOME_PAYS: dict[str, str] = {
+    Outcome.YES: "1.00 credit per YES contract",
+    Outcome.NO: "1.00 credit per NO contract",
+    Outcome.VOID: "0.50 credits per YES and per NO contract",
+}
+
+
+def _operator(request: HttpRequest) -> User:
+    """The signed-in operator: the admin site serves only active staff users, never an anonymous one."""
+    return cast("User", request.user)
+
 
 CONFIRM_TEMPLATE = "admin/trading/confirm_action.html"
 
@@ -155,7 +198,7 @@ MARKET_SOURCE = ("source", "source_url", "external_id", "attribution", "is_histo
 POSITIONS_SHOWN = 50  # on a market's page; the Positions list has them all
 
 
-def markets_with_exposure(queryset: QuerySet[Market]) -> QuerySet[Market]:
+def markets_with_exposure(queryset: QuerySet[Market]) -> QuerySet[WithAnnotations[Market, Exposure]]:
     """Annotate resting orders, holders and pairs outstanding: what closing or resolving a market will touch."""
     int_field = models.BigIntegerField()
     resting = (
@@ -340,7 +383,9 @@ class MarketAdmin(ServiceActionsMixin, UUIDSearchMixin, admin.ModelAdmin):
         )
 
     # -- actions ------------------------------------------------------------------------------------------------
-    def _market_rows(self, markets: Sequence[Market], note: Callable[[Market], str]) -> list[list[Any]]:
+    def _market_rows(
+        self, markets: Sequence[WithAnnotations[Market, Exposure]], note: Callable[[Market], str]
+    ) -> list[list[Any]]:
         return [
             [
                 _link(m, m.question),
@@ -368,13 +413,7 @@ class MarketAdmin(ServiceActionsMixin, UUIDSearchMixin, admin.ModelAdmin):
                 intro="Closing stops trading at once: every resting order is cancelled and its reserve released. "
                 "The markets can then be resolved.",
                 headers=self._market_headers,
-                rows=self._market_rows(
-                    markets,
-                    lambda m: {
-                        Market.Status.CLOSED: "Already closed.",
-                        Market.Status.RESOLVED: "Already resolved: will be refused.",
-                    }.get(m.status, ""),
-                ),
+                rows=self._market_rows(markets, lambda m: CLOSE_NOTES.get(m.status, "")),
                 submit=f"Yes, close {_plural(len(markets), 'market')}",
             )
         was_open = {m.pk for m in markets if m.status == Market.Status.OPEN}
@@ -393,11 +432,7 @@ class MarketAdmin(ServiceActionsMixin, UUIDSearchMixin, admin.ModelAdmin):
         markets = list(markets_with_exposure(queryset))
         action = f"resolve_{outcome.lower()}"
         if request.POST.get("post") != "yes":
-            pays = {
-                Outcome.YES: "1.00 credit per YES contract",
-                Outcome.NO: "1.00 credit per NO contract",
-                Outcome.VOID: "0.50 credits per YES and per NO contract",
-            }[outcome]
+            pays = OUTCOME_PAYS[outcome]
             return self.confirm(
                 request,
                 markets,
@@ -487,7 +522,7 @@ def describe_resolution(resolution: Resolution) -> str:
         disputes = resolution.disputes.count()
     by = f"{resolution.get_resolver_kind_display().lower()} {resolution.resolver_name}"
     text = f"{resolution.outcome} {resolution.get_status_display().lower()} by {by}"
-    if resolution.decided_by_id:
+    if resolution.decided_by is not None:
         text += f", decided by {resolution.decided_by.get_username()}"
     if disputes:
         text += f", {_plural(disputes, 'dispute')}"
@@ -515,7 +550,7 @@ class FeedAdmin(admin.ModelAdmin):
         return False  # deactivate instead: its markets keep their feed and their history
 
     @admin.display(description="Markets", ordering="market_count")
-    def markets(self, obj: Feed) -> str:
+    def markets(self, obj: WithAnnotations[Feed, FeedCounts]) -> str:
         return _changelist_link(Market, str(obj.market_count), feed__id__exact=obj.pk)
 
     @admin.action(description="Run a pass of selected feeds now", permissions=["change"])
@@ -580,7 +615,7 @@ class ResolutionAdmin(ServiceActionsMixin, ReadOnlyModelAdmin):
         return request.user.has_perm("markets.change_market")
 
     @admin.display(description="Disputes", ordering="dispute_count")
-    def dispute_count(self, obj: Resolution) -> int:
+    def dispute_count(self, obj: WithAnnotations[Resolution, ResolutionCounts]) -> int:
         return obj.dispute_count
 
     @admin.display(description="Disputes, with their reasons")
@@ -616,7 +651,7 @@ class ResolutionAdmin(ServiceActionsMixin, ReadOnlyModelAdmin):
                 rows=self._rows(resolutions),
                 submit="Yes, confirm",
             )
-        done, failed = _run_each(resolutions, lambda r: resolution_confirm(resolution_id=r.pk, user=request.user))
+        done, failed = _run_each(resolutions, lambda r: resolution_confirm(resolution_id=r.pk, user=_operator(request)))
         for resolution, market in done:
             self.log_change(request, resolution, f"Confirmed {resolution.outcome}.")
             self.log_change(request, market, f"Resolved {resolution.outcome}: an oracle's proposal, confirmed.")
@@ -650,7 +685,7 @@ class ResolutionAdmin(ServiceActionsMixin, ReadOnlyModelAdmin):
         outcome, note = form.cleaned_data["outcome"], form.cleaned_data["note"]
         done, failed = _run_each(
             resolutions,
-            lambda r: resolution_overturn(resolution_id=r.pk, outcome=outcome, user=request.user, note=note),
+            lambda r: resolution_overturn(resolution_id=r.pk, outcome=outcome, user=_operator(request), note=note),
         )
         for resolution, market in done:
             self.log_change(request, resolution, f"Overturned: resolved {outcome} instead.")

@@ -7,9 +7,11 @@ Run it on a quiet database (or accept that a trade committing mid-read may show 
 from __future__ import annotations
 
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 from django.db.models import Count, Exists, F, Max, Min, OuterRef, Sum
 
@@ -92,11 +94,11 @@ def run_audit(progress: Callable[[str], object] | None = None) -> AuditReport:
 
 
 def _balances_and_reserves(report: AuditReport) -> None:
-    locked_by_agent = defaultdict(lambda: ZERO)
-    rows = Order.objects.filter(status__in=Order.RESTING, action=Action.BUY).values_list(
+    locked_by_agent: defaultdict[uuid.UUID, Decimal] = defaultdict(lambda: ZERO)
+    buys = Order.objects.filter(status__in=Order.RESTING, action=Action.BUY).values_list(
         "agent_id", "price", "size", "filled"
     )
-    for agent_id, price, size, filled in rows:
+    for agent_id, price, size, filled in buys:
         locked_by_agent[agent_id] += price * (size - filled)
     for agent in Agent.objects.only("id", "name", "balance", "locked_balance"):
         if not (ZERO <= agent.locked_balance <= agent.balance):
@@ -111,11 +113,11 @@ def _balances_and_reserves(report: AuditReport) -> None:
                 f"agent {agent.name}: locked {agent.locked_balance} != reserves of resting BUYs {locked_by_agent[agent.id]}",
                 check="locked = BUY reserves",
             )
-    reserved = defaultdict(int)
-    rows = Order.objects.filter(status__in=Order.RESTING, action=Action.SELL).values_list(
+    reserved: defaultdict[tuple[uuid.UUID, uuid.UUID, str], int] = defaultdict(int)
+    sells = Order.objects.filter(status__in=Order.RESTING, action=Action.SELL).values_list(
         "agent_id", "market_id", "side", "size", "filled"
     )
-    for agent_id, market_id, side, size, filled in rows:
+    for agent_id, market_id, side, size, filled in sells:
         reserved[(agent_id, market_id, side)] += size - filled
     for pos in Position.objects.all():
         for side, shares, res in (
@@ -236,7 +238,7 @@ def _book(report: AuditReport) -> None:
         )
     if Order.objects.filter(filled__gt=F("size")).exists():
         report.breach(5, "an order has filled > size", check="filled within size")
-    traded = defaultdict(int)
+    traded: defaultdict[uuid.UUID, int] = defaultdict(int)
     for order_id, size in (
         Trade.objects.values_list("maker_order_id").annotate(s=Sum("size")).values_list("maker_order_id", "s")
     ):

@@ -58,7 +58,15 @@ RESTING = Order.RESTING
 LOCKING_ENABLED = True
 
 # What a transaction may change in a position or an existing order (updated_at is set to now on write).
-POSITION_FIELDS = ("yes_shares", "no_shares", "yes_reserved", "no_reserved", "yes_cost", "no_cost", "realized_pnl")
+POSITION_FIELDS: tuple[str, ...] = (
+    "yes_shares",
+    "no_shares",
+    "yes_reserved",
+    "no_reserved",
+    "yes_cost",
+    "no_cost",
+    "realized_pnl",
+)
 POSITION_FIELDS += ("linked_cash", "linked_yes", "linked_no", "updated_at")
 ORDER_FIELDS = ("filled", "status", "cancel_reason", "updated_seq", "updated_at")
 Level = tuple[str, Decimal]  # (book side, price on that side)
@@ -214,9 +222,9 @@ def resting_markets(agent_id: uuid.UUID, market_id: uuid.UUID | None = None) -> 
     """The ids of the markets where the agent has resting orders (only ``market_id``, if given), ascending: the
     order in which they are locked (DESIGN section 6)."""
     if market_id is not None:
-        read = _Read(_text("resting_market"), [agent_id, *RESTING, market_id], _column)
+        read = _Read(_text("resting_market"), [agent_id, *RESTING, market_id], _first_column)
     else:
-        read = _Read(_text("resting_markets"), [agent_id, *RESTING], _column)
+        read = _Read(_text("resting_markets"), [agent_id, *RESTING], _first_column)
     (ids,) = _fetch(read)
     return [_uuid(value) for value in ids]
 
@@ -339,7 +347,20 @@ def _table(model: type[Model]) -> sql.Identifier:
 
 
 def _col(model: type[Model], name: str) -> sql.Identifier:
-    return sql.Identifier(model._meta.db_table, model._meta.get_field(name).column)
+    return sql.Identifier(model._meta.db_table, _column(_field(model, name)))
+
+
+def _field(model: type[Model], name: str) -> Field:
+    field = model._meta.get_field(name)
+    if not isinstance(field, Field):  # a reverse relation: no column of this table
+        raise TypeError(f"{model.__name__}.{name} is not a column")
+    return field
+
+
+def _column(field: Field) -> str:
+    if field.column is None:
+        raise TypeError(f"{field} has no column")
+    return field.column
 
 
 def _placeholders(count: int) -> sql.Composed:
@@ -347,7 +368,7 @@ def _placeholders(count: int) -> sql.Composed:
 
 
 def _columns(model: type[Model]) -> sql.Composed:
-    return sql.SQL(", ").join(sql.Identifier(model._meta.db_table, f.column) for f in model._meta.concrete_fields)
+    return sql.SQL(", ").join([sql.Identifier(model._meta.db_table, _column(f)) for f in model._meta.concrete_fields])
 
 
 def _where(model: type[Model], key: str, count: int) -> tuple[sql.Composable, sql.Composable]:
@@ -435,13 +456,13 @@ def _text(key: str) -> str:
     elif key == "upsert_level":
         # INSERT … ON CONFLICT (market, book_side, price) DO UPDATE SET size (PostgreSQL, and SQLite 3.24+).
         fields = _insertable(BookLevel)
-        size = sql.Identifier(BookLevel._meta.get_field("size").column)
+        size = sql.Identifier(_column(_field(BookLevel, "size")))
         statement = sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) DO UPDATE SET {} = EXCLUDED.{}").format(
             _table(BookLevel),
-            sql.SQL(", ").join(sql.Identifier(f.column) for f in fields),
+            sql.SQL(", ").join([sql.Identifier(_column(f)) for f in fields]),
             _placeholders(len(fields)),
             sql.SQL(", ").join(
-                sql.Identifier(BookLevel._meta.get_field(n).column) for n in ("market", "book_side", "price")
+                [sql.Identifier(_column(_field(BookLevel, n))) for n in ("market", "book_side", "price")]
             ),
             size,
             size,
@@ -456,7 +477,9 @@ def _insert_text(model: type[Model]) -> str:
     fields = _insertable(model)
     return (
         sql.SQL("INSERT INTO {} ({}) VALUES ({})")
-        .format(_table(model), sql.SQL(", ").join(sql.Identifier(f.column) for f in fields), _placeholders(len(fields)))
+        .format(
+            _table(model), sql.SQL(", ").join([sql.Identifier(_column(f)) for f in fields]), _placeholders(len(fields))
+        )
         .as_string(None)
     )
 
@@ -465,11 +488,11 @@ def _insert_text(model: type[Model]) -> str:
 def _update_text(model: type[Model], names: tuple[str, ...]) -> str:
     meta = model._meta
     assignments = sql.SQL(", ").join(
-        sql.SQL("{} = %s").format(sql.Identifier(meta.get_field(name).column)) for name in names
+        [sql.SQL("{} = %s").format(sql.Identifier(_column(_field(model, n)))) for n in names]
     )
     return (
         sql.SQL("UPDATE {} SET {} WHERE {} = %s")
-        .format(_table(model), assignments, sql.Identifier(meta.pk.column))
+        .format(_table(model), assignments, sql.Identifier(_column(meta.pk)))
         .as_string(None)
     )
 
@@ -514,7 +537,7 @@ def _scalar(rows: list[Sequence[Any]]) -> Any:
     return rows[0][0] if rows else None
 
 
-def _column(rows: list[Sequence[Any]]) -> list[Any]:
+def _first_column(rows: list[Sequence[Any]]) -> list[Any]:
     return [row[0] for row in rows]
 
 
@@ -607,7 +630,7 @@ def _update(model: type[Model], rows: Iterable[Model], names: Sequence[str]) -> 
     if not rows:
         return
     conn, meta = _connection(), model._meta
-    fields = [meta.get_field(name) for name in names]
+    fields = [_field(model, name) for name in names]
     params = [
         [f.get_db_prep_save(f.pre_save(row, False), conn) for f in fields] + [meta.pk.get_db_prep_value(row.pk, conn)]
         for row in rows

@@ -212,7 +212,7 @@ class MarketTx:
             credit,
             LedgerEntry.Kind.NETTING,
             market_id=self.market.id,
-            reference=self.market.id,
+            reference=str(self.market.id),
             memo=f"netted {pairs} YES/NO pairs",
         )
 

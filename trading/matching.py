@@ -10,13 +10,14 @@ locking the agents involved.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
 from moltstreet.money import ONE, complement
-from trading.models import Action, Side
+from trading.models import Action, Order, Side
 
 
 def book_position(side: str, action: str, price: Decimal) -> tuple[str, Decimal]:
@@ -54,34 +55,40 @@ def trade_kind(yes_party_action: str, no_party_action: str) -> str:
 
 @dataclass
 class Fill:
-    maker: object  # the resting order (a trading.models.Order, or anything with the same attributes)
+    """One planned trade: ``size`` contracts with the resting ``maker`` order at ``yes_price`` (the maker's price as
+    a YES price, credits per contract)."""
+
+    maker: Order
     size: int
     yes_price: Decimal
 
 
 @dataclass
 class MatchPlan:
+    """What an incoming order does to the book: its ``fills`` in priority order, the agent's own resting orders it
+    would trade with (cancelled instead: self-trade prevention) and the resting GTD orders found expired on the way."""
+
     fills: list[Fill] = field(default_factory=list)
-    self_trade_cancels: list = field(default_factory=list)
-    expired: list = field(default_factory=list)
+    self_trade_cancels: list[Order] = field(default_factory=list)
+    expired: list[Order] = field(default_factory=list)
 
     @property
     def filled(self) -> int:
         return sum(f.size for f in self.fills)
 
     @property
-    def touched(self) -> list:
+    def touched(self) -> list[Order]:
         """The resting orders the plan changes: expired, cancelled as self-trades, or filled (makers)."""
         return self.expired + self.self_trade_cancels + [f.maker for f in self.fills]
 
 
 def plan_match(
     *,
-    agent_id,
+    agent_id: uuid.UUID,
     book_side: str,
     book_price: Decimal,
     size: int,
-    resting: Iterable,
+    resting: Iterable[Order],
     now: datetime,
 ) -> MatchPlan:
     """Walk ``resting`` (the opposite queue's crossing orders, in priority order) and plan the fills.

@@ -15,7 +15,8 @@ from agents.models import MONEY, Agent
 from markets.models import PRICE, Market, Outcome
 
 # What one contract pays at resolution, per outcome: (a YES contract, a NO contract), in credits (DESIGN section 4).
-SETTLEMENT = {
+# Keyed by str: an Outcome is its string, and callers look up a market's stored outcome.
+SETTLEMENT: dict[str, tuple[Decimal, Decimal]] = {
     Outcome.YES: (Decimal("1.00"), Decimal("0.00")),
     Outcome.NO: (Decimal("0.00"), Decimal("1.00")),
     Outcome.VOID: (Decimal("0.50"), Decimal("0.50")),

@@ -197,7 +197,7 @@ def order_place(
     if (repeated := _repeated(context.earlier, market_id, order)) is not None:
         return repeated
     # After the idempotency check: a retry of a GTD order whose expiry has passed since returns the original.
-    if order.time_in_force == TimeInForce.GTD and order.expires_at <= now:
+    if order.time_in_force == TimeInForce.GTD and order.expires_at is not None and order.expires_at <= now:
         raise InvalidRequest(
             "A GTD order needs expires_at in the future.", detail={"expires_at": str(order.expires_at)}
         )

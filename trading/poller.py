@@ -135,10 +135,11 @@ class _Pass:
         done: set[str] = set()
         for entry in entries:
             # A market listed twice in the batch is read again the second time: the first may have imported it.
-            fresh = known is not None and entry.external_id not in done
+            fresh = entry.external_id not in done
+            prior = known.get(entry.external_id, (None, None)) if known is not None and fresh else None
             done.add(entry.external_id)
             with self.guard(entry):
-                market, last = self.mirrored(entry, known.get(entry.external_id, (None, None)) if fresh else None)
+                market, last = self.mirrored(entry, prior)
                 if market is not None:
                     found.append((entry, market, self.is_news(market, entry, last)))
         news = [i for i, (_, _, is_news) in enumerate(found) if is_news]
@@ -275,17 +276,21 @@ class _Pass:
             self.settle(market, entry)
 
     def settle(self, market: Market, entry: SourceMarket) -> None:
-        """Resolve ``market`` as its source settled it, once: final at once, or a proposal for an operator."""
-        evidence = {**entry.evidence, "outcome": entry.result}
+        """Resolve ``market`` as its source settled it, once: final at once, or a proposal for an operator.
+        Raises ``ValueError`` for an entry that has no result (not ``settled``)."""
+        outcome = entry.result
+        if outcome is None:
+            raise ValueError(f"{entry.source} market {entry.external_id} has no result to settle with")
+        evidence = {**entry.evidence, "outcome": outcome}
         if entry.settled_at is not None:
             evidence["settled_at"] = entry.settled_at.isoformat()
         resolver = Resolver.source(SOURCE_NAMES[entry.source], evidence)
         if Market.objects.filter(pk=market.pk, manual_resolution=True).exists():
-            resolution_propose_for_operator(market_id=market.id, outcome=entry.result, resolver=resolver)
+            resolution_propose_for_operator(market_id=market.id, outcome=outcome, resolver=resolver)
             self.summary.proposed += 1
             return
         try:
-            market_resolve(market_id=market.id, outcome=entry.result, resolver=resolver)
+            market_resolve(market_id=market.id, outcome=outcome, resolver=resolver)
         except MarketAlreadyResolved:
             return  # resolved meanwhile (an operator, another pass): once is all
         self.summary.resolved += 1

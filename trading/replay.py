@@ -29,7 +29,7 @@ import csv
 import hashlib
 import re
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
@@ -161,7 +161,8 @@ def parse_row(raw: dict[str, Any], line: int, occurrence: int = 0) -> TradeRow:
     question = " ".join(values["option_type"].split())
     if not question:
         raise BadRow("no question (option_type)")
-    if len(question) > Market._meta.get_field("question").max_length:
+    question_limit = Market._meta.get_field("question").max_length
+    if question_limit is not None and len(question) > question_limit:
         raise BadRow("question longer than 500 characters")
     shares = _decimal(values["shares"], "shares")
     if shares <= 0:
@@ -614,7 +615,7 @@ def replay(
     rows: list[TradeRow],
     exchange: Exchange,
     *,
-    market_ids: dict[str, str | None],
+    market_ids: Mapping[str, str | None],
     scale: Decimal = DEFAULT_SCALE,
     prefix: str = LOCAL_PREFIX,
     limit: int | None = None,
@@ -721,10 +722,11 @@ def _replay_row(
             return RowResult(unaffordable=f"cannot afford one contract at {price}")
         if affordable < size:
             size, trimmed = affordable, True
-        maker = {"side": other(side), "action": Action.BUY, "price": complement(price), "size": size}
+        maker_side, maker_price = other(side), complement(price)
     else:
-        maker = {"side": side, "action": Action.BUY, "price": price, "size": size}
-    exchange.fund(liquidity, maker["price"] * size)
+        maker_side, maker_price = side, price
+    maker = {"side": maker_side, "action": Action.BUY, "price": maker_price, "size": size}
+    exchange.fund(liquidity, maker_price * size)
     trades = exchange.execute(
         market_id=market_id,
         maker_agent=liquidity,

@@ -372,6 +372,8 @@ def resolution_overturn(*, resolution_id: int, outcome: str, user: User, note: s
 @service_transaction
 def _finalize_proposal(resolution_id: int, now: datetime) -> Market | None:
     market_id = Resolution.objects.filter(pk=resolution_id).values_list("market_id", flat=True).first()
+    if market_id is None:  # deleted since it was listed
+        return None
     market = book_store.lock_market(market_id)
     # Re-read under the market lock: a dispute or an operator may have come first.
     resolution = Resolution.objects.get(pk=resolution_id)

@@ -88,7 +88,7 @@ class _BucketStart(Func):
         super().__init__(expression)
         self.origin, self.step = origin, step
 
-    def as_sql(self, compiler, connection, **extra_context):
+    def as_sql(self, compiler, connection, function=None, template=None, arg_joiner=None, **extra_context):
         raise NotImplementedError(f"candle buckets are written for PostgreSQL and SQLite, not {connection.vendor}")
 
     def as_postgresql(self, compiler, connection, **extra_context):
@@ -359,9 +359,11 @@ def agent_recent_fills(agent: Agent, limit: int = 50) -> list[Trade]:
     newest = sorted(fills.values(), key=lambda t: (t.created_at, t.seq), reverse=True)[:limit]
     for trade in newest:
         maker = trade.maker_agent_id == agent.id
-        trade.own_order = trade.maker_order if maker else trade.taker_order
-        trade.role = "maker" if maker else "taker"
-        trade.own_price = trade.price if trade.own_order.side == Side.YES else complement(trade.price)
+        own_order = trade.maker_order if maker else trade.taker_order
+        # Attributes for the fills serializer, set on the instances: not model fields, so unknown to mypy.
+        trade.own_order = own_order  # type: ignore[attr-defined]
+        trade.role = "maker" if maker else "taker"  # type: ignore[attr-defined]
+        trade.own_price = trade.price if own_order.side == Side.YES else complement(trade.price)  # type: ignore[attr-defined]
     return newest
 
 

@@ -91,7 +91,8 @@ class Trader:
         if self.strategy is None:
             self.strategy = BUILTINS[BUILTIN[self.kind]](**params)
         elif "interval" in params:  # a new cycle with another number of markets: the same pace in all
-            self.strategy.settings["interval"] = self.strategy.interval = params["interval"]
+            # Strategy.__init__ makes each parameter an attribute, which its class does not declare.
+            self.strategy.settings["interval"] = self.strategy.interval = params["interval"]  # type: ignore[attr-defined]
         return self.strategy
 
 
@@ -181,6 +182,10 @@ class Desk:
                 thread.join()
             self.cycles += 1
 
+    def _reporter(self, name: str) -> Callable[[str], None]:
+        """``report`` with each line prefixed by a trader's name."""
+        return lambda line: self.report(f"{name}: {line}")
+
     def _start_cycle(self, cycle: threading.Event) -> list[threading.Thread]:
         feeds = MarketFeeds(self.traders[0].client)
         self.runners = []
@@ -196,7 +201,7 @@ class Desk:
                 markets,
                 stop_event=cycle,
                 feeds=feeds,
-                report=lambda line, name=trader.name: self.report(f"{name}: {line}"),
+                report=self._reporter(trader.name),
             )
             self.runners.append(runner)
             threads.append(threading.Thread(target=self._run, args=(trader, runner), name=trader.name, daemon=True))

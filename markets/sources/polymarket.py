@@ -42,7 +42,7 @@ TERMS = "Market data from Polymarket (polymarket.com), used under its terms."
 STATUS_FILTERS = {OPEN: {"active": "true", "closed": "false"}, "any": {}}  # our list status -> Gamma's filters
 
 # A closed market's final outcomePrices (YES, NO) -> its result. Anything else closed is awaiting resolution.
-_FINAL_PRICES = {
+_FINAL_PRICES: dict[tuple[Decimal, ...], str] = {
     (Decimal(1), Decimal(0)): "YES",
     (Decimal(0), Decimal(1)): "NO",
     (Decimal("0.5"), Decimal("0.5")): "VOID",  # "resolves 50-50"
@@ -268,7 +268,7 @@ def _json_list(entry: dict[str, Any], key: str) -> list[Any] | None:
         try:
             raw = json.loads(raw)
         except ValueError as exc:
-            raise ValueError(f"{key} is not JSON: {entry.get(key)[:80]!r}") from exc
+            raise ValueError(f"{key} is not JSON: {raw[:80]!r}") from exc
     if not isinstance(raw, list):
         raise ValueError(f"{key} is not a list: {raw!r}")
     return raw

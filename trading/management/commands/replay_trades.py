@@ -1,6 +1,7 @@
 """``python manage.py replay_trades <csv> [--scale S] [--url http://host:port] [--limit N]``."""
 
 import time
+from collections.abc import Mapping
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
@@ -58,13 +59,15 @@ class Command(BaseCommand):
             raise CommandError("--market-days must be between 1 and 3650.")
         scale, url = options["scale"], options["url"]
         self.stdout.write(f"{len(rows)} valid rows, {len(malformed)} malformed, in {options['csv']}")
+        exchange: replay.Exchange
+        market_ids: Mapping[str, str | None]
         if url:
             if options["markets_only"]:
                 raise CommandError("--markets-only creates markets locally; it cannot be combined with --url.")
             prefix = options["prefix"] or replay.default_http_prefix()
-            exchange = replay.HttpExchange(url)
+            exchange = http_exchange = replay.HttpExchange(url)
             try:
-                market_ids = replay.find_markets_http(exchange, rows)
+                market_ids = replay.find_markets_http(http_exchange, rows)
             except (replay.ApiError, replay.ReplayStop) as exc:
                 raise CommandError(f"cannot list the markets of {url}: {exc}") from exc
             missing = [q for q, market_id in market_ids.items() if market_id is None]

@@ -22,6 +22,7 @@ import urllib.error
 import urllib.request
 from decimal import Decimal
 from types import FrameType
+from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import close_old_connections
@@ -35,7 +36,7 @@ from trading.orders import order_cancel_all
 # Available credits below which a house trader is topped up.
 TOP_UP_BELOW = Decimal("100")
 # Few retries: when the server stops with us, each unanswered request should give up quickly.
-CLIENT_OPTIONS = {"max_retries": 2, "timeout": 10.0}
+CLIENT_OPTIONS: dict[str, Any] = {"max_retries": 2, "timeout": 10.0}
 
 
 def wait_for_server(url: str, timeout: float) -> None:
