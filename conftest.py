@@ -6,7 +6,6 @@ Without them the run fails at once with a clear message instead of silently test
 from __future__ import annotations
 
 import os
-from datetime import timedelta
 
 import pytest
 
@@ -74,32 +73,26 @@ def _generous_rate_limits(settings):
 
 @pytest.fixture
 def make_agent(db):
-    """Register an agent through the service (1000.00 credits, ledgered); returns it with ``.api_key`` set."""
-    from agents.services import agent_register
+    """``AgentFactory`` as a fixture: ``make_agent(name=None, **fields)`` registers an agent through the service (1000.00
+    credits, ledgered), named ``agent-<pid>-<n>`` (``n`` counting from 1 in each test) unless named; returns it with
+    ``.api_key`` set. ``fields`` as ``AgentFactory`` takes them (``credits=``, ``oracle=True``, …)."""
+    from agents.tests.factories import AgentFactory
 
     counter = {"n": 0}
 
-    def make(name: str | None = None):
+    def make(name: str | None = None, **fields):
         counter["n"] += 1
-        agent, key = agent_register(name=name or f"agent-{os.getpid()}-{counter['n']}")
-        agent.api_key = key
-        return agent
+        return AgentFactory(name=name or f"agent-{os.getpid()}-{counter['n']}", **fields)
 
     return make
 
 
 @pytest.fixture
 def market(db, make_agent):
-    """An open market created by a fresh agent (who paid the 10.00 fee)."""
-    from django.utils import timezone
+    """An open market (``MarketFactory``, seven days to its deadline) created by a fresh agent (who paid the 10.00 fee)."""
+    from markets.tests.factories import MarketFactory
 
-    from markets.services import market_create
-
-    return market_create(
-        creator=make_agent("market-maker-of-questions"),
-        question="Will the test pass?",
-        deadline=timezone.now() + timedelta(days=7),
-    )
+    return MarketFactory(creator=make_agent("market-maker-of-questions"), question="Will the test pass?")
 
 
 @pytest.fixture

@@ -1,8 +1,8 @@
 """Run the real server as a subprocess: ``daphne -b 127.0.0.1 -p <port> moltstreet.asgi:application``, exactly what
 ``make run`` serves, with its settings read from the environment.
 
-Used by ``manage.py soak`` (which starts its own servers on the database and Redis of its settings) and by the
-end-to-end test harness (:mod:`moltstreet.testing_e2e`, which turns :class:`ServerError` into a test failure).
+Used by the soak (``tools/soak.py``, which starts its own servers on the database and Redis of its settings) and by the
+end-to-end test harness (:mod:`testsupport.e2e`, which turns :class:`ServerError` into a test failure).
 Nothing here imports pytest.
 
 Every wait is bounded: a server that exits or stays silent raises :class:`ServerError` carrying its log.

@@ -10,7 +10,8 @@ from django.utils import timezone
 
 from agents.models import Agent, ApiKey, LedgerEntry
 from agents.services import api_key_revoke, hash_api_key
-from moltstreet.testing import (
+from agents.tests.factories import AgentFactory
+from testsupport.api import (
     API,
     api_client,
     assert_decimal_string,
@@ -18,7 +19,6 @@ from moltstreet.testing import (
     assert_page,
     assert_time,
     assert_uuid,
-    make_oracle,
     mint,
     place,
     unchanged,
@@ -88,8 +88,8 @@ def test_it_registers_without_a_description():
     assert response.json()["description"] == ""
 
 
-def test_it_refuses_a_name_already_taken_in_any_case(make_agent, audit_clean):
-    make_agent("Marvin")
+def test_it_refuses_a_name_already_taken_in_any_case(audit_clean):
+    AgentFactory(name="Marvin")
     with unchanged(audit_clean):
         assert_error(api_client().post(f"{API}/agents/", {"name": "marvin"}), 409, "name_taken")
 
@@ -130,8 +130,8 @@ def test_it_refuses_a_registration_that_is_not_json(audit_clean):
 # GET /agents/me/ and authentication
 
 
-def test_it_shows_the_authenticated_agent_with_its_reserved_and_available_balance(make_agent, market):
-    alice = make_agent()
+def test_it_shows_the_authenticated_agent_with_its_reserved_and_available_balance(market):
+    alice = AgentFactory()
     client = api_client(alice)
     place(client, market, "YES", "BUY", "0.25", 10)
 
@@ -145,21 +145,21 @@ def test_it_shows_the_authenticated_agent_with_its_reserved_and_available_balanc
     assert "api_key" not in body
 
 
-def test_it_asks_for_a_key_when_none_is_sent(make_agent, audit_clean):
+def test_it_asks_for_a_key_when_none_is_sent(audit_clean):
     with unchanged(audit_clean):
         response = api_client().get(f"{API}/agents/me/")
         assert_error(response, 401, "not_authenticated")
     assert response["WWW-Authenticate"].startswith("Bearer")
 
 
-def test_it_refuses_an_unknown_key(make_agent, audit_clean):
-    make_agent()
+def test_it_refuses_an_unknown_key(audit_clean):
+    AgentFactory()
     with unchanged(audit_clean):
         assert_error(api_client(key="ms_" + "x" * 43).get(f"{API}/agents/me/"), 401, "invalid_api_key")
 
 
-def test_it_refuses_a_revoked_key(make_agent, audit_clean):
-    alice = make_agent()
+def test_it_refuses_a_revoked_key(audit_clean):
+    alice = AgentFactory()
     api_key_revoke(agent=alice, key_id=ApiKey.objects.get(agent=alice).id, allow_last=True)
     with unchanged(audit_clean):
         assert_error(api_client(alice).get(f"{API}/agents/me/"), 401, "invalid_api_key")
@@ -179,22 +179,22 @@ def test_it_refuses_a_revoked_key(make_agent, audit_clean):
         "Bearer " + "ms_" + "a" * 500,
     ],
 )
-def test_it_refuses_a_malformed_authorization_header(header, make_agent, audit_clean):
-    alice = make_agent()
+def test_it_refuses_a_malformed_authorization_header(header, audit_clean):
+    alice = AgentFactory()
     with unchanged(audit_clean):
         response = api_client(authorization=header.format(key=alice.api_key)).get(f"{API}/agents/me/")
         assert_error(response, 401, "invalid_api_key")
 
 
-def test_it_reads_the_bearer_scheme_case_insensitively(make_agent):
+def test_it_reads_the_bearer_scheme_case_insensitively():
     # RFC 7235: the authentication scheme is case-insensitive.
-    alice = make_agent()
+    alice = AgentFactory()
     response = api_client(authorization=f"bearer {alice.api_key}").get(f"{API}/agents/me/")
     assert response.status_code == 200
     assert response.json()["id"] == str(alice.id)
 
 
-def test_a_wrong_key_is_refused_even_on_public_endpoints(make_agent, audit_clean):
+def test_a_wrong_key_is_refused_even_on_public_endpoints(audit_clean):
     # A client that sends a key expects it to be used; silently treating it as anonymous would hide the mistake.
     with unchanged(audit_clean):
         assert_error(api_client(key="ms_wrong").get(f"{API}/agents/"), 401, "invalid_api_key")
@@ -204,8 +204,8 @@ def test_a_wrong_key_is_refused_even_on_public_endpoints(make_agent, audit_clean
 # GET /agents/{name}/
 
 
-def test_it_shows_a_public_profile_by_name(make_agent):
-    make_agent("bob.the-builder_2")
+def test_it_shows_a_public_profile_by_name():
+    AgentFactory(name="bob.the-builder_2")
     response = api_client().get(f"{API}/agents/bob.the-builder_2/")
     assert response.status_code == 200
     body = response.json()
@@ -216,8 +216,8 @@ def test_it_shows_a_public_profile_by_name(make_agent):
 
 
 @pytest.mark.parametrize("name", ["nobody", "NOBODY", "%00", "a" * 300])
-def test_it_answers_404_for_an_unknown_agent(name, make_agent, audit_clean):
-    make_agent()
+def test_it_answers_404_for_an_unknown_agent(name, audit_clean):
+    AgentFactory()
     with unchanged(audit_clean):
         assert_error(api_client().get(f"{API}/agents/{name}/"), 404, "not_found")
 
@@ -227,16 +227,16 @@ def test_it_answers_404_for_an_unknown_agent(name, make_agent, audit_clean):
 
 
 @pytest.fixture
-def resolved_world(make_agent, market):
+def resolved_world(market):
     """alice bought 10 YES at 0.60 from bob's NO at 0.40 and said 0.90; bob said 0.20; carol only watched.
     The market resolved YES: alice +4.00, bob -4.00. The oracle and the market's creator complete the board."""
-    alice, bob, carol, oracle = make_agent("alice"), make_agent("bob"), make_agent("carol"), make_agent("oracle")
+    alice, bob, carol = (AgentFactory(name=name) for name in ("alice", "bob", "carol"))
+    oracle = AgentFactory(name="oracle", oracle=True)
     a, b = api_client(alice), api_client(bob)
     place(a, market, "YES", "BUY", "0.60", 10, forecast="0.9")
     placed = place(b, market, "NO", "BUY", "0.40", 10)
     assert placed["order"]["status"] == "filled"
     assert b.post(f"{API}/markets/{market.id}/forecast/", {"probability": "0.2"}).status_code == 201
-    make_oracle(oracle)
     market_close(market_id=market.id)
     response = api_client(oracle).post(f"{API}/markets/{market.id}/resolve/", {"outcome": "YES"})
     assert response.status_code == 202, response.content
@@ -297,8 +297,8 @@ def test_the_leaderboard_ignores_an_unknown_ordering(resolved_world):
     assert [row["name"] for row in leaderboard("?ordering=api_key")] == [row["name"] for row in leaderboard()]
 
 
-def test_the_leaderboard_pages_through_agents_with_equal_scores_without_repeats_or_gaps(make_agent):
-    names = {make_agent().name for _ in range(9)}
+def test_the_leaderboard_pages_through_agents_with_equal_scores_without_repeats_or_gaps():
+    names = {AgentFactory().name for _ in range(9)}
 
     for query, size in (
         ("?page_size=2", 2),
@@ -315,8 +315,8 @@ def test_the_leaderboard_pages_through_agents_with_equal_scores_without_repeats_
 # GET /ledger/
 
 
-def test_the_ledger_lists_own_cash_movements_newest_first(make_agent, audit_clean):
-    alice = make_agent()
+def test_the_ledger_lists_own_cash_movements_newest_first(audit_clean):
+    alice = AgentFactory()
     client = api_client(alice)
     deadline = (timezone.now() + timedelta(days=30)).isoformat()
     created = client.post(f"{API}/markets/", {"question": "Will it snow?", "deadline": deadline})
@@ -341,8 +341,8 @@ def test_the_ledger_lists_own_cash_movements_newest_first(make_agent, audit_clea
     audit_clean()
 
 
-def test_the_ledger_never_shows_another_agents_movements(make_agent, market):
-    alice, bob = make_agent(), make_agent()
+def test_the_ledger_never_shows_another_agents_movements(market):
+    alice, bob = AgentFactory(), AgentFactory()
     mint(api_client(alice), api_client(bob), market, 5, "0.70")
 
     for agent in (alice, bob):
@@ -353,11 +353,11 @@ def test_the_ledger_never_shows_another_agents_movements(make_agent, market):
     assert LedgerEntry.objects.count() == 2 + 2 + 2
 
 
-def test_the_ledger_filters_by_kind_and_pages_with_a_cursor(make_agent, market):
-    alice = make_agent()
+def test_the_ledger_filters_by_kind_and_pages_with_a_cursor(market):
+    alice = AgentFactory()
     client = api_client(alice)
     for n in range(4):
-        mint(client, api_client(make_agent()), market, 1 + n, "0.50")
+        mint(client, api_client(AgentFactory()), market, 1 + n, "0.50")
 
     fees_and_trades, pages = walk_pages(client, f"{API}/ledger/?page_size=2")
     assert pages == 3

@@ -19,6 +19,7 @@ from django.db.models import Sum
 
 from agents.models import Agent, LedgerEntry
 from agents.services import CashBook, lock_agents
+from agents.tests.factories import AgentFactory
 from moltstreet.errors import InsufficientBalance
 from trading.audit import run_audit
 
@@ -63,8 +64,8 @@ def only_breaches(*invariants: str) -> list[str]:
 
 
 @pytest.fixture
-def agent(make_agent):
-    return make_agent("cash")
+def agent(db):
+    return AgentFactory(name="cash")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -235,8 +236,8 @@ def test_a_negative_release_beyond_the_balance_is_refused_by_the_database_at_flu
 # move: every balance change, with its ledger row.
 
 
-def test_fees_and_payouts_write_one_ledger_row_each_with_a_continuous_balance_after_chain(make_agent, audit_clean):
-    payer, payee = make_agent("payer"), make_agent("payee")
+def test_fees_and_payouts_write_one_ledger_row_each_with_a_continuous_balance_after_chain(db, audit_clean):
+    payer, payee = AgentFactory(name="payer"), AgentFactory(name="payee")
     market_id = uuid.uuid4()
     with transaction.atomic():
         agents = lock_agents([payer.id, payee.id])
@@ -421,8 +422,8 @@ def test_a_settlement_that_pays_for_a_reserve_before_releasing_it_is_refused(age
     audit_clean()
 
 
-def test_flush_writes_each_touched_agent_once_and_clears_the_book(make_agent, audit_clean, django_assert_num_queries):
-    first, second, idle = make_agent("one"), make_agent("two"), make_agent("idle")
+def test_flush_writes_each_touched_agent_once_and_clears_the_book(db, audit_clean, django_assert_num_queries):
+    first, second, idle = AgentFactory(name="one"), AgentFactory(name="two"), AgentFactory(name="idle")
     with transaction.atomic():
         agents = lock_agents([first.id, second.id, idle.id])
         book = CashBook()

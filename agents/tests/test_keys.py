@@ -9,18 +9,19 @@ import pytest
 
 from agents import services
 from agents.models import ApiKey
-from agents.services import api_key_create, api_key_revoke
+from agents.services import api_key_revoke
+from agents.tests.factories import AgentFactory, ApiKeyFactory
 from moltstreet.errors import LastApiKey
-from moltstreet.testing import API, api_client, assert_error, assert_time, assert_uuid, place, unchanged
+from testsupport.api import API, api_client, assert_error, assert_time, assert_uuid, place, unchanged
 
 pytestmark = pytest.mark.django_db
 
 KEYS = f"{API}/agents/me/keys/"
 
 
-def test_an_agent_lists_its_keys_without_the_keys_themselves(make_agent):
-    alice = make_agent()
-    api_key_create(agent=alice)
+def test_an_agent_lists_its_keys_without_the_keys_themselves():
+    alice = AgentFactory()
+    ApiKeyFactory(agent=alice)
 
     response = api_client(alice).get(KEYS)
 
@@ -38,8 +39,8 @@ def test_an_agent_lists_its_keys_without_the_keys_themselves(make_agent):
     assert alice.api_key not in response.content.decode()
 
 
-def test_a_new_key_works_alongside_the_old_one(make_agent, audit_clean):
-    alice = make_agent()
+def test_a_new_key_works_alongside_the_old_one(audit_clean):
+    alice = AgentFactory()
 
     response = api_client(alice).post(KEYS, {})
 
@@ -55,8 +56,8 @@ def test_a_new_key_works_alongside_the_old_one(make_agent, audit_clean):
     audit_clean()
 
 
-def test_rotation_revokes_the_key_it_was_sent_with_at_once(make_agent, market):
-    alice = make_agent()
+def test_rotation_revokes_the_key_it_was_sent_with_at_once(market):
+    alice = AgentFactory()
     place(api_client(alice), market, "YES", "BUY", "0.40", 1)
 
     response = api_client(alice).post(KEYS, {"revoke_current": True})
@@ -72,8 +73,8 @@ def test_rotation_revokes_the_key_it_was_sent_with_at_once(make_agent, market):
     assert states[alice.api_key[:10]] is not None and states[new_key[:10]] is None
 
 
-def test_a_revoked_key_stops_working_at_once(make_agent):
-    alice = make_agent()
+def test_a_revoked_key_stops_working_at_once():
+    alice = AgentFactory()
     second = api_client(alice).post(KEYS, {}).json()
     client = api_client(key=second["api_key"])
     assert client.get(f"{API}/agents/me/").status_code == 200
@@ -89,8 +90,8 @@ def test_a_revoked_key_stops_working_at_once(make_agent):
     assert again.status_code == 200 and again.json()["revoked_at"] == response.json()["revoked_at"]
 
 
-def test_an_agent_may_revoke_the_key_it_is_using_when_it_has_another(make_agent):
-    alice = make_agent()
+def test_an_agent_may_revoke_the_key_it_is_using_when_it_has_another():
+    alice = AgentFactory()
     other = api_client(alice).post(KEYS, {}).json()
     current = ApiKey.objects.get(agent=alice, prefix=alice.api_key[:10])
 
@@ -101,8 +102,8 @@ def test_an_agent_may_revoke_the_key_it_is_using_when_it_has_another(make_agent)
     assert api_client(key=other["api_key"]).get(f"{API}/agents/me/").status_code == 200
 
 
-def test_the_last_active_key_cannot_be_revoked_by_its_agent(make_agent, audit_clean):
-    alice = make_agent()
+def test_the_last_active_key_cannot_be_revoked_by_its_agent(audit_clean):
+    alice = AgentFactory()
     only = ApiKey.objects.get(agent=alice)
 
     with unchanged(audit_clean):
@@ -114,20 +115,20 @@ def test_the_last_active_key_cannot_be_revoked_by_its_agent(make_agent, audit_cl
     assert_error(api_client(alice).get(f"{API}/agents/me/"), 401, "invalid_api_key")
 
 
-def test_concurrent_revocations_cannot_revoke_every_key(make_agent):
+def test_concurrent_revocations_cannot_revoke_every_key():
     # The service locks all of the agent's keys before deciding, so the second of two revocations sees the first.
-    alice = make_agent()
-    second, _ = api_key_create(agent=alice)
+    alice = AgentFactory()
+    second = ApiKeyFactory(agent=alice)
     first = ApiKey.objects.exclude(id=second.id).get(agent=alice)
     api_key_revoke(agent=alice, key_id=first.id)
     with pytest.raises(LastApiKey):
         api_key_revoke(agent=alice, key_id=second.id)
 
 
-def test_no_agent_can_list_or_revoke_another_agents_keys(make_agent, audit_clean):
-    alice, mallory = make_agent(), make_agent()
+def test_no_agent_can_list_or_revoke_another_agents_keys(audit_clean):
+    alice, mallory = AgentFactory(), AgentFactory()
     alices_key = ApiKey.objects.get(agent=alice)
-    api_key_create(agent=alice)
+    ApiKeyFactory(agent=alice)
 
     with unchanged(audit_clean):
         listed = api_client(mallory).get(KEYS).json()
@@ -138,23 +139,23 @@ def test_no_agent_can_list_or_revoke_another_agents_keys(make_agent, audit_clean
     assert api_client(alice).get(f"{API}/agents/me/").status_code == 200
 
 
-def test_rotation_refuses_a_malformed_body_and_changes_nothing(make_agent, audit_clean):
-    alice = make_agent()
+def test_rotation_refuses_a_malformed_body_and_changes_nothing(audit_clean):
+    alice = AgentFactory()
     with unchanged(audit_clean):
         assert_error(api_client(alice).post(KEYS, {"revoke_current": "perhaps"}), 400, "invalid_request")
         assert_error(api_client(alice).post(KEYS, [1, 2]), 400, "invalid_request")
 
 
 @pytest.mark.parametrize("mangle", [lambda k: k[:-1] + ("A" if k[-1] != "A" else "B"), lambda k: k + "x", str.upper])
-def test_a_key_that_differs_in_any_way_is_refused(mangle, make_agent):
-    alice = make_agent()
+def test_a_key_that_differs_in_any_way_is_refused(mangle):
+    alice = AgentFactory()
     assert_error(api_client(key=mangle(alice.api_key)).get(f"{API}/agents/me/"), 401, "invalid_api_key")
 
 
-def test_keys_are_compared_by_hash_in_constant_time(make_agent, monkeypatch):
+def test_keys_are_compared_by_hash_in_constant_time(monkeypatch):
     # The lookup never compares the raw key: the database is searched by SHA-256, and the found hash is compared
     # again with hmac.compare_digest (constant time).
-    alice = make_agent()
+    alice = AgentFactory()
     compared = []
     real = services.hmac.compare_digest
 
@@ -167,7 +168,7 @@ def test_keys_are_compared_by_hash_in_constant_time(make_agent, monkeypatch):
     assert compared == [(services.hash_api_key(alice.api_key),) * 2]
 
 
-def test_keys_never_reach_the_logs(make_agent, market, caplog):
+def test_keys_never_reach_the_logs(market, caplog):
     """Every log record written while keys are registered, used, refused, rotated and revoked, at DEBUG and above,
     including Django's request logger for the 4xx answers: none contains a key."""
     caplog.set_level(logging.DEBUG)
@@ -196,7 +197,7 @@ def test_keys_never_reach_the_logs(make_agent, market, caplog):
 def test_the_server_log_never_shows_a_key():
     """A real daphne process, as `make run` serves it (its access log on): keys sent in headers and in a websocket's
     `?api_key=` query, valid, revoked and unknown, never appear in what the server writes."""
-    from moltstreet.testing_e2e import api, daphne_servers, http_json, open_feed, register_agent
+    from testsupport.e2e import api, daphne_servers, http_json, open_feed, register_agent
 
     with daphne_servers(1) as (server,):
         alice = register_agent(server.url, "log-check")

@@ -15,7 +15,7 @@ from django.utils import timezone
 from agents import services
 from agents.models import Agent
 from agents.services import HOUSE_LINK_GROUP, agent_mark_house, agent_register, agents_link, agents_unlink
-from moltstreet.testing import API
+from testsupport.api import API
 
 pytestmark = pytest.mark.django_db
 

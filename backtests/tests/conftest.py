@@ -10,8 +10,8 @@ import pytest
 from django.utils import timezone
 
 from markets.models import Market, MarketEvent
-from markets.services import snapshot_record
-from moltstreet.testing import operator_resolver
+from markets.tests.factories import SnapshotFactory
+from testsupport.api import operator_resolver
 from trading.lifecycle import market_close
 from trading.resolution import market_resolve
 from trading.tests.factories import mint, new_agent, new_market, place
@@ -41,15 +41,14 @@ def traded_market(db):
     alice, bob, carol = new_agent("alice"), new_agent("bob"), new_agent("carol")
     market = new_market(question="Will the backtest find trades?")
     Market.objects.filter(id=market.id).update(source="kalshi", external_id="KXBT-1")
-    values = {"yes_bid": None, "yes_ask": None, "volume": None, "status": "open"}
     prices = ["0.40", "0.46", "0.39", "0.47", "0.41", "0.50", "0.44", "0.55", "0.49", "0.60", "0.52", "0.65"]
     for i, price in enumerate(prices):
         mint(alice, bob, market, 5 + i, yes_price=price)
         if i in (3, 8):
-            snapshot_record(
-                market_id=market.id,
+            SnapshotFactory(
+                market=market,
                 source="kalshi",
-                values={**values, "yes_price": Decimal(price) + Decimal("0.05")},
+                yes_price=Decimal(price) + Decimal("0.05"),
                 taken_at=timezone.now() + timedelta(hours=i),
             )
     place(carol, market, "YES", "BUY", "0.50", 20)  # a resting bid

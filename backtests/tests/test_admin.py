@@ -6,7 +6,7 @@ import pytest
 from django.urls import reverse
 
 from backtests.models import Backtest
-from moltstreet.testing import API, api_client
+from testsupport.api import API, api_client
 
 pytestmark = pytest.mark.django_db
 

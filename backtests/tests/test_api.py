@@ -17,7 +17,7 @@ from agents.models import Agent
 from backtests import selectors, services
 from backtests.models import Backtest, BacktestExecution
 from markets.models import MarketEvent
-from moltstreet.testing import (
+from testsupport.api import (
     API,
     api_client,
     assert_decimal_string,

@@ -9,7 +9,7 @@ import pytest
 
 from backtests import selectors
 from markets.models import MarketEvent
-from moltstreet.testing import API, api_client, walk_pages
+from testsupport.api import API, api_client, walk_pages
 
 pytestmark = pytest.mark.django_db
 

@@ -1,7 +1,8 @@
 """The backtest page and the profile's backtests and reliability diagram (DESIGN section 11).
 
-Backtests are rows made with the ORM (what the worker or an upload writes); forecasts are stated and scored through
-the services, so the diagram is checked against the very forecasts the Brier score was made of.
+Backtests are rows made by ``BacktestFactory`` (what the worker or an upload writes); forecasts are stated and scored
+through the services (``ForecastFactory``), so the diagram is checked against the very forecasts the Brier score was
+made of.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from agents.models import Agent
 from backtests import charts
 from backtests.models import Backtest, BacktestExecution
 from backtests.selectors import agent_reliability, market_prices
+from backtests.tests.factories import BacktestExecutionFactory, BacktestFactory
 from markets.models import Forecast, Market
-from markets.services import forecast_record, market_create
-from moltstreet.testing import operator_resolver
+from markets.tests.factories import ForecastFactory, MarketFactory
+from testsupport.api import operator_resolver
 from trading.resolution import market_resolve
 from trading.tests.factories import mint, new_agent
 
@@ -54,6 +56,7 @@ def done_backtest(agent: Agent, market: Market, **fields) -> Backtest:
     ]
     defaults = {
         "agent": agent,
+        "markets": [market],
         "strategy": "momentum",
         "version": "1.2",
         "params": {"window": 5, "size": 3},
@@ -76,27 +79,7 @@ def done_backtest(agent: Agent, market: Market, **fields) -> Backtest:
         "started_at": start,
         "finished_at": now,
     }
-    defaults.update(fields)
-    backtest = Backtest.objects.create(**defaults)
-    backtest.markets.add(market)
-    return backtest
-
-
-def execution(backtest: Backtest, market: Market, number: int, **fields) -> BacktestExecution:
-    values = {
-        "backtest": backtest,
-        "number": number,
-        "time": backtest.start + timedelta(minutes=10 + number),
-        "market": market,
-        "side": "YES",
-        "action": "BUY",
-        "price": Decimal("0.40"),
-        "size": 5,
-        "reason": "taker",
-        "cash": Decimal("-2.00"),
-    }
-    values.update(fields)
-    return BacktestExecution.objects.create(**values)
+    return BacktestFactory(**{**defaults, **fields})
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -108,9 +91,10 @@ def test_a_done_backtest_shows_its_metrics_equity_with_the_drawdown_prices_and_e
     mint(new_agent(), new_agent(), market, 4, yes_price="0.55")
     mint(new_agent(), new_agent(), market, 2, yes_price="0.62")
     backtest = done_backtest(runner, market)
-    execution(backtest, market, 0)
-    execution(
-        backtest, market, 1, side="NO", action="SELL", price=Decimal("0.45"), cash=Decimal("2.50"), reason="maker"
+    # Two executions ten and eleven minutes after the start: a taker's BUY of 5 YES at 0.40, a maker's SELL of 5 NO.
+    BacktestExecutionFactory(backtest=backtest)
+    BacktestExecutionFactory(
+        backtest=backtest, side="NO", action="SELL", price=Decimal("0.45"), cash=Decimal("2.50"), reason="maker"
     )
 
     html = get(client, f"/backtests/{backtest.id}/")
@@ -272,7 +256,7 @@ def test_a_profile_lists_the_agents_newest_20_backtests(client, market):
 
 def test_a_profile_without_backtests_or_scored_forecasts_says_so_without_an_empty_chart(client, market):
     agent = new_agent("newcomer")
-    forecast_record(agent=agent, market_id=market.id, probability="0.4")  # not resolved: not scored
+    ForecastFactory(agent=agent, market=market, probability="0.4")  # not resolved: not scored
 
     html = get(client, f"/agents/{agent.name}/")
 
@@ -281,10 +265,10 @@ def test_a_profile_without_backtests_or_scored_forecasts_says_so_without_an_empt
 
 
 def _resolved_market(question: str, outcome: str, forecasts: dict[Agent, list[str]]) -> Market:
-    market = market_create(creator=new_agent("asker"), question=question, deadline=timezone.now() + timedelta(days=1))
+    market = MarketFactory(creator=new_agent("asker"), question=question)
     for agent, probabilities in forecasts.items():
         for probability in probabilities:
-            forecast_record(agent=agent, market_id=market.id, probability=probability)
+            ForecastFactory(agent=agent, market=market, probability=probability)
     return market_resolve(market_id=market.id, outcome=outcome, resolver=operator_resolver())
 
 
@@ -298,8 +282,7 @@ def test_the_profile_diagram_counts_exactly_the_forecasts_of_the_brier_score(cli
     _resolved_market("E?", "YES", {agent: ["1"]})
     # Not scored: a void market, and a market still open.
     _resolved_market("F?", "VOID", {agent: ["0.5"]})
-    market_open = market_create(creator=new_agent("asker"), question="G?", deadline=timezone.now() + timedelta(days=1))
-    forecast_record(agent=agent, market_id=market_open.id, probability="0.5")
+    ForecastFactory(agent=agent, market=MarketFactory(creator=new_agent("asker"), question="G?"), probability="0.5")
     agent.refresh_from_db()
 
     bins = agent_reliability(agent)
@@ -377,7 +360,7 @@ def test_a_profile_with_10000_scored_forecasts_takes_the_same_queries_as_with_10
 def live_browser():
     """A daphne server on the test database and headless Chromium with trading/tests/test_browser.py's
     Content-Security-Policy listener: ``(server, driver, policy check)``."""
-    from moltstreet.testing_e2e import chromium, daphne_servers, require_browser
+    from testsupport.e2e import chromium, daphne_servers, require_browser
     from trading.tests.test_browser import CSP_LISTENER_JS, PolicyCheck
 
     require_browser()

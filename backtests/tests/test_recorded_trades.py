@@ -18,7 +18,7 @@ from backtests.models import Backtest, BacktestExecution
 from backtests.tests.conftest import spread_in_time
 from markets.models import Market
 from markets.services import snapshot_record
-from moltstreet.testing import API, api_client, operator_resolver, unchanged
+from testsupport.api import API, api_client, operator_resolver, unchanged
 from trading import replay
 from trading.lifecycle import market_close
 from trading.resolution import market_resolve

@@ -21,7 +21,8 @@ from moltstreet_client import AsyncClient, Client
 from moltstreet_client import _api as sdk_api
 
 from backtests.models import Backtest, BacktestExecution
-from moltstreet.testing import API, api_client, assert_error, unchanged, walk_pages
+from backtests.tests.factories import BacktestFactory
+from testsupport.api import API, api_client, assert_error, unchanged, walk_pages
 from trading.tests.factories import new_market
 
 URL = f"{API}/backtests/"
@@ -211,8 +212,7 @@ def test_a_backtest_that_is_not_uploading_takes_no_page(market, make_agent):
     result = synthetic_result(market, 3)
     inline = api_client(agent).post(URL, {**result, "reported": True}).json()
     assert inline["status"] == "done" and inline["executions_count"] == 3
-    run = Backtest.objects.create(agent=agent, strategy="market_maker", status=Backtest.Status.QUEUED)
-    run.markets.set([market])
+    run = BacktestFactory(agent=agent, markets=[market], strategy="market_maker", status=Backtest.Status.QUEUED)
 
     for backtest_id, status in ((inline["id"], "done"), (run.id, "queued")):
         rows = synthetic_result(market, 4)["executions"]

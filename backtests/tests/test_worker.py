@@ -20,7 +20,8 @@ from moltstreet_client.strategies import BUILTINS
 from backtests import selectors, services
 from backtests.models import Backtest, BacktestExecution
 from backtests.tests.conftest import DATABASE
-from moltstreet.testing import API, api_client, unchanged
+from backtests.tests.factories import BacktestExecutionFactory
+from testsupport.api import API, api_client, unchanged
 
 URL = f"{API}/backtests/"
 
@@ -112,17 +113,8 @@ def test_a_worker_killed_while_writing_leaves_nothing_half_written_and_the_rerun
     assert not BacktestExecution.objects.filter(backtest=backtest).exists(), "the write was rolled back whole"
     assert backtest.metrics == {}
     # As if an older attempt had got its executions in: the re-run must replace them, not add to them.
-    BacktestExecution.objects.create(
-        backtest=backtest,
-        number=0,
-        time=timezone.now(),
-        market=traded_market,
-        side="YES",
-        action="BUY",
-        price=Decimal("0.99"),
-        size=999,
-        reason="taker",
-        cash=Decimal("-989.01"),
+    BacktestExecutionFactory(
+        backtest=backtest, number=0, market=traded_market, price=Decimal("0.99"), size=999, cash=Decimal("-989.01")
     )
 
     # Not stale yet: a worker that starts leaves it to the one presumed still running it.

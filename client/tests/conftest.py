@@ -1,5 +1,5 @@
 """Fixtures of the SDK's tests: one real server (``daphne moltstreet.asgi:application`` on the pytest test database and
-the tests' Redis, started by :func:`moltstreet.testing_e2e.daphne_servers`) shared by the whole session, and clients
+the tests' Redis, started by :func:`testsupport.e2e.daphne_servers`) shared by the whole session, and clients
 of it.
 
 The server outlives the tests, so the rows each test commits (``django_db(transaction=True)``: the server only sees
@@ -29,7 +29,7 @@ def server(django_db_setup, django_db_blocker):
     from django.conf import settings
     from django.test import override_settings
 
-    from moltstreet.testing_e2e import daphne_servers
+    from testsupport.e2e import daphne_servers
 
     with ExitStack() as stack:
         with (

@@ -667,7 +667,7 @@ def polymarket_history(db) -> MarketHistory:
 
     from markets.models import MarketEvent
     from markets.services import snapshot_record
-    from moltstreet.testing import api_client, operator_resolver, walk_pages
+    from testsupport.api import api_client, operator_resolver, walk_pages
     from trading import replay
     from trading.lifecycle import market_close
     from trading.resolution import market_resolve

@@ -12,7 +12,7 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 from moltstreet_client.mcp import TOOLS
 
-from moltstreet.testing_e2e import create_market, daphne_servers, register_agent
+from testsupport.e2e import create_market, daphne_servers, register_agent
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -29,7 +29,7 @@ def test_the_committed_notebook_carries_no_outputs():
 def traded_market(make_client, market_of):
     """A market with a trade at each price of ``WALK`` (a maker rests, a taker crosses it: the side alternates),
     then closed and resolved YES by an operator; its id."""
-    from moltstreet.testing import operator_resolver
+    from testsupport.api import operator_resolver
     from trading.lifecycle import market_close
     from trading.resolution import market_resolve
 

@@ -9,8 +9,10 @@ import pytest
 from django.utils import timezone
 
 from agents.models import LedgerEntry
+from agents.tests.factories import AgentFactory
 from markets.models import Forecast, Market
-from moltstreet.testing import (
+from markets.tests.factories import MarketFactory
+from testsupport.api import (
     API,
     api_client,
     assert_decimal_string,
@@ -46,6 +48,10 @@ MARKET_FIELDS = {
 pytestmark = pytest.mark.django_db
 
 
+def days_from_now(days: float):
+    return timezone.now() + timedelta(days=days)
+
+
 def in_days(days: float) -> str:
     return (timezone.now() + timedelta(days=days)).isoformat()
 
@@ -70,8 +76,8 @@ def assert_market_shape(body: dict) -> None:
 # POST /markets/
 
 
-def test_it_creates_a_market_and_charges_the_10_credit_fee(make_agent, audit_clean):
-    alice = make_agent()
+def test_it_creates_a_market_and_charges_the_10_credit_fee(audit_clean):
+    alice = AgentFactory()
     client = api_client(alice)
     deadline = timezone.now() + timedelta(days=3)
 
@@ -124,8 +130,8 @@ def test_it_creates_a_market_and_charges_the_10_credit_fee(make_agent, audit_cle
     ],
     ids=lambda change: next(f"{k}={str(v)[:20]}" for k, v in change.items()),
 )
-def test_it_refuses_a_malformed_market_and_charges_nothing(change, make_agent, audit_clean):
-    alice = make_agent()
+def test_it_refuses_a_malformed_market_and_charges_nothing(change, audit_clean):
+    alice = AgentFactory()
     times = {
         "past": in_days(-1),
         "now": timezone.now().isoformat(),
@@ -143,8 +149,8 @@ def test_it_refuses_a_malformed_market_and_charges_nothing(change, make_agent, a
     assert balances(alice) == (Decimal("1000.00"), Decimal("0.00"))
 
 
-def test_it_refuses_a_market_whose_creator_cannot_pay_the_fee(make_agent, market, audit_clean):
-    alice = make_agent()
+def test_it_refuses_a_market_whose_creator_cannot_pay_the_fee(market, audit_clean):
+    alice = AgentFactory()
     client = api_client(alice)
     place(client, market, "YES", "BUY", "0.99", 1005)  # reserves 994.95, leaving 5.05 available
 
@@ -154,8 +160,8 @@ def test_it_refuses_a_market_whose_creator_cannot_pay_the_fee(make_agent, market
     assert balances(alice) == (Decimal("1000.00"), Decimal("994.95"))
 
 
-def test_it_refuses_to_create_a_market_without_a_key(make_agent, audit_clean):
-    make_agent()
+def test_it_refuses_to_create_a_market_without_a_key(audit_clean):
+    AgentFactory()
     with unchanged(audit_clean):
         response = api_client().post(f"{API}/markets/", {"question": "Anonymous?", "deadline": in_days(1)})
         assert_error(response, 401, "not_authenticated")
@@ -163,8 +169,8 @@ def test_it_refuses_to_create_a_market_without_a_key(make_agent, audit_clean):
         assert_error(response, 401, "invalid_api_key")
 
 
-def test_it_refuses_a_malformed_json_market(make_agent, audit_clean):
-    alice = make_agent()
+def test_it_refuses_a_malformed_json_market(audit_clean):
+    alice = AgentFactory()
     with unchanged(audit_clean):
         response = api_client(alice).post(f"{API}/markets/", '{"question": "x",', content_type="application/json")
         assert_error(response, 400, "malformed_json")
@@ -175,19 +181,17 @@ def test_it_refuses_a_malformed_json_market(make_agent, audit_clean):
 
 
 @pytest.fixture
-def three_markets(make_agent):
-    """An open, a closed and a resolved market, each created through the API (newest last)."""
-    creator = make_agent("creator")
-    client = api_client(creator)
+def three_markets():
+    """An open, a closed and a resolved market of one creator (newest last), as ids."""
+    creator = AgentFactory(name="creator")
     ids = {}
     for name, question in (
         ("resolved", "Will the comet be visible?"),
         ("closed", "Will the election be close?"),
         ("open", "Will the river flood this spring?"),
     ):
-        response = client.post(f"{API}/markets/", {"question": question, "deadline": in_days(5), "category": name})
-        assert response.status_code == 201, response.content
-        ids[name] = response.json()["id"]
+        market = MarketFactory(creator=creator, question=question, deadline=days_from_now(5), category=name)
+        ids[name] = str(market.id)
     market_close(market_id=ids["closed"])
     market_resolve(market_id=ids["resolved"], outcome="NO", resolver=operator_resolver())
     return ids
@@ -226,9 +230,9 @@ def test_it_refuses_an_unknown_filter_value(query, three_markets, audit_clean):
         assert_error(api_client().get(f"{API}/markets/{query}"), 400, "invalid_request")
 
 
-def test_it_orders_markets_by_volume(make_agent, market):
-    quiet = api_client(make_agent()).post(f"{API}/markets/", {"question": "Quiet?", "deadline": in_days(1)}).json()
-    mint(api_client(make_agent()), api_client(make_agent()), market, 7)
+def test_it_orders_markets_by_volume(market):
+    quiet = {"id": str(MarketFactory(question="Quiet?", deadline=days_from_now(1)).id)}
+    mint(api_client(AgentFactory()), api_client(AgentFactory()), market, 7)
 
     by_volume = assert_page(api_client().get(f"{API}/markets/?ordering=-volume").json())
 
@@ -237,10 +241,10 @@ def test_it_orders_markets_by_volume(make_agent, market):
     assert [row["id"] for row in ascending] == [quiet["id"], str(market.id)]
 
 
-def test_the_market_list_pages_with_a_cursor_without_repeats_or_gaps(make_agent):
-    client = api_client(make_agent())
+def test_the_market_list_pages_with_a_cursor_without_repeats_or_gaps():
+    creator = AgentFactory()
     created = [
-        client.post(f"{API}/markets/", {"question": f"Question {n}?", "deadline": in_days(1 + n % 2)}).json()["id"]
+        str(MarketFactory(creator=creator, question=f"Question {n}?", deadline=days_from_now(1 + n % 2)).id)
         for n in range(5)
     ]
 
@@ -264,9 +268,9 @@ def test_it_answers_a_forged_cursor_with_404_in_the_error_shape(market, audit_cl
     assert "cursor" in error["message"].lower()
 
 
-def test_it_shows_a_market_with_its_prices_and_volume(make_agent, market):
-    mint(api_client(make_agent()), api_client(make_agent()), market, 4, "0.62")
-    api_client(make_agent()).post(
+def test_it_shows_a_market_with_its_prices_and_volume(market):
+    mint(api_client(AgentFactory()), api_client(AgentFactory()), market, 4, "0.62")
+    api_client(AgentFactory()).post(
         f"{API}/orders/", {"market": str(market.id), "side": "YES", "action": "BUY", "price": "0.55", "size": 1}
     )
 
@@ -291,8 +295,8 @@ def test_it_answers_404_for_an_unknown_market(market_id, market, audit_clean):
 # POST /markets/{id}/forecast/
 
 
-def test_it_records_a_stated_forecast_without_trading(make_agent, market, audit_clean):
-    alice = make_agent()
+def test_it_records_a_stated_forecast_without_trading(market, audit_clean):
+    alice = AgentFactory()
     client = api_client(alice)
 
     response = client.post(
@@ -329,22 +333,22 @@ def test_it_records_a_stated_forecast_without_trading(make_agent, market, audit_
     ],
     ids=str,
 )
-def test_it_refuses_a_malformed_forecast(body, make_agent, market, audit_clean):
-    alice = make_agent()
+def test_it_refuses_a_malformed_forecast(body, market, audit_clean):
+    alice = AgentFactory()
     with unchanged(audit_clean):
         assert_error(api_client(alice).post(f"{API}/markets/{market.id}/forecast/", body), 400, "invalid_request")
 
 
-def test_it_refuses_a_forecast_on_a_closed_market(make_agent, market, audit_clean):
-    alice = make_agent()
+def test_it_refuses_a_forecast_on_a_closed_market(market, audit_clean):
+    alice = AgentFactory()
     market_close(market_id=market.id)
     with unchanged(audit_clean):
         response = api_client(alice).post(f"{API}/markets/{market.id}/forecast/", {"probability": "0.5"})
         assert_error(response, 409, "market_closed")
 
 
-def test_it_refuses_a_forecast_once_the_deadline_has_passed(make_agent, market, audit_clean):
-    alice = make_agent()
+def test_it_refuses_a_forecast_once_the_deadline_has_passed(market, audit_clean):
+    alice = AgentFactory()
     Market.objects.filter(id=market.id).update(deadline=timezone.now() - timedelta(seconds=1))
     with unchanged(audit_clean):
         response = api_client(alice).post(f"{API}/markets/{market.id}/forecast/", {"probability": "0.5"})
@@ -352,8 +356,8 @@ def test_it_refuses_a_forecast_once_the_deadline_has_passed(make_agent, market, 
 
 
 @pytest.mark.parametrize("market_id", ["00000000-0000-0000-0000-000000000000", "not-a-uuid"])
-def test_it_refuses_a_forecast_on_an_unknown_market(market_id, make_agent, market, audit_clean):
-    alice = make_agent()
+def test_it_refuses_a_forecast_on_an_unknown_market(market_id, market, audit_clean):
+    alice = AgentFactory()
     with unchanged(audit_clean):
         response = api_client(alice).post(f"{API}/markets/{market_id}/forecast/", {"probability": "0.5"})
         assert_error(response, 404, "not_found")

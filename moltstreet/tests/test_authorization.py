@@ -16,11 +16,11 @@ from django.contrib import admin
 from django.urls import reverse
 
 from agents.models import Agent, ApiKey
-from agents.services import api_key_create
+from agents.tests.factories import ApiKeyFactory
 from backtests.models import Backtest, BacktestExecution
 from backtests.services import backtest_upload
-from moltstreet.testing import API, api_client, assert_error, mint, place, unchanged
 from moltstreet.tests.test_errors_and_schema import ROUTES
+from testsupport.api import API, api_client, assert_error, mint, place, unchanged
 from trading.models import Order
 
 pytestmark = pytest.mark.django_db
@@ -33,7 +33,7 @@ def world(make_agent, market):
     mint(api_client(alice), api_client(bob), market, 3)
     resting = place(api_client(alice), market, "YES", "BUY", "0.20", 2, client_order_id="alice-1")["order"]
     api_client(alice).post(f"{API}/markets/{market.id}/forecast/", {"probability": "0.7", "reasoning": "secret"})
-    second_key, _ = api_key_create(agent=alice)
+    second_key = ApiKeyFactory(agent=alice)
     place(api_client(mallory), market, "NO", "BUY", "0.10", 1)
     # Backtests are public to read (docs/decisions.md); what is alice's alone is adding to her upload in progress.
     alice_upload = backtest_upload(

@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from moltstreet import serving
-from moltstreet.testing_e2e import http_request, server_env
+from testsupport.e2e import http_request, server_env
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 COMPOSE = BASE_DIR / "docker-compose.yml"

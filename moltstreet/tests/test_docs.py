@@ -28,8 +28,8 @@ from rest_framework import exceptions as drf_exceptions
 from agents.models import Agent
 from moltstreet import errors
 from moltstreet.docs import ERROR_CODES
-from moltstreet.testing import unchanged
 from moltstreet.tests.test_errors_and_schema import ROUTES
+from testsupport.api import unchanged
 from trading.models import Order, Trade
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
@@ -233,7 +233,7 @@ def test_the_strategy_example_backtests_a_market_against_a_live_server(live_serv
     The history is made so the strategy must trade: a resting NO bid at 0.35 (a YES ask at 0.65) and a YES bid at
     0.50, then trades at 0.60, 0.55 (a fall of 0.05: it buys 5 YES at the ask, 0.65) and 0.58 (a rise of 0.03: it
     sells them at the bid, 0.50), so its P&L is 5 x (0.50 - 0.65) = -0.75."""
-    from moltstreet.testing import api_client, place
+    from testsupport.api import api_client, place
 
     asker, bidder, maker, taker = (api_client(make_agent()) for _ in range(4))
     place(asker, market, "NO", "BUY", "0.35", 50)
@@ -315,7 +315,7 @@ def _has_websocket_routes() -> bool:
 @pytest.mark.multiprocess
 @pytest.mark.django_db(transaction=True)
 def test_the_websocket_example_follows_a_market_and_resumes_with_since():
-    from moltstreet.testing_e2e import api, create_market, daphne_servers, place_order, register_agent
+    from testsupport.e2e import api, create_market, daphne_servers, place_order, register_agent
 
     assert _has_websocket_routes(), "moltstreet/asgi.py serves no websocket routes (DESIGN section 8)"
     with daphne_servers(1) as [server]:
@@ -387,7 +387,7 @@ def test_the_websocket_example_follows_a_market_and_resumes_with_since():
 @pytest.mark.django_db(transaction=True)
 def test_the_sdk_example_registers_places_and_streams_against_a_live_server():
     """The guide's Python SDK example, run as it is printed, against a daphne server (it streams a market)."""
-    from moltstreet.testing_e2e import create_market, daphne_servers, register_agent
+    from testsupport.e2e import create_market, daphne_servers, register_agent
 
     with daphne_servers(1) as [server]:
         _, _, skill = fetch(f"{server.url}/skill.md")

@@ -11,7 +11,7 @@
    40P01) is retried inside ``service_transaction`` and never reaches a client as a 500.
 
 The shared PostgreSQL and Redis are never stopped: tests that take a service down start their own
-(``moltstreet.testing_services``). Tests on the shared test database commit (``transaction=True``) so the servers
+(``testsupport.faults``). Tests on the shared test database commit (``transaction=True``) so the servers
 see the rows. Every wait is bounded.
 """
 
@@ -36,8 +36,8 @@ from agents.models import Agent
 from markets.models import Market
 from moltstreet.db import service_transaction
 from moltstreet.errors import ServiceBusy
-from moltstreet.testing_e2e import API, BASE_DIR, Feed, api, create_market, open_feed, register_agent, server_env
-from moltstreet.testing_services import (
+from testsupport.e2e import API, BASE_DIR, Feed, api, create_market, open_feed, register_agent, server_env
+from testsupport.faults import (
     HttpAnswer,
     KillableDaphne,
     http_request,

@@ -303,20 +303,19 @@ def world(db, make_agent, in_process_wsgi):
     """Three agents (a trader with positions and resting orders, a counterparty, an oracle), open markets with a
     book and trades, and a resolved one. Checks the books after the test."""
     global WORLD
-    from agents.models import ApiKey
-    from agents.services import hash_api_key
+    from agents.tests.factories import ApiKeyFactory
     from backtests.services import backtest_upload
-    from markets.services import forecast_record, market_create
-    from moltstreet.testing import make_oracle, operator_resolver
+    from markets.tests.factories import ForecastFactory, MarketFactory
+    from testsupport.api import operator_resolver
     from trading.lifecycle import market_close
     from trading.orders import order_place
     from trading.resolution import market_resolve
 
-    trader, other, oracle = make_agent("fuzz-trader"), make_agent("fuzz-other"), make_agent("fuzz-oracle")
-    make_oracle(oracle)
+    trader, other = make_agent("fuzz-trader"), make_agent("fuzz-other")
+    oracle = make_agent("fuzz-oracle", oracle=True)
     deadline = timezone.now() + timedelta(days=30)
     markets = [
-        market_create(creator=creator, question=f"Will fuzz market {i} hold?", deadline=deadline)
+        MarketFactory(creator=creator, question=f"Will fuzz market {i} hold?", deadline=deadline)
         for i, creator in enumerate([trader, other, trader, other])
     ]
     orders = []
@@ -326,19 +325,19 @@ def world(db, make_agent, in_process_wsgi):
         orders.append(order_place(agent=trader, market_id=market.id, side="YES", action="BUY", price="0.30", size=5))
         orders.append(order_place(agent=trader, market_id=market.id, side="YES", action="SELL", price="0.90", size=5))
         orders.append(order_place(agent=other, market_id=market.id, side="NO", action="BUY", price="0.20", size=5))
-    forecast_record(agent=trader, market_id=markets[1].id, probability="0.7")
+    ForecastFactory(agent=trader, market=markets[1], probability="0.7")
     resolved = markets[3]
     order_place(agent=trader, market_id=resolved.id, side="YES", action="BUY", price="0.50", size=4)
     order_place(agent=other, market_id=resolved.id, side="NO", action="BUY", price="0.50", size=4)
     market_resolve(market_id=resolved.id, outcome="YES", resolver=operator_resolver())
     # A closed market nobody has a stake in: the oracle may propose its outcome there, and agents dispute that.
-    closed = market_create(creator=other, question="Will the fuzzed market close?", deadline=deadline)
+    closed = MarketFactory(creator=other, question="Will the fuzzed market close?", deadline=deadline)
     market_close(market_id=closed.id)
     markets.append(closed)
 
     agents = {"trader": trader, "other": other, "oracle": oracle}
     for name, agent in agents.items():
-        ApiKey.objects.create(agent=agent, prefix=KEYS[name][:10], key_hash=hash_api_key(KEYS[name]))
+        ApiKeyFactory(agent=agent, raw_key=KEYS[name])  # a key known in advance, for the fuzzer's requests
     # Backtests: the trader's upload in parts, waiting for its executions, and a finished one.
     backtests = [
         backtest_upload(agent=trader, strategy="fuzz:Strategy", markets=[markets[0].id], result={}, **extra)
@@ -405,7 +404,7 @@ class LinkedCalls(schema.as_state_machine()):
 def test_sequences_of_calls_along_the_schema_links_answer_as_the_schema_says(world):
     # One agent makes every call, so what one step creates (a key, an order) is its own in the next; it is an oracle
     # too, so that sequences can end in a resolution.
-    from moltstreet.testing import make_oracle
+    from testsupport.api import make_oracle
 
     global CALLER
     make_oracle(world["agents"]["trader"])
@@ -465,7 +464,7 @@ HOSTILE = [
 
 @pytest.mark.parametrize(("method", "path", "body", "status"), HOSTILE, ids=[f"{m} {p[:60]}" for m, p, _, _ in HOSTILE])
 def test_hostile_input_is_answered_without_a_5xx_in_the_error_shape(method, path, body, status, world):
-    from moltstreet.testing import api_client
+    from testsupport.api import api_client
 
     client = api_client(key=KEYS["trader"])  # it checks the one error shape of every 4xx itself
     url = "/api/v1" + path.format(market=world["markets"][-1], backtest=world["backtests"][0])

@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY
 
 from moltstreet import health
 from moltstreet.logs import ContextFilter, JsonFormatter, TextFormatter, bind, log_context
-from moltstreet.testing import API, api_client, post_order
+from testsupport.api import API, api_client, post_order
 
 KEY_SHAPE = "ms_" + "z" * 43
 

@@ -10,7 +10,7 @@ import pytest
 from django.conf import settings as django_settings
 
 from moltstreet import throttling
-from moltstreet.testing import API, api_client, assert_error, place, unchanged
+from testsupport.api import API, api_client, assert_error, place, unchanged
 
 pytestmark = pytest.mark.django_db
 

@@ -32,7 +32,7 @@ from django.utils import timezone
 from django.utils.safestring import mark_safe
 
 from agents.models import Agent
-from moltstreet.testing import API, api_client, assert_error, place
+from testsupport.api import API, api_client, assert_error, place
 
 pytestmark = pytest.mark.django_db
 
@@ -121,8 +121,7 @@ def test_1_wrong_admin_logins_from_many_addresses_lock_the_username_out(client):
 
 
 def test_2_an_oracle_cannot_resolve_a_market_it_created_and_trades_in_to_take_another_agents_credits(make_agent):
-    oracle, victim = api_client(make_agent("oracle")), make_agent("victim")
-    Agent.objects.filter(name="oracle").update(is_oracle=True)  # as an operator flags it in the admin
+    oracle, victim = api_client(make_agent("oracle", oracle=True)), make_agent("victim")  # an operator's oracle
     deadline = (timezone.now() + timedelta(days=3)).isoformat()
     market = oracle.post(f"{API}/markets/", {"question": "Will it rain?", "deadline": deadline}).json()
     place(api_client(victim), _Market(market["id"]), "YES", "BUY", "0.60", 100)

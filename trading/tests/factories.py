@@ -1,7 +1,8 @@
 """Helpers for the trading tests: agents, markets and orders made through the services, and state read-backs.
 
-Everything here goes through the write services (``agent_register``, ``market_create``, ``order_place``), so the
-ledger and the market sequence stay exactly as in production; nothing writes balances directly.
+Agents and markets come from the apps' factory-boy factories (``AgentFactory``, ``MarketFactory``, importable from here),
+which go through ``agent_register`` and ``market_create``; orders go through ``order_place`` (``place``, ``mint``).
+So the ledger and the market sequence stay exactly as in production; nothing writes balances directly.
 """
 
 from __future__ import annotations
@@ -14,26 +15,26 @@ from django.db.models import Max, Sum
 from django.utils import timezone
 
 from agents.models import Agent, LedgerEntry
-from agents.services import agent_register
+from agents.tests.factories import AgentFactory
 from markets.models import Market
-from markets.services import market_create
+from markets.tests.factories import MarketFactory
 from moltstreet.money import ONE, ZERO, complement
-from moltstreet.testing import state as snapshot  # noqa: F401  (re-exported for the trading tests)
+from testsupport.api import state as snapshot  # noqa: F401  (re-exported for the trading tests)
 from trading.models import Order, Position
 from trading.orders import PlaceResult, order_place
 
 _names = itertools.count(1)
 
 
-def new_agent(prefix: str = "trader") -> Agent:
-    """A freshly registered agent with the initial 1000.00 credits."""
-    agent, _key = agent_register(name=f"{prefix}-{next(_names)}")
-    return agent
+def new_agent(prefix: str = "trader", **fields) -> Agent:
+    """A freshly registered agent named ``<prefix>-<n>`` with the initial 1000.00 credits (``AgentFactory``; ``fields``
+    as it takes them, e.g. ``credits=``, ``oracle=True``), with ``.api_key`` set."""
+    return AgentFactory(name=f"{prefix}-{next(_names)}", **fields)
 
 
 def new_market(creator: Agent | None = None, *, deadline=None, question: str = "Will it rain?") -> Market:
-    """An open market; its creator (a fresh agent unless given) pays the 10.00 fee."""
-    return market_create(
+    """An open market (``MarketFactory``); its creator (a fresh agent unless given) pays the 10.00 fee."""
+    return MarketFactory(
         creator=creator or new_agent("creator"),
         question=question,
         deadline=deadline or timezone.now() + timedelta(days=7),

@@ -20,10 +20,10 @@ from django.utils import timezone
 
 from agents.models import Agent, ApiKey, LedgerEntry
 from agents.services import agent_for_api_key
-from markets.models import Feed, Market
-from markets.services import market_create, snapshot_record
+from markets.models import Market
+from markets.tests.factories import FeedFactory, MarketFactory, SnapshotFactory
 from moltstreet.errors import AgentSuspended
-from moltstreet.testing import operator_resolver
+from testsupport.api import operator_resolver
 from trading.lifecycle import market_close
 from trading.models import Order, Position, Trade
 from trading.orders import order_place
@@ -116,15 +116,14 @@ def traded(make_agent, market):
 
 def test_every_admin_page_renders_for_staff(admin_client, traded, make_agent):
     market, alice, bob = traded
-    resolved = market_create(creator=alice, question="Already settled?", deadline=timezone.now() + timedelta(days=1))
+    resolved = MarketFactory(creator=alice, question="Already settled?")
     order_place(agent=alice, market_id=resolved.id, side="YES", action="BUY", price="0.50", size=2)
     order_place(agent=bob, market_id=resolved.id, side="NO", action="BUY", price="0.50", size=2)
     market_resolve(market_id=resolved.id, outcome="NO", resolver=operator_resolver())
     # A feed and a source's snapshot of a market (what the poller writes).
-    feed = Feed.objects.create(source="kalshi", query="fed")
+    feed = FeedFactory(source="kalshi", query="fed")
     Market.objects.filter(id=market.id).update(feed=feed, source="kalshi", external_id="KXFED-1")
-    values = {"yes_price": Decimal("0.55"), "yes_bid": None, "yes_ask": None, "volume": None, "status": "open"}
-    snapshot_record(market_id=market.id, source="kalshi", values=values, taken_at=timezone.now())
+    SnapshotFactory(market=market, source="kalshi", yes_price=Decimal("0.55"))
 
     for model in admin.site._registry:
         for query in ("", "?q=alice", f"?q={market.id}"):
@@ -152,7 +151,7 @@ def test_changelists_make_as_many_queries_for_many_rows_as_for_few(admin_client,
         buyer, seller = make_agent(), make_agent()
         order_place(agent=buyer, market_id=market.id, side="YES", action="BUY", price="0.30", size=2, forecast="0.3")
         order_place(agent=seller, market_id=market.id, side="NO", action="BUY", price="0.70", size=1)
-        market_create(creator=buyer, question="One more?", deadline=timezone.now() + timedelta(days=3))
+        MarketFactory(creator=buyer, question="One more?")
 
     many = {model: changelist_queries(admin_client, model) for model in models}
 
@@ -384,7 +383,7 @@ def test_resolving_twice_reports_the_error_and_changes_nothing(admin_client, tra
 
 def test_it_resolves_the_rest_of_a_selection_when_one_market_is_already_resolved(admin_client, traded, audit_clean):
     market, _, bob = traded
-    other = market_create(creator=bob, question="Another question?", deadline=timezone.now() + timedelta(days=2))
+    other = MarketFactory(creator=bob, question="Another question?")
     market_resolve(market_id=other.id, outcome="VOID", resolver=operator_resolver())
 
     response = run_action(admin_client, Market, "resolve_no", [market, other], confirm=True)

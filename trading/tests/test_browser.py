@@ -33,7 +33,7 @@ import pytest
 
 from agents.models import Agent
 from markets.models import Market
-from moltstreet.testing_e2e import (
+from testsupport.e2e import (
     browser_console,
     chromium,
     create_market,

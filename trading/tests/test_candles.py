@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from moltstreet.errors import InvalidRequest
-from moltstreet.testing import api_client
+from testsupport.api import api_client
 from trading.models import Trade
 from trading.selectors import INTERVALS, MAX_CANDLES, candles
 from trading.tests.factories import mint, new_agent

@@ -16,9 +16,9 @@ from django.utils import timezone
 
 from agents.models import Agent, LedgerEntry
 from markets.models import Market
-from markets.services import market_create
+from markets.tests.factories import MarketFactory
 from moltstreet.errors import ServiceBusy
-from moltstreet.testing import operator_resolver
+from testsupport.api import operator_resolver
 from trading import lifecycle
 from trading.models import Order
 from trading.orders import order_place
@@ -104,7 +104,7 @@ def test_resolve_market_rejects_malformed_arguments_before_touching_anything(mon
 
 def test_run_scheduler_once_closes_a_market_past_its_deadline_and_expires_gtd_orders(traded, caplog, audit_clean):
     due, alice, bob = traded
-    later = market_create(creator=bob, question="Still open?", deadline=timezone.now() + timedelta(days=1))
+    later = MarketFactory(creator=bob, question="Still open?", deadline=timezone.now() + timedelta(days=1))
     gtd = order_place(
         agent=alice,
         market_id=later.id,

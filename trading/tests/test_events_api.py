@@ -15,9 +15,9 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from markets.models import Market, MarketEvent
-from markets.services import snapshot_record
-from moltstreet.testing import API, assert_error, assert_page, assert_time, operator_resolver, walk_pages
-from moltstreet.testing import api_client as make_client
+from markets.tests.factories import SnapshotFactory
+from testsupport.api import API, assert_error, assert_page, assert_time, operator_resolver, walk_pages
+from testsupport.api import api_client as make_client
 from trading.api import _time
 from trading.lifecycle import market_close
 from trading.models import Order
@@ -45,8 +45,9 @@ def history():
     place(bob, market, "NO", "BUY", "0.45", 4)  # trades 4 at the YES price 0.60
     resting = place(carol, market, "YES", "BUY", "0.30", 2).order
     order_cancel(agent=carol, order_id=resting.id)
-    values = {"yes_price": Decimal("0.58"), "yes_bid": Decimal("0.57"), "yes_ask": Decimal("0.59"), "volume": None}
-    snapshot_record(market_id=market.id, source="kalshi", values={**values, "status": "open"}, taken_at=timezone.now())
+    SnapshotFactory(
+        market=market, source="kalshi", yes_price=Decimal("0.58"), yes_bid=Decimal("0.57"), yes_ask=Decimal("0.59")
+    )
     market_close(market_id=market.id)
     market_resolve(market_id=market.id, outcome="YES", resolver=operator_resolver())
     return Market.objects.get(id=market.id), (alice, bob, carol)

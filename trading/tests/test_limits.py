@@ -10,7 +10,8 @@ import pytest
 from django.urls import reverse
 
 from agents.models import Agent
-from moltstreet.testing import API, api_client, assert_error, mint, place, post_order, unchanged
+from markets.tests.factories import MarketFactory
+from testsupport.api import API, api_client, assert_error, mint, place, post_order, unchanged
 from trading.models import Order
 from trading.suspension import agent_suspend
 
@@ -57,15 +58,9 @@ def test_an_order_that_could_rest_beyond_the_open_order_limit_is_refused(setting
 
 
 def test_the_open_order_limit_counts_every_market(settings, make_agent, market, audit_clean):
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    from markets.services import market_create
-
     settings.MOLTSTREET = {**settings.MOLTSTREET, "MAX_OPEN_ORDERS": 2}
     alice = make_agent()
-    other = market_create(creator=alice, question="Another question?", deadline=timezone.now() + timedelta(days=3))
+    other = MarketFactory(creator=alice, question="Another question?")
     client = api_client(alice)
     place(client, market, "YES", "BUY", "0.10", 1)
     place(client, other, "NO", "BUY", "0.10", 1)

@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 from agents.models import Agent
 from agents.selectors import leaderboard
 from agents.services import agents_link
-from markets.services import market_create
+from markets.tests.factories import MarketFactory
 from moltstreet.errors import MoltStreetError
-from moltstreet.testing import API, api_client, operator_resolver
+from testsupport.api import API, api_client, operator_resolver
 from trading.audit import run_audit
 from trading.lifecycle import market_close
 from trading.models import Position, Trade
@@ -141,7 +141,7 @@ def test_whatever_is_traded_reputation_plus_linked_pnl_is_the_realized_pnl(make_
 
     agents = {name: make_agent() for name in ("a", "b", "stranger")}
     agents_link(agent_ids=[agents["a"].id, agents["b"].id])
-    market = market_create(creator=make_agent(), question="Mixed?", deadline=timezone.now() + timedelta(days=1))
+    market = MarketFactory(creator=make_agent(), question="Mixed?", deadline=timezone.now() + timedelta(days=1))
     for who, side, action, cents, size in steps:
         # A sell of contracts not held, and the like, is refused and changes nothing.
         with contextlib.suppress(MoltStreetError):

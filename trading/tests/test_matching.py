@@ -17,6 +17,7 @@ from agents.models import LedgerEntry
 from agents.services import agent_grant_credits
 from markets.models import Market, MarketEvent
 from markets.services import forecast_record
+from markets.tests.factories import ForecastFactory
 from moltstreet.errors import (
     ClientOrderIdConflict,
     InsufficientBalance,
@@ -28,7 +29,7 @@ from moltstreet.errors import (
     OrderNotCancellable,
     PostOnlyWouldCross,
 )
-from moltstreet.testing import operator_resolver
+from testsupport.api import operator_resolver
 from trading.lifecycle import market_close, markets_close_due, orders_expire_due
 from trading.models import Order, Trade
 from trading.orders import order_cancel, order_cancel_all, order_place
@@ -955,11 +956,11 @@ def test_brier_score_uses_the_last_forecast_before_close(audit_clean):
     forecaster, counterparty, silent = new_agent(), new_agent(), new_agent()
     yes_market, no_market, void_market = new_market(), new_market(), new_market()
     place(forecaster, yes_market, "YES", "BUY", "0.60", 1, forecast="0.8")
-    forecast_record(agent=forecaster, market_id=yes_market.id, probability="0.7", reasoning="second thoughts")
+    ForecastFactory(agent=forecaster, market=yes_market, probability="0.7", reasoning="second thoughts")
     place(counterparty, yes_market, "NO", "BUY", "0.40", 1, forecast=D("0.2"))
     place(silent, yes_market, "YES", "BUY", "0.10", 1)
     place(forecaster, no_market, "YES", "BUY", "0.40", 1, forecast="0.4")
-    forecast_record(agent=forecaster, market_id=void_market.id, probability="0.99")
+    ForecastFactory(agent=forecaster, market=void_market, probability="0.99")
 
     market_resolve(market_id=yes_market.id, outcome="YES", resolver=operator_resolver())
     forecaster.refresh_from_db()

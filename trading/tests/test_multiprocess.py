@@ -14,7 +14,7 @@ import json
 import pytest
 
 from markets.models import Market
-from moltstreet.testing_e2e import api, create_market, daphne_servers, open_feed, place_order, register_agent
+from testsupport.e2e import api, create_market, daphne_servers, open_feed, place_order, register_agent
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.django_db(transaction=True)]
 

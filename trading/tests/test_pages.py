@@ -23,9 +23,9 @@ from django.utils import timezone
 
 from agents.models import Agent
 from markets.models import Forecast, Market
-from markets.services import forecast_record, market_create
+from markets.tests.factories import ForecastFactory, MarketFactory
 from moltstreet.money import complement
-from moltstreet.testing import operator_resolver
+from testsupport.api import operator_resolver
 from trading.lifecycle import market_close
 from trading.models import BookLevel, Order, Position, Side, Trade
 from trading.resolution import market_resolve
@@ -299,11 +299,10 @@ def test_a_market_without_trades_shows_no_price_and_no_change(client, market):
 
 def test_the_status_tabs_show_open_closed_and_resolved_markets(client, make_agent):
     creator = make_agent()
-    deadline = timezone.now() + timedelta(days=3)
-    still_open = market_create(creator=creator, question="Still open?", deadline=deadline)
-    closed = market_create(creator=creator, question="Closed early?", deadline=deadline)
+    still_open = MarketFactory(creator=creator, question="Still open?")
+    closed = MarketFactory(creator=creator, question="Closed early?")
     market_close(market_id=closed.id)
-    done = market_create(creator=creator, question="Already resolved?", deadline=deadline)
+    done = MarketFactory(creator=creator, question="Already resolved?")
     resolved(done, "NO")
 
     default = get(client, "/")
@@ -320,9 +319,8 @@ def test_the_status_tabs_show_open_closed_and_resolved_markets(client, make_agen
 
 def test_the_search_box_filters_questions(client, make_agent):
     creator = make_agent()
-    deadline = timezone.now() + timedelta(days=3)
-    market_create(creator=creator, question="Will the Fed cut rates?", deadline=deadline)
-    market_create(creator=creator, question="Will it snow in Paris?", deadline=deadline)
+    MarketFactory(creator=creator, question="Will the Fed cut rates?")
+    MarketFactory(creator=creator, question="Will it snow in Paris?")
 
     html = get(client, "/?q=fed")
 
@@ -353,7 +351,7 @@ def test_historical_reopened_markets_are_marked(client, market):
 
 
 def test_the_market_page_shows_the_question_rules_source_and_live_hooks(client, make_agent):
-    market = market_create(
+    market = MarketFactory(
         creator=make_agent(),
         question="Will the comet be visible?",
         description="A comet passes in spring.",
@@ -434,7 +432,7 @@ def test_the_market_page_shows_trades_prices_and_top_holders(client, market):
 def test_a_resolved_market_shows_its_outcome_and_the_agents_reasoning(client, market):
     alice, bob = new_agent(), new_agent()
     place(alice, market, "YES", "BUY", "0.60", 3, forecast="0.8", reasoning="Tests usually pass.")
-    forecast_record(agent=bob, market_id=market.id, probability="0.3", reasoning="Flaky suite, I think.")
+    ForecastFactory(agent=bob, market=market, probability="0.3", reasoning="Flaky suite, I think.")
 
     before = get(client, market_url(market))
     assert "Tests usually pass." not in before and "Flaky suite" not in before
@@ -500,9 +498,7 @@ def test_the_leaderboard_is_paginated(client, db):
 
 def test_a_profile_shows_pnl_brier_positions_fills_and_public_reasoning(client, market, make_agent):
     alice, bob, _carol = _scored_trio(market)
-    other = market_create(
-        creator=make_agent(), question="Another question?", deadline=timezone.now() + timedelta(days=2)
-    )
+    other = MarketFactory(creator=make_agent(), question="Another question?")
     place(alice, other, "YES", "BUY", "0.30", 4, forecast="0.35", reasoning="Secret until it resolves.")
     fill = place(bob, other, "NO", "BUY", "0.70", 4).trades[0]
     place(alice, other, "YES", "BUY", "0.25", 2)

@@ -24,9 +24,10 @@ from django.utils import timezone
 
 from agents.models import Agent
 from markets.models import Feed, Market, MarketEvent, MarketSnapshot, Resolution
+from markets.tests.factories import FeedFactory, ForecastFactory, ImportedMarketFactory
 from markets.tests.source_server import GAMMA, KALSHI, MANIFOLD, Reply, SourceServer, down
 from moltstreet.singleton import SingletonLock
-from moltstreet.testing import API, api_client, operator_resolver, place
+from testsupport.api import API, api_client, operator_resolver, place
 from trading.audit import run_audit
 from trading.management.commands.run_poller import LOCK_NAME
 from trading.poller import feed_pass, poll_due
@@ -52,7 +53,7 @@ def _audit_after_each_test(request):
 
 
 def kalshi_feed(**fields) -> Feed:
-    return Feed.objects.create(source="kalshi", **fields)
+    return FeedFactory(source="kalshi", **fields)
 
 
 def serve_kalshi_page(server: SourceServer, page: dict | None = None) -> None:
@@ -116,8 +117,8 @@ def test_the_same_recorded_pages_imported_twice_change_nothing_the_second_time(s
     source_server.route("GET", MANIFOLD + "/v0/markets", Reply.file("manifold/predictngin_v0_markets_first100.json"))
     feeds = [
         kalshi_feed(),
-        Feed.objects.create(source="polymarket"),
-        Feed.objects.create(source="manifold", status="any", max_markets=100),
+        FeedFactory(source="polymarket"),
+        FeedFactory(source="manifold", status="any", max_markets=100),
     ]
     now = timezone.now()
     first = [feed_pass(feed, now=now) for feed in feeds]
@@ -134,7 +135,7 @@ def test_the_same_recorded_pages_imported_twice_change_nothing_the_second_time(s
 
 def test_a_feed_imports_no_more_than_its_max_markets(source_server):
     source_server.route("GET", GAMMA + "/markets", Reply.file("polymarket/drmanhattan_gamma_markets_active.json"))
-    feed = Feed.objects.create(source="polymarket", max_markets=3)
+    feed = FeedFactory(source="polymarket", max_markets=3)
     summary = feed_pass(feed)
     assert Market.objects.filter(feed=feed).count() == 3 and summary.imported == 3
 
@@ -290,7 +291,7 @@ def test_a_market_resolved_by_an_operator_first_is_left_alone(mirrored, source_s
 
 def test_manifold_resolutions_are_mirrored_cancel_as_void(source_server):
     source_server.route("GET", MANIFOLD + "/v0/markets", Reply.file("manifold/predictngin_v0_markets_first100.json"))
-    feed_pass(Feed.objects.create(source="manifold", status="any", max_markets=100))
+    feed_pass(FeedFactory(source="manifold", status="any", max_markets=100))
     by_outcome = {o: Market.objects.filter(source="manifold", outcome=o).count() for o in ("YES", "NO", "VOID")}
     assert by_outcome == {"YES": 5, "NO": 2, "VOID": 1}
     assert Resolution.objects.filter(resolver_name="Manifold", status="final").count() == 8
@@ -300,7 +301,7 @@ def test_manifold_resolutions_are_mirrored_cancel_as_void(source_server):
 def test_a_polymarket_market_closed_at_one_and_zero_resolves_yes(source_server):
     markets = source_server.load("polymarket/drmanhattan_gamma_markets_active.json")
     source_server.route("GET", GAMMA + "/markets", Reply(json=markets))
-    feed = Feed.objects.create(source="polymarket")
+    feed = FeedFactory(source="polymarket")
     feed_pass(feed)
     # Derived: the first recorded market, closed and priced 1/0 as Polymarket shows a YES resolution.
     settled = copy.deepcopy(markets[0])
@@ -387,7 +388,7 @@ def test_a_failing_feed_does_not_stop_the_others(source_server):
     source_server.route("GET", KALSHI + "/markets", *down(3))
     source_server.route("GET", GAMMA + "/markets", Reply.file("polymarket/drmanhattan_gamma_markets_active.json"))
     kalshi_feed()
-    Feed.objects.create(source="polymarket")
+    FeedFactory(source="polymarket")
     summaries = poll_due()
     assert [bool(s.source_error) for s in summaries] == [True, False]
     assert Market.objects.filter(source="polymarket").count() == 5
@@ -456,24 +457,14 @@ def test_the_lock_is_one_process_s_at_a_time():
 
 
 def test_brier_vs_market_compares_an_agent_with_the_source_from_five_markets(make_agent, client):
-    from markets.services import forecast_record, market_import
-
     agent = make_agent("forecaster")
     markets = []
     for n in range(5):
-        market = market_import(
-            question=f"Mirrored {n}?",
-            deadline=timezone.now() + timedelta(days=1),
-            source="kalshi",
-            external_id=f"KXTEST-{n}",
-            reference_price=Decimal("0.6"),  # the crowd says 0.60
-        )
-        forecast_record(agent=agent, market_id=market.id, probability="0.8")  # the agent says 0.80
+        market = ImportedMarketFactory(question=f"Mirrored {n}?", reference_price=Decimal("0.6"))  # the crowd: 0.60
+        ForecastFactory(agent=agent, market=market, probability="0.8")  # the agent says 0.80
         markets.append(market)
-    unsourced = market_import(
-        question="No price?", deadline=timezone.now() + timedelta(days=1), source="x", external_id="1"
-    )
-    forecast_record(agent=agent, market_id=unsourced.id, probability="0.1")
+    unsourced = ImportedMarketFactory(question="No price?", source="x", external_id="1")
+    ForecastFactory(agent=agent, market=unsourced, probability="0.1")
     market_resolve(market_id=unsourced.id, outcome="YES", resolver=operator_resolver())  # no source price: not compared
     for market in markets[:4]:
         market_resolve(market_id=market.id, outcome="YES", resolver=operator_resolver())
@@ -512,13 +503,10 @@ def test_the_market_page_draws_the_source_s_price_beside_ours(source_server, cli
 
 
 def test_a_page_s_snapshots_are_stored_together_each_as_news_decides(make_agent):
-    from markets.services import market_import, snapshots_record
+    from markets.services import snapshots_record
 
     now = timezone.now()
-    first, second = (
-        market_import(question=f"Batch {n}?", deadline=now + timedelta(days=1), source="kalshi", external_id=f"KXB-{n}")
-        for n in range(2)
-    )
+    first, second = (ImportedMarketFactory(question=f"Batch {n}?", external_id=f"KXB-{n}") for n in range(2))
     values = {"yes_price": Decimal("0.4200"), "yes_bid": None, "yes_ask": None, "volume": None, "status": "open"}
     stored = snapshots_record(source="kalshi", views=[(first.id, values), (second.id, values)], taken_at=now)
     assert set(stored) == {first.id, second.id}

@@ -42,7 +42,7 @@ from moltstreet.errors import (
     InsufficientPosition,
     MoltStreetError,
 )
-from moltstreet.testing import operator_resolver
+from testsupport.api import operator_resolver
 from trading.audit import run_audit
 from trading.lifecycle import market_close, orders_expire_due
 from trading.models import Order, Position

@@ -18,7 +18,7 @@ from django.utils import timezone
 from agents.models import Agent
 from markets.models import MarketEvent
 from markets.services import market_create
-from moltstreet.testing import operator_resolver
+from testsupport.api import operator_resolver
 from trading import realtime
 from trading.lifecycle import market_close
 from trading.models import Order, Trade

@@ -18,8 +18,9 @@ from django.utils import timezone
 
 from agents.models import Agent
 from markets.models import Market, MarketEvent, Resolution, Resolver
+from markets.tests.factories import MarketFactory
 from moltstreet.errors import InvalidRequest, MarketAlreadyResolved, NotDisputable
-from moltstreet.testing import make_oracle, operator_resolver
+from testsupport.api import operator_resolver
 from trading.lifecycle import market_close
 from trading.management.commands.run_scheduler import run_pass
 from trading.orders import order_place
@@ -41,11 +42,10 @@ def balance(agent: Agent) -> Decimal:
 @pytest.fixture
 def proposed(make_agent, market):
     """alice bought 4 YES at 0.60 from bob's NO; the market closed; the oracle proposed NO (bob wins 4.00)."""
-    alice, bob, oracle = make_agent("alice"), make_agent("bob"), make_agent("oracle")
+    alice, bob, oracle = make_agent("alice"), make_agent("bob"), make_agent("oracle", oracle=True)
     order_place(agent=alice, market_id=market.id, side="YES", action="BUY", price="0.60", size=4, forecast="0.8")
     order_place(agent=bob, market_id=market.id, side="NO", action="BUY", price="0.40", size=4, forecast="0.1")
     market_close(market_id=market.id)
-    make_oracle(oracle)
     resolution = resolution_propose(market_id=market.id, outcome="NO", agent=oracle)
     assert (balance(alice), balance(bob)) == (Decimal("997.60"), Decimal("998.40"))
     return {"market": market, "alice": alice, "bob": bob, "oracle": oracle, "resolution": resolution}
@@ -76,8 +76,7 @@ def test_an_operator_resolution_is_final_at_once_and_names_the_operator(
 
 
 def test_an_oracle_cannot_skip_the_dispute_window_through_the_operators_service(make_agent, market):
-    oracle = make_agent("oracle")
-    make_oracle(oracle)
+    oracle = make_agent("oracle", oracle=True)
     with pytest.raises(InvalidRequest):
         market_resolve(market_id=market.id, outcome="YES", resolver=Resolver.oracle(oracle))
     assert Market.objects.get(id=market.id).status == "open"
@@ -184,10 +183,9 @@ def admin_action(client, action: str, objects, **extra):
 
 def test_operators_confirm_and_overturn_proposals_in_the_admin(admin_client, admin_user, make_agent, audit_clean):
     markets = []
-    oracle = make_agent("oracle")
-    make_oracle(oracle)
+    oracle = make_agent("oracle", oracle=True)
     for n in range(2):
-        market = Market.objects.create(question=f"Q{n}?", deadline=timezone.now() + timedelta(days=1))
+        market = MarketFactory(question=f"Q{n}?")
         market_close(market_id=market.id)
         resolution_propose(market_id=market.id, outcome="YES", agent=oracle)
         markets.append(market)

@@ -17,7 +17,7 @@ from moltstreet_client.runner import LiveResult
 from moltstreet_client.strategies import BUILTINS, MarketMaker, Momentum, NoiseTrader, ReferenceLeaner
 
 from agents.models import Agent
-from markets.services import market_create
+from markets.tests.factories import MarketFactory
 from trading import traders
 from trading.models import Order, Trade
 
@@ -59,12 +59,12 @@ def test_the_leaner_trades_only_the_markets_with_a_reference_price():
 def test_run_traders_moves_a_market_through_the_api_and_stops_cleanly(audit_clean):
     """The command against a live server: house agents register over the API and are marked, trades happen, and
     on stop nothing of theirs rests in the book; run again, it reuses the same agents with fresh keys."""
-    from moltstreet.testing_e2e import daphne_servers, register_agent
+    from testsupport.e2e import daphne_servers, register_agent
 
     with daphne_servers(1) as [server]:
         creator = Agent.objects.get(name=register_agent(server.url, "question-writer")["name"])
         for question in ("Will the house traders trade?", "Will they stop cleanly?"):
-            market_create(creator=creator, question=question, deadline=timezone.now() + timedelta(days=3))
+            MarketFactory(creator=creator, question=question, deadline=timezone.now() + timedelta(days=3))
         out = io.StringIO()
         call_command(
             "run_traders", url=server.url, duration=12, seed=3, markets=2, noise_pace=1, report_every=5, stdout=out

@@ -55,7 +55,7 @@ _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Servers (the processes themselves are moltstreet/serving.py's, shared with `manage.py soak`)
+# Servers (the processes themselves are moltstreet/serving.py's, shared with the soak, tools/soak.py)
 
 
 def served_database_url() -> str:

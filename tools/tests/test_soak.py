@@ -1,18 +1,21 @@
-"""``manage.py soak``: a short soak against its own daphne server on the pytest test database and the tests' Redis.
+"""``tools/soak.py``: a short soak against its own daphne server on the pytest test database and the tests' Redis.
 
-The command starts the server itself (``moltstreet.serving``, pointed at this run's database), so everything the
-agents do is committed (``transaction=True``) and the flush after each test removes it. A negative control breaks one
-balance behind the audit's back and expects the command to fail.
+The tool starts the server itself (``moltstreet.serving``, pointed at this run's database), so everything the agents
+do is committed (``transaction=True``) and the flush after each test removes it. A negative control breaks one balance
+behind the audit's back and expects the tool to fail. The command line itself is run once as a subprocess.
 """
 
 from __future__ import annotations
 
 import re
-from io import StringIO
+import subprocess
+import sys
 
 import pytest
-from django.core.management import CommandError, call_command
 from django.db.models import F
+
+from tools import soak as soak_tool
+from tools.soak import BASE_DIR
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.django_db(transaction=True)]
 
@@ -33,13 +36,11 @@ SUMMARY_FIELDS = (
 
 
 def soak(*argv: str) -> tuple[bool, str]:
-    """Run ``manage.py soak`` in this process; returns (passed, everything it printed)."""
-    out = StringIO()
-    try:
-        call_command("soak", *argv, stdout=out)
-    except CommandError as exc:
-        return False, f"{out.getvalue()}\nCommandError: {exc}"
-    return True, out.getvalue()
+    """Run ``tools/soak.py`` with ``argv`` in this process; returns (passed, everything it printed)."""
+    lines: list[str] = []
+    status = soak_tool.main(argv, lines.append)
+    assert status in (0, 1), status
+    return status == 0, "\n".join(lines)
 
 
 def figure(pattern: str, text: str) -> int:
@@ -94,3 +95,48 @@ def test_the_soak_fails_when_the_books_do_not_add_up(monkeypatch):
     assert "[invariant 4]" in out, out
     assert "audit found" in out, out
     assert "whose balance is not the sum of their ledger" in out, out
+
+
+def test_the_script_runs_from_anywhere_on_the_database_of_its_environment(tmp_path):
+    """``python tools/soak.py`` as a reader runs it, from another directory: it finds the checkout, sets Django up on
+    ``DATABASE_URL``/``REDIS_URL`` (this run's test database and Redis) and exits 0 after a clean audit."""
+    from moltstreet import serving
+
+    run = subprocess.run(  # noqa: S603 (our own interpreter and script)
+        [sys.executable, str(BASE_DIR / "tools" / "soak.py"), "--agents", "2", "--markets", "1", "--seconds", "2"],
+        cwd=tmp_path,
+        env=serving.server_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "result: PASS" in run.stdout, run.stdout
+    assert run.stdout.rstrip().endswith("soak passed"), run.stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--oracle-key", "k"], "--oracle-key only applies with --url"),
+        (["--timeout", "0"], "--timeout must be positive"),
+        (["--think", "-1"], "--think not negative"),
+        (["--seconds", "1", "--minutes", "1"], "not allowed with argument"),
+    ],
+)
+def test_bad_arguments_are_refused_before_anything_starts(argv, message, capsys):
+    with pytest.raises(SystemExit) as exited:
+        soak_tool.config_from_args(argv)
+
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert "usage: tools/soak.py" in err, err
+
+
+def test_the_arguments_become_the_config():
+    config = soak_tool.config_from_args(["--agents", "3", "--minutes", "0.5", "--workers", "2", "--seed", "9"])
+
+    assert (config.agents, config.duration, config.servers, config.seed, config.markets) == (3, 30.0, 2, 9, 20)
+    assert soak_tool.config_from_args([]).duration == 300.0

@@ -1,5 +1,13 @@
-"""The soak test behind ``manage.py soak`` (issue 4): many agents trading through the HTTP API while markets close and
-resolve, then the audit.
+"""The soak test (issue 4): many agents trading through the HTTP API while markets close and resolve, then the audit.
+
+Run from the checkout, on the database and Redis of ``DATABASE_URL``/``REDIS_URL`` (Django is set up here, as the
+benchmarks in ``bench/`` do; the soak is a tool, not part of the product, so no app imports it)::
+
+    .venv/bin/python tools/soak.py [--agents 50] [--minutes 5 | --seconds S] [--markets 20] [--url URL]
+                                   [--servers N] [--seed N] [--think S] [--timeout S] [--oracle-key KEY]
+
+(``python -m tools.soak`` alike.) Exit status 0 when the run passed, 1 when it failed or could not get going, 2 on
+bad arguments.
 
 What runs:
 
@@ -39,23 +47,28 @@ Units: durations in seconds, latencies printed in milliseconds, prices as decima
 
 from __future__ import annotations
 
+import argparse
 import http.client
 import json
+import os
 import random
+import sys
 import threading
 import time
 import traceback
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+BASE_DIR = Path(__file__).resolve().parent.parent
 API = "/api/v1"
 # Rate budgets of the servers the soak starts: far above what one machine's agents can send.
 GENEROUS_RATE = "1000000/min"
@@ -938,7 +951,7 @@ class Soak:
         number = self.created_markets + 1
         body = {
             "question": f"Soak {self.run_id} #{number}: will the drifting price end above 0.50?",
-            "description": "Created by manage.py soak; resolved at random by its operator.",
+            "description": "Created by tools/soak.py; resolved at random by its operator.",
             "category": "soak",
             "deadline": iso(datetime.now(UTC) + timedelta(seconds=deadline_in)),
         }
@@ -1244,4 +1257,116 @@ def run_soak(config: SoakConfig, write: Callable[[str], None]) -> SoakResult:
     return Soak(config, write).run()
 
 
-__all__ = ["GENEROUS_RATE", "SoakAbort", "SoakConfig", "SoakResult", "run_soak"]
+# --------------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def argument_parser() -> argparse.ArgumentParser:
+    """The options of ``tools/soak.py`` (see the module docstring)."""
+    parser = argparse.ArgumentParser(
+        prog="tools/soak.py",
+        description=(
+            "Soak the exchange: --agents agents trade through the HTTP API for --minutes or --seconds across "
+            "--markets markets that close and resolve meanwhile, then the audit runs. Starts its own daphne "
+            "server(s) on the database and Redis of DATABASE_URL/REDIS_URL unless --url names a running one. Prints "
+            "requests/s, orders, trades, cancels, markets closed and resolved, errors by code, latency p50/p99 and "
+            "the audit; exits 1 if the audit is not clean, any 5xx happened, or a client check failed."
+        ),
+    )
+    parser.add_argument("--agents", type=int, default=50, help="Concurrent agents (default %(default)s).")
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--minutes", type=float, help="Minutes of trading (default 5).")
+    length.add_argument("--seconds", type=float, help="Seconds of trading, for short runs.")
+    parser.add_argument("--markets", type=int, default=20, help="Markets created at the start (default %(default)s).")
+    parser.add_argument("--url", help="Soak an already running server, e.g. http://127.0.0.1:8000.")
+    parser.add_argument(
+        "--servers",
+        "--workers",
+        dest="servers",
+        type=int,
+        default=1,
+        help="Daphne processes to start without --url, agents spread over them (default %(default)s).",
+    )
+    parser.add_argument("--seed", type=int, help="Seed of the agents' choices (default: random, printed).")
+    parser.add_argument(
+        "--think", type=float, default=0.0, help="Mean pause between one agent's requests, seconds (default 0)."
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=30.0, help="Seconds one request may take (default %(default)s)."
+    )
+    parser.add_argument(
+        "--oracle-key",
+        help="With --url on another database: API key of an oracle agent there, to resolve markets through the API.",
+    )
+    return parser
+
+
+def config_from_args(argv: Sequence[str] | None = None) -> SoakConfig:
+    """The :class:`SoakConfig` of command-line arguments ``argv`` (default ``sys.argv[1:]``). Bad arguments print the
+    usage and raise ``SystemExit(2)``, as argparse does."""
+    parser = argument_parser()
+    options = parser.parse_args(argv)
+    if options.oracle_key and not options.url:
+        parser.error("--oracle-key only applies with --url.")
+    if options.timeout <= 0 or options.think < 0:
+        parser.error("--timeout must be positive and --think not negative.")
+    if options.seconds is not None:
+        duration = options.seconds
+    else:
+        duration = 60 * (options.minutes if options.minutes is not None else 5)
+    return SoakConfig(
+        agents=options.agents,
+        duration=duration,
+        markets=options.markets,
+        url=options.url,
+        servers=options.servers,
+        seed=options.seed,
+        think=options.think,
+        timeout=options.timeout,
+        oracle_key=options.oracle_key,
+    )
+
+
+def setup_django() -> None:
+    """Make the checkout importable and set Django up with ``moltstreet.settings`` (read from the environment), unless
+    this process already did (under pytest, pytest-django has)."""
+    if str(BASE_DIR) not in sys.path:
+        sys.path.insert(0, str(BASE_DIR))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "moltstreet.settings")
+    from django.apps import apps
+
+    if not apps.ready:
+        import django
+
+        django.setup()
+
+
+def main(argv: Sequence[str] | None = None, write: Callable[[str], None] | None = None) -> int:
+    """Run the soak the command-line arguments ``argv`` ask for, writing its progress and report with ``write``
+    (default: print to stdout, flushed). Returns the exit status: 0 passed; 1 failed (the reasons written last) or
+    could not get going (a server that does not start, registration refused). Bad arguments raise ``SystemExit(2)``."""
+    config = config_from_args(argv)
+    if write is None:
+
+        def write(line: str) -> None:
+            print(line, flush=True)
+
+    setup_django()
+    from moltstreet.serving import ServerError
+
+    try:
+        result = run_soak(config, write)
+    except (ValueError, SoakAbort, ServerError) as exc:
+        write(f"soak could not run: {exc}")
+        return 1
+    if not result.ok:
+        write("soak failed: " + "; ".join(result.failures))
+        return 1
+    write("soak passed")
+    return 0
+
+
+__all__ = ["GENEROUS_RATE", "SoakAbort", "SoakConfig", "SoakResult", "main", "run_soak"]
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from moltstreet.testing_e2e import BASE_DIR, DaphneServer, HttpAnswer, free_port, http_request
+from testsupport.e2e import BASE_DIR, DaphneServer, HttpAnswer, free_port, http_request
 
 PG_ROOT = Path("/usr/lib/postgresql")
 PG_USER = "postgres"  # the OS user that owns a private cluster when we run as root, and its database superuser
@@ -81,7 +81,7 @@ def _tail(path: Path, size: int = 4000) -> str:
 
 
 class KillableDaphne(DaphneServer):
-    """A :class:`~moltstreet.testing_e2e.DaphneServer` that can be killed with SIGKILL and started again, each start
+    """A :class:`~testsupport.e2e.DaphneServer` that can be killed with SIGKILL and started again, each start
     with its own environment overrides. The logs of every life are kept for :meth:`output` and removed by
     :meth:`stop`."""
 
