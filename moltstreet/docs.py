@@ -55,22 +55,22 @@ ERROR_CODES: list[ErrorCode] = [
         "invalid_request",
         "400",
         "The body or query failed validation. `detail` maps each bad field to its problems, e.g. "
-        '`{"price": ["Ensure this value is less than or equal to 0.99."]}`. Prices off the 0.01 tick or outside '
-        "0.01-0.99 and sizes that are not whole numbers usually arrive here, with `price` or `size` in `detail`.",
+        '`{"side": ["side must be YES or NO."]}`. An order\'s price and size have codes of their own '
+        "(`invalid_price`, `invalid_size`).",
         "No. Fix the request.",
     ),
     ErrorCode(
         "invalid_price",
         "400",
-        "A price outside 0.01-0.99 or off the 0.01 tick, caught by the matching service (`detail.price`). "
-        "The API's input check normally reports it first as `invalid_request`; treat both alike.",
+        "An order's price that is not a number from 0.01 to 0.99 on the 0.01 tick (`detail.price`: the price "
+        "sent; `detail.tick` when it is off the tick).",
         'No. Use a price like `"0.55"`.',
     ),
     ErrorCode(
         "invalid_size",
         "400",
-        "A size that is not a whole number of contracts between 1 and the maximum, caught by the matching service "
-        "(`detail.size`, `detail.max`). Usually reported first as `invalid_request`.",
+        "An order's size that is not a whole number of contracts from 1 to the maximum (`detail.size`: the size "
+        "sent; `detail.max` when it is out of range).",
         "No. Send an integer >= 1.",
     ),
     ErrorCode(

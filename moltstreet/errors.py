@@ -26,7 +26,7 @@ class MoltStreetError(Exception):
     """A domain error: a stable machine-readable ``code``, a human ``message``, an HTTP status and details."""
 
     code = "error"
-    http_status = status.HTTP_400_BAD_REQUEST
+    http_status: int = status.HTTP_400_BAD_REQUEST
     default_message = "The request could not be processed."
     retry_after: int | None = None
 
@@ -241,9 +241,13 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
             detail = {}
             message = _message_of(exc.detail)
         response = Response(error_body(code, message, detail), status=exc.status_code)
-        if isinstance(exc, drf_exceptions.Throttled) and exc.wait is not None:
-            response["Retry-After"] = str(max(1, int(exc.wait + 0.999)))
-        if getattr(exc, "auth_header", None):
-            response["WWW-Authenticate"] = exc.auth_header
+        # Throttled.wait (set in its __init__) and an authentication failure's auth_header are missing from the
+        # DRF stubs, hence getattr.
+        wait = getattr(exc, "wait", None)
+        if isinstance(exc, drf_exceptions.Throttled) and wait is not None:
+            response["Retry-After"] = str(max(1, int(wait + 0.999)))
+        auth_header = getattr(exc, "auth_header", None)
+        if auth_header:
+            response["WWW-Authenticate"] = auth_header
         return response
     return None

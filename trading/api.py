@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import re
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
 from django.conf import settings
+from django.db import models
 from drf_spectacular.utils import (
     OpenApiParameter,
     PolymorphicProxySerializer,
@@ -26,10 +27,11 @@ from moltstreet.api import IdCursorPagination, IsAgent, Money, Price, errors
 from moltstreet.errors import InvalidRequest, NotOracle
 from moltstreet.ids import parse_id
 from moltstreet.logs import bind
-from moltstreet.money import complement, quantize
+from moltstreet.money import MAX_PRICE, MIN_PRICE, complement, quantize
 from moltstreet.pagination import CheckedCursorPagination
 from trading import selectors
 from trading.models import Action, Order, Position, Side, TimeInForce, Trade
+from trading.order_input import CLIENT_ORDER_ID_MAX, FORECAST_PLACES, REASONING_MAX
 from trading.orders import order_cancel, order_cancel_all, order_place
 from trading.realtime import public_messages
 from trading.resolution import resolution_dispute, resolution_propose
@@ -48,13 +50,16 @@ class UUIDStringField(serializers.UUIDField):
         return super().to_internal_value(data)
 
 
+# The body of POST /orders/ as the OpenAPI schema describes it (a docstring would show in the schema). It checks
+# nothing at run time: the order service does (trading.order_input.parse_order), by the rules whose bounds stand here
+# as its constants; trading/tests/test_api.py checks that both accept the same requests.
 class OrderInputSerializer(serializers.Serializer):
     market = UUIDStringField()
     side = serializers.ChoiceField(choices=Side.choices, help_text="YES or NO: the contract bought or sold.")
     action = serializers.ChoiceField(choices=Action.choices, help_text="BUY or SELL.")
     price = Price(
-        min_value=Decimal("0.01"),
-        max_value=Decimal("0.99"),
+        min_value=MIN_PRICE,
+        max_value=MAX_PRICE,
         help_text="Limit price of the order's own side, 0.01-0.99 on the 0.01 tick (string or number).",
     )
     size = serializers.IntegerField(
@@ -63,10 +68,12 @@ class OrderInputSerializer(serializers.Serializer):
     time_in_force = serializers.ChoiceField(choices=TimeInForce.choices, default=TimeInForce.GTC)
     expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None, help_text="Required for GTD.")
     post_only = serializers.BooleanField(default=False)
-    client_order_id = serializers.CharField(required=False, allow_null=True, default=None, max_length=64, min_length=1)
+    client_order_id = serializers.CharField(
+        required=False, allow_null=True, default=None, max_length=CLIENT_ORDER_ID_MAX, min_length=1
+    )
     forecast = serializers.DecimalField(
-        max_digits=5,
-        decimal_places=4,
+        max_digits=1 + FORECAST_PLACES,
+        decimal_places=FORECAST_PLACES,
         min_value=0,
         max_value=1,
         required=False,
@@ -74,11 +81,38 @@ class OrderInputSerializer(serializers.Serializer):
         default=None,
         help_text="Your probability of YES, 0-1.",
     )
-    reasoning = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
+    reasoning = serializers.CharField(required=False, allow_blank=True, default="", max_length=REASONING_MAX)
 
 
-# One shared instance of each field that formats a value: the fast representations below render exactly as DRF does.
-_PRICE = Price(read_only=True)
+# The fields of an order request the service reads (all but `market`), and whether a request must have them.
+_ORDER_FIELDS = tuple(
+    (name, field.required) for name, field in OrderInputSerializer._declared_fields.items() if name != "market"
+)
+
+
+def order_request(data: Any) -> tuple[uuid.UUID, dict[str, Any]]:
+    """The market id and the order fields of a ``POST /orders/`` body, for
+    :func:`~trading.orders.order_place` to parse: the values as they came (a required field left out is ``None``, an
+    optional one is left to the service's default; unknown fields are ignored). Only what is the API's own is
+    checked here: a JSON object, with ``market`` a UUID as a string.
+
+    Raises :class:`InvalidRequest` (``invalid_request``) otherwise.
+    """
+    if not isinstance(data, dict):
+        problem = "The body must be a JSON object."
+        raise InvalidRequest(problem, detail={"non_field_errors": [problem]})
+    market = data.get("market")
+    try:
+        market_id = uuid.UUID(market) if isinstance(market, str) else None
+    except ValueError:
+        market_id = None
+    if market_id is None:
+        problem = "market must be a UUID."
+        raise InvalidRequest(problem, detail={"market": [problem]})
+    return market_id, {name: data.get(name) for name, required in _ORDER_FIELDS if required or name in data}
+
+
+# One shared instance of DRF's time field, to render times outside a serializer exactly as the serializers do.
 _TIME = serializers.DateTimeField(read_only=True)
 
 
@@ -86,75 +120,52 @@ def _time(value) -> str | None:
     return _TIME.to_representation(value) if value is not None else None
 
 
-_PRICE_TEXT = re.compile(r"0?\.[0-9]{1,2}")
-_ORDER_FIELDS = frozenset(OrderInputSerializer._declared_fields)
+class PlainRendering(serializers.ModelSerializer):
+    """A model serializer that renders its ``Meta.fields`` without building its fields for each instance: DRF builds
+    and deep-copies every field of a model serializer per instance, a tenth of an order's time.
+
+    The fields are built once per class, and each renders as in DRF (its ``to_representation`` of the attribute;
+    ``None`` stays ``None``), except that the attribute is read directly (a foreign key as its id, as text) and a
+    method field calls ``get_<name>`` of the serializer at hand (whose context it may need). A test in
+    ``trading/tests/test_api.py`` checks that DRF's own rendering gives the same JSON."""
+
+    _plans: ClassVar[dict[type, tuple[tuple[str, Callable[[Any, Any], Any]], ...]]] = {}
+
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        plan = PlainRendering._plans.get(type(self)) or self._plan()
+        return {name: render(self, instance) for name, render in plan}
+
+    @classmethod
+    def _plan(cls) -> tuple[tuple[str, Callable[[Any, Any], Any]], ...]:
+        model = cls.Meta.model
+        plan = tuple((name, _renderer(field, model)) for name, field in cls().fields.items())
+        PlainRendering._plans[cls] = plan
+        return plan
 
 
-def fast_order_input(data: Any) -> dict[str, Any] | None:
-    """The validated fields of a plain, well-formed order request, exactly as :class:`OrderInputSerializer` gives
-    them, or ``None`` for anything else, which then goes through the serializer (so every refusal is the
-    serializer's, in its words). DRF builds and deep-copies every field of a serializer per request, an eighth of
-    an order's time; this takes the common request (market and side/action as strings, a price like ``"0.55"``, an
-    integer size, optional time in force, post-only flag and ``client_order_id``) straight through.
-    ``trading/tests/test_api.py`` checks on generated requests that it never accepts what the serializer refuses
-    and never differs from it."""
-    if not isinstance(data, dict) or any(name not in _ORDER_FIELDS for name in data):
-        return None
-    market, side, action = data.get("market"), data.get("side"), data.get("action")
-    price, size = data.get("price"), data.get("size")
-    tif = data.get("time_in_force", TimeInForce.GTC)
-    post_only, client_order_id = data.get("post_only", False), data.get("client_order_id")
-    if not (
-        isinstance(market, str)
-        and side in Side.values
-        and action in Action.values
-        and isinstance(price, str)
-        and _PRICE_TEXT.fullmatch(price)
-        and type(size) is int
-        and 1 <= size <= settings.MOLTSTREET["MAX_ORDER_SIZE"]
-        and tif in TimeInForce.values
-        and type(post_only) is bool
-        and data.get("expires_at") is None
-        and data.get("forecast") is None
-        and data.get("reasoning", "") == ""
-        and (client_order_id is None or _plain_text(client_order_id, 64))
-    ):
-        return None
-    try:
-        market_id = uuid.UUID(market)
-    except ValueError:
-        return None
-    value = Decimal(price).quantize(Decimal("0.01"))
-    if not Decimal("0.01") <= value <= Decimal("0.99"):
-        return None
-    return {
-        "market": market_id,
-        "side": side,
-        "action": action,
-        "price": value,
-        "size": size,
-        "time_in_force": tif,
-        "expires_at": None,
-        "post_only": post_only,
-        "client_order_id": client_order_id,
-        "forecast": None,
-        "reasoning": "",
-    }
+def _renderer(field: serializers.Field, model: type[models.Model]) -> Callable[[Any, Any], Any]:
+    """How :class:`PlainRendering` renders one bound field of a serializer of ``model`` rows: a function of
+    (serializer, instance)."""
+    if isinstance(field, serializers.SerializerMethodField):
+        method = field.method_name
+        return lambda serializer, instance: getattr(serializer, method)(instance)
+    if isinstance(field, serializers.PrimaryKeyRelatedField):  # the related row's id, without reading the row
+        relation = model._meta.get_field(str(field.source))
+        assert isinstance(relation, models.ForeignKey), field
+        source = relation.attname
+        to_representation: Callable[[Any], Any] = str
+    else:
+        source, to_representation = str(field.source), field.to_representation
+        assert "." not in source and source != "*", field  # one attribute of the instance
+
+    def render(_serializer, instance):
+        value = getattr(instance, source)
+        return None if value is None else to_representation(value)
+
+    return render
 
 
-def _plain_text(value: Any, limit: int) -> bool:
-    """A string DRF's ``CharField`` would keep as it is: 1-``limit`` characters, no surrounding space, no NUL and no
-    lone surrogate (both of which it refuses)."""
-    return (
-        isinstance(value, str)
-        and 0 < len(value) <= limit
-        and value == value.strip()
-        and "\x00" not in value
-        and not any("\ud800" <= char <= "\udfff" for char in value)
-    )
-
-
-class OrderSerializer(serializers.ModelSerializer):
+class OrderSerializer(PlainRendering):
     """An order. Rendered by a plain function (DRF builds and deep-copies every field of a model serializer per
     instance, a tenth of an order's time); the declared fields stay for the schema, and a test checks that both
     render the same."""
@@ -186,28 +197,8 @@ class OrderSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = fields
 
-    def to_representation(self, order: Order) -> dict:
-        return {
-            "id": str(order.id),
-            "market": str(order.market_id),
-            "side": order.side,
-            "action": order.action,
-            "price": _PRICE.to_representation(order.price),
-            "size": order.size,
-            "filled": order.filled,
-            "remaining": order.remaining,
-            "status": order.status,
-            "time_in_force": order.time_in_force,
-            "post_only": order.post_only,
-            "expires_at": _time(order.expires_at),
-            "client_order_id": order.client_order_id,
-            "cancel_reason": order.cancel_reason,
-            "created_at": _time(order.created_at),
-            "updated_at": _time(order.updated_at),
-        }
 
-
-class TradeSerializer(serializers.ModelSerializer):
+class TradeSerializer(PlainRendering):
     """A public trade: ``price`` is the YES price; ``taker_side`` the queue the taker bid in (YES or NO). Rendered
     by a plain function, as :class:`OrderSerializer` is."""
 
@@ -217,17 +208,6 @@ class TradeSerializer(serializers.ModelSerializer):
         model = Trade
         fields = ["id", "market", "seq", "price", "size", "taker_side", "created_at"]
         read_only_fields = fields
-
-    def to_representation(self, trade: Trade) -> dict:
-        return {
-            "id": str(trade.id),
-            "market": str(trade.market_id),
-            "seq": trade.seq,
-            "price": _PRICE.to_representation(trade.price),
-            "size": trade.size,
-            "taker_side": trade.taker_side,
-            "created_at": _time(trade.created_at),
-        }
 
 
 class FillSerializer(TradeSerializer):
@@ -242,17 +222,6 @@ class FillSerializer(TradeSerializer):
     class Meta(TradeSerializer.Meta):
         fields = [*TradeSerializer.Meta.fields, "order", "side", "action", "role", "fill_price"]
         read_only_fields = fields
-
-    def to_representation(self, trade: Trade) -> dict:
-        data = super().to_representation(trade)
-        data.update(
-            order=self.get_order(trade),
-            side=self.get_side(trade),
-            action=self.get_action(trade),
-            role=self.get_role(trade),
-            fill_price=self.get_fill_price(trade),
-        )
-        return data
 
     def _own(self, trade: Trade) -> Order:
         return trade.maker_order if trade.maker_agent_id == self.context["request"].user.id else trade.taker_order
@@ -531,14 +500,11 @@ class OrderViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         ),
     )
     def create(self, request):
-        values = fast_order_input(request.data)
-        if values is None:
-            data = OrderInputSerializer(data=request.data)
-            data.is_valid(raise_exception=True)
-            values = dict(data.validated_data)
+        market_id, fields = order_request(request.data)
         # The request's log lines (its access line included) carry who placed what where (moltstreet/logs.py).
-        bind(agent_id=request.user.id, market_id=values["market"])
-        result = order_place(agent=request.user, market_id=values.pop("market"), **values)
+        bind(agent_id=request.user.id, market_id=market_id)
+        # The service parses the fields (trading.order_input); its errors are the client's (invalid_price, ...).
+        result = order_place(agent=request.user, market_id=market_id, **fields)
         bind(order_id=result.order.id)
         body = {"order": OrderSerializer(result.order).data, "trades": TradeSerializer(result.trades, many=True).data}
         return Response(body, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
@@ -613,8 +579,10 @@ class PositionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         return queryset
 
 
-class TradeCursorPagination(IdCursorPagination):
-    ordering = "-seq"
+class TradeCursorPagination(CheckedCursorPagination):
+    """A market's trades, newest first."""
+
+    ordering = ("-seq",)
 
 
 class EventCursorPagination(CheckedCursorPagination):
@@ -622,7 +590,6 @@ class EventCursorPagination(CheckedCursorPagination):
 
     ordering = ("seq",)  # unique per market: the cursor is the last seq sent
     page_size = 1000
-    page_size_query_param = "page_size"
     max_page_size = 5000
 
 

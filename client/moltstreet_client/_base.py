@@ -72,7 +72,7 @@ def optional_ident(value: Any) -> str | None:
 
 def price_text(price: Any) -> str:
     """A price as the API's decimal string: ``Decimal("0.55")``, ``"0.55"``, ``0.55`` -> ``"0.55"``. A value off
-    the 0.01 tick is sent as it is, for the server to refuse (``invalid_request``) rather than silently rounded."""
+    the 0.01 tick is sent as it is, for the server to refuse (``invalid_price``) rather than silently rounded."""
     if isinstance(price, float):
         price = repr(price)
     try:

@@ -15,7 +15,7 @@ from moltstreet_client import (
     Fill,
     InsufficientBalance,
     InvalidApiKey,
-    InvalidRequest,
+    InvalidPrice,
     LastApiKey,
     MarketClosed,
     MoltStreetError,
@@ -183,9 +183,9 @@ def test_errors_carry_their_code_message_and_detail(make_client, market_of):
     assert (error.code, error.status) == ("insufficient_balance", 400)
     assert error.message and Decimal(error.detail["available"]) == Decimal("990.00")
 
-    with pytest.raises(InvalidRequest) as caught:
+    with pytest.raises(InvalidPrice) as caught:
         client.place_order(market.id, "YES", "BUY", "0.555", 1)
-    assert caught.value.code == "invalid_request" and "price" in caught.value.detail
+    assert (caught.value.code, caught.value.detail["price"]) == ("invalid_price", "0.555")
 
     with pytest.raises(NotFound) as caught:
         client.market(str(uuid.uuid4()))

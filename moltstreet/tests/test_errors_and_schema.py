@@ -1,7 +1,7 @@
 """Every route of /api/v1/ answers errors in the one shape (DESIGN section 7), and the OpenAPI schema and docs are served.
 
 ``ROUTES`` lists every method and path of the agent API; a test checks it against the URL conf, so a new endpoint
-without an entry here fails the suite. Every test in the API suites uses :func:`moltstreet.testing.api_client`, which
+without an entry here fails the suite. Every test in the API suites uses :func:`testsupport.api.api_client`, which
 checks the error shape of every 4xx/5xx response it receives.
 """
 
@@ -21,8 +21,8 @@ from rest_framework import exceptions as drf_exceptions
 from agents.services import api_key_create
 from backtests.services import backtest_upload
 from moltstreet import errors
-from moltstreet.testing import API, api_client, assert_error, assert_error_shape, make_oracle, unchanged
 from moltstreet.urls import router
+from testsupport.api import API, api_client, assert_error, assert_error_shape, unchanged
 
 pytestmark = pytest.mark.django_db
 
@@ -113,8 +113,7 @@ def _call(client, method: str, url: str, body=None):
 @pytest.fixture
 def ctx(make_agent, market):
     """An oracle agent with a resting order in an open market: something for every wrong request to damage."""
-    oracle = make_agent("oracle-agent")
-    make_oracle(oracle)
+    oracle = make_agent("oracle-agent", oracle=True)
     response = api_client(oracle).post(
         f"{API}/orders/", {"market": str(market.id), "side": "YES", "action": "BUY", "price": "0.40", "size": 5}
     )

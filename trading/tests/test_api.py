@@ -11,8 +11,8 @@ from django.utils import timezone
 
 from agents.models import Agent
 from markets.models import Market, Resolution
-from markets.services import market_create
-from moltstreet.testing import (
+from markets.tests.factories import MarketFactory
+from testsupport.api import (
     API,
     api_client,
     assert_decimal_string,
@@ -21,7 +21,6 @@ from moltstreet.testing import (
     assert_time,
     assert_uuid,
     balances,
-    make_oracle,
     mint,
     operator_resolver,
     place,
@@ -81,10 +80,6 @@ def assert_trade_shape(body: dict, fields: set[str] = TRADE_FIELDS) -> None:
     assert isinstance(body["size"], int) and body["size"] >= 1
     assert body["taker_side"] in ("YES", "NO")
     assert_time(body["created_at"])
-
-
-def new_market(creator: Agent, question: str = "Another question?") -> Market:
-    return market_create(creator=creator, question=question, deadline=timezone.now() + timedelta(days=3))
 
 
 def locked(agent: Agent) -> Decimal:
@@ -254,10 +249,12 @@ def test_it_refuses_a_malformed_order_and_changes_nothing(change, make_agent, bu
     body = {"market": str(busy_market.id), "side": "YES", "action": "BUY", "price": "0.50", "size": 10}
     body.update(change)
     body = {field: value for field, value in body.items() if value != "MISSING"}
+    # The service's codes: a price's problem is invalid_price, a size's invalid_size, any other's invalid_request.
+    code = {"price": "invalid_price", "size": "invalid_size"}.get(next(iter(change)), "invalid_request")
 
     with unchanged(audit_clean):
-        error = assert_error(api_client(alice).post(f"{API}/orders/", body), 400, "invalid_request")
-    assert error["message"]
+        error = assert_error(api_client(alice).post(f"{API}/orders/", body), 400, code)
+    assert error["message"] and error["detail"]
 
 
 @pytest.mark.parametrize(
@@ -475,7 +472,7 @@ def test_it_lists_only_own_orders_newest_first(make_agent, market):
 
 def test_it_filters_own_orders(make_agent, market):
     alice, bob = make_agent(), make_agent()
-    other_market = new_market(bob)
+    other_market = MarketFactory(creator=bob)
     client = api_client(alice)
     resting = place(client, market, "YES", "BUY", "0.30", 2)["order"]["id"]
     cancelled = place(client, market, "NO", "BUY", "0.30", 2)["order"]["id"]
@@ -579,7 +576,7 @@ def test_it_refuses_to_cancel_an_order_twice_or_a_filled_one(make_agent, market,
 
 def test_cancel_all_cancels_only_own_resting_orders(make_agent, market, audit_clean):
     alice, bob, carol = make_agent(), make_agent(), make_agent()
-    other_market = new_market(carol)
+    other_market = MarketFactory(creator=carol)
     a = api_client(alice)
     mint(a, api_client(carol), market, 4, "0.50")
     mine = {
@@ -605,7 +602,7 @@ def test_cancel_all_cancels_only_own_resting_orders(make_agent, market, audit_cl
 
 def test_cancel_all_can_be_limited_to_one_market(make_agent, market, audit_clean):
     alice = make_agent()
-    other_market = new_market(make_agent())
+    other_market = MarketFactory()
     client = api_client(alice)
     here = place(client, market, "YES", "BUY", "0.20", 5)["order"]["id"]
     there = place(client, other_market, "YES", "BUY", "0.20", 5)["order"]["id"]
@@ -692,7 +689,7 @@ def test_positions_never_show_another_agents_rows(traded, make_agent):
 
 def test_positions_filter_by_market_and_openness(traded, make_agent, audit_clean):
     client = api_client(traded["alice"])
-    other = new_market(make_agent())
+    other = MarketFactory()
     assert len(assert_page(client.get(f"{API}/positions/?market={traded['market'].id}").json())) == 1
     assert assert_page(client.get(f"{API}/positions/?market={other.id}").json()) == []
     assert len(assert_page(client.get(f"{API}/positions/?open=true").json())) == 1
@@ -821,7 +818,7 @@ def test_a_markets_trades_are_listed_newest_first_and_page_with_a_cursor(make_ag
     place(api_client(alice), market, "YES", "BUY", "0.50", 5)
     b = api_client(bob)
     taken = [place(b, market, "NO", "BUY", "0.50", 1)["trades"][0]["id"] for _ in range(5)]
-    place(api_client(make_agent()), new_market(make_agent()), "YES", "BUY", "0.50", 1)  # elsewhere, no trade
+    place(api_client(make_agent()), MarketFactory(), "YES", "BUY", "0.50", 1)  # elsewhere, no trade
 
     first = api_client().get(f"{API}/markets/{market.id}/trades/?page_size=2")
     assert first.status_code == 200
@@ -888,9 +885,7 @@ def test_a_markets_book_trades_and_history_answer_404_for_an_unknown_market(acti
 
 @pytest.fixture
 def oracle(make_agent):
-    agent = make_agent("oracle")
-    make_oracle(agent)
-    return agent
+    return make_agent("oracle", oracle=True)
 
 
 def settle_due(hours: float = 25):
@@ -957,11 +952,8 @@ def test_an_oracle_may_not_resolve_an_open_market(traded, oracle, audit_clean):
 
 def test_an_oracle_may_not_resolve_a_market_it_created_or_has_a_stake_in(make_agent, oracle, audit_clean):
     other = make_agent("other")
-    created = market_create(creator=oracle, question="Mine?", deadline=timezone.now() + timedelta(days=1))
-    ordered, held, forecast = (
-        market_create(creator=other, question=f"Theirs {n}?", deadline=timezone.now() + timedelta(days=1))
-        for n in range(3)
-    )
+    created = MarketFactory(creator=oracle, question="Mine?")
+    ordered, held, forecast = (MarketFactory(creator=other, question=f"Theirs {n}?") for n in range(3))
     place(api_client(oracle), ordered, "YES", "BUY", "0.10", 1)  # an order, never filled
     mint(api_client(oracle), api_client(other), held, 1)  # a position
     api_client(oracle).post(f"{API}/markets/{forecast.id}/forecast/", {"probability": "0.5"})
@@ -985,8 +977,7 @@ def test_an_oracle_may_not_resolve_a_market_it_created_or_has_a_stake_in(make_ag
 def test_a_market_has_one_proposal_at_a_time_and_resolves_only_once(traded, oracle, make_agent, audit_clean):
     market = traded["market"]
     market_close(market_id=market.id)
-    second = make_agent("second-oracle")
-    make_oracle(second)
+    second = make_agent("second-oracle", oracle=True)
     assert api_client(oracle).post(f"{API}/markets/{market.id}/resolve/", {"outcome": "YES"}).status_code == 202
     with unchanged(audit_clean):
         error = assert_error(
@@ -1078,9 +1069,9 @@ def test_only_an_open_proposal_can_be_disputed(traded, oracle, market, audit_cle
         )
 
 
-def test_the_fast_order_trade_and_fill_renderings_equal_drfs_own(make_agent, market):
-    """OrderSerializer, TradeSerializer and FillSerializer render with plain functions; DRF's generic rendering of
-    the same declared fields must give the same JSON, for resting, filled, GTD and cancelled orders alike."""
+def test_the_plain_order_trade_and_fill_renderings_equal_drfs_own(make_agent, market):
+    """OrderSerializer, TradeSerializer and FillSerializer render with ``PlainRendering``; DRF's generic rendering of
+    the same fields must give the same JSON, for resting, filled, GTD and cancelled orders alike."""
     import json
 
     from rest_framework import serializers
@@ -1123,17 +1114,38 @@ def test_the_fast_order_trade_and_fill_renderings_equal_drfs_own(make_agent, mar
 
 # Values each field of an order request may take in the generated requests: valid ones, and the near misses.
 _ORDER_VALUES = {
-    "market": ["9a6c1924-28cc-43e6-b6be-45e91f2f68b8", "9a6c192428cc43e6b6be45e91f2f68b8", "not-a-uuid", 7, None, ""],
-    "side": ["YES", "NO", "yes", "MAYBE", None, 1],
+    "market": [
+        "9a6c1924-28cc-43e6-b6be-45e91f2f68b8",
+        "9a6c192428cc43e6b6be45e91f2f68b8",
+        "urn:uuid:9a6c1924-28cc-43e6-b6be-45e91f2f68b8",
+        " 9a6c1924-28cc-43e6-b6be-45e91f2f68b8",
+        "not-a-uuid",
+        7,
+        None,
+        "",
+    ],
+    "side": ["YES", "NO", "yes", "MAYBE", None, 1, ""],
     "action": ["BUY", "SELL", "buy", None],
-    "price": ["0.55", ".5", "0.5", "0.01", "0.99", "0.550", "1.00", "0.00", "0.555", " 0.55", 0.55, 1, "x", None, True],
-    "size": [1, 5, 1_000_000, 1_000_001, 0, -1, "5", 5.0, True, None],
-    "time_in_force": ["GTC", "IOC", "FOK", "GTD", "gtc", None],
-    "post_only": [True, False, "true", 1, None],
-    "client_order_id": ["abc-1", "a" * 64, "a" * 65, "", " pad", "nul\x00", "\ud800", 12, None],
-    "expires_at": [None, "2030-01-01T00:00:00Z", "soon"],
-    "forecast": [None, "0.6", 2],
-    "reasoning": ["", "why", None],
+    "price": [
+        *("0.55", ".5", "0.5", "0.01", "0.99", "0.550", "1.00", "0.00", "0.555", " 0.55", "5E-1", "0.5_5", "+.5"),
+        *("-0.5", "0.5" + "0" * 1200, "NaN", "Infinity", "", "x", 0.55, 1, None, True, ["0.55"]),
+    ],
+    "size": [
+        *(1, 5, 1_000_000, 1_000_001, 0, -1, "5", 5.0, 5.5, True, False, None, "5.0 ", " 5", "+5", "5.", "5_0"),
+        *("1e3", 1e3, 1e20, "9" * 1001, [5], "\u0665", "\u00b2"),
+    ],
+    "time_in_force": ["GTC", "IOC", "FOK", "GTD", "gtc", None, "", 1],
+    "post_only": [True, False, "true", "TRUE", "yes", "no", "off", 1, 0, 1.0, 2, None, "null", "", [True]],
+    "client_order_id": [
+        *("abc-1", "a" * 64, "a" * 65, " " + "a" * 64 + " ", "", " ", " pad", "nul\x00", "\ud800"),
+        *(12, 1.5, True, ["a"], None),
+    ],
+    "expires_at": [
+        *(None, "2030-01-01T00:00:00Z", "2030-01-01", "2030-01-01T00:00:00", "2030-01-01T00:00:00+02:00"),
+        *("soon", "", 12, "0001-01-01T00:00:00+01:00", "2030-13-01T00:00:00Z"),
+    ],
+    "forecast": [None, "0.6", 2, "", " ", "0.12345", "0.50000", "1.0000", "1.00000", 0, 1.0, 1e-5, "NaN", True],
+    "reasoning": ["", "why", None, " why ", 5, True, "r" * 5000, "r" * 5001, "a\x00", "\udfff", ["x"], "   "],
     "unknown": ["extra"],
 }
 
@@ -1148,36 +1160,76 @@ _PLAIN_ORDER = {
 
 
 def _order_requests():
-    """A plain order with each field, and each pair of fields, changed to each of their values; and with each
-    required field left out."""
+    """A plain order with each field, and each pair of fields, changed to each of their values; with each required
+    field left out; and bodies that are no JSON objects."""
     changes = [(name, value) for name, values in _ORDER_VALUES.items() for value in values]
     for name in _PLAIN_ORDER:
         yield {k: v for k, v in _PLAIN_ORDER.items() if k != name}
     for count in (1, 2):
         for combination in itertools.combinations(changes, count):
             yield {**_PLAIN_ORDER, **dict(combination)}
+    yield from ([_PLAIN_ORDER], "a string", None, 42, {})
 
 
-def test_the_fast_order_input_agrees_with_the_serializer_on_every_request():
-    """``fast_order_input`` takes only requests the serializer accepts, and gives exactly its validated data."""
-    from trading.api import OrderInputSerializer, fast_order_input
+# Refusals of a combination of fields, which the serializer that describes the request body does not know.
+_COMBINATION_RULES = (
+    "A GTD order needs expires_at",
+    "expires_at is only allowed with time_in_force GTD",
+    "post_only cannot be combined with IOC or FOK",
+)
 
-    taken = 0
+
+def test_the_service_accepts_and_refuses_the_order_requests_the_schemas_serializer_does():
+    """The order service is the only validator of an order; the serializer that describes the request body in the
+    schema (and validated it until then) stays the reference: every generated request it accepts, the API's reading
+    (``order_request``) and the service's parse (``parse_order``) accept with the same values, unless a combination
+    rule refuses it; every request it refuses, they refuse with the code of a field at fault (``invalid_price``,
+    ``invalid_size``, else ``invalid_request`` naming the field in ``detail``)."""
+    from moltstreet.errors import InvalidRequest
+    from trading.api import OrderInputSerializer, order_request
+    from trading.order_input import parse_order
+
+    codes = {"price": "invalid_price", "size": "invalid_size"}
+    accepted = refused = 0
     for data in _order_requests():
-        fast = fast_order_input(data)
-        if fast is None:
-            continue
         serializer = OrderInputSerializer(data=data)
-        assert serializer.is_valid(), (data, serializer.errors)
-        assert fast == dict(serializer.validated_data), data
-        taken += 1
-    assert taken > 100  # the fast path does take the plain requests
+        try:
+            market, fields = order_request(data)
+            order, error = parse_order(**fields), None
+        except InvalidRequest as exc:
+            order, error = None, exc
+        if serializer.is_valid():
+            if error is not None:
+                assert error.code == "invalid_request" and error.message.startswith(_COMBINATION_RULES), data
+                continue
+            expected = dict(serializer.validated_data)
+            assert market == expected.pop("market"), data
+            parsed = {name: getattr(order, name) for name in expected}
+            assert {k: (v, str(v)) for k, v in parsed.items()} == {k: (v, str(v)) for k, v in expected.items()}, data
+            accepted += 1
+        else:
+            assert error is not None, (data, serializer.errors)
+            assert error.code in {codes.get(field, "invalid_request") for field in serializer.errors}, data
+            if error.code == "invalid_request":
+                assert set(error.detail) & {*serializer.errors, "non_field_errors"}, (data, error.detail)
+            refused += 1
+    assert accepted > 1000 and refused > 1000
 
 
-def test_the_fast_order_input_takes_the_plain_requests():
-    from trading.api import fast_order_input
+@pytest.mark.parametrize("price", [0.005, 1.5, "abc", 0.555, "0.555", "0", None])
+def test_a_bad_price_reaches_the_client_as_invalid_price(price, make_agent, busy_market, audit_clean):
+    body = {"market": str(busy_market.id), "side": "YES", "action": "BUY", "price": price, "size": 1}
+    alice = make_agent()
+    with unchanged(audit_clean):
+        error = assert_error(api_client(alice).post(f"{API}/orders/", body), 400, "invalid_price")
+    assert error["detail"]["price"] == (str(price) if price is not None else None)
+    assert "price" in error["message"]
 
-    plain = {"market": "9a6c1924-28cc-43e6-b6be-45e91f2f68b8", "side": "YES", "action": "BUY", "price": "0.55"}
-    assert fast_order_input({**plain, "size": 3})["price"] == Decimal("0.55")
-    assert fast_order_input({**plain, "size": 3, "time_in_force": "IOC", "client_order_id": "c-1"}) is not None
-    assert fast_order_input({**plain, "size": "3"}) is None  # left to the serializer
+
+@pytest.mark.parametrize("size", [0, 10**7, "abc", 1.5])
+def test_a_bad_size_reaches_the_client_as_invalid_size(size, make_agent, busy_market, audit_clean):
+    body = {"market": str(busy_market.id), "side": "YES", "action": "BUY", "price": "0.50", "size": size}
+    alice = make_agent()
+    with unchanged(audit_clean):
+        error = assert_error(api_client(alice).post(f"{API}/orders/", body), 400, "invalid_size")
+    assert str(error["detail"]["size"]) == str(size)

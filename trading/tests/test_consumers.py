@@ -25,11 +25,12 @@ from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 
 from agents.models import ApiKey
-from agents.services import api_key_create, api_key_revoke
+from agents.services import api_key_revoke
+from agents.tests.factories import ApiKeyFactory
 from markets import services as market_services
 from markets.models import Market
 from moltstreet.asgi import application
-from moltstreet.testing import operator_resolver
+from testsupport.api import operator_resolver
 from trading import realtime
 from trading.consumers import CLOSE_BUFFER_OVERFLOW, CLOSE_KEY_REVOKED, CLOSE_RATE_LIMITED, HandshakeThrottle
 from trading.lifecycle import market_close
@@ -537,11 +538,11 @@ def test_revoking_a_key_closes_the_private_feeds_opened_with_it_and_no_other(mar
     """Alice has two keys with a feed open on each; revoking one closes its feed at once (``api_key_revoked``, 4401)
     and the feed on the other key goes on receiving her updates."""
     alice = make_agent()
-    second, second_raw = api_key_create(agent=alice)
+    second = ApiKeyFactory(agent=alice)
     first = ApiKey.objects.exclude(id=second.id).get(agent=alice)
 
     async def scenario():
-        doomed, kept = Feed(agent_path(alice)), Feed(f"/ws/agent/?api_key={second_raw}")
+        doomed, kept = Feed(agent_path(alice)), Feed(f"/ws/agent/?api_key={second.raw_key}")
         assert await doomed.connect() and await kept.connect()
         await sync_to_async(api_key_revoke)(agent=alice, key_id=first.id)
         error = await doomed.recv()
