@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from django.conf import settings
 from django.db import models
@@ -21,6 +21,7 @@ from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
+from agents.models import Agent
 from markets.api import MarketSerializer, ResolutionSerializer, SnapshotSerializer
 from markets.models import Market, MarketEvent, Outcome, Resolution
 from moltstreet.api import IdCursorPagination, IsAgent, Money, Price, errors
@@ -470,7 +471,7 @@ class OrderViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     permission_classes = [IsAgent]
 
     def get_queryset(self):
-        queryset = Order.objects.filter(agent=self.request.user)
+        queryset = Order.objects.filter(agent=cast(Agent, self.request.user))  # IsAgent: the user is an Agent
         params = self.request.query_params
         if market := params.get("market"):
             queryset = queryset.filter(market_id=_uuid(market, "market"))
@@ -549,7 +550,7 @@ class FillViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     permission_classes = [IsAgent]
 
     def get_queryset(self):
-        return selectors.agent_fills(self.request.user)
+        return selectors.agent_fills(cast(Agent, self.request.user))  # IsAgent: the user is an Agent
 
 
 @extend_schema_view(
@@ -571,7 +572,7 @@ class PositionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     pagination_class = IdCursorPagination
 
     def get_queryset(self):
-        queryset = Position.objects.filter(agent=self.request.user).select_related("market")
+        queryset = Position.objects.filter(agent=cast(Agent, self.request.user)).select_related("market")
         if market := self.request.query_params.get("market"):
             queryset = queryset.filter(market_id=_uuid(market, "market"))
         if self.request.query_params.get("open") in ("true", "1"):
@@ -716,7 +717,7 @@ class MarketTradingViewSet(viewsets.GenericViewSet):
             events = events.filter(created_at__gte=start)
         if end is not None:
             events = events.filter(created_at__lt=end)
-        page = self.paginate_queryset(events)
+        page = self.paginate_queryset(events) or []  # always a page: the view has a pagination class
         recorded = {event.seq: _time(event.created_at) for event in page}
         # One read of the market row for the page's `market` messages, however many there are.
         messages = [{**message, "created_at": recorded[message["seq"]]} for message in public_messages(market.id, page)]
