@@ -416,6 +416,10 @@ async def client_async(conn: Any, spec: dict[str, Any]) -> None:
         if s.closed:
             closes[s.close_code] += 1
         errors.update(s.errors)
+    # The event loop made the pipe non-blocking (add_reader): a result bigger than the pipe's buffer (the latency
+    # samples of a long run) would fail with EAGAIN.
+    loop.remove_reader(conn.fileno())
+    os.set_blocking(conn.fileno(), True)
     conn.send(
         (
             "result",

@@ -103,8 +103,15 @@ def _venv_bin(name: str) -> str:
     return found
 
 
-def server_classes():
-    """``{"daphne": cls, "uvicorn": cls, "gunicorn": cls}``: each started with ``cls(name, env, workers)``."""
+APP = "moltstreet.asgi:application"
+# The application of moltstreet.asgi with its framework entry points picked by BENCH_ASGI and BENCH_DISPATCH
+# (bench/variant_asgi.py; bench/entry_points.py compares them).
+VARIANT_APP = "variant_asgi:application"
+
+
+def server_classes(app: str = APP):
+    """``{"daphne": cls, "uvicorn": cls, "gunicorn": cls}``: each started with ``cls(name, env, workers)``, serving
+    the ASGI application ``app`` (``module:attribute``; a module of bench/ is importable by the server)."""
     from moltstreet import serving
 
     class Daphne(serving.DaphneServer):
@@ -116,6 +123,9 @@ def server_classes():
             super().__init__(name, env)
             self.workers = 1
 
+        def command(self) -> list[str]:
+            return [app if part == APP else part for part in super().command()]
+
     class Uvicorn(serving.DaphneServer):
         """``uvicorn --workers N`` (uvloop, httptools), its access log off as daphne's is."""
 
@@ -126,7 +136,7 @@ def server_classes():
         def command(self) -> list[str]:
             return [
                 _venv_bin("uvicorn"),
-                "moltstreet.asgi:application",
+                app,
                 "--host",
                 "127.0.0.1",
                 "--port",
@@ -146,7 +156,7 @@ def server_classes():
         def command(self) -> list[str]:
             return [
                 _venv_bin("gunicorn"),
-                "moltstreet.asgi:application",
+                app,
                 "-k",
                 "uvicorn_worker.UvicornWorker",
                 "-w",
@@ -163,12 +173,14 @@ def server_classes():
 
 
 @contextmanager
-def running_server(kind: str = "daphne", workers: int = 1, **env: str) -> Iterator[Any]:
-    """The real server on the benchmark database (``SERVER_ENV`` and ``env`` over the environment), answering HTTP;
-    stopped on the way out."""
+def running_server(kind: str = "daphne", workers: int = 1, *, app: str = APP, **env: str) -> Iterator[Any]:
+    """The real server on the benchmark database (``SERVER_ENV`` and ``env`` over the environment), serving ``app``
+    and answering HTTP; stopped on the way out."""
     from moltstreet import serving
 
-    server = server_classes()[kind]("bench", serving.server_env(**{**SERVER_ENV, **env}), workers)
+    if app != APP:  # a module of bench/ (VARIANT_APP)
+        env = {"PYTHONPATH": os.pathsep.join([str(BASE_DIR / "bench"), str(BASE_DIR)]), **env}
+    server = server_classes(app)[kind]("bench", serving.server_env(**{**SERVER_ENV, **env}), workers)
     try:
         server.start()
         server.wait_ready(60)

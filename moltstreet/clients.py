@@ -16,6 +16,7 @@ An IPv6 client is counted by its /64 network, not its full address: one subscrib
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
@@ -47,7 +48,7 @@ def request_address(request: Any) -> Address | None:
     return client_address(meta.get("REMOTE_ADDR"), meta.get("HTTP_X_FORWARDED_FOR"))
 
 
-def scope_address(scope: dict[str, Any]) -> Address | None:
+def scope_address(scope: Mapping[str, Any]) -> Address | None:
     """:func:`client_address` of an ASGI scope (a websocket handshake)."""
     client = scope.get("client") or (None, None)
     forwarded = None

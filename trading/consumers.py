@@ -16,10 +16,12 @@ import asyncio
 import json
 import logging
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs
 
 from asgiref.sync import sync_to_async
+from asgiref.typing import WebSocketConnectEvent, WebSocketDisconnectEvent
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
@@ -64,13 +66,13 @@ def _release(network: str) -> None:
         del _open_by_network[network]  # the map holds only addresses with a websocket open
 
 
-def query_param(scope: dict[str, Any], name: str) -> str | None:
+def query_param(scope: Mapping[str, Any], name: str) -> str | None:
     """The first value of a query-string parameter of the handshake, or ``None``."""
     values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get(name)
     return values[0] if values else None
 
 
-def api_key_from_scope(scope: dict[str, Any]) -> str | None:
+def api_key_from_scope(scope: Mapping[str, Any]) -> str | None:
     """The API key of a handshake: ``Authorization: Bearer <key>``, else ``?api_key=<key>``; ``None`` if neither.
 
     A malformed ``Authorization`` header yields ``""`` (refused) rather than falling back to the query string.
@@ -102,14 +104,17 @@ class FeedConsumer(AsyncJsonWebsocketConsumer):
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Channels' dispatch, without its ``aclose_old_connections()`` before every message: that is a
         ``sync_to_async`` hop, and outside a request every consumer's hop queues on the same one thread, so a market
-        with 500 subscribers paid 500 serialized hops per committed transaction (bench/fanout.py). The feeds touch
-        the database only through ``database_sync_to_async``, which closes stale connections itself."""
+        with 500 subscribers paid 500 serialized hops per committed transaction. The feeds touch the database only
+        through ``database_sync_to_async``, which closes stale connections itself. Measured against channels' own by
+        bench/entry_points.py: a quarter to a half less server CPU per delivered message, 1.5-1.8x the messages a
+        saturated server delivers (docs/performance.md, "Framework entry points"); trading/tests/test_feed_dispatch.py
+        checks what it guarantees."""
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:
             raise ValueError(f"No handler for message type {message['type']}")
         await handler(message)
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:  # scope: the handshake's, as channels has it
         try:
             await super().__call__(scope, receive, send)
         except UNAVAILABLE as exc:
@@ -129,7 +134,7 @@ class FeedConsumer(AsyncJsonWebsocketConsumer):
                 _release(self.network)
                 self.network = None
 
-    async def websocket_connect(self, message: dict[str, Any]) -> None:
+    async def websocket_connect(self, message: WebSocketConnectEvent) -> None:
         """Hold the handshake to the limits of its client's address, then channels' own ``websocket_connect``
         (which calls ``connect()``). Over a limit, the client gets ``too_many_connections`` or ``rate_limited`` and
         close code 4429, before anything costs a database query or a channel-layer call."""
@@ -194,7 +199,7 @@ class FeedConsumer(AsyncJsonWebsocketConsumer):
     def resume_fields(self) -> dict[str, Any]:
         return {}
 
-    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+    async def websocket_disconnect(self, message: WebSocketDisconnectEvent) -> None:
         """Leave the groups (best effort, bounded: with Redis down the entries expire by themselves), then stop."""
         self.disconnected = True
         timeout = settings.MOLTSTREET["LIVE_PUBLISH_TIMEOUT"]
@@ -374,7 +379,7 @@ class MarketConsumer(FeedConsumer):
                 loop = asyncio.get_running_loop()
                 self.gap_timer = loop.call_later(0, lambda: loop.create_task(self.close_gap()))
 
-    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+    async def websocket_disconnect(self, message: WebSocketDisconnectEvent) -> None:
         if self.gap_timer is not None:
             self.gap_timer.cancel()
         await super().websocket_disconnect(message)
@@ -392,8 +397,11 @@ class AgentConsumer(FeedConsumer):
 
     async def connect(self) -> None:
         raw = api_key_from_scope(self.scope)
+        if not raw:
+            await self.close()
+            return
         lookup = database_sync_to_async(api_key_lookup)
-        key = await lookup(raw) if raw else None
+        key = await lookup(raw)
         if (
             key is None
             or not await self.join(realtime.agent_group(key.agent_id))
