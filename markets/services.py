@@ -45,6 +45,19 @@ def _max_length(name: str) -> int:
     return field.max_length
 
 
+def _described(
+    question: str, description: str | None, resolution_criteria: str | None, category: str | None
+) -> dict[str, str]:
+    """The text fields of a new market as stored: its question, description and rules (empty if none) and its category
+    (at most 40 characters)."""
+    return {
+        "question": question,
+        "description": description or "",
+        "resolution_criteria": resolution_criteria or "",
+        "category": (category or "")[:40],
+    }
+
+
 def clean_question(question: str | None, *, limit: int) -> str:
     """A market question stripped of surrounding space; raises :class:`InvalidRequest` if empty or over ``limit``."""
     question = (question or "").strip()
@@ -142,12 +155,7 @@ def market_create(
     if agent.is_suspended:
         raise AgentSuspended()
     market = Market.objects.create(
-        question=question,
-        description=description or "",
-        resolution_criteria=resolution_criteria or "",
-        category=(category or "")[:40],
-        deadline=deadline,
-        creator=agent,
+        **_described(question, description, resolution_criteria, category), deadline=deadline, creator=agent
     )
     book = CashBook()
     book.move(
@@ -269,10 +277,7 @@ def market_import(
         # (one statement instead of a read first and then the insert: the poller imports a thousand at a time).
         with transaction.atomic():
             market = Market.objects.create(
-                question=question,
-                description=description or "",
-                resolution_criteria=resolution_criteria or "",
-                category=(category or "")[:40],
+                **_described(question, description, resolution_criteria, category),
                 deadline=deadline,
                 source=source,
                 source_url=source_url or "",

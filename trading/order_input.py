@@ -246,6 +246,13 @@ class OrderInput:
         """GTC and GTD orders may rest in the book (and count towards the open-order limit); IOC and FOK never do."""
         return self.time_in_force in (TimeInForce.GTC, TimeInForce.GTD)
 
+    def stored_fields(self) -> dict[str, Any]:
+        """The fields an :class:`~trading.models.Order` stores as they were given, with where it rests in the book
+        (``book_side``, ``book_price``); ``reasoning`` goes with the forecast instead."""
+        book_side, book_price = self.book_position
+        fields = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "reasoning"}
+        return {**fields, "book_side": book_side, "book_price": book_price}
+
 
 def parse_order(
     *,

@@ -252,25 +252,7 @@ def _apply(tx: MarketTx, agent: Agent, order: OrderInput, plan: matching.MatchPl
             tx.net(agent_id)
     _reserve(tx, agent, order)
 
-    book_side, book_price = order.book_position
-    taker = Order(
-        id=uuid.uuid4(),
-        market=tx.market,
-        agent=agent,
-        side=order.side,
-        action=order.action,
-        price=order.price,
-        size=order.size,
-        time_in_force=order.time_in_force,
-        post_only=order.post_only,
-        expires_at=order.expires_at,
-        client_order_id=order.client_order_id,
-        forecast=order.forecast,
-        book_side=book_side,
-        book_price=book_price,
-        seq=0,
-        updated_seq=0,
-    )
+    taker = Order(id=uuid.uuid4(), market=tx.market, agent=agent, seq=0, updated_seq=0, **order.stored_fields())
     taker_seq = tx.log.add(MarketEvent.Kind.ORDER, {})  # reserved now: the taker's time priority
     taker.seq = taker.updated_seq = taker_seq
     tx.new_orders.append(taker)

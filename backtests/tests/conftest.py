@@ -3,6 +3,7 @@ database backend, and markets with recorded history made through the exchange's 
 
 from __future__ import annotations
 
+import signal
 from datetime import timedelta
 from decimal import Decimal
 
@@ -63,3 +64,12 @@ def traded_market(db):
 def quiet_market(db):
     """An open market where nothing but its creation was recorded: no history to backtest."""
     return new_market(question="Will anyone trade here?")
+
+
+@pytest.fixture
+def signals_restored():
+    """The worker installs its own SIGINT/SIGTERM handlers; put pytest's back afterwards."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import signal
 import threading
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -283,15 +282,6 @@ def run_worker() -> str:
     out = io.StringIO()
     call_command("run_worker", batch=True, reload=False, startup_delay=False, interval=0, verbosity=0, stdout=out)
     return out.getvalue()
-
-
-@pytest.fixture
-def signals_restored():
-    """The worker installs its own SIGINT/SIGTERM handlers; put pytest's back afterwards."""
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
 
 
 @pytest.mark.django_db(transaction=True)  # the worker's own connection must see the rows

@@ -4,7 +4,6 @@ written whole or not at all, and a backtest a dead worker left ``running`` runs 
 from __future__ import annotations
 
 import io
-import signal
 from datetime import timedelta
 from decimal import Decimal
 
@@ -30,15 +29,6 @@ URL = f"{API}/backtests/"
 def database_tasks(settings):
     """Tasks queued in the database, as in production; the test runs the worker itself."""
     settings.TASKS = DATABASE
-
-
-@pytest.fixture
-def signals_restored():
-    """The worker installs its own SIGINT/SIGTERM handlers; put pytest's back afterwards."""
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
 
 
 def run_worker(**options) -> str:

@@ -7,17 +7,17 @@ Django's async chain makes), and the answer is the one Django's own handler give
 
 from __future__ import annotations
 
-import itertools
 import threading
 from typing import Any
 
 import pytest
-from asgiref.sync import SyncToAsync, async_to_sync, iscoroutinefunction, markcoroutinefunction
+from asgiref.sync import async_to_sync, iscoroutinefunction, markcoroutinefunction
 from channels.testing import HttpCommunicator
 from django.core.handlers.asgi import ASGIHandler
 from django.test import override_settings
 
 from moltstreet.asgi import SyncChainASGIHandler, application
+from testsupport.hops import current_hop, install_hop_counter
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -25,8 +25,6 @@ PATH = "/api/v1/markets/?page_size=1"
 
 # What each probe saw, in call order: (probe, "request" | "response", thread id, sync_to_async hops so far).
 seen: list[tuple[int, str, int, int]] = []
-_hops = itertools.count()
-_hop = [0]
 
 
 class Probe:
@@ -48,15 +46,15 @@ class Probe:
     def __call__(self, request: Any) -> Any:
         if self.is_async:
             return self._acall(request)
-        seen.append((self.index, "request", threading.get_ident(), _hop[0]))
+        seen.append((self.index, "request", threading.get_ident(), current_hop()))
         response = self.get_response(request)
-        seen.append((self.index, "response", threading.get_ident(), _hop[0]))
+        seen.append((self.index, "response", threading.get_ident(), current_hop()))
         return response
 
     async def _acall(self, request: Any) -> Any:
-        seen.append((self.index, "request", threading.get_ident(), _hop[0]))
+        seen.append((self.index, "request", threading.get_ident(), current_hop()))
         response = await self.get_response(request)
-        seen.append((self.index, "response", threading.get_ident(), _hop[0]))
+        seen.append((self.index, "response", threading.get_ident(), current_hop()))
         return response
 
 
@@ -72,14 +70,8 @@ def allowed_host(settings):
 
 @pytest.fixture
 def count_hops(monkeypatch):
-    """Count every entry of a ``sync_to_async`` call into its worker thread."""
-    real = SyncToAsync.thread_handler
-
-    def counted(self, *args: Any, **kwargs: Any) -> Any:
-        _hop[0] = next(_hops)
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(SyncToAsync, "thread_handler", counted)
+    """Count every entry of a ``sync_to_async`` call into its worker thread (``current_hop()``, read by the probes)."""
+    install_hop_counter(monkeypatch)
     seen.clear()
     yield
     seen.clear()

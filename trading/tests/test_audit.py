@@ -24,15 +24,16 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from django.core.management import call_command, execute_from_command_line
+from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import connection, connections
+from django.db import connection
 from django.db.models import F
 from django.utils import timezone
 
 from agents.models import Agent, LedgerEntry
 from markets.models import Market, MarketEvent
 from moltstreet.serving import database_url
+from testsupport.commands import manage
 from trading import audit
 from trading.audit import CHECKS, AuditReport, run_audit
 from trading.models import BookLevel, Order, Position, Trade
@@ -394,17 +395,6 @@ def test_the_sequence_check_sees_each_way_a_sequence_goes_wrong(plant, world):
 
 # ---------------------------------------------------------------------------------------------------------------------
 # manage.py audit
-
-
-def manage(monkeypatch, *argv: str) -> int:
-    """Run a command as ``python manage.py`` does (in this process, in the test's transaction); its exit status."""
-    # run_from_argv closes every connection when the command ends; the test's transaction must outlive the command.
-    monkeypatch.setattr(connections, "close_all", lambda: None)
-    try:
-        execute_from_command_line(["manage.py", *argv])
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 1
-    return 0
 
 
 def test_the_audit_command_passes_a_clean_world(world, monkeypatch, capsys):

@@ -7,8 +7,6 @@ a fresh process on a migrated SQLite database (the conftest refuses SQLite for t
 
 from __future__ import annotations
 
-import itertools
-import os
 import subprocess
 import sys
 import uuid
@@ -21,26 +19,24 @@ from django.db import transaction
 from django.utils import timezone
 
 from agents.models import Agent, LedgerEntry
-from agents.services import agent_register
+from agents.tests.factories import AgentFactory
 from markets.models import Market, MarketEvent
-from markets.services import market_create
+from markets.tests.factories import MarketFactory
 from moltstreet.errors import NotFound
 from trading import book_store
 from trading.market_tx import MarketTx
 from trading.models import BookLevel, Order, Position, Side, Trade
-from trading.orders import order_place
+from trading.orders import order_cancel, order_place
 
 ROOT = Path(__file__).resolve().parents[2]
-_names = itertools.count(1)
 
 
 def _agent() -> Agent:
-    agent, _key = agent_register(name=f"store-{os.getpid()}-{next(_names)}")
-    return agent
+    return AgentFactory()
 
 
 def _market() -> Market:
-    return market_create(creator=_agent(), question="Will the store hold?", deadline=timezone.now() + timedelta(days=7))
+    return MarketFactory(question="Will the store hold?")
 
 
 def _place(agent, market, side, action, price, size, **kwargs) -> Order:
@@ -68,47 +64,30 @@ def check_lock_for_order_reads_the_crossing_queue_in_priority_order():
     _place(alice, market, "NO", "BUY", "0.39", 1)  # does not cross 0.60
     _place(alice, market, "YES", "BUY", "0.30", 1)  # its own side's queue: never crossed by a YES bid
     cancelled = _place(alice, market, "NO", "BUY", "0.48", 1)
-    from trading.orders import order_cancel
-
     order_cancel(agent=alice, order_id=cancelled.id)
     _place(bob, market, "NO", "BUY", "0.41", 1, client_order_id="mine-1")
-    with transaction.atomic():
-        context = book_store.lock_for_order(
-            market_id=market.id,
-            agent_id=bob.id,
-            book_side=Side.YES,
-            book_price=Decimal("0.60"),
-            page=3,
-            client_order_id="mine-1",
-        )
+
+    def buy_yes_at_60(market_id, agent, page):  # a BUY YES at 0.60 rests in the YES queue at 0.60
+        with transaction.atomic():
+            return book_store.lock_for_order(
+                market_id=market_id,
+                agent_id=agent.id,
+                book_side=Side.YES,
+                book_price=Decimal("0.60"),
+                page=page,
+                client_order_id="mine-1",
+            )
+
+    context = buy_yes_at_60(market.id, bob, 3)
     assert context.market.id == market.id
     assert [o.id for o in context.crossing] == [best.id, first.id, second.id]  # price, then arrival; a page of 3
     assert context.earlier is not None and context.earlier.client_order_id == "mine-1"
-    with transaction.atomic():
-        nothing = book_store.lock_for_order(
-            market_id=market.id,
-            agent_id=alice.id,
-            book_side=Side.YES,
-            book_price=Decimal("0.60"),
-            page=10,
-            client_order_id="mine-1",
-        )
+    nothing = buy_yes_at_60(market.id, alice, 10)
     assert nothing.earlier is None  # client order ids are per agent
-    assert [o.book_price for o in nothing.crossing] == [
-        Decimal("0.50"),
-        Decimal("0.45"),
-        Decimal("0.45"),
-        Decimal("0.41"),
-    ]
-    with pytest.raises(NotFound), transaction.atomic():
-        book_store.lock_for_order(
-            market_id=uuid.uuid4(),
-            agent_id=bob.id,
-            book_side=Side.YES,
-            book_price=Decimal("0.60"),
-            page=1,
-            client_order_id=None,
-        )
+    prices = [o.book_price for o in nothing.crossing]
+    assert prices == [Decimal(p) for p in ("0.50", "0.45", "0.45", "0.41")]
+    with pytest.raises(NotFound):
+        buy_yes_at_60(uuid.uuid4(), bob, 1)
 
 
 def check_crossing_page_continues_after_an_order_across_equal_prices():

@@ -10,8 +10,8 @@ from decimal import Decimal
 from io import StringIO
 
 import pytest
-from django.core.management import CommandError, call_command, execute_from_command_line
-from django.db import OperationalError, connections
+from django.core.management import CommandError, call_command
+from django.db import OperationalError
 from django.utils import timezone
 
 from agents.models import Agent, LedgerEntry
@@ -19,21 +19,11 @@ from markets.models import Market
 from markets.tests.factories import MarketFactory
 from moltstreet.errors import ServiceBusy
 from testsupport.api import operator_resolver
+from testsupport.commands import manage
 from trading import lifecycle
 from trading.models import Order
 from trading.orders import order_place
 from trading.resolution import market_resolve
-
-
-def manage(monkeypatch, *argv: str) -> int:
-    """Run a command as ``python manage.py`` does and return its exit status."""
-    # run_from_argv closes every connection when the command ends; the test's transaction must outlive the command.
-    monkeypatch.setattr(connections, "close_all", lambda: None)
-    try:
-        execute_from_command_line(["manage.py", *argv])
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 1
-    return 0
 
 
 def cash(agent: Agent) -> tuple[Decimal, Decimal]:

@@ -366,14 +366,16 @@ def test_a_frame_nested_too_deep_to_parse_gets_invalid_message_and_both_feeds_st
         assert pong == {"type": "pong"}, feed
 
 
-def test_an_unknown_market_a_malformed_path_or_a_foreign_origin_is_refused_at_the_handshake(market):
-    async def connects(path: str, headers: list[tuple[bytes, bytes]] | None = None) -> bool:
-        feed = Feed(path, headers)
-        connected = await feed.connect()
-        if connected:
-            await feed.disconnect()
-        return connected
+async def connects(path: str, headers: list[tuple[bytes, bytes]] | None = None) -> bool:
+    """Whether a handshake on ``path`` (with ``headers``) is accepted; an accepted feed is closed again."""
+    feed = Feed(path, headers)
+    connected = await feed.connect()
+    if connected:
+        await feed.disconnect()
+    return connected
 
+
+def test_an_unknown_market_a_malformed_path_or_a_foreign_origin_is_refused_at_the_handshake(market):
     async def scenario():
         ok = market_path(market)
         return {
@@ -504,13 +506,6 @@ def test_a_missing_bad_or_revoked_key_is_refused_at_the_handshake(make_agent):
     revoked = make_agent()
     key = ApiKey.objects.get(agent=revoked)
     api_key_revoke(agent=revoked, key_id=key.id, allow_last=True)
-
-    async def connects(path: str, headers: list[tuple[bytes, bytes]] | None = None) -> bool:
-        feed = Feed(path, headers)
-        connected = await feed.connect()
-        if connected:
-            await feed.disconnect()
-        return connected
 
     async def scenario():
         return {

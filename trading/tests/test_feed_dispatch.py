@@ -9,11 +9,10 @@ database work still gets fresh connections, through ``database_sync_to_async``, 
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import pytest
-from asgiref.sync import SyncToAsync, async_to_sync
+from asgiref.sync import async_to_sync
 from channels.consumer import AsyncConsumer
 from channels.db import DatabaseSyncToAsync, database_sync_to_async
 from channels.layers import get_channel_layer
@@ -21,6 +20,7 @@ from channels.testing import WebsocketCommunicator
 
 from markets.models import Market
 from moltstreet.asgi import application
+from testsupport.hops import install_hop_counter
 from trading import realtime
 from trading.consumers import AgentConsumer, FeedConsumer, MarketConsumer
 
@@ -28,9 +28,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 MESSAGES = 20
 STEP = 5.0
-
-_hops = itertools.count(1)
-_hop = [0]
 
 
 @pytest.fixture(autouse=True)
@@ -41,15 +38,7 @@ def in_memory_layer(settings):
 @pytest.fixture
 def count_hops(monkeypatch):
     """``hops()``: how many times a ``sync_to_async`` call has entered its worker thread so far."""
-    real = SyncToAsync.thread_handler
-
-    def counted(self, *args: Any, **kwargs: Any) -> Any:
-        _hop[0] = next(_hops)
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(SyncToAsync, "thread_handler", counted)
-    _hop[0] = 0
-    return lambda: _hop[0]
+    return install_hop_counter(monkeypatch)
 
 
 def feed_hops(market: Market, hops) -> tuple[int, list[dict[str, Any]]]:
