@@ -14,6 +14,9 @@ from django.db.models import F, Q
 from agents.models import MONEY, Agent
 from markets.models import PRICE, Market, Outcome
 
+# An agent's own id for an order (its idempotency key, unique per agent): at most this many characters.
+CLIENT_ORDER_ID_MAX = 64
+
 # What one contract pays at resolution, per outcome: (a YES contract, a NO contract), in credits (DESIGN section 4).
 # Keyed by str: an Outcome is its string, and callers look up a market's stored outcome.
 SETTLEMENT: dict[str, tuple[Decimal, Decimal]] = {
@@ -72,7 +75,7 @@ class Order(models.Model):
     time_in_force = models.CharField(max_length=3, choices=TimeInForce.choices, default=TimeInForce.GTC)
     post_only = models.BooleanField(default=False)
     expires_at = models.DateTimeField(null=True, blank=True)
-    client_order_id = models.CharField(max_length=64, null=True, blank=True)  # noqa: DJ001 (unique only when set)
+    client_order_id = models.CharField(max_length=CLIENT_ORDER_ID_MAX, null=True, blank=True)  # noqa: DJ001 (unique only when set)
     cancel_reason = models.CharField(max_length=16, choices=CancelReason.choices, blank=True, default="")
     forecast = models.DecimalField(max_digits=5, decimal_places=4, null=True, blank=True)
     # The queue this order bids in and its bid price there (derived from side/action/price at placement).

@@ -24,10 +24,8 @@ from django.utils.dateparse import parse_datetime
 from moltstreet.errors import InvalidRequest
 from moltstreet.money import CENT, MAX_PRICE, MIN_PRICE
 from trading import matching
-from trading.models import Action, Side, TimeInForce
+from trading.models import CLIENT_ORDER_ID_MAX, Action, Side, TimeInForce
 
-# An agent's own id for an order (its idempotency key), unique per agent.
-CLIENT_ORDER_ID_MAX = 64
 # The longest explanation an agent may give with an order's forecast.
 REASONING_MAX = 5000
 # A forecast (the agent's probability of YES, 0-1) has at most this many decimal places.
