@@ -372,7 +372,8 @@ def _columns(model: type[Model]) -> sql.Composed:
 
 
 def _where(model: type[Model], key: str, count: int) -> tuple[sql.Composable, sql.Composable]:
-    """The ``WHERE`` and ``ORDER BY`` of the named read of ``model`` (``count``: values of an ``IN`` list)."""
+    """The ``WHERE`` and ``ORDER BY`` of the named read of ``model`` (``count``: values of an ``IN`` list, or the
+    page size of a crossing read)."""
     c = functools.partial(_col, model)
     empty = sql.SQL("")
     resting = "{} = %s AND {} IN (%s, %s)"  # market, status
@@ -409,7 +410,9 @@ def _where(model: type[Model], key: str, count: int) -> tuple[sql.Composable, sq
             where += sql.SQL(" AND ({price} < %s OR ({price} = %s AND {seq} > %s))").format(
                 price=c("book_price"), seq=c("seq")
             )
-        return where, sql.SQL(" ORDER BY {} DESC, {} LIMIT %s").format(c("book_price"), c("seq"))
+        # The page size is part of the statement, not a parameter: with server-side binding, PostgreSQL plans a
+        # prepared statement once for any LIMIT, and a plan for an unknown LIMIT reads the deep book differently.
+        return where, sql.SQL(" ORDER BY {} DESC, {} LIMIT {}").format(c("book_price"), c("seq"), sql.Literal(count))
     raise KeyError(key)
 
 
@@ -524,8 +527,7 @@ def _crossing(market_id: uuid.UUID, book_side: str, book_price: Decimal, *, afte
     params: list[Any] = [market_id, matching.opposite(book_side), *RESTING, complement(book_price)]
     if after is not None:
         params += [after.book_price, after.book_price, after.seq]
-    params.append(limit)
-    return _select(Order, "crossing_after" if after is not None else "crossing", params)
+    return _select(Order, "crossing_after" if after is not None else "crossing", params, count=int(limit))
 
 
 def _by_client_order_id(agent_id: uuid.UUID, client_order_id: str) -> _Read:
