@@ -468,8 +468,8 @@ def _order_cancel(*, agent: Agent, order_id: uuid.UUID | str) -> Order:
         raise NotFound("No such order.", detail={"order": str(order_id)})
     cancelled = _cancel_in_market(order.market_id, Order.CancelReason.USER, order_id=order.id)
     if not cancelled:
-        now = book_store.own_order(agent.id, order.id) or order
-        raise OrderNotCancellable(detail={"order": str(order.id), "status": now.status})
+        current = book_store.own_order(agent.id, order.id) or order  # filled, cancelled or expired meanwhile
+        raise OrderNotCancellable(detail={"order": str(order.id), "status": current.status})
     return cancelled[0]
 
 
