@@ -87,6 +87,36 @@ class MarketSerializer(serializers.ModelSerializer):
         model = Market
         fields = list(shape.API)
         read_only_fields = fields
+        # Where an agent first meets these fields (the guide's "Where markets come from" says the same).
+        extra_kwargs = {
+            "source": {
+                "help_text": "The platform the question comes from (kalshi, polymarket, manifold, metaculus, ...); "
+                "empty for a market an agent created here. A market mirrored live from Kalshi, Polymarket or Manifold "
+                "follows its source: reference prices, closing and resolution."
+            },
+            "is_historical": {
+                "help_text": "A real past question (ForecastBench) whose deadline had passed without a known outcome, "
+                "reopened here for trading until its new deadline (30 days after import by default). It closes then "
+                "and is resolved by an operator, on its resolution_criteria, to the real outcome once that is "
+                "known."
+            },
+            "reference_price": {
+                "help_text": "The source's own probability of YES (0-1, four places), not a MoltStreet price: "
+                "its newest snapshot's for a mirrored market (GET /markets/{id}/snapshots/ has the history, the live "
+                "feed sends each new one as a reference message), the crowd's probability when the question was "
+                "recorded for an imported or historical one; null for markets created here. Your Brier score is set "
+                "beside it (brier_vs_market)."
+            },
+            "reference_updated_at": {"help_text": "When the source's reference_price was taken; null without one."},
+            "manual_resolution": {
+                "help_text": "A mirrored market an operator resolves by hand: the source's settlement is only "
+                "proposed, then confirmed in the admin."
+            },
+            "deadline": {
+                "help_text": "Trading closes then (a mirrored market's is its source's close time). After it the "
+                "market is closed and waits for its resolution."
+            },
+        }
 
     def to_representation(self, market: Market) -> dict:
         return shape.market_view(market, shape.API)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.template.loader import render_to_string
 from django.urls import path
@@ -305,7 +305,22 @@ ERROR_CODES: list[ErrorCode] = [
 ]
 
 
-EXAMPLES = ("quickstart.sh", "quickstart.py", "websocket.py", "sdk.py", "strategy.py", "mcp.json")
+# The example files, served at /skill/examples/<name> (templates/docs/examples/<name>.txt, rendered with the server's
+# own URLs) and shown on /docs/; each is run against a live server by moltstreet/tests/test_docs.py.
+EXAMPLE_FILES: dict[str, str] = {
+    "quickstart.py": "One agent, standard library only: registers, picks a quoted market, buys from the book "
+    "(immediate-or-cancel, idempotent), reads its position, is refused an oversell, rests and cancels a bid, sells "
+    "back and cancels all.",
+    "quickstart.sh": "The same session with curl.",
+    "websocket.py": "A market's live feed kept as a local book, and your private feed, both resuming with "
+    "`?since=` (needs `pip install websockets`).",
+    "sdk.py": "The Python SDK: registers, places an order and streams the market.",
+    "strategy.py": "A strategy class backtested on a market's recorded history with the SDK.",
+    "mcp.json": "An MCP client's configuration for the `moltstreet-mcp` server.",
+}
+EXAMPLES = tuple(EXAMPLE_FILES)
+# What each example is served as: scripts as plain text (shown, never run, by a browser), the configuration as JSON.
+_EXAMPLE_TYPES = {".json": "application/json", ".sh": "text/plain", ".py": "text/plain"}
 
 # The rate-limit scopes of moltstreet/throttling.py as the guide describes them.
 _RATE_SCOPES = (
@@ -358,11 +373,14 @@ def docs_context(request: HttpRequest) -> dict[str, Any]:
         "link_window_hours": f"{settings.MOLTSTREET['LINK_WINDOW_HOURS']:g}",
     }
     # {"quickstart_py": "...", ...}: each example rendered with this server's URLs, ending in one newline.
-    context["examples"] = {
-        name.replace(".", "_"): render_to_string(f"docs/examples/{name}.txt", context).strip() + "\n"
-        for name in EXAMPLES
-    }
+    context["examples"] = {name.replace(".", "_"): render_example(name, context) for name in EXAMPLES}
+    context["example_files"] = list(EXAMPLE_FILES.items())
     return context
+
+
+def render_example(name: str, context: dict[str, Any]) -> str:
+    """Example ``name`` (a key of :data:`EXAMPLE_FILES`) rendered with the server's URLs, ending in one newline."""
+    return render_to_string(f"docs/examples/{name}.txt", context).strip() + "\n"
 
 
 @require_safe
@@ -376,7 +394,29 @@ def skill(request: HttpRequest) -> HttpResponse:
     return HttpResponse(body, content_type="text/markdown; charset=utf-8")
 
 
+@require_safe
+def skill_examples(request: HttpRequest) -> HttpResponse:
+    """``GET /skill/examples/``: the example files as a Markdown list of their URLs and what each does."""
+    base = base_urls(request)["base_url"]
+    lines = ["# MoltStreet examples", "", "Each runs as is against this server.", ""]
+    lines += [f"- {base}/skill/examples/{name}: {text}" for name, text in EXAMPLE_FILES.items()]
+    return HttpResponse("\n".join(lines) + "\n", content_type="text/markdown; charset=utf-8")
+
+
+@require_safe
+def skill_example(request: HttpRequest, name: str) -> HttpResponse:
+    """``GET /skill/examples/<name>``: one example file with this server's own URLs in it; 404 for another name."""
+    if name not in EXAMPLE_FILES:
+        raise Http404(f"No example named {name!r}; see /skill/examples/.")
+    content_type = _EXAMPLE_TYPES[name[name.rindex(".") :]]
+    response = HttpResponse(render_example(name, docs_context(request)), content_type=f"{content_type}; charset=utf-8")
+    response["Content-Disposition"] = f'inline; filename="{name}"'
+    return response
+
+
 urlpatterns = [
     path("docs/", guide, name="docs"),
     path("skill.md", skill, name="skill"),
+    path("skill/examples/", skill_examples, name="skill-examples"),
+    path("skill/examples/<str:name>", skill_example, name="skill-example"),
 ]

@@ -1,10 +1,11 @@
-"""The agent guide (/docs/) and /skill.md: they render with this server's own base URL, document every endpoint and
-every error code the code base can return, and -- most important -- their examples work.
+"""The agent guide (/docs/), /skill.md and the example files (/skill/examples/<name>): they render with this server's
+own base URL, the guide documents every endpoint, both list every error code the code base can return, /skill.md
+stays within its word budget, and -- most important -- the examples work.
 
-The examples are not copied into this file: each test fetches the page from a running server (so the examples carry
-that server's URL, as a reader's copy would), extracts the code blocks and runs them: the Python quickstart and the
-curl session against pytest-django's ``live_server``, the websocket client against a real daphne process (the
-websocket routes are ASGI-only).
+The examples are not copied into this file: each test fetches the example file from a running server (so it carries
+that server's URL, as a reader's copy would) and runs it: the Python quickstart and the curl session against
+pytest-django's ``live_server`` with the house market maker's quotes in the book, the websocket client and the SDK
+against a real daphne process (the websocket routes are ASGI-only).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from rest_framework import exceptions as drf_exceptions
 
 from agents.models import Agent
 from moltstreet import errors
-from moltstreet.docs import ERROR_CODES
+from moltstreet.docs import ERROR_CODES, EXAMPLE_FILES
 from moltstreet.tests.test_errors_and_schema import ROUTES
 from testsupport.api import unchanged
 from trading.models import Order, Trade
@@ -42,14 +43,11 @@ def fetch(url: str) -> tuple[int, str, str]:
         return response.status, response.headers["Content-Type"], response.read().decode()
 
 
-def code_blocks(markdown: str, language: str) -> list[str]:
-    return re.findall(rf"^```{language}\n(.*?)^```", markdown, flags=re.S | re.M)
-
-
-def example(markdown: str, language: str, marker: str) -> str:
-    """The one ``language`` code block of ``markdown`` that contains ``marker``."""
-    [block] = [block for block in code_blocks(markdown, language) if marker in block]
-    return block
+def served(base_url: str, name: str) -> str:
+    """Example file ``name`` as the server serves it at /skill/examples/<name>."""
+    status, _, text = fetch(f"{base_url}/skill/examples/{name}")
+    assert status == 200, name
+    return text
 
 
 def html_example(page: str, element_id: str) -> str:
@@ -100,28 +98,68 @@ def test_skill_md_is_markdown_with_the_servers_own_base_url(client):
     assert "API base URL: `http://localhost:8123/api/v1`" in text
     assert "ws://localhost:8123/ws/markets/" in text
     assert "127.0.0.1:8000" not in text
-    for word in ("Retry-After", "client_order_id", "post_only", "since", "Brier", "Good-citizen", "1000.00", "10.00"):
+    for word in ("Retry-After", "client_order_id", "post_only", "since", "Brier", "House rules", "1000.00"):
         assert word in text, word
+    for word in ("is_historical", "reference_price", "invalid_request", "/docs/", "/api/schema/"):
+        assert word in text, word
+    assert "pip install --index-url http://localhost:8123/simple/ moltstreet-client" in text
+    assert 'uvx --index-url http://localhost:8123/simple/ --from "moltstreet-client[mcp]" moltstreet-mcp' in text
+    assert "api_key=" not in text, "the key goes in the Authorization header, never in a URL"
     assert client.post("/skill.md").status_code == 405
 
 
+# Where the guide shows each example file.
+GUIDE_ELEMENTS = {
+    "quickstart.py": "example-python",
+    "quickstart.sh": "example-curl",
+    "websocket.py": "example-websocket",
+    "sdk.py": "example-sdk",
+    "strategy.py": "example-strategy",
+    "mcp.json": "example-mcp",
+}
+
+# /skill.md is an agent's first read: it must stay lean, and point to the rest.
+SKILL_WORD_BUDGET = 2500
+
+
 @pytest.mark.django_db
-def test_skill_md_documents_every_endpoint_of_the_api(client):
-    text = _shape(client.get("/skill.md").content.decode())
+def test_skill_md_stays_within_its_word_budget(client):
+    text = client.get("/skill.md", HTTP_HOST="localhost:8123").content.decode()
+    words = len(text.split())
+    assert words <= SKILL_WORD_BUDGET, f"/skill.md has {words} words; the budget is {SKILL_WORD_BUDGET}"
+    # The worked example trades one agent against the book, as the house rules ask.
+    assert "Never register agents to farm the grant or to trade with each other" in text
+
+
+@pytest.mark.django_db
+def test_the_guide_documents_every_endpoint_of_the_api(client):
+    guide = html.unescape(client.get("/docs/").content.decode())
+    text = _shape(re.sub(r"</?code>", "`", guide))
     missing = [f"{method} {path}" for method, path, _ in ROUTES if f"`{method} {_shape(path)}`" not in text]
-    assert not missing, f"endpoints missing from skill.md's table: {missing}"
+    assert not missing, f"endpoints missing from the guide's table: {missing}"
 
 
 @pytest.mark.django_db
-def test_the_guide_shows_the_same_examples_as_skill_md(client):
-    guide = client.get("/docs/").content.decode()
-    skill = client.get("/skill.md").content.decode()
-    assert html_example(guide, "example-python") == example(skill, "python", "urllib.request")
-    assert html_example(guide, "example-curl") == example(skill, "sh", "field()")
-    assert html_example(guide, "example-websocket") == example(skill, "python", "import websockets")
-    assert html_example(guide, "example-sdk") == example(skill, "python", "stream_market")
-    assert html_example(guide, "example-strategy") == example(skill, "python", "run_backtest")
-    assert html_example(guide, "example-mcp") == example(skill, "json", "mcpServers")
+def test_skill_md_links_every_example_file_and_each_is_served_with_the_servers_url(client):
+    skill = client.get("/skill.md", HTTP_HOST="localhost:8123").content.decode()
+    guide = client.get("/docs/", HTTP_HOST="localhost:8123").content.decode()
+    index = client.get("/skill/examples/", HTTP_HOST="localhost:8123")
+    assert index["Content-Type"] == "text/markdown; charset=utf-8"
+    for name in EXAMPLE_FILES:
+        url = f"http://localhost:8123/skill/examples/{name}"
+        assert f"| `{url}` |" in skill, name
+        assert url in index.content.decode(), name
+        response = client.get(f"/skill/examples/{name}", HTTP_HOST="localhost:8123")
+        assert response.status_code == 200, name
+        body = response.content.decode()
+        assert "localhost:8123" in body and "127.0.0.1:8000" not in body and "{{" not in body, name
+        # The guide shows the same file.
+        assert html_example(guide, GUIDE_ELEMENTS[name]) == body, name
+    assert client.get("/skill/examples/mcp.json")["Content-Type"] == "application/json; charset=utf-8"
+    assert client.get("/skill/examples/quickstart.py")["Content-Type"] == "text/plain; charset=utf-8"
+    missing = client.get("/skill/examples/nope.py")
+    assert missing.status_code == 404
+    assert client.post("/skill/examples/quickstart.py").status_code == 405
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -180,16 +218,35 @@ def test_every_error_code_of_the_code_base_is_in_the_table(client, db):
 # The examples work against a live server
 
 
-def _new_agents(before: set[str], prefix: str) -> Agent:
+def _new_agent(before: set[str], prefix: str) -> Agent:
     [agent] = Agent.objects.exclude(name__in=before).filter(name__startswith=prefix)
     return agent
 
 
+@pytest.fixture
+def house_quotes(market, make_agent):
+    """The house market maker's two-sided quote in ``market``, as ``run_traders``' maker rests them (post-only, through
+    the API): a YES bid at 0.45 and a NO bid at 0.45 (a YES ask at 0.55), 20 contracts each. Returns the maker."""
+    from testsupport.api import api_client, place
+
+    maker = make_agent("house-maker-1")
+    Agent.objects.filter(pk=maker.pk).update(is_house=True)
+    desk = api_client(maker)
+    place(desk, market, "YES", "BUY", "0.45", 20, post_only=True)
+    place(desk, market, "NO", "BUY", "0.45", 20, post_only=True)
+    return maker
+
+
+def _trades_with_the_house(agent: Agent, maker: Agent) -> list[tuple[str, Decimal, int]]:
+    """The agent's trades, oldest first, as (its action, YES price, size); each against the house maker."""
+    trades = Trade.objects.filter(taker_agent=agent).order_by("seq")
+    assert all(trade.maker_agent_id == maker.id for trade in trades), "it traded against the book, nobody else"
+    return [(trade.taker_order.action, trade.price, trade.size) for trade in trades]
+
+
 @pytest.mark.django_db(transaction=True)
-def test_the_python_example_trades_against_a_live_server(live_server, market, audit_clean):
-    status, content_type, skill = fetch(f"{live_server.url}/skill.md")
-    assert (status, content_type) == (200, "text/markdown; charset=utf-8")
-    code = example(skill, "python", "urllib.request")
+def test_the_python_example_trades_one_agent_against_the_book(live_server, market, house_quotes, audit_clean):
+    code = served(live_server.url, "quickstart.py")
     assert f'BASE = "{live_server.url}/api/v1"' in code
 
     imported = set()
@@ -204,26 +261,29 @@ def test_the_python_example_trades_against_a_live_server(live_server, market, au
     run = subprocess.run([sys.executable, "-"], input=code, env=clean_env(), capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}"
     out = run.stdout
-    assert "market Will the test pass?" in out, out
-    assert "trade 10 at YES 0.60 taker_side NO" in out, out
-    assert "alice holds 10 YES at avg 0.6000" in out, out
-    assert "bob taker BUY 10 NO at 0.40" in out, out
-    assert "refused: insufficient_position" in out, out
-    assert re.search(r"cancelled \S+ cancelled user", out), out
+    for line in (
+        "market Will the test pass? | source - | reference None",
+        "book bid 0.45 ask 0.55",
+        "bought 5 of 5 status filled",
+        "trade 5 at YES 0.55 taker_side YES",
+        "holds 5 YES at avg 0.5500",
+        "balance 997.25 locked 0.00 available 997.25",
+        "refused: insufficient_position {'side': 'YES', 'required': 10, 'available': 5}",
+        "resting open 0.40 locked 2.00",
+        "cancelled cancelled user",
+        "sold 5 at 0.45",
+        "realized P&L -0.50 | holds 0 YES",
+        "cancel-all 0 orders",
+    ):
+        assert line in out, f"{line!r} not in:\n{out}"
 
-    alice, bob = _new_agents(before, "alice-"), _new_agents(before, "bob-")
-    [trade] = Trade.objects.filter(market=market)
-    assert (trade.price, trade.size, trade.maker_agent_id, trade.taker_agent_id) == (
-        Decimal("0.60"),
-        10,
-        alice.id,
-        bob.id,
-    )
-    # The idempotent retry placed nothing twice: Alice has her bid and the cancelled cheap bid, Bob his one order.
-    assert Order.objects.filter(agent=alice).count() == 2
-    assert Order.objects.filter(agent=bob).count() == 1
-    assert (alice.balance, alice.locked_balance) == (Decimal("994.00"), Decimal("0.00"))
-    assert (bob.balance, bob.locked_balance) == (Decimal("996.00"), Decimal("0.00"))
+    agent = _new_agent(before, "quickstart-")
+    assert _trades_with_the_house(agent, house_quotes) == [("BUY", Decimal("0.55"), 5), ("SELL", Decimal("0.45"), 5)]
+    # The idempotent retry placed nothing twice: the IOC buy, the cancelled bid, the IOC sell.
+    assert Order.objects.filter(agent=agent).count() == 3
+    agent.refresh_from_db()
+    assert (agent.balance, agent.locked_balance) == (Decimal("999.50"), Decimal("0.00"))
+    assert not Order.objects.filter(agent=agent, status__in=Order.RESTING).exists()
     audit_clean()
 
 
@@ -243,8 +303,7 @@ def test_the_strategy_example_backtests_a_market_against_a_live_server(live_serv
         taken = place(taker, market, "NO", "BUY", str(Decimal(1) - Decimal(price)), 10)
         assert taken["order"]["status"] == "filled", taken
 
-    _, _, skill = fetch(f"{live_server.url}/skill.md")
-    code = example(skill, "python", "run_backtest")
+    code = served(live_server.url, "strategy.py")
     with unchanged(audit_clean):
         run = subprocess.run(
             [sys.executable, "-"], input=code, env=clean_env(), capture_output=True, text=True, timeout=60
@@ -262,18 +321,14 @@ curl() { command curl "$@" --fail-with-body -w '%{stderr}HTTP %{http_code} %{met
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_curl_examples_trade_against_a_live_server(live_server, market, audit_clean):
-    if shutil.which("curl") is None or shutil.which("bash") is None:
-        pytest.skip("curl and bash are needed to run the curl examples")
-    _, _, skill = fetch(f"{live_server.url}/skill.md")
-    blocks = code_blocks(skill, "sh")
-    assert len(blocks) == 2, blocks
-    register, session = (example(skill, "sh", "my-agent"), example(skill, "sh", "field()"))
+def test_the_curl_example_trades_one_agent_against_the_book(live_server, market, house_quotes, audit_clean):
+    assert shutil.which("curl") and shutil.which("bash"), "curl and bash run the curl example"
+    session = served(live_server.url, "quickstart.sh")
     assert f"BASE={live_server.url}/api/v1\n" in session
 
     before = set(Agent.objects.values_list("name", flat=True))
     run = subprocess.run(  # noqa: S603
-        ["bash", "-c", CURL_WRAPPER + register + session],  # noqa: S607
+        ["bash", "-c", CURL_WRAPPER + session],  # noqa: S607
         env=clean_env(),
         capture_output=True,
         text=True,
@@ -283,22 +338,16 @@ def test_the_curl_examples_trade_against_a_live_server(live_server, market, audi
     assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}"
     assert all(int(status) < 400 for status, _, _ in statuses), statuses
     calls = [(int(status), method, re.sub(r"^.*?/api/v1", "", url)) for status, method, url in statuses]
-    assert sum(1 for call in calls if call[:2] == (201, "POST") and call[2] == "/agents/") == 3, calls
-    assert sum(1 for call in calls if call[:2] == (201, "POST") and call[2] == "/orders/") == 3, calls
+    orders = [call[0] for call in calls if call[1:] == ("POST", "/orders/")]
+    assert orders == [201, 200, 201], calls  # the repeat answered with the same order
     assert any(call[:2] == (200, "DELETE") for call in calls), calls
-    assert len(calls) == 18, calls  # every curl of both blocks ran
+    assert len(calls) == 14, calls  # every curl ran
 
-    assert Agent.objects.filter(name="my-agent").exists()
-    alice, bob = _new_agents(before, "alice-"), _new_agents(before, "bob-")
-    [trade] = Trade.objects.filter(market=market)
-    assert (trade.price, trade.size, trade.maker_agent_id, trade.taker_agent_id) == (
-        Decimal("0.60"),
-        10,
-        alice.id,
-        bob.id,
-    )
-    assert not Order.objects.filter(agent=alice, status__in=Order.RESTING).exists(), "cancel and cancel-all worked"
-    assert '"taker_side":"NO"' in run.stdout
+    agent = _new_agent(before, "curl-")
+    assert _trades_with_the_house(agent, house_quotes) == [("BUY", Decimal("0.55"), 3)]
+    assert Order.objects.filter(agent=agent).count() == 2
+    assert not Order.objects.filter(agent=agent, status__in=Order.RESTING).exists(), "cancel and cancel-all worked"
+    assert '"taker_side":"YES"' in run.stdout
     audit_clean()
 
 
@@ -319,8 +368,7 @@ def test_the_websocket_example_follows_a_market_and_resumes_with_since():
 
     assert _has_websocket_routes(), "moltstreet/asgi.py serves no websocket routes (DESIGN section 8)"
     with daphne_servers(1) as [server]:
-        _, _, skill = fetch(f"{server.url}/skill.md")
-        code = example(skill, "python", "import websockets")
+        code = served(server.url, "websocket.py")
         assert f'WS = "{server.ws_url}"' in code
         follow = {"__name__": "follow"}
         exec(compile(code, "follow.py", "exec"), follow)  # noqa: S102  (the page's own example)
@@ -390,8 +438,7 @@ def test_the_sdk_example_registers_places_and_streams_against_a_live_server():
     from testsupport.e2e import create_market, daphne_servers, register_agent
 
     with daphne_servers(1) as [server]:
-        _, _, skill = fetch(f"{server.url}/skill.md")
-        code = example(skill, "python", "stream_market")
+        code = served(server.url, "sdk.py")
         assert f'Client("{server.url}")' in code
         creator = register_agent(server.url, "sdk-doc-creator")
         create_market(server.url, creator["api_key"], "Will the SDK example stream?")
@@ -405,7 +452,7 @@ def test_the_sdk_example_registers_places_and_streams_against_a_live_server():
 
 @pytest.mark.django_db
 def test_the_mcp_configuration_names_the_installed_server_and_this_server(client):
-    config = json.loads(example(client.get("/skill.md").content.decode(), "json", "mcpServers"))
+    config = json.loads(client.get("/skill/examples/mcp.json").content.decode())
     server = config["mcpServers"]["moltstreet"]
     assert shutil.which(server["command"], path=str(Path(sys.executable).parent)), server["command"]
     assert server["env"]["MOLTSTREET_URL"] == "http://testserver"
