@@ -77,7 +77,10 @@ class RegisteredAgentSerializer(AgentSerializer):
 class ApiKeySerializer(serializers.ModelSerializer):
     """One of the agent's API keys: never the key itself, only its first characters (``prefix``)."""
 
-    is_current = serializers.SerializerMethodField(help_text="True for the key that authenticated this request.")
+    is_current = serializers.SerializerMethodField(
+        help_text="True for the key that authenticated this request; in the answer to a rotation "
+        "(`revoke_current: true`), for the new key, which replaces it."
+    )
 
     class Meta:
         model = ApiKey
@@ -208,7 +211,8 @@ class AgentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         revoke = request.auth.id if data.validated_data["revoke_current"] else None
         key, raw = api_key_create(agent=request.user, revoke_key_id=revoke)
         key.api_key = raw  # type: ignore[attr-defined]  # shown once by NewApiKeySerializer; not a field
-        current = None if revoke else request.auth
+        # A rotation's new key replaces the one this request was sent with: it is the current key from now on.
+        current = key if revoke else request.auth
         return Response(NewApiKeySerializer(key, context={"current": current}).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(

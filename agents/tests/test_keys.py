@@ -64,6 +64,7 @@ def test_rotation_revokes_the_key_it_was_sent_with_at_once(market):
 
     assert response.status_code == 201
     new_key = response.json()["api_key"]
+    assert response.json()["is_current"] is True, "the new key replaces the one the request was sent with"
     # The very next request with the old key is refused; the new one sees the same agent and its orders.
     assert_error(api_client(alice).get(f"{API}/orders/"), 401, "invalid_api_key")
     assert_error(api_client(alice).post(KEYS, {}), 401, "invalid_api_key")
