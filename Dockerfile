@@ -13,10 +13,11 @@ COPY client ./client
 RUN pip install ./client
 
 COPY . .
-# A throwaway key for this one command: settings refuse to load without a strong SECRET_KEY when DEBUG is off, and
-# the image must not carry one (each deployment sets its own).
-RUN SECRET_KEY="$(python -c 'import secrets; print(secrets.token_urlsafe(50))')" \
-    DATABASE_URL=sqlite:////tmp/build.sqlite3 python manage.py collectstatic --noinput
+# A throwaway key for these commands: settings refuse to load without a strong SECRET_KEY when DEBUG is off, and
+# the image must not carry one (each deployment sets its own). build_client_wheel: the SDK's wheel, served at /simple/
+# (moltstreet/package_index.py), built offline with the setuptools of requirements.txt into CLIENT_WHEEL_DIR.
+RUN SECRET_KEY="$(python -c 'import secrets; print(secrets.token_urlsafe(50))')" DATABASE_URL=sqlite:////tmp/build.sqlite3 \
+    sh -c 'python manage.py collectstatic --noinput && python manage.py build_client_wheel'
 
 EXPOSE 8000
 # Migrations run once per deploy (`docker run ... python manage.py migrate`, docker-compose.yml's migrate service),

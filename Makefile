@@ -39,6 +39,7 @@ local-env:
 run: $(STAMP) local-env
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py collectstatic --noinput -v0
+	$(BIN)/python manage.py build_client_wheel
 	$(BIN)/python manage.py bootstrap --data $(DATA) --random-password
 	rm -f .traders.pid .poller.pid; $(BIN)/python manage.py run_scheduler & echo $$! > .scheduler.pid; \
 	$(BIN)/python manage.py run_worker & echo $$! > .worker.pid; \

@@ -6,6 +6,7 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
 from agents.services import api_key_lookup
+from moltstreet.logs import bind
 from moltstreet.throttling import charge_failed_authentication
 
 
@@ -32,6 +33,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             # Counted against the address's anonymous budget: past it the answer is 429, not another lookup.
             charge_failed_authentication(request)
             raise exceptions.AuthenticationFailed("Unknown or revoked API key.")
+        bind(agent_id=key.agent_id)  # the request's log lines, its access line included, name the agent
         return key.agent, key
 
     def authenticate_header(self, request) -> str:

@@ -1,9 +1,9 @@
 """Log lines as JSON objects (or plain text), each carrying the request id and the ids bound while it is handled.
 
-``LOG_FORMAT=json`` (the default when stderr is not a terminal, and the Dockerfile's) writes every line as one JSON
-object: ``timestamp``, ``level``, ``logger``, ``message``, ``request_id``, then whatever the code bound
-(:func:`bind`, :func:`log_context`: ``agent_id``, ``market_id``, ``order_id``) or passed as ``extra``.
-``LOG_FORMAT=text`` writes ``<time> <level> <logger> <message> key=value ...`` for a terminal.
+``LOG_FORMAT=text`` (the default, as under ``make run``) writes ``<time> <level> <logger> <message> key=value ...``
+for a person at a terminal. ``LOG_FORMAT=json`` (production: the Dockerfile and docker-compose.yml set it) writes
+every line as one JSON object: ``timestamp``, ``level``, ``logger``, ``message``, ``request_id``, then whatever the
+code bound (:func:`bind`, :func:`log_context`: ``agent_id``, ``market_id``, ``order_id``) or passed as ``extra``.
 
 The fields live in a :class:`contextvars.ContextVar`, so each request (set up by
 ``moltstreet.middleware.AccessLogMiddleware``) and each management command sees only its own. Both formatters
@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -117,18 +116,30 @@ class JsonFormatter(_JsonFormatter):
         return redact(super().format(record))
 
 
+# The access line's fields that its message already says (``GET /api/v1/orders/ 201 3.1ms``): a text line leaves
+# them out; a JSON line keeps them, for machines.
+_ACCESS_LOGGER = "moltstreet.access"
+_IN_ACCESS_MESSAGE = frozenset({"method", "path", "route", "status", "duration_ms"})
+
+
 class TextFormatter(logging.Formatter):
-    """``2026-01-01 12:00:00,000 INFO moltstreet.access GET /api/v1/markets/ 200 1.2ms request_id=… agent_id=…``."""
+    """One line a record, for a person at a terminal: time, level, logger, message, then the fields that are not
+    in the message (``key=value``: the ids bound while it was logged, the request id last but one)::
+
+        2026-01-01 12:00:00,000 INFO    moltstreet.access POST /api/v1/orders/ 201 3.1ms request_id=… agent_id=…
+
+    A traceback stays below its line."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
+        left_out = _IN_ACCESS_MESSAGE if record.name == _ACCESS_LOGGER else ()
         fields = [
             f"{name}={value}"
             for name, value in record.__dict__.items()
-            if name not in _NOT_FIELDS and not name.startswith("_") and value is not None
+            if name not in _NOT_FIELDS and name not in left_out and not name.startswith("_") and value is not None
         ]
         if fields:
             head, newline, rest = line.partition("\n")  # a traceback stays below the first line
@@ -137,13 +148,12 @@ class TextFormatter(logging.Formatter):
 
 
 def log_format() -> str:
-    """``json`` or ``text``: ``LOG_FORMAT`` if set, else text on a terminal and JSON everywhere else."""
-    chosen = os.environ.get("LOG_FORMAT", "").strip().lower()
-    if chosen in ("json", "text"):
-        return chosen
-    if chosen:
+    """``json`` or ``text``: ``LOG_FORMAT`` (either, any case); ``text`` when it is unset or empty. Raises
+    ``ValueError`` for anything else."""
+    chosen = os.environ.get("LOG_FORMAT", "").strip().lower() or "text"
+    if chosen not in ("json", "text"):
         raise ValueError(f"LOG_FORMAT must be json or text, not {chosen!r}")
-    return "text" if sys.stderr.isatty() else "json"
+    return chosen
 
 
 def formatter(kind: str | None = None, **kwargs: Any) -> logging.Formatter:

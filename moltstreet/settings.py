@@ -246,6 +246,12 @@ WHITENOISE_USE_FINDERS = True
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# The SDK served at /simple/ (moltstreet/package_index.py): the directory `manage.py build_client_wheel` writes the
+# wheel of client/ to (git-ignored; `make run` and the Docker image build it), and the index every other project name
+# is redirected to, so that `pip install --index-url http://HOST/simple/ moltstreet-client` finds httpx and the rest.
+CLIENT_WHEEL_DIR = Path(env("CLIENT_WHEEL_DIR", default="") or BASE_DIR / "dist" / "client")
+PACKAGE_INDEX_UPSTREAM = env("PACKAGE_INDEX_UPSTREAM", default="") or "https://pypi.org/simple/"
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["agents.authentication.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
@@ -296,10 +302,10 @@ SPECTACULAR_SETTINGS = {
     },
 }
 
-# Every line to stderr, one JSON object each (LOG_FORMAT=json; the default when stderr is not a terminal) or plain
-# text (LOG_FORMAT=text; the default on a terminal, as under `make run`), with the request id and the ids the code
-# bound (moltstreet/logs.py). Anything shaped like an API key is redacted from every line.
-LOG_FORMAT = log_format()  # LOG_FORMAT from the environment (or .env), else by whether stderr is a terminal
+# Every line to stderr, as readable text (LOG_FORMAT=text, the default: `make run`) or one JSON object each
+# (LOG_FORMAT=json: production, set by the Dockerfile and docker-compose.yml), with the request id and the ids the
+# code bound (moltstreet/logs.py). Anything shaped like an API key is redacted from every line.
+LOG_FORMAT = log_format()  # LOG_FORMAT from the environment (or .env): text or json
 LOG_LEVEL = env("LOG_LEVEL", default="INFO")
 LOGGING = {
     "version": 1,
@@ -311,6 +317,8 @@ LOGGING = {
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
+        # Through the one handler only: Django's default console handler (DEBUG on) would print each line twice.
+        "django": {"handlers": [], "propagate": True},
         "django.db.backends": {"level": "INFO"},
         # uvicorn's loggers write through the same handler once Django is set up in a worker. Its access log stays
         # off whatever its options say (it writes query strings; the request log of moltstreet.middleware does not).

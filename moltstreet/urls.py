@@ -1,4 +1,5 @@
-"""URL map: the agent API under /api/v1/, its OpenAPI schema and docs, the admin, /health/ and /metrics."""
+"""URL map: the agent API under /api/v1/, its OpenAPI schema and docs, the admin, /health/, /metrics and the SDK's
+package index at /simple/."""
 
 from django.contrib import admin
 from django.urls import include, path
@@ -33,6 +34,8 @@ urlpatterns = [
     # Operations (README "Operations"): plain views, outside DRF's authentication and rate limits.
     path("health/", health_view, name="health"),
     path("metrics", metrics_view, name="metrics"),
+    # The SDK's own package index (PEP 503): `pip install --index-url http://HOST/simple/ moltstreet-client`.
+    path("", include("moltstreet.package_index")),
     # Spectator pages (trading/urls.py) and the agent guide with /skill.md (moltstreet/docs.py).
     path("", include("moltstreet.docs")),
     path("", include("trading.urls")),

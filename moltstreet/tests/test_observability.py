@@ -6,6 +6,7 @@ import copy
 import io
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -17,9 +18,10 @@ from channels.testing import WebsocketCommunicator
 from django.db import OperationalError
 from prometheus_client import REGISTRY
 
-from moltstreet import health
-from moltstreet.logs import ContextFilter, JsonFormatter, TextFormatter, bind, log_context
+from moltstreet import health, serving
+from moltstreet.logs import ContextFilter, JsonFormatter, TextFormatter, bind, formatter, log_context, log_format
 from testsupport.api import API, api_client, post_order
+from testsupport.e2e import DaphneServer, http_request, server_env
 
 KEY_SHAPE = "ms_" + "z" * 43
 
@@ -204,7 +206,9 @@ def test_open_websockets_are_gauged_per_feed(settings, market, make_agent):
         for feed in feeds:
             connected, _ = await feed.connect(timeout=5)
             assert connected
-        refused = WebsocketCommunicator(application, "/ws/agent/?api_key=ms_not-a-real-key-at-all")
+        refused = WebsocketCommunicator(
+            application, "/ws/agent/", headers=[(b"authorization", b"Bearer ms_not-a-real-key-at-all")]
+        )
         assert not (await refused.connect(timeout=5))[0]
         seen.append(
             (
@@ -307,3 +311,53 @@ def test_text_lines_show_the_fields_after_the_message_and_redact_keys():
         logging.getLogger("moltstreet.tests").warning("key %s here", KEY_SHAPE)
     line = stream.getvalue().strip()
     assert line.endswith("WARNING moltstreet.tests key [redacted] here request_id=r-9 order_id=o-1"), line
+
+
+# A text line: date and time, the level (padded to 7), the logger, the message, then key=value fields.
+TEXT_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) +[\w.]+ .+")
+
+
+@pytest.mark.django_db
+def test_a_text_access_line_reads_method_path_status_duration_and_agent(make_agent):
+    agent = make_agent()
+    with log_lines(TextFormatter()) as stream:
+        response = api_client(agent).get(f"{API}/agents/me/")
+    (line,) = [line for line in stream.getvalue().splitlines() if " moltstreet.access " in line]
+    request_id = response["X-Request-ID"]
+    expected = (
+        rf"INFO    moltstreet\.access GET {API}/agents/me/ 200 \d+\.\dms request_id={request_id} agent_id={agent.id}"
+    )
+    assert TEXT_LINE.fullmatch(line) and re.search(expected + "$", line), line
+    assert "method=" not in line and "duration_ms=" not in line, "what the message says is not said twice"
+
+
+def test_log_format_is_text_unless_told_json(monkeypatch):
+    monkeypatch.delenv("LOG_FORMAT", raising=False)
+    assert log_format() == "text" and isinstance(formatter(), TextFormatter)
+    for value, kind in (("", "text"), ("json", "json"), (" JSON ", "json"), ("text", "text")):
+        monkeypatch.setenv("LOG_FORMAT", value)
+        assert log_format() == kind, value
+    assert isinstance(formatter(), TextFormatter) and isinstance(formatter("json"), JsonFormatter)
+    monkeypatch.setenv("LOG_FORMAT", "xml")
+    with pytest.raises(ValueError, match="json or text"):
+        log_format()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_server_as_make_run_starts_it_writes_readable_lines():
+    """daphne with ``make run``'s options and no LOG_FORMAT (output to a file, not a terminal): text lines, the
+    server's own and Django's included, each request's access line naming its agent."""
+    env = {k: v for k, v in server_env().items() if k != "LOG_FORMAT"}
+    with serving.running_servers(1, env, server_class=DaphneServer) as [server]:
+        agent = http_request("POST", f"{server.url}{API}/agents/", {"name": "readable-logs"}).body
+        me = http_request("GET", f"{server.url}{API}/agents/me/", api_key=agent["api_key"])
+        missing = http_request("GET", f"{server.url}/no-such-page/")
+        assert (me.status, missing.status) == (200, 404)
+        lines = [line for line in server.output(tail=100_000).splitlines() if line.strip()]
+    # Each record starts a line of its own; a line indented under it continues it (a warning's source line).
+    assert lines and all(TEXT_LINE.fullmatch(line) for line in lines if not line[0].isspace()), "\n".join(lines)
+    assert any(" daphne." in line for line in lines), "daphne's own lines"
+    assert any(" django.request Not Found: /no-such-page/" in line for line in lines), "Django's own lines"
+    access = next(line for line in lines if f"GET {API}/agents/me/ 200 " in line)
+    assert access.endswith(f"request_id={me.headers['x-request-id']} agent_id={agent['id']}"), access
+    assert agent["api_key"] not in "\n".join(lines)
