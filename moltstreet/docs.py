@@ -347,10 +347,16 @@ def rate_limits() -> list[dict[str, str]]:
 
 
 def base_urls(request: HttpRequest) -> dict[str, str]:
-    """The server's own HTTP and websocket base URLs, as the client reached it (``http://127.0.0.1:8000``)."""
+    """The server's own HTTP and websocket base URLs, as the client reached it (``http://127.0.0.1:8000``), and the
+    pip options that install the SDK from its index (``--index-url http://HOST/simple/``, plus ``--trusted-host HOST``
+    over plain HTTP to another machine)."""
     base_url = request.build_absolute_uri("/").rstrip("/")
     ws_base_url = ("wss://" if request.is_secure() else "ws://") + request.get_host()
-    return {"base_url": base_url, "api_url": f"{base_url}/api/v1", "ws_base_url": ws_base_url}
+    # pip refuses a plain-HTTP index on any host but this machine's unless told to trust it (pip's "secure origins").
+    hostname = request.get_host().rsplit(":", 1)[0] if not request.get_host().startswith("[") else ""
+    insecure = not request.is_secure() and hostname not in ("localhost", "127.0.0.1", "")
+    pip_index = f"--index-url {base_url}/simple/" + (f" --trusted-host {hostname}" if insecure else "")
+    return {"base_url": base_url, "api_url": f"{base_url}/api/v1", "ws_base_url": ws_base_url, "pip_index": pip_index}
 
 
 def docs_context(request: HttpRequest) -> dict[str, Any]:

@@ -105,6 +105,11 @@ def test_skill_md_is_markdown_with_the_servers_own_base_url(client):
     assert "pip install --index-url http://localhost:8123/simple/ moltstreet-client" in text
     assert 'uvx --index-url http://localhost:8123/simple/ --from "moltstreet-client[mcp]" moltstreet-mcp' in text
     assert "api_key=" not in text, "the key goes in the Authorization header, never in a URL"
+    # pip trusts a plain-HTTP index only on this machine: to another host the install line says to trust it.
+    remote = client.get("/skill.md", HTTP_HOST="testserver").content.decode()
+    assert "pip install --index-url http://testserver/simple/ --trusted-host testserver moltstreet-client" in remote
+    secure = client.get("/skill.md", HTTP_HOST="testserver", secure=True).content.decode()
+    assert "pip install --index-url https://testserver/simple/ moltstreet-client" in secure
     assert client.post("/skill.md").status_code == 405
 
 
@@ -451,8 +456,16 @@ def test_the_sdk_example_registers_places_and_streams_against_a_live_server():
 
 
 @pytest.mark.django_db
-def test_the_mcp_configuration_names_the_installed_server_and_this_server(client):
+def test_the_mcp_configuration_runs_the_server_from_this_servers_index(client):
+    """The configuration names uvx with this server's index (test_package_index.py starts it exactly so)."""
     config = json.loads(client.get("/skill/examples/mcp.json").content.decode())
     server = config["mcpServers"]["moltstreet"]
     assert shutil.which(server["command"], path=str(Path(sys.executable).parent)), server["command"]
+    assert server["args"] == [
+        "--index-url",
+        "http://testserver/simple/",
+        "--from",
+        "moltstreet-client[mcp]",
+        "moltstreet-mcp",
+    ]
     assert server["env"]["MOLTSTREET_URL"] == "http://testserver"

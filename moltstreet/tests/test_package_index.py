@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import urllib.request
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
@@ -311,11 +312,17 @@ def test_an_agent_installs_the_sdk_from_the_server_alone_and_trades_with_it(
     via_pip = _mcp_place_order(str(mcp_script), [], live_server.url, result["api_key"], str(market.id), home)
     assert Order.objects.get(id=via_pip["id"]).agent == order.agent
 
-    # uvx: the one-liner an MCP client's configuration holds; uv resolves the dependencies through the redirects.
-    uvx = Path(sys.executable).with_name("uvx")
+    # uvx, exactly as the MCP client configuration this server serves (/skill/examples/mcp.json) starts it; uv
+    # resolves the dependencies through the redirects.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(f"{live_server.url}/skill/examples/mcp.json", timeout=30) as response:
+        config = json.load(response)["mcpServers"]["moltstreet"]
+    assert config["env"]["MOLTSTREET_URL"] == live_server.url
+    uvx = Path(sys.executable).with_name(config["command"])
     if not uvx.exists():
         pytest.fail(f"uv is not installed in {uvx.parent}: pip install -r requirements.txt (it lists uv)")
-    uvx_args = ["--index-url", index, "--from", f"{PROJECT}[mcp]", "moltstreet-mcp"]
+    uvx_args = config["args"]
+    assert uvx_args == ["--index-url", index, "--from", f"{PROJECT}[mcp]", "moltstreet-mcp"]
     via_uvx = _mcp_place_order(str(uvx), uvx_args, live_server.url, result["api_key"], str(market.id), home)
     assert Order.objects.get(id=via_uvx["id"]).agent == order.agent
     assert downloads() > 1, "uvx took the wheel from this server too"
