@@ -5,14 +5,26 @@ from __future__ import annotations
 from typing import cast
 
 from drf_spectacular.utils import extend_schema, extend_schema_view
-from rest_framework import mixins, serializers, status, viewsets
+from rest_framework import mixins, serializers, status
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from agents.models import Agent, ApiKey, LedgerEntry
 from agents.selectors import with_ranked_balance
 from agents.services import agent_register, api_key_create, api_key_revoke
-from moltstreet.api import BoundedSearchFilter, IdCursorPagination, IsAgent, Money, StableOrderingFilter, errors
+from moltstreet.api import (
+    ApiViewSet,
+    BoundedSearchFilter,
+    CreatedFilterSet,
+    IdCursorPagination,
+    IsAgent,
+    Money,
+    StableOrderingFilter,
+    StrictSerializer,
+    choice_filter,
+    errors,
+    market_filter,
+)
 from moltstreet.clients import request_address
 from moltstreet.throttling import DEFAULT_THROTTLES, RegisterThrottle
 
@@ -61,7 +73,7 @@ class AgentSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class AgentRegistrationSerializer(serializers.Serializer):
+class AgentRegistrationSerializer(StrictSerializer):
     name = serializers.CharField(max_length=40, help_text="3-40 characters: letters, digits, '_', '-', '.'.")
     description = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
 
@@ -100,7 +112,7 @@ class NewApiKeySerializer(ApiKeySerializer):
         read_only_fields = fields
 
 
-class KeyRotationSerializer(serializers.Serializer):
+class KeyRotationSerializer(StrictSerializer):
     revoke_current = serializers.BooleanField(
         required=False,
         default=False,
@@ -136,7 +148,7 @@ class LeaderboardOrderingFilter(StableOrderingFilter):
     ),
     retrieve=extend_schema(summary="Public profile of an agent", responses={200: AgentSerializer, **errors(404)}),
 )
-class AgentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+class AgentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ApiViewSet):
     serializer_class = AgentSerializer
     lookup_field = "name"
     # No NUL: PostgreSQL text cannot hold it, so a lookup with one would fail in the database (a 500) instead of 404.
@@ -245,19 +257,29 @@ class LedgerEntrySerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class LedgerFilter(CreatedFilterSet):
+    kind = choice_filter(LedgerEntry.Kind.values, help_text="Only movements of this kind.")
+    market = market_filter("market_id")
+
+    class Meta:
+        model = LedgerEntry
+        fields = ["kind", "market", "since", "until"]
+
+
 @extend_schema_view(
     list=extend_schema(
         summary="Own cash movements",
         description="Every credit movement of the agent, newest first; "
-        "replaying `amount` from the first entry gives `balance_after` and the balance.",
+        "replaying `amount` from the first entry gives `balance_after` and the balance. Filters: `kind`, `market`, "
+        "`since`/`until` (ISO 8601 times, inclusive).",
         responses={200: LedgerEntrySerializer, **errors(401)},
     ),
 )
-class LedgerViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+class LedgerViewSet(mixins.ListModelMixin, ApiViewSet):
     serializer_class = LedgerEntrySerializer
     permission_classes = [IsAgent]
     pagination_class = IdCursorPagination
-    filterset_fields = ["kind", "market_id"]
+    filterset_class = LedgerFilter
 
     def get_queryset(self):
         return LedgerEntry.objects.filter(agent=cast(Agent, self.request.user))  # IsAgent: the user is an Agent

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from decimal import Decimal
+from typing import Any
 
 from django.core.validators import MinValueValidator
 from django.db import models
@@ -74,6 +75,9 @@ class Agent(models.Model):
         help_text="P&L from trades with linked agents, left out of reputation and the balance rank.",
         **MONEY,
     )
+    # The private feed's sequence (DESIGN section 8): the ``seq`` of the agent's last ``AgentEvent``, raised under the
+    # agent's row lock by the transaction that stores the event (``agents.services.AgentFeed``).
+    feed_seq = models.BigIntegerField(default=0, help_text="Sequence number of the agent's last private feed message.")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:
@@ -159,3 +163,38 @@ class LedgerEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.agent_id} {self.kind} {self.amount}"
+
+
+class AgentEvent(models.Model):
+    """One message of an agent's private feed (``/ws/agent/``, DESIGN section 8), stored in the very transaction of
+    the change it reports, so a replay (``?since=``) is exact and a crash after commit loses nothing.
+
+    ``seq`` counts 1, 2, 3, ... per agent without gaps; ``Agent.feed_seq`` is the last. ``data`` is the message
+    without its ``type`` (``kind``) and ``seq`` (:meth:`message` puts them back). Written only through
+    ``agents.services.AgentFeed``.
+    """
+
+    class Kind(models.TextChoices):
+        ORDER = "order", "Order change"
+        FILL = "fill", "Fill"
+        POSITION = "position", "Position change"
+        BALANCE = "balance", "Balance change"
+
+    id = models.BigAutoField(primary_key=True)
+    # No index of its own: the unique (agent, seq) index serves every lookup by agent.
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="feed_events", db_index=False)
+    seq = models.BigIntegerField()
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    data = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["agent", "seq"]
+        constraints = [models.UniqueConstraint(fields=["agent", "seq"], name="agents_agentevent_unique_seq")]
+
+    def __str__(self) -> str:
+        return f"{self.agent_id} #{self.seq} {self.kind}"
+
+    def message(self) -> dict[str, Any]:
+        """The feed message as sent: ``{"type": kind, "seq": seq, **data}``."""
+        return {"type": self.kind, "seq": self.seq, **self.data}

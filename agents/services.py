@@ -1,7 +1,8 @@
-"""Write services of the agents app: registration, API keys, credit grants and the cash ledger.
+"""Write services of the agents app: registration, API keys, credit grants, the cash ledger and the private feed.
 
 Every change of an agent's ``balance`` goes through :class:`CashBook`, which writes one ``LedgerEntry`` per movement
-(DESIGN invariant 4). Callers hold the agent's row lock (``lock_agents``) before touching money.
+(DESIGN invariant 4) and one ``balance`` message of the agent's private feed (:class:`AgentFeed`). Callers hold the
+agent's row lock (``lock_agents``) before touching money.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, IntegrityError, transaction
@@ -23,7 +25,7 @@ from django.db.models import Field
 from django.utils import timezone
 from psycopg import sql
 
-from agents.models import Agent, ApiKey, LedgerEntry
+from agents.models import Agent, AgentEvent, ApiKey, LedgerEntry
 from moltstreet.clients import Address, network_key
 from moltstreet.db import lock_name, service_transaction
 from moltstreet.errors import InsufficientBalance, InvalidRequest, LastApiKey, NameTaken, NotFound
@@ -111,6 +113,70 @@ def lock_agents(ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Agent]:
     return {a.id: a for a in Agent.objects.select_for_update().filter(id__in=ordered).order_by("id")}
 
 
+# Called after commit with the private feed messages of a transaction that has no market events to carry them
+# (``AgentFeed.publish_on_commit``: an operator's adjustment, a registration's grant, a market's creation fee), as
+# ``subscriber({agent_id: [message, ...]})``. A trading transaction hands its messages to the market event
+# subscribers instead (``markets.services.EVENT_SUBSCRIBERS``), in the same publish. The live feed subscribes
+# (trading/apps.py); agents imports nothing of trading.
+AGENT_FEED_SUBSCRIBERS: list[Callable[[dict[str, list[dict[str, Any]]]], None]] = []
+
+
+def balance_fields(agent: Agent) -> dict[str, str]:
+    """The agent's ``balance``, ``locked_balance`` and ``available_balance``, in credits as decimal strings, as the
+    private feed's ``balance`` and ``snapshot`` messages carry them."""
+    return {
+        "balance": str(agent.balance),
+        "locked_balance": str(agent.locked_balance),
+        "available_balance": str(agent.balance - agent.locked_balance),
+    }
+
+
+@dataclass
+class AgentFeed:
+    """The private feed messages of one transaction (DESIGN section 8), each numbered in its agent's own sequence.
+
+    :meth:`add` takes the agent's next ``seq`` (``Agent.feed_seq`` + 1) in memory and makes the ``AgentEvent`` row;
+    the caller holds the agent's row lock, so two transactions never number the same ``seq``, and writes the rows and
+    each agent's ``feed_seq`` in its own transaction (``CashBook.flush``; on the order path
+    ``trading.book_store.write``). A message is ``{"type", "seq", **data}``; ``data`` holds only JSON values.
+    """
+
+    events: list[AgentEvent] = field(default_factory=list)
+    agents: dict[uuid.UUID, Agent] = field(default_factory=dict)  # the agents that got a message, by id
+
+    def add(self, agent: Agent, kind: str, data: dict[str, Any]) -> None:
+        """Append a message of ``kind`` (``AgentEvent.Kind``) to the locked ``agent``'s feed."""
+        agent.feed_seq += 1
+        self.agents[agent.id] = agent
+        self.events.append(AgentEvent(agent=agent, seq=agent.feed_seq, kind=str(kind), data=data))
+
+    def add_balance(self, agent: Agent, market_id: uuid.UUID | str | None = None) -> None:
+        """Append the agent's ``balance`` message: ``market`` (the market whose change moved it, or ``None``) and its
+        balance as this transaction leaves it (:func:`balance_fields`)."""
+        market = str(market_id) if market_id is not None else None
+        self.add(agent, AgentEvent.Kind.BALANCE, {"market": market, **balance_fields(agent)})
+
+    def messages(self) -> dict[str, list[dict[str, Any]]]:
+        """The messages as sent, by agent id (a string), each agent's in ``seq`` order."""
+        found: dict[str, list[dict[str, Any]]] = {}
+        for event in self.events:
+            found.setdefault(str(event.agent_id), []).append(event.message())
+        return found
+
+    def publish_on_commit(self) -> None:
+        """Hand the messages to ``AGENT_FEED_SUBSCRIBERS`` once the transaction commits (nothing if it rolls back)."""
+        if not self.events:
+            return
+
+        def publish() -> None:
+            messages = self.messages()
+            for subscriber in AGENT_FEED_SUBSCRIBERS:
+                subscriber(messages)
+
+        # robust: a failing subscriber is logged; the committed change must never surface as an error.
+        transaction.on_commit(publish, robust=True)
+
+
 @dataclass
 class CashBook:
     """Collects cash movements of locked agents in one transaction, then writes them with their ledger rows.
@@ -166,10 +232,17 @@ class CashBook:
         self.touched[agent.id] = agent
 
     def flush(self) -> None:
-        """Save the touched agents' balances and reserves and insert the ledger rows (the order path writes them with
-        everything else instead: ``trading.book_store.write``)."""
-        Agent.objects.bulk_update(self.touched.values(), ["balance", "locked_balance"])
+        """Save the touched agents' balances and reserves, insert the ledger rows and give each touched agent a
+        ``balance`` message (``market``: that of its last ledger row here), published after commit (the order path
+        writes all of it with everything else instead: ``trading.book_store.write``)."""
+        feed = AgentFeed()
+        markets = {entry.agent_id: entry.market_id for entry in self.entries}
+        for agent in self.touched.values():
+            feed.add_balance(agent, markets.get(agent.id))
+        Agent.objects.bulk_update(self.touched.values(), ["balance", "locked_balance", "feed_seq"])
         LedgerEntry.objects.bulk_create(self.entries)
+        AgentEvent.objects.bulk_create(feed.events)
+        feed.publish_on_commit()
         self.entries.clear()
         self.touched.clear()
 
@@ -243,7 +316,7 @@ def agent_mark_house(*, agent_id: uuid.UUID) -> Agent:
     traders' address is not linked to them. Raises :class:`NotFound` for an unknown agent."""
     agents = lock_agents([agent_id])
     if agent_id not in agents:
-        raise NotFound("No such agent.", detail={"agent": str(agent_id)})
+        raise NotFound.of("agent", agent_id)
     agent = agents[agent_id]
     agent.is_house, agent.link_group = True, HOUSE_LINK_GROUP
     agent.save(update_fields=["is_house", "link_group"])
@@ -294,14 +367,14 @@ def _announce_revoked(key_id: uuid.UUID) -> None:
 
 def _revoke(agent: Agent, key_id, *, allow_last: bool = False) -> ApiKey:
     try:
-        key_id = uuid.UUID(str(key_id))
+        parsed: uuid.UUID | None = uuid.UUID(str(key_id))
     except ValueError:
-        key_id = None
+        parsed = None
     # The agent's keys are locked together, so two concurrent revocations cannot both leave it with none.
     keys = {k.id: k for k in ApiKey.objects.select_for_update().filter(agent=agent).order_by("id")}
-    key = keys.get(key_id)
+    key = keys.get(parsed) if parsed is not None else None
     if key is None:
-        raise NotFound("No such API key.", detail={"key": str(key_id)})
+        raise NotFound.of("API key", key_id, key="key")
     if key.revoked_at is None:
         if not allow_last and not any(k.revoked_at is None for k in keys.values() if k.id != key.id):
             raise LastApiKey(detail={"key": str(key.id)})

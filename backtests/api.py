@@ -18,23 +18,35 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from drf_spectacular.utils import extend_schema, extend_schema_view
+from django_filters import rest_framework as django_filters
+from drf_spectacular.utils import extend_schema, extend_schema_field, extend_schema_view
 from moltstreet_client.strategies import BUILTINS
-from rest_framework import permissions, serializers, status, viewsets
+from rest_framework import permissions, serializers, status
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from backtests import selectors
 from backtests.models import Backtest, BacktestExecution
 from backtests.services import (
+    EXECUTION_FIELDS,
     MAX_EXECUTIONS,
     MAX_PAGE_EXECUTIONS,
     backtest_append_executions,
     backtest_create,
     backtest_upload,
 )
-from moltstreet.api import IsAgent, Money, Price, errors
-from moltstreet.errors import NotFound
+from moltstreet.api import (
+    ApiViewSet,
+    CreatedFilterSet,
+    IsAgent,
+    Money,
+    Price,
+    StrictSerializer,
+    choice_filter,
+    errors,
+    market_filter,
+)
+from moltstreet.errors import InvalidRequest, NotFound
 from moltstreet.ids import parse_id
 from moltstreet.logs import bind
 from moltstreet.pagination import CheckedCursorPagination
@@ -49,9 +61,23 @@ if TYPE_CHECKING:
 # Serializers
 
 
-class BacktestInputSerializer(serializers.Serializer):
+@extend_schema_field(
+    {
+        "type": "object",
+        "properties": {name: {} for name in EXECUTION_FIELDS},
+        "additionalProperties": False,
+        "description": "`{time, market, side, action, price, size, reason, cash, order}` (the SDK's "
+        "`Execution.as_dict()`): checked by the service, which refuses any other field.",
+    }
+)
+class _ExecutionRow(serializers.DictField):
+    """One uploaded execution, as sent: the service (``backtests.services``) checks it; this states its fields."""
+
+
+class BacktestInputSerializer(StrictSerializer):
     """``POST /backtests/``: the fields of both a run and an upload. The service checks the values (one validator);
-    this only types them."""
+    this only types them. An upload's result fields (:class:`ReportedResultSerializer`) go to the service as sent,
+    and only with ``reported``."""
 
     strategy = serializers.CharField(
         max_length=200,
@@ -83,15 +109,19 @@ class BacktestInputSerializer(serializers.Serializer):
         help_text="true: store a result run by the SDK (`BacktestResult.as_dict()`), shown as reported by the agent.",
     )
 
+    def known_fields(self) -> list[str]:
+        return [*super().known_fields(), *RESULT_FIELDS]
+
 
 class ReportedResultSerializer(BacktestInputSerializer):
-    """With ``"reported": true``: the rest of ``BacktestResult.as_dict()`` (schema only; the service checks it)."""
+    """With ``"reported": true``: the rest of ``BacktestResult.as_dict()`` (schema only; the service checks it).
+    Sent without ``reported``, these fields are refused."""
 
     version = serializers.CharField(required=False, max_length=40)
     metrics = serializers.DictField(required=False, help_text="`pnl`, `return`, `sharpe`, ... as decimal strings.")
     equity = serializers.ListField(required=False, help_text="`[[time, credits], ...]`, at most 1000 points.")
     executions = serializers.ListField(
-        child=serializers.DictField(),
+        child=_ExecutionRow(),
         required=False,
         help_text=f"At most {MAX_EXECUTIONS:,}: `{{time, market, side, action, price, size, reason, cash, order}}`. "
         "Or leave it out and give `executions_count`.",
@@ -109,10 +139,13 @@ class ReportedResultSerializer(BacktestInputSerializer):
     refusals = serializers.DictField(required=False, help_text="Count by error code.")
 
 
-_RESULT_FIELDS = ("version", "metrics", "equity", "executions", "reliability", "payouts", "marked", "refusals")
+# The fields of an upload's result, read by the service as sent (BacktestInputSerializer.known_fields).
+RESULT_FIELDS: tuple[str, ...] = tuple(
+    name for name in ReportedResultSerializer._declared_fields if name not in BacktestInputSerializer._declared_fields
+)
 
 
-class ExecutionPageSerializer(serializers.Serializer):
+class ExecutionPageSerializer(StrictSerializer):
     """``POST /backtests/{id}/executions/``: the next page of an upload in parts (schema and types; the service
     checks the values)."""
 
@@ -122,7 +155,7 @@ class ExecutionPageSerializer(serializers.Serializer):
         help_text="The number of the page's first execution: the count already stored (0 for the first page).",
     )
     executions = serializers.ListField(
-        child=serializers.DictField(),
+        child=_ExecutionRow(),
         min_length=1,
         max_length=MAX_PAGE_EXECUTIONS,
         help_text=f"1-{MAX_PAGE_EXECUTIONS:,} executions `{{time, market, side, action, price, size, reason, cash, "
@@ -253,11 +286,28 @@ class ExecutionCursorPagination(CheckedCursorPagination):
     max_page_size = 1000
 
 
+class BacktestFilter(CreatedFilterSet):
+    status = choice_filter(Backtest.Status.values, help_text="queued, running, uploading, done or failed.")
+    market = market_filter("markets")
+
+    class Meta:
+        model = Backtest
+        fields = ["status", "market", "since", "until"]
+
+
+class ExecutionFilter(django_filters.FilterSet):
+    """The filters of a backtest's executions (no ``Meta.model``: the view's own queryset is of backtests)."""
+
+    market = market_filter()
+
+
 @extend_schema_view(
     list=extend_schema(
         summary="Own backtests",
-        description="The caller's backtests, newest first, cursor pages (`page_size` up to 200).",
-        responses={200: BacktestSerializer, **errors(401)},
+        description="The caller's backtests, newest first, cursor pages (`page_size` up to 200). Filter with "
+        "`status`, `market` (those replaying this market), `since`/`until` (ISO 8601 times on `created_at`, "
+        "inclusive).",
+        responses={200: BacktestSerializer, **errors(400, 401)},
     ),
     retrieve=extend_schema(
         summary="One backtest",
@@ -267,9 +317,10 @@ class ExecutionCursorPagination(CheckedCursorPagination):
         responses={200: BacktestSerializer, **errors(404)},
     ),
 )
-class BacktestViewSet(viewsets.GenericViewSet):
+class BacktestViewSet(ApiViewSet):
     serializer_class = BacktestSerializer
     queryset = Backtest.objects.select_related("agent").prefetch_related("markets")
+    filterset_class = BacktestFilter
 
     def get_permissions(self):
         if self.action in ("list", "create") or (self.action == "executions" and self.request.method == "POST"):
@@ -285,11 +336,11 @@ class BacktestViewSet(viewsets.GenericViewSet):
     def get_object(self) -> Backtest:
         backtest = self.get_queryset().filter(id=parse_id(self.kwargs["pk"], "backtest")).first()
         if backtest is None:
-            raise NotFound("No such backtest.", detail={"backtest": self.kwargs["pk"]})
+            raise NotFound.of("backtest", self.kwargs["pk"])
         return backtest
 
     def list(self, request):
-        page = self.paginate_queryset(selectors.agent_backtests(request.user))
+        page = self.paginate_queryset(self.filter_queryset(selectors.agent_backtests(request.user)))
         return self.get_paginated_response(BacktestSerializer(page, many=True).data)
 
     def retrieve(self, request, pk=None):
@@ -322,6 +373,10 @@ class BacktestViewSet(viewsets.GenericViewSet):
         data = BacktestInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         values = dict(data.validated_data)
+        given = [name for name in RESULT_FIELDS if name in request.data]
+        if given and not values["reported"]:
+            problem = 'Only with "reported": true (an upload of a result run with the SDK).'
+            raise InvalidRequest(f"{', '.join(given)}: {problem}", detail={name: [problem] for name in given})
         bind(agent_id=request.user.id)
         common = {
             "agent": request.user,
@@ -333,7 +388,7 @@ class BacktestViewSet(viewsets.GenericViewSet):
             "cash": values["cash"],
         }
         if values["reported"]:
-            result = {name: request.data.get(name) for name in _RESULT_FIELDS}
+            result = {name: request.data.get(name) for name in RESULT_FIELDS if name != "executions_count"}
             count = request.data.get("executions_count")
             backtest = backtest_upload(**common, result=result, executions_count=count)
             answer: int = status.HTTP_201_CREATED
@@ -347,8 +402,9 @@ class BacktestViewSet(viewsets.GenericViewSet):
         methods=["GET"],
         summary="A backtest's executions",
         description="Every simulated fill and netting of the backtest in order (`number` from 0), cursor pages of "
-        "100 (`page_size` up to 1000). Public. While it is `uploading`, those stored so far.",
-        responses={200: BacktestExecutionSerializer(many=True), **errors(404)},
+        "100 (`page_size` up to 1000). Public. While it is `uploading`, those stored so far. `market`: only "
+        "those in this market.",
+        responses={200: BacktestExecutionSerializer(many=True), **errors(400, 404)},
     )
     @extend_schema(
         methods=["POST"],
@@ -368,11 +424,16 @@ class BacktestViewSet(viewsets.GenericViewSet):
             "when left unfinished longer than the stale age). Answer: `{stored, repeated, backtest}`."
         ),
     )
-    @action(detail=True, methods=["get", "post"], pagination_class=ExecutionCursorPagination)
+    @action(
+        detail=True,
+        methods=["get", "post"],
+        pagination_class=ExecutionCursorPagination,
+        filterset_class=ExecutionFilter,
+    )
     def executions(self, request, pk=None):
         if request.method == "POST":
             return self._append_executions(request)
-        page = self.paginate_queryset(selectors.backtest_executions(self.get_object()))
+        page = self.paginate_queryset(self.filter_queryset(selectors.backtest_executions(self.get_object())))
         return self.get_paginated_response(BacktestExecutionSerializer(page, many=True).data)
 
     def _append_executions(self, request) -> Response:
@@ -397,7 +458,7 @@ class BacktestViewSet(viewsets.GenericViewSet):
         "strings). Public.",
         responses={200: StrategySerializer(many=True)},
     )
-    @action(detail=False, methods=["get"], pagination_class=None)
+    @action(detail=False, methods=["get"], pagination_class=None, filter_backends=[])
     def strategies(self, request):
         return Response([BUILTINS[name].describe() for name in sorted(BUILTINS)])
 

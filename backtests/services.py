@@ -51,6 +51,8 @@ MAX_MONEY = Decimal("99999999999999.99")  # MONEY: 16 digits, 2 places
 EXECUTION_SIDES = ("YES", "NO", "PAIR")
 EXECUTION_ACTIONS = ("BUY", "SELL", "MERGE")
 EXECUTION_REASONS = ("taker", "maker", "netting")
+# The fields of an uploaded execution (the SDK's Execution.as_dict()); any other is refused.
+EXECUTION_FIELDS = ("time", "market", "side", "action", "price", "size", "reason", "cash", "order")
 _WRITE_BATCH = 5000
 
 
@@ -376,6 +378,12 @@ def _executions(
         at = f"executions[{index}]"
         if not isinstance(row, dict):
             raise InvalidRequest(f"{at} must be an object.", detail={at: type(row).__name__})
+        unknown = [name for name in row if name not in EXECUTION_FIELDS]
+        if unknown:
+            raise InvalidRequest(
+                f"{at} has an unknown field: {', '.join(map(str, unknown))}.",
+                detail={f"{at}.{name}": [f"Unknown field. Known: {', '.join(EXECUTION_FIELDS)}."] for name in unknown},
+            )
         market_id = row.get("market")
         market = markets.get(market_id) if isinstance(market_id, str) else None
         if market is None:
@@ -622,7 +630,7 @@ def backtest_append_executions(
     # (backtest_fail_stale_uploads) cannot fail the upload between them.
     backtest = Backtest.objects.select_for_update(of=("self",)).filter(id=backtest_id, agent=agent).first()
     if backtest is None:
-        raise NotFound("No such backtest of yours.", detail={"backtest": str(backtest_id)})
+        raise NotFound.of("backtest of yours", backtest_id, key="backtest")
     markets = {str(market.id): market for market in backtest.markets.all()}
     rows = _executions(executions, markets, first=offset, limit=MAX_PAGE_EXECUTIONS)
     stored = _stored_count(backtest)

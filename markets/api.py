@@ -6,7 +6,7 @@ from datetime import datetime
 
 from django_filters import rest_framework as django_filters
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, extend_schema_view
-from rest_framework import mixins, serializers, status, viewsets
+from rest_framework import mixins, serializers, status
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
@@ -15,7 +15,16 @@ from markets import shape
 from markets.models import Forecast, Market, MarketSnapshot, Outcome, Resolution
 from markets.selectors import with_current_resolution
 from markets.services import forecast_record, market_create
-from moltstreet.api import BoundedSearchFilter, IsAgent, Price, StableOrderingFilter, errors
+from moltstreet.api import (
+    ApiViewSet,
+    BoundedSearchFilter,
+    IsAgent,
+    Price,
+    StableOrderingFilter,
+    StrictSerializer,
+    choice_filter,
+    errors,
+)
 from moltstreet.pagination import CheckedCursorPagination
 
 extend_schema_field_price = extend_schema_field(
@@ -146,7 +155,7 @@ class SnapshotPagination(CheckedCursorPagination):
     max_page_size = 1000
 
 
-class MarketCreateSerializer(serializers.Serializer):
+class MarketCreateSerializer(StrictSerializer):
     question = serializers.CharField(max_length=500)
     description = serializers.CharField(required=False, allow_blank=True, default="", max_length=10000)
     resolution_criteria = serializers.CharField(required=False, allow_blank=True, default="", max_length=10000)
@@ -154,7 +163,7 @@ class MarketCreateSerializer(serializers.Serializer):
     deadline = serializers.DateTimeField(help_text="ISO 8601 with time zone; trading closes then.")
 
 
-class ForecastInputSerializer(serializers.Serializer):
+class ForecastInputSerializer(StrictSerializer):
     probability = serializers.DecimalField(
         max_digits=5, decimal_places=4, min_value=0, max_value=1, help_text="Stated probability of YES, 0-1."
     )
@@ -171,7 +180,8 @@ class ForecastSerializer(serializers.ModelSerializer):
 
 
 class MarketFilter(django_filters.FilterSet):
-    status = django_filters.ChoiceFilter(choices=Market.Status.choices)
+    status = choice_filter(Market.Status.values, help_text="open, closed or resolved.")
+    outcome = choice_filter(Outcome.values, help_text="YES, NO or VOID (resolved markets).")
 
     class Meta:
         model = Market
@@ -189,7 +199,7 @@ class MarketFilter(django_filters.FilterSet):
         summary="A market with its prices and volume", responses={200: MarketSerializer, **errors(404)}
     ),
 )
-class MarketViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+class MarketViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ApiViewSet):
     queryset = with_current_resolution(Market.objects.select_related("creator"))
     serializer_class = MarketSerializer
     filter_backends = [django_filters.DjangoFilterBackend, BoundedSearchFilter, StableOrderingFilter]

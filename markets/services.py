@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -15,7 +15,7 @@ from django.db.models import CharField, OuterRef, Subquery
 from django.utils import timezone
 
 from agents.models import Agent, LedgerEntry
-from agents.services import CashBook, lock_agents
+from agents.services import AgentFeed, CashBook, lock_agents
 from markets.models import Feed, Forecast, Market, MarketEvent, MarketSnapshot
 from markets.shape import market_payload  # the state a ``market`` event stores (one market shape)
 from moltstreet.db import service_transaction
@@ -34,7 +34,7 @@ def lock_market(market_id: uuid.UUID) -> Market:
     # Read and locked in one statement: the row lock is held from here to commit.
     found = Market.objects.select_for_update().filter(id=key).first()
     if found is None:
-        raise NotFound("No such market.", detail={"market": str(market_id)})
+        raise NotFound.of("market", market_id)
     return found
 
 
@@ -96,7 +96,7 @@ class EventLog:
         self.events.append(MarketEvent(market=self.market, seq=self.market.seq, kind=kind, data=data))
         return self.market.seq
 
-    def flush(self, extra_fields: tuple[str, ...] = (), agents: Iterable[Agent] = ()) -> list[MarketEvent]:
+    def flush(self, extra_fields: tuple[str, ...] = ()) -> list[MarketEvent]:
         """Store the events and the market's ``seq`` (and ``extra_fields``); after commit, hand them to the
         subscribers (:meth:`published_on_commit`). The order path writes its events with everything else instead
         (``trading.book_store.write``)."""
@@ -104,29 +104,34 @@ class EventLog:
             return []
         MarketEvent.objects.bulk_create(self.events)
         self.market.save(update_fields=["seq", *extra_fields])
-        return self.published_on_commit(agents)
+        return self.published_on_commit()
 
-    def published_on_commit(self, agents: Iterable[Agent] = ()) -> list[MarketEvent]:
-        """Hand the stored events to the subscribers once the transaction commits, with the balances of ``agents``
-        as this transaction committed them (its locked agents); returns them and starts a new batch."""
+    def published_on_commit(self, feed: AgentFeed | None = None) -> list[MarketEvent]:
+        """Hand the stored events, and the private feed messages ``feed`` this transaction stored with them, to the
+        subscribers once the transaction commits; returns the events and starts a new batch."""
         stored, self.events = self.events, []
-        balances = {str(a.id): (a.balance, a.locked_balance) for a in agents}
-        # robust: a failing subscriber is logged; the committed trade must never surface as an error.
-        transaction.on_commit(lambda: publish_events(self.market.id, stored, balances), robust=True)
+        if not stored and (feed is None or not feed.events):
+            return []
+        market_id = self.market.id
+        # robust: a failing subscriber is logged; the committed trade must never surface as an error. The messages
+        # are taken from the feed after commit, off the time the market's row lock is held.
+        transaction.on_commit(
+            lambda: publish_events(market_id, stored, feed.messages() if feed is not None else {}), robust=True
+        )
         return stored
 
 
 # Subscribers to committed market events, e.g. the websocket broadcaster. Each is called after commit as
-# ``subscriber(market_id, events, balances)``; ``balances`` is ``{agent_id: (balance, locked_balance)}`` as committed
-# by the transaction for the agents it locked (others may be missing).
+# ``subscriber(market_id, events, agent_messages)``; ``agent_messages`` is ``{agent_id: [message, ...]}``, the private
+# feed messages the same transaction stored (``agents.services.AgentFeed``), each agent's in ``seq`` order.
 EVENT_SUBSCRIBERS: list = []
 
 
 def publish_events(
-    market_id: uuid.UUID, events: list[MarketEvent], balances: dict[str, tuple[Decimal, Decimal]] | None = None
+    market_id: uuid.UUID, events: list[MarketEvent], agent_messages: dict[str, list[dict[str, Any]]] | None = None
 ) -> None:
     for subscriber in EVENT_SUBSCRIBERS:
-        subscriber(market_id, events, balances or {})
+        subscriber(market_id, events, agent_messages or {})
 
 
 @service_transaction

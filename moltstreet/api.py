@@ -1,15 +1,23 @@
-"""Shared pieces of the agent API: permissions, decimal fields and schema helpers."""
+"""Shared pieces of the agent API: the base viewset, permissions, decimal fields, list filters and schema helpers."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from decimal import Decimal
 
 from django.conf import settings
+from django_filters import rest_framework as django_filters
 from drf_spectacular.utils import OpenApiResponse, inline_serializer
-from rest_framework import filters, permissions, serializers
+from rest_framework import filters, permissions, serializers, viewsets
 
 from moltstreet.errors import InvalidRequest, error_body
 from moltstreet.pagination import IdCursorPagination
+from moltstreet.strict import StrictQueryMixin, StrictSerializer
+
+
+class ApiViewSet(StrictQueryMixin, viewsets.GenericViewSet):
+    """The base of every viewset of the agent API: it refuses a query parameter its OpenAPI operation does not
+    declare (``moltstreet.strict``)."""
 
 
 class IsAgent(permissions.IsAuthenticated):
@@ -63,9 +71,30 @@ class Price(serializers.DecimalField):
 
 
 class StableOrderingFilter(filters.OrderingFilter):
-    """``OrderingFilter`` that breaks ties by ``id``. Cursor pages over equal values (reputation 0.00, volume 0) need
-    a total order: without one the database may return ties in another order for each page, repeating some rows and
-    skipping others."""
+    """``OrderingFilter`` that breaks ties by ``id`` and refuses a field it cannot order by. Cursor pages over equal
+    values (reputation 0.00, volume 0) need a total order: without one the database may return ties in another order
+    for each page, repeating some rows and skipping others. DRF drops an unknown field and orders by the default
+    instead; here ``?ordering=price`` is a 400 ``invalid_request`` listing the fields."""
+
+    def remove_invalid_fields(self, queryset, fields, view, request):
+        valid = [item[0] for item in self.get_valid_fields(queryset, view, {"request": request})]
+        wrong = [field for field in fields if field.removeprefix("-") not in valid]
+        if wrong:
+            problem = f"ordering takes {', '.join(valid)}, each with - for descending, separated by commas."
+            raise InvalidRequest(f"Cannot order by {wrong[0][:40]!r}: {problem}", detail={"ordering": [problem]})
+        return fields
+
+    def get_schema_operation_parameters(self, view):
+        """``ordering`` with the fields it takes: a pattern of them, so that the schema refuses what the API does."""
+        fields = "|".join(getattr(view, "ordering_fields", None) or ())
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            if fields:
+                parameter["description"] = (
+                    f"Order by {', '.join(view.ordering_fields)} (`-` for descending); several separated by commas."
+                )
+                parameter["schema"] = {"type": "string", "pattern": f"^-?({fields})(,-?({fields}))*$"}
+        return parameters
 
     def get_ordering(self, request, queryset, view):
         ordering = super().get_ordering(request, queryset, view)
@@ -115,24 +144,70 @@ class BoundedSearchFilter(filters.SearchFilter):
                     "one term."
                 )
                 # At most SEARCH_MAX_TERMS runs of characters between separators (whitespace and commas, as DRF
-                # splits them): stricter than the server, which also counts a quoted phrase as one term.
+                # splits them): stricter than the server, which also counts a quoted phrase as one term. Python's
+                # whitespace also has U+001C-U+001F and U+0085, which a JSON Schema `\s` lacks: named here.
                 most = limits["SEARCH_MAX_TERMS"] - 1
+                sep = "\\s\\u001c-\\u001f\\u0085,"
                 parameter["schema"] = {
                     "type": "string",
                     "maxLength": limits["SEARCH_MAX_LENGTH"],
-                    "pattern": f"^[\\s,]*(?:[^\\s,\\u0000]+[\\s,]+){{0,{most}}}[^\\s,\\u0000]*[\\s,]*$",
+                    "pattern": f"^[{sep}]*(?:[^{sep}\\u0000]+[{sep}]+){{0,{most}}}[^{sep}\\u0000]*[{sep}]*$",
                 }
         return parameters
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# Filters of the lists (django-filter): the same names everywhere. `market` where the rows belong to a market,
+# `status` where they have one, `since`/`until` (times on created_at) on the agent's own time-ordered lists.
+
+
+def choice_filter(values: Iterable[str], *, help_text: str, **kwargs) -> django_filters.ChoiceFilter:
+    """A ``ChoiceFilter`` over ``values`` (spelled exactly so) whose refusal lists them: ``Must be one of YES, NO
+    (exactly so spelled); got yes.``"""
+    values = list(values)
+    message = f"Must be one of {', '.join(values)} (exactly so spelled); got %(value)s."
+    return django_filters.ChoiceFilter(
+        choices=[(value, value) for value in values],
+        help_text=help_text,
+        error_messages={"invalid_choice": message},
+        **kwargs,
+    )
+
+
+def market_filter(field_name: str = "market") -> django_filters.UUIDFilter:
+    """``?market=<id>``: only the rows of that market (an id that names no market: none)."""
+    return django_filters.UUIDFilter(field_name=field_name, help_text="Only those in this market (its id).")
+
+
+class CreatedFilterSet(django_filters.FilterSet):
+    """``?since=`` and ``?until=``: ISO 8601 times (UTC without a zone), both inclusive, on ``created_at``: the base
+    of the filters of the agent's own time-ordered lists (orders, fills, ledger, backtests)."""
+
+    since = django_filters.IsoDateTimeFilter(
+        field_name="created_at",
+        lookup_expr="gte",
+        help_text="Only those created at or after this time (ISO 8601, inclusive).",
+    )
+    until = django_filters.IsoDateTimeFilter(
+        field_name="created_at",
+        lookup_expr="lte",
+        help_text="Only those created at or before this time (ISO 8601, inclusive).",
+    )
+
+
 __all__ = [
+    "ApiViewSet",
     "BoundedSearchFilter",
+    "CreatedFilterSet",
     "ErrorSerializer",
     "IdCursorPagination",
     "IsAgent",
     "Money",
     "Price",
     "StableOrderingFilter",
+    "StrictSerializer",
+    "choice_filter",
     "error_body",
     "errors",
+    "market_filter",
 ]

@@ -135,6 +135,13 @@ class NotFound(MoltStreetError):
     http_status = status.HTTP_404_NOT_FOUND
     default_message = "Not found."
 
+    @classmethod
+    def of(cls, what: str, value: Any, *, by: str = "id", key: str | None = None) -> NotFound:
+        """The 404 of an unknown ``what`` looked up ``by`` ``value``: ``No market with id 6feb....`` with
+        ``detail`` ``{key: value}`` (``key`` defaults to ``what``). Long values are cut to 100 characters."""
+        text = str(value)[:100]
+        return cls(f"No {what} with {by} {text}.", detail={key or what: text})
+
 
 class NameTaken(MoltStreetError):
     code = "name_taken"
@@ -211,6 +218,28 @@ def _message_of(detail: Any) -> str:
     return str(detail)
 
 
+def _lookup_not_found(view: Any) -> NotFound | None:
+    """The 404 of a view's ``get_object`` named after its model and lookup (``No market with id 6feb....``,
+    ``detail.market``; ``No agent with name bob.``), or ``None`` when the view has no lookup in its URL."""
+    kwargs = getattr(view, "kwargs", None) or {}
+    lookup = getattr(view, "lookup_url_kwarg", None) or getattr(view, "lookup_field", None)
+    # A format suffix (`/orders/0.5/` read as id 0, format 5) 404s in content negotiation, not in a lookup.
+    if lookup not in kwargs or "format" in kwargs:
+        return None
+    # The model from the view's declarations, not get_queryset(): that may read the request (its user), which may
+    # itself fail here.
+    queryset = getattr(view, "queryset", None)
+    if queryset is not None:
+        model = queryset.model
+    else:
+        model = getattr(getattr(getattr(view, "serializer_class", None), "Meta", None), "model", None)
+    if model is None:
+        return None
+    meta = model._meta
+    by = "id" if view.lookup_field in ("pk", meta.pk.name) else view.lookup_field
+    return NotFound.of(str(meta.verbose_name), kwargs[lookup], by=by, key=meta.model_name)
+
+
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF ``EXCEPTION_HANDLER``: render every error as ``{"error": {code, message, detail}}``.
 
@@ -229,6 +258,9 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         response["Retry-After"] = str(busy.retry_after)
         return response
     if isinstance(exc, Http404):
+        named = _lookup_not_found(context.get("view"))
+        if named is not None:
+            return Response(named.as_dict(), status=named.http_status)
         exc = drf_exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
         exc = drf_exceptions.PermissionDenied()

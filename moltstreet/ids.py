@@ -10,8 +10,9 @@ from moltstreet.errors import NotFound
 
 def parse_id(value: Any, what: str) -> uuid.UUID:
     """``value`` as a UUID. An id that is not a UUID names nothing, so it is an unknown ``what``: raises
-    :class:`NotFound` ("No such <what>.", detail ``{what: value}``), the error an id that names no row gets."""
+    :class:`NotFound` ("No <what> with id <value>.", detail ``{what: value}``: :meth:`NotFound.of`), the error an
+    id that names no row gets."""
     try:
         return uuid.UUID(str(value))
     except ValueError as exc:
-        raise NotFound(f"No such {what}.", detail={what: str(value)}) from exc
+        raise NotFound.of(what, value) from exc

@@ -1,9 +1,10 @@
 """Request logging without secrets.
 
 The server's own access log (daphne's) writes the raw HTTP request line, query string included, so a client that
-puts its API key in a URL (``?api_key=`` is how browsers authenticate the private websocket, and clients copy it to
-HTTP requests) would have its key written to disk. ``make run``, the Dockerfile and the tests therefore start daphne with ``-v 0`` (no access log), and
-:class:`AccessLogMiddleware` writes one line per HTTP request instead, with secrets in the query string redacted.
+puts its API key in a URL against the guide's advice (the private websocket refuses ``?api_key=`` with
+``api_key_in_url``; HTTP requests authenticate only by header) would have its key written to disk. ``make run``, the
+Dockerfile and the tests therefore start daphne with ``-v 0`` (no access log), and :class:`AccessLogMiddleware` writes
+one line per HTTP request instead, with secrets in the query string redacted.
 
 The same middleware gives each request its id (``X-Request-ID``, carried by every line logged while it is handled:
 ``moltstreet.logs``) and counts it in the HTTP metrics (``moltstreet.metrics``).

@@ -9,6 +9,8 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework.exceptions import NotFound
 from rest_framework.pagination import CursorPagination
 
+from moltstreet.errors import InvalidRequest
+
 
 class CheckedCursorPagination(CursorPagination):
     """``CursorPagination`` that checks a cursor's position against the ordering field before querying with it.
@@ -17,7 +19,7 @@ class CheckedCursorPagination(CursorPagination):
     the query, so a forged or mangled cursor (``p=abc`` for an id, ``p=2026`` for a time) failed there as a 500.
 
     Query parameters ``cursor`` and ``page_size`` (1 to ``max_page_size``, default ``page_size``: 50 of 200 unless a
-    subclass says otherwise). Subclasses set ``ordering`` (model field names, ``-`` for descending; the first is the
+    subclass says otherwise; a larger one is capped, one that is not a whole number from 1 is a 400). Subclasses set ``ordering`` (model field names, ``-`` for descending; the first is the
     cursor's position); a list with an ``OrderingFilter`` pages by the filter's ordering instead.
     """
 
@@ -28,6 +30,19 @@ class CheckedCursorPagination(CursorPagination):
     def paginate_queryset(self, queryset, request, view=None):
         self._model = queryset.model
         return super().paginate_queryset(queryset, request, view)
+
+    def get_page_size(self, request) -> int:
+        """``?page_size=``: absent or empty, the default; over ``max_page_size``, capped; else a whole number from 1,
+        or 400 ``invalid_request`` (DRF would quietly use the default for ``page_size=abc``)."""
+        value = request.query_params.get(self.page_size_query_param, "")
+        if value == "":
+            return self.page_size
+        if not (value.isascii() and value.isdigit()) or not value.strip("0"):
+            raise InvalidRequest(
+                f"page_size must be a whole number from 1 to {self.max_page_size}.",
+                detail={"page_size": [f"A whole number from 1 to {self.max_page_size}; got {value[:40]}."]},
+            )
+        return min(int(value) if len(value) <= 9 else self.max_page_size, self.max_page_size)
 
     def decode_cursor(self, request):
         cursor = super().decode_cursor(request)
@@ -57,8 +72,8 @@ class CheckedCursorPagination(CursorPagination):
 def page_size_description(default: int, maximum: int) -> str:
     """What a list's ``page_size`` query parameter does, for the OpenAPI schema."""
     return (
-        f"Results per page, 1-{maximum} (default {default}). A value that is not a whole number from 1 up is ignored "
-        f"(the default applies); a larger one is capped at {maximum}."
+        f"Results per page, 1-{maximum} (default {default}). A larger value is capped at {maximum}; one that is not "
+        "a whole number from 1 is refused (400)."
     )
 
 

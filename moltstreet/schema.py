@@ -17,6 +17,9 @@ code   when                                                                 oper
 503    database busy or unreachable, with ``Retry-After``: retry            all
 =====  ===================================================================  ===============================================
 
+:func:`forbid_unknown_fields` makes every request body ``additionalProperties: false``: the API refuses a field it
+does not declare (``moltstreet.strict``).
+
 It also states what the generated schema gets wrong or leaves out: request fields the serializers accept more loosely
 than the services (prices on the tick, probabilities in [0, 1], agent names) and OpenAPI links from each created resource to the operations that use it (``POST /orders/`` to
 ``GET``/``DELETE /orders/{id}/``, ...), which also drive the stateful fuzz test (moltstreet/tests/test_fuzz.py).
@@ -45,7 +48,8 @@ WWW_AUTHENTICATE = {
 
 ERRORS: dict[str, tuple[str, dict[str, Any]]] = {
     "400": (
-        "Bad input: `invalid_request` (with the fields at fault in `detail`), `invalid_price`, `invalid_size`, "
+        "Bad input: `invalid_request` (with the fields at fault in `detail`; also for a query parameter or body field "
+        "this operation does not declare), `invalid_price`, `invalid_size`, "
         "`malformed_json`, `insufficient_balance`, `insufficient_position`; `bad_request`: a malformed header (such as `Host`) or body framing.",
         {},
     ),
@@ -204,6 +208,28 @@ def _document_operation(operation: dict[str, Any]) -> None:
     for (operation_id, status), links in LINKS.items():
         if operation.get("operationId") == operation_id and status in responses:
             responses[status]["links"] = links
+
+
+def _request_components(operation: dict[str, Any]) -> list[str]:
+    """The names of the components an operation's JSON request body is (one, or each of a ``oneOf``)."""
+    schema = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
+    refs = [schema.get("$ref", "")] + [option.get("$ref", "") for option in schema.get("oneOf", [])]
+    return [ref.rsplit("/", 1)[-1] for ref in refs if ref]
+
+
+def forbid_unknown_fields(result: dict[str, Any], generator, request, public) -> dict[str, Any]:
+    """drf-spectacular postprocessing hook: every request body of the agent API is an object with
+    ``additionalProperties: false``, as the API reads it (``moltstreet.strict``: an unknown field is a 400), so
+    clients and the fuzz test (moltstreet/tests/test_fuzz.py) send only the fields it declares."""
+    schemas = result.get("components", {}).get("schemas", {})
+    for path, operations in result.get("paths", {}).items():
+        if not path.startswith("/api/"):
+            continue
+        for operation in operations.values():
+            for name in _request_components(operation) if isinstance(operation, dict) else ():
+                if schemas.get(name, {}).get("type") == "object":
+                    schemas[name]["additionalProperties"] = False
+    return result
 
 
 def document_errors(result: dict[str, Any], generator, request, public) -> dict[str, Any]:

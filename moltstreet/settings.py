@@ -290,8 +290,13 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
-    # The common error responses, request fields stated as the services accept them, and links (moltstreet/schema.py).
-    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "moltstreet.schema.document_errors"],
+    # The common error responses, request fields stated as the services accept them, and links; request bodies
+    # without unknown fields (moltstreet/schema.py).
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "moltstreet.schema.document_errors",
+        "moltstreet.schema.forbid_unknown_fields",
+    ],
     "ENUM_NAME_OVERRIDES": {
         "SideEnum": "trading.models.Side",
         "ActionEnum": "trading.models.Action",

@@ -10,6 +10,8 @@ from typing import Any, ClassVar, cast
 
 from django.conf import settings
 from django.db import models
+from django.db.models import Q
+from django_filters import rest_framework as django_filters
 from drf_spectacular.utils import (
     OpenApiParameter,
     PolymorphicProxySerializer,
@@ -17,14 +19,25 @@ from drf_spectacular.utils import (
     extend_schema_field,
     extend_schema_view,
 )
-from rest_framework import mixins, serializers, status, viewsets
+from rest_framework import mixins, serializers, status
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from agents.models import Agent
 from markets.api import MarketSerializer, ResolutionSerializer, SnapshotSerializer
 from markets.models import Market, MarketEvent, Outcome, Resolution
-from moltstreet.api import IdCursorPagination, IsAgent, Money, Price, errors
+from moltstreet.api import (
+    ApiViewSet,
+    CreatedFilterSet,
+    IdCursorPagination,
+    IsAgent,
+    Money,
+    Price,
+    StrictSerializer,
+    choice_filter,
+    errors,
+    market_filter,
+)
 from moltstreet.errors import InvalidRequest, NotOracle
 from moltstreet.ids import parse_id
 from moltstreet.logs import bind
@@ -32,7 +45,7 @@ from moltstreet.money import MAX_PRICE, MIN_PRICE, complement, quantize
 from moltstreet.pagination import CheckedCursorPagination
 from trading import selectors
 from trading.models import Action, Order, Position, Side, TimeInForce, Trade
-from trading.order_input import CLIENT_ORDER_ID_MAX, FORECAST_PLACES, REASONING_MAX
+from trading.order_input import CLIENT_ORDER_ID_MAX, FORECAST_PLACES, REASONING_MAX, check_order_fields
 from trading.orders import order_cancel, order_cancel_all, order_place
 from trading.realtime import public_messages
 from trading.resolution import resolution_dispute, resolution_propose
@@ -54,7 +67,7 @@ class UUIDStringField(serializers.UUIDField):
 # The body of POST /orders/ as the OpenAPI schema describes it (a docstring would show in the schema). It checks
 # nothing at run time: the order service does (trading.order_input.parse_order), by the rules whose bounds stand here
 # as its constants; trading/tests/test_api.py checks that both accept the same requests.
-class OrderInputSerializer(serializers.Serializer):
+class OrderInputSerializer(StrictSerializer):
     market = UUIDStringField()
     side = serializers.ChoiceField(choices=Side.choices, help_text="YES or NO: the contract bought or sold.")
     action = serializers.ChoiceField(choices=Action.choices, help_text="BUY or SELL.")
@@ -94,14 +107,15 @@ _ORDER_FIELDS = tuple(
 def order_request(data: Any) -> tuple[uuid.UUID, dict[str, Any]]:
     """The market id and the order fields of a ``POST /orders/`` body, for
     :func:`~trading.orders.order_place` to parse: the values as they came (a required field left out is ``None``, an
-    optional one is left to the service's default; unknown fields are ignored). Only what is the API's own is
-    checked here: a JSON object, with ``market`` a UUID as a string.
+    optional one is left to the service's default). Checked here: a JSON object, with no field that is not an
+    order's (:func:`~trading.order_input.check_order_fields`), and ``market`` a UUID as a string.
 
     Raises :class:`InvalidRequest` (``invalid_request``) otherwise.
     """
     if not isinstance(data, dict):
         problem = "The body must be a JSON object."
         raise InvalidRequest(problem, detail={"non_field_errors": [problem]})
+    check_order_fields(data, besides=("market",))
     market = data.get("market")
     try:
         market_id = uuid.UUID(market) if isinstance(market, str) else None
@@ -307,15 +321,15 @@ class PositionSerializer(serializers.ModelSerializer):
         return str(quantize(value - pos.yes_cost - pos.no_cost))
 
 
-class CancelAllInputSerializer(serializers.Serializer):
+class CancelAllInputSerializer(StrictSerializer):
     market = UUIDStringField(required=False, allow_null=True, default=None)
 
 
-class ResolveInputSerializer(serializers.Serializer):
+class ResolveInputSerializer(StrictSerializer):
     outcome = serializers.ChoiceField(choices=Outcome.choices)
 
 
-class DisputeInputSerializer(serializers.Serializer):
+class DisputeInputSerializer(StrictSerializer):
     reason = serializers.CharField(max_length=2000, help_text="What the proposed outcome gets wrong, and why.")
 
 
@@ -449,45 +463,38 @@ MarketEventMessage = PolymorphicProxySerializer(
 # Views
 
 
+class OrderFilter(CreatedFilterSet):
+    market = market_filter()
+    status = choice_filter(
+        [*Order.Status.values, "resting"], help_text="`resting`: open or partial.", method="filter_status"
+    )
+    side = choice_filter(Side.values, help_text="YES or NO.")
+    action = choice_filter(Action.values, help_text="BUY or SELL.")
+
+    class Meta:
+        model = Order
+        fields = ["market", "status", "side", "action", "since", "until"]
+
+    def filter_status(self, queryset, name, value):
+        return queryset.filter(status__in=Order.RESTING) if value == "resting" else queryset.filter(status=value)
+
+
 @extend_schema_view(
     list=extend_schema(
         summary="Own orders",
-        description="Filter with `market`, `status` (open, partial, filled, "
-        "cancelled, expired, or `resting` for open+partial), `side`, `action`.",
-        parameters=[
-            OpenApiParameter("market", uuid.UUID, description="Only orders in this market."),
-            OpenApiParameter(
-                "status", str, enum=[*Order.Status.values, "resting"], description="`resting`: open or partial."
-            ),
-            OpenApiParameter("side", str, enum=Side.values, description="YES or NO (any case)."),
-            OpenApiParameter("action", str, enum=Action.values, description="BUY or SELL (any case)."),
-        ],
+        description="Newest first. Filter with `market`, `status` (open, partial, filled, cancelled, expired, or "
+        "`resting` for open+partial), `side`, `action`, `since`/`until` (ISO 8601 times on `created_at`, inclusive).",
         responses={200: OrderSerializer, **errors(400, 401)},
     ),
     retrieve=extend_schema(summary="One own order", responses={200: OrderSerializer, **errors(401, 404)}),
 )
-class OrderViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+class OrderViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ApiViewSet):
     serializer_class = OrderSerializer
     permission_classes = [IsAgent]
+    filterset_class = OrderFilter
 
     def get_queryset(self):
-        queryset = Order.objects.filter(agent=cast(Agent, self.request.user))  # IsAgent: the user is an Agent
-        params = self.request.query_params
-        if market := params.get("market"):
-            queryset = queryset.filter(market_id=_uuid(market, "market"))
-        if state := params.get("status"):
-            if state == "resting":
-                queryset = queryset.filter(status__in=Order.RESTING)
-            elif state in Order.Status.values:
-                queryset = queryset.filter(status=state)
-            else:
-                raise InvalidRequest("status must be open, partial, filled, cancelled, expired or resting.")
-        for field, choices in (("side", Side.values), ("action", Action.values)):
-            if value := params.get(field):
-                if value.upper() not in choices:
-                    raise InvalidRequest(f"{field} must be one of {', '.join(choices)}.")
-                queryset = queryset.filter(**{field: value.upper()})
-        return queryset
+        return Order.objects.filter(agent=cast(Agent, self.request.user))  # IsAgent: the user is an Agent
 
     @extend_schema(
         summary="Place an order",
@@ -527,7 +534,7 @@ class OrderViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         responses={200: OrderSerializer(many=True), **errors(400, 401, 503)},
         description="Cancels every resting order of the agent, or only those in `market`; returns the cancelled orders.",
     )
-    @action(detail=False, methods=["post"], url_path="cancel-all", pagination_class=None)
+    @action(detail=False, methods=["post"], url_path="cancel-all", pagination_class=None, filter_backends=[])
     def cancel_all(self, request):
         data = CancelAllInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -536,48 +543,62 @@ class OrderViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         return Response(OrderSerializer(cancelled, many=True).data)
 
 
-def _uuid(value: str, what: str) -> uuid.UUID:
-    """Parse a UUID from a query string; a bad one is a 400 in the error shape (in a path, see ``parse_id``)."""
-    try:
-        return uuid.UUID(str(value))
-    except ValueError as exc:
-        raise InvalidRequest(f"{what} must be a UUID.", detail={what: value}) from exc
+class FillFilter(CreatedFilterSet):
+    market = market_filter()
+
+    class Meta:
+        model = Trade
+        fields = ["market", "since", "until"]
 
 
-@extend_schema_view(list=extend_schema(summary="Own fills", responses={200: FillSerializer, **errors(401)}))
-class FillViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+@extend_schema_view(
+    list=extend_schema(
+        summary="Own fills",
+        description="Newest first. Filter with `market`, `since`/`until` (ISO 8601 times on `created_at`, inclusive).",
+        responses={200: FillSerializer, **errors(400, 401)},
+    )
+)
+class FillViewSet(mixins.ListModelMixin, ApiViewSet):
     serializer_class = FillSerializer
     permission_classes = [IsAgent]
+    filterset_class = FillFilter
 
     def get_queryset(self):
         return selectors.agent_fills(cast(Agent, self.request.user))  # IsAgent: the user is an Agent
 
 
+class PositionFilter(django_filters.FilterSet):
+    market = market_filter()
+    open = choice_filter(
+        ["true", "false"],
+        help_text="`true`: only positions holding contracts; `false`: only those holding none.",
+        method="filter_open",
+    )
+
+    class Meta:
+        model = Position
+        fields = ["market", "open"]
+
+    def filter_open(self, queryset, name, value):
+        flat = Q(yes_shares=0, no_shares=0)
+        return queryset.exclude(flat) if value == "true" else queryset.filter(flat)
+
+
 @extend_schema_view(
     list=extend_schema(
         summary="Own positions",
-        description="`?market=` for one market; `?open=true` for non-zero ones.",
-        parameters=[
-            OpenApiParameter("market", uuid.UUID, description="Only the position in this market."),
-            OpenApiParameter(
-                "open", str, description="`true` or `1`: only positions holding contracts (other values: all)."
-            ),
-        ],
+        description="`?market=` for one market; `?open=true` for those holding contracts (`false`: none).",
         responses={200: PositionSerializer, **errors(400, 401)},
     )
 )
-class PositionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+class PositionViewSet(mixins.ListModelMixin, ApiViewSet):
     serializer_class = PositionSerializer
     permission_classes = [IsAgent]
     pagination_class = IdCursorPagination
+    filterset_class = PositionFilter
 
     def get_queryset(self):
-        queryset = Position.objects.filter(agent=cast(Agent, self.request.user)).select_related("market")
-        if market := self.request.query_params.get("market"):
-            queryset = queryset.filter(market_id=_uuid(market, "market"))
-        if self.request.query_params.get("open") in ("true", "1"):
-            queryset = queryset.exclude(yes_shares=0, no_shares=0)
-        return queryset
+        return Position.objects.filter(agent=cast(Agent, self.request.user)).select_related("market")
 
 
 class TradeCursorPagination(CheckedCursorPagination):
@@ -619,7 +640,7 @@ def _time_param(params, name: str) -> datetime | None:
         raise InvalidRequest(f"{name} must be an ISO 8601 time.", detail={name: value}) from exc
 
 
-class MarketTradingViewSet(viewsets.GenericViewSet):
+class MarketTradingViewSet(ApiViewSet):
     """The trading side of a market: its book, trades, price history and resolution (same ``/markets/{id}/`` URLs)."""
 
     queryset = Market.objects.all()

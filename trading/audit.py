@@ -15,7 +15,7 @@ from decimal import Decimal
 
 from django.db.models import Count, Exists, F, Max, Min, OuterRef, Sum
 
-from agents.models import Agent, LedgerEntry
+from agents.models import Agent, AgentEvent, LedgerEntry
 from markets.models import Market, MarketEvent
 from moltstreet.money import ONE, ZERO, quantize
 from trading.models import Action, BookLevel, Order, Position, Side, Trade
@@ -42,6 +42,7 @@ CHECKS = (
     "sequence",
     "events without seq",
     "trade events",
+    "agent sequence",
     "reputation",
     "linked pnl",
 )
@@ -70,8 +71,9 @@ class AuditReport:
 
 
 def run_audit(progress: Callable[[str], object] | None = None) -> AuditReport:
-    """Check invariants 1-6 of DESIGN section 5 across all agents, markets, orders, trades and the ledger, and that
-    every agent's reputation and ``linked_pnl`` agree with its positions (DESIGN section 4a; breaches "[invariant 4a]").
+    """Check invariants 1-6 of DESIGN section 5 across all agents, markets, orders, trades and the ledger (each
+    agent's private feed sequence with invariant 6's market sequences, DESIGN section 8), and that every agent's
+    reputation and ``linked_pnl`` agree with its positions (DESIGN section 4a; breaches "[invariant 4a]").
 
     ``progress`` (optional) gets a line after each of the seven checks: ``checked 3/7: money (0.4 s)``.
     """
@@ -290,6 +292,16 @@ def _sequences(report: AuditReport) -> None:
     if stray:
         report.breach(6, f"{stray} trades without a trade event at their seq", check="trade events")
     report.figures["markets"] = Market.objects.count()
+    # Each agent's private feed numbers its messages 1..feed_seq without gaps, as a market numbers its events
+    # (DESIGN section 8: a client resuming with ?since= gets every message it missed).
+    feeds = {
+        row["agent_id"]: (row["n"], row["lo"], row["hi"])
+        for row in AgentEvent.objects.values("agent_id").annotate(n=Count("id"), lo=Min("seq"), hi=Max("seq"))
+    }
+    for agent_id, name, seq in Agent.objects.values_list("id", "name", "feed_seq"):
+        n, lo, hi = feeds.get(agent_id, (0, None, None))
+        if (n, lo, hi) != ((seq, 1, seq) if seq else (0, None, None)):
+            report.breach(6, f"agent {name}: feed seq {seq} but messages {n} from {lo} to {hi}", check="agent sequence")
 
 
 def _ranks(report: AuditReport) -> None:

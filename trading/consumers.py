@@ -1,8 +1,10 @@
 """Websocket consumers of the live feed (DESIGN section 8; the message contract is docs/realtime.md).
 
 ``MarketConsumer`` (``/ws/markets/<id>/``, public) and ``AgentConsumer`` (``/ws/agent/``, API key) only join their
-group and forward what ``trading.realtime`` publishes; the market feed also keeps its ``seq`` gap-free, refilling
-from the stored events what the channel layer did not deliver. Database reads go through ``database_sync_to_async``.
+group and forward what ``trading.realtime`` publishes. Both keep their sequence (the market's ``seq``, the agent's
+own) the same way (``SequencedFeed``): a snapshot or a ``?since=`` replay on connect, then every ``seq`` once and in
+order, refilling from the stored messages what the channel layer did not deliver. Database reads go through
+``database_sync_to_async``.
 
 Before either feed's ``connect()`` does any database or channel-layer work, its handshake is held to two limits per
 client address (``moltstreet.clients``): websockets open at once in this process (``WEBSOCKETS_PER_ADDRESS``) and
@@ -34,7 +36,7 @@ from agents.services import api_key_lookup
 from moltstreet.clients import network_key, scope_address
 from moltstreet.metrics import WEBSOCKETS
 from moltstreet.throttling import HandshakeThrottle
-from trading import realtime
+from trading import agent_feed, realtime
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ CLOSE_BUFFER_OVERFLOW = 4008
 # Close code sent after a ``feed_unavailable`` error; 4503 echoes HTTP 503 (RFC 6455's own 1013 "try again later" is
 # not a code daphne's websocket library lets a server send).
 CLOSE_UNAVAILABLE = 4503
-# Close code sent after an ``api_key_revoked`` error on the private feed; 4401 echoes HTTP 401.
+# Close code sent after an ``api_key_revoked`` or ``api_key_in_url`` error on the private feed; 4401 echoes HTTP 401.
 CLOSE_KEY_REVOKED = 4401
 # Close code sent after a ``rate_limited`` or ``too_many_connections`` error: the client's address is over one of its
 # websocket limits. 4429 echoes HTTP 429.
@@ -73,15 +75,13 @@ def query_param(scope: Mapping[str, Any], name: str) -> str | None:
 
 
 def api_key_from_scope(scope: Mapping[str, Any]) -> str | None:
-    """The API key of a handshake: ``Authorization: Bearer <key>``, else ``?api_key=<key>``; ``None`` if neither.
-
-    A malformed ``Authorization`` header yields ``""`` (refused) rather than falling back to the query string.
-    """
+    """The API key of a handshake's ``Authorization: Bearer <key>`` header; ``None`` without the header, ``""`` for
+    a malformed one (both refused). A key in the URL is never read (``AgentConsumer`` refuses it)."""
     for name, value in scope.get("headers", []):
         if name.lower() == b"authorization":
             parts = value.decode("latin-1").split()
             return parts[1] if len(parts) == 2 and parts[0].lower() == "bearer" else ""
-    return query_param(scope, "api_key")
+    return None
 
 
 class FeedConsumer(AsyncJsonWebsocketConsumer):
@@ -167,12 +167,12 @@ class FeedConsumer(AsyncJsonWebsocketConsumer):
             return
         await super().websocket_connect(message)
 
-    async def refuse(self, code: str, message: str, **extra: Any) -> None:
+    async def refuse(self, code: str, message: str, *, close_code: int = CLOSE_RATE_LIMITED, **extra: Any) -> None:
         """Accept only to say why the connection cannot be served (a refused handshake could say nothing), then
-        close with 4429."""
+        close with ``close_code`` (4429 unless said otherwise)."""
         await self.accept()
         await self.send_error(code, message, **extra)
-        await self.close(code=CLOSE_RATE_LIMITED)
+        await self.close(code=close_code)
 
     async def accept(self, subprotocol: str | None = None, headers: Any = None) -> None:
         await super().accept(subprotocol, headers)
@@ -239,17 +239,21 @@ class FeedConsumer(AsyncJsonWebsocketConsumer):
         return True
 
 
-class MarketConsumer(FeedConsumer):
-    """``/ws/markets/<id>/``: a ``snapshot`` (or the ``?since=`` replay), then every committed change, by ``seq``.
+class SequencedFeed(FeedConsumer):
+    """What both feeds' sequences share: a ``snapshot`` on connect (or the ``?since=`` replay), then every committed
+    message by ``seq``, each exactly once and in order (docs/realtime.md, "Resuming", "Order and gaps").
 
     ``last_seq`` is the last ``seq`` sent. Each incoming batch is cut to what is newer; a jump in ``seq`` (a
     transaction published late by another process, or batches dropped because this subscriber's buffer was full)
-    is filled from the stored events, up to ``LIVE_REPLAY_LIMIT``; beyond that the client gets ``buffer_overflow``
+    is filled from the stored messages, up to ``LIVE_REPLAY_LIMIT``; beyond that the client gets ``buffer_overflow``
     and the connection closes with 4008 (docs/realtime.md, "Slow clients").
+
+    A feed says what its sequence is through :meth:`read_snapshot`, :meth:`read_current_seq` and
+    :meth:`read_stored`; it calls :meth:`start_sequence` once it has joined its group and accepted, and hands each
+    batch the channel layer brings to :meth:`receive_batch`.
     """
 
-    feed = "market"
-    market_id: str
+    sequence = "sequence"  # what the sequence belongs to, for the log
     last_seq: int
     overflowed: bool
     limit: int
@@ -257,20 +261,27 @@ class MarketConsumer(FeedConsumer):
     pending: dict[int, tuple[dict[str, Any], str | None]]
     gap_timer: asyncio.TimerHandle | None = None
 
-    async def connect(self) -> None:
-        self.market_id = str(self.scope["url_route"]["kwargs"]["market_id"])
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.last_seq, self.overflowed = 0, False
         self.pending, self.lock = {}, asyncio.Lock()
         self.limit = settings.MOLTSTREET["LIVE_REPLAY_LIMIT"]
-        if not await database_sync_to_async(realtime.market_exists)(self.market_id):
-            await self.close()  # before accept: the handshake is refused (HTTP 403)
-            return
-        # Join first, then read: whatever commits after the read is published after the join and reaches us;
-        # what arrives twice (committed between join and read) is cut by seq.
-        if not await self.join(realtime.market_group(self.market_id)):
-            await self.close()
-            return
-        await self.accept()
+
+    async def read_snapshot(self, reason: str) -> dict[str, Any] | None:
+        """The feed's ``snapshot`` message with ``reason``; ``None`` when what it shows is gone."""
+        raise NotImplementedError
+
+    async def read_current_seq(self) -> int | None:
+        """The sequence's last ``seq``; ``None`` when what it numbers is gone."""
+        raise NotImplementedError
+
+    async def read_stored(self, after: int, until: int) -> list[dict[str, Any]]:
+        """The stored messages ``after < seq <= until``, in order, at most ``limit``."""
+        raise NotImplementedError
+
+    async def start_sequence(self) -> None:
+        """After accepting: the ``snapshot``, or what ``?since=`` asks for (an ``invalid_since`` error and a
+        snapshot for a ``since`` that is not a whole number)."""
         since = query_param(self.scope, "since")
         if since is None:
             await self.send_snapshot("connect")
@@ -288,8 +299,8 @@ class MarketConsumer(FeedConsumer):
         return {"last_seq": self.last_seq}
 
     async def replay(self, since: int) -> None:
-        """Send the stored changes after ``since``, or a ``since_too_old`` snapshot when it cannot be replayed."""
-        current = await database_sync_to_async(realtime.current_seq)(self.market_id)
+        """Send the stored messages after ``since``, or a ``since_too_old`` snapshot when it cannot be replayed."""
+        current = await self.read_current_seq()
         if current is None or since > current or current - since > self.limit:
             await self.send_snapshot("since_too_old")
             return
@@ -298,17 +309,17 @@ class MarketConsumer(FeedConsumer):
             await self.fill(current)
 
     async def send_snapshot(self, reason: str) -> None:
-        snapshot = await database_sync_to_async(realtime.market_snapshot)(self.market_id, reason)
-        if snapshot is None:  # the market was deleted under us
+        snapshot = await self.read_snapshot(reason)
+        if snapshot is None:  # deleted under us
             await self.close()
             return
         self.last_seq = snapshot["seq"]
         await self.send_json(snapshot)
 
     async def fill(self, until: int) -> bool:
-        """Send the stored changes ``last_seq + 1 .. until``. Beyond ``LIVE_REPLAY_LIMIT`` of them: send
+        """Send the stored messages ``last_seq + 1 .. until``. Beyond ``LIVE_REPLAY_LIMIT`` of them: send
         ``buffer_overflow``, close with 4008 and return ``False``. Should the store not hold them all (it always
-        does, events commit in seq order), a ``resync`` snapshot replaces them."""
+        does, each sequence is numbered in commit order), a ``resync`` snapshot replaces them."""
         if until - self.last_seq > self.limit:
             self.overflowed = True
             await self.send_error(
@@ -318,11 +329,9 @@ class MarketConsumer(FeedConsumer):
             )
             await self.close(code=CLOSE_BUFFER_OVERFLOW)
             return False
-        messages = await database_sync_to_async(realtime.stored_messages)(
-            self.market_id, self.last_seq, until, self.limit
-        )
+        messages = await self.read_stored(self.last_seq, until)
         if [m["seq"] for m in messages] != list(range(self.last_seq + 1, until + 1)):
-            logger.warning("live feed: market %s events %d-%d missing; resyncing", self.market_id, self.last_seq, until)
+            logger.warning("live feed: %s messages %d-%d missing; resyncing", self.sequence, self.last_seq, until)
             await self.send_snapshot("resync")
             return True
         for message in messages:
@@ -330,17 +339,18 @@ class MarketConsumer(FeedConsumer):
         self.last_seq = until
         return True
 
-    async def market_batch(self, event: dict[str, Any]) -> None:
-        """One committed transaction's public messages (``trading.realtime.MARKET_BATCH``), each with its JSON text
-        encoded once by the publisher for every subscriber (``texts``).
+    async def receive_batch(self, messages: list[dict[str, Any]], texts: list[str | None] | None = None) -> None:
+        """One committed transaction's messages, each with its JSON text if the publisher encoded it (``texts``).
 
-        Transactions of one market commit in seq order but are published from several threads and processes, so a
-        batch may arrive before the one just below it. A batch past a gap waits (``LIVE_GAP_WAIT`` seconds) for the
-        missing seqs to arrive; only then is the rest read from the stored events, so out-of-order publishing does
-        not cost every subscriber a database read."""
-        texts = event.get("texts") or [None] * len(event["messages"])
+        Transactions commit in seq order but are published from several threads and processes, so a batch may
+        arrive before the one just below it. A batch past a gap waits (``LIVE_GAP_WAIT`` seconds) for the missing
+        seqs to arrive; only then is the rest read from the stored messages, so out-of-order publishing does not
+        cost every subscriber a database read."""
+        if not self.accepted or self.overflowed:  # refused after joining its group, or closing: nothing to send
+            return
+        texts = texts or [None] * len(messages)
         async with self.lock:
-            for message, text in zip(event["messages"], texts, strict=True):
+            for message, text in zip(messages, texts, strict=True):
                 if message["seq"] > self.last_seq:
                     self.pending[message["seq"]] = (message, text)
             await self.send_pending()
@@ -364,7 +374,7 @@ class MarketConsumer(FeedConsumer):
             self.gap_timer = None
 
     async def close_gap(self) -> None:
-        """The wait for a gap is over: read what is still missing from the stored events, then go on."""
+        """The wait for a gap is over: read what is still missing from the stored messages, then go on."""
         async with self.lock:
             self.gap_timer = None
             if not self.pending or self.overflowed or self.disconnected:
@@ -385,17 +395,64 @@ class MarketConsumer(FeedConsumer):
         await super().websocket_disconnect(message)
 
 
-class AgentConsumer(FeedConsumer):
-    """``/ws/agent/``: the authenticated agent's ``order``, ``fill`` and ``balance`` messages, nothing else.
+class MarketConsumer(SequencedFeed):
+    """``/ws/markets/<id>/``: a ``snapshot`` (or the ``?since=`` replay), then every committed change of the market,
+    by the market's ``seq`` (:class:`SequencedFeed`)."""
 
-    A missing, unknown or revoked key closes the connection before accepting it (HTTP 403). When the key is revoked
-    while the feed is open, the client gets an ``api_key_revoked`` error and the connection closes with 4401. The key
-    is never logged.
+    feed = "market"
+    market_id: str
+
+    async def connect(self) -> None:
+        self.market_id = str(self.scope["url_route"]["kwargs"]["market_id"])
+        self.sequence = f"market {self.market_id}"
+        if not await database_sync_to_async(realtime.market_exists)(self.market_id):
+            await self.close()  # before accept: the handshake is refused (HTTP 403)
+            return
+        # Join first, then read: whatever commits after the read is published after the join and reaches us;
+        # what arrives twice (committed between join and read) is cut by seq.
+        if not await self.join(realtime.market_group(self.market_id)):
+            await self.close()
+            return
+        await self.accept()
+        await self.start_sequence()
+
+    async def read_snapshot(self, reason: str) -> dict[str, Any] | None:
+        return await database_sync_to_async(realtime.market_snapshot)(self.market_id, reason)
+
+    async def read_current_seq(self) -> int | None:
+        return await database_sync_to_async(realtime.current_seq)(self.market_id)
+
+    async def read_stored(self, after: int, until: int) -> list[dict[str, Any]]:
+        return await database_sync_to_async(realtime.stored_messages)(self.market_id, after, until, self.limit)
+
+    async def market_batch(self, event: dict[str, Any]) -> None:
+        """One committed transaction's public messages (``trading.realtime.MARKET_BATCH``), each with its JSON text
+        encoded once by the publisher for every subscriber (``texts``)."""
+        await self.receive_batch(event["messages"], event.get("texts"))
+
+
+class AgentConsumer(SequencedFeed):
+    """``/ws/agent/``: the authenticated agent's own ``order``, ``fill``, ``position`` and ``balance`` messages, by
+    the agent's ``seq``, after a ``snapshot`` (or the ``?since=`` replay) (:class:`SequencedFeed`).
+
+    The key comes in the ``Authorization: Bearer`` header only. A handshake with ``?api_key=`` in its URL is accepted
+    only to say so (``api_key_in_url``), then closed with 4401: a key in a URL ends up in logs. A missing, unknown or
+    revoked key closes the connection before accepting it (HTTP 403). When the key is revoked while the feed is open,
+    the client gets an ``api_key_revoked`` error and the connection closes with 4401. The key is never logged.
     """
 
     feed = "agent"
+    agent_id: str
 
     async def connect(self) -> None:
+        if query_param(self.scope, "api_key") is not None:
+            await self.refuse(
+                "api_key_in_url",
+                "Send the API key in the Authorization header (Authorization: Bearer <api_key>), not in the URL: "
+                "URLs are written to logs. Revoke this key if the URL may have been logged.",
+                close_code=CLOSE_KEY_REVOKED,
+            )
+            return
         raw = api_key_from_scope(self.scope)
         if not raw:
             await self.close()
@@ -411,7 +468,19 @@ class AgentConsumer(FeedConsumer):
         ):
             await self.close()
             return
+        self.agent_id = str(key.agent_id)
+        self.sequence = f"agent {self.agent_id}"
         await self.accept()
+        await self.start_sequence()
+
+    async def read_snapshot(self, reason: str) -> dict[str, Any] | None:
+        return await database_sync_to_async(agent_feed.agent_snapshot)(self.agent_id, reason)
+
+    async def read_current_seq(self) -> int | None:
+        return await database_sync_to_async(agent_feed.current_seq)(self.agent_id)
+
+    async def read_stored(self, after: int, until: int) -> list[dict[str, Any]]:
+        return await database_sync_to_async(agent_feed.stored_messages)(self.agent_id, after, until, self.limit)
 
     async def key_revoked(self, event: dict[str, Any]) -> None:
         """The key of this feed was revoked (``trading.realtime.KEY_REVOKED``): say so and close with 4401."""
@@ -420,5 +489,4 @@ class AgentConsumer(FeedConsumer):
 
     async def agent_batch(self, event: dict[str, Any]) -> None:
         """One committed transaction's messages for this agent (``trading.realtime.AGENT_BATCH``)."""
-        for message in event["messages"]:
-            await self.send_json(message)
+        await self.receive_batch(event["messages"], event.get("texts"))

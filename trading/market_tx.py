@@ -15,11 +15,11 @@ from decimal import Decimal
 from typing import Any
 
 from agents.models import Agent, LedgerEntry
-from agents.services import CashBook
+from agents.services import AgentFeed, CashBook
 from markets.models import Forecast, Market, MarketEvent
 from markets.services import EventLog
 from moltstreet.money import ONE, quantize
-from trading import book_store
+from trading import agent_feed, book_store
 from trading.book_store import Parties
 from trading.models import Action, Order, Position, Side, Trade
 
@@ -55,6 +55,8 @@ class MarketTx:
     cash: CashBook = field(default_factory=CashBook)
     positions: dict[uuid.UUID, Position] = field(default_factory=dict)
     new_positions: set[uuid.UUID] = field(default_factory=set)
+    # Each position's state as read (a new one's: all zero), to tell which ones the transaction changed.
+    positions_read: dict[uuid.UUID, tuple[Any, ...]] = field(default_factory=dict)
     orders: dict[uuid.UUID, Order] = field(default_factory=dict)
     new_orders: list[Order] = field(default_factory=list)
     trades: list[Trade] = field(default_factory=list)
@@ -81,6 +83,11 @@ class MarketTx:
             else:
                 self.positions[agent_id] = Position(agent_id=agent_id, market=self.market)
                 self.new_positions.add(agent_id)
+            self.positions_read[agent_id] = book_store.position_state(self.positions[agent_id])
+
+    def changed_positions(self) -> set[uuid.UUID]:
+        """The agents whose position in the market this transaction changed (contracts, reserves, cost, P&L)."""
+        return {a for a, pos in self.positions.items() if book_store.position_state(pos) != self.positions_read[a]}
 
     def prepare(
         self,
@@ -253,6 +260,12 @@ class MarketTx:
         self.order_event(order, event, level_delta=-left)
 
     # -- write out -----------------------------------------------------------------------------------------------
+    def agent_feed(self) -> AgentFeed:
+        """The private feed messages of what this transaction did, numbered in each agent's sequence
+        (:func:`trading.agent_feed.transaction_feed`); :func:`trading.book_store.write` asks for them once the rows
+        have their times, and writes them with everything else."""
+        return agent_feed.transaction_feed(self)
+
     def flush(self) -> list[MarketEvent]:
         """Write everything out in one round trip (:func:`trading.book_store.write`); returns the stored events."""
         return book_store.write(self)

@@ -6,12 +6,15 @@ management commands and the tests Python values. A field is read as the API has 
 number where text is expected is its text, text is trimmed, ``"3"`` and ``3.0`` are 3 contracts, ``"true"`` and ``1``
 are true. A price's error has the code ``invalid_price``, a size's ``invalid_size``; any other field's is
 ``invalid_request``, with ``detail`` mapping the field to its problems (``{"side": ["side must be YES or NO."]}``).
+A field that is not an order's is refused, never ignored (:func:`check_order_fields`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
@@ -23,6 +26,7 @@ from django.utils.dateparse import parse_datetime
 
 from moltstreet.errors import InvalidRequest
 from moltstreet.money import CENT, MAX_PRICE, MIN_PRICE
+from moltstreet.strict import refuse_unknown
 from trading import matching
 from trading.models import CLIENT_ORDER_ID_MAX, Action, Side, TimeInForce
 
@@ -146,9 +150,14 @@ def _fits(number: Decimal, *, whole: int, places: int) -> bool:
     return total <= whole + places and decimals <= places and total - decimals <= whole
 
 
-def _choice(field: str, value: Any, choices: list[str], problem: str) -> str:
+def _choice(field: str, value: Any, choices: list[str]) -> str:
+    """``value`` if it is one of ``choices`` exactly so spelled; the refusal lists them (``side must be YES or
+    NO.``) and, for another spelling of one (``"yes"``), says which to send."""
     if isinstance(value, str) and value in choices:
         return str(value)
+    problem = f"{field} must be {', '.join(choices[:-1])} or {choices[-1]}."
+    if isinstance(value, str) and value.strip().upper() in choices:
+        problem += f' Values are case-sensitive: send "{value.strip().upper()}".'
     raise _refuse(field, problem)
 
 
@@ -276,10 +285,10 @@ def parse_order(
     Raises :class:`InvalidRequest`: ``invalid_price`` (:func:`parse_price`), ``invalid_size`` (:func:`parse_size`),
     ``invalid_request`` for the other fields (``detail`` maps the field to its problems) and for the combinations.
     """
-    side = _choice("side", side, Side.values, "side must be YES or NO.")
-    action = _choice("action", action, Action.values, "action must be BUY or SELL.")
+    side = _choice("side", side, Side.values)
+    action = _choice("action", action, Action.values)
     price, size = parse_price(price), parse_size(size)
-    tif = _choice("time_in_force", time_in_force, TimeInForce.values, "time_in_force must be GTC, GTD, IOC or FOK.")
+    tif = _choice("time_in_force", time_in_force, TimeInForce.values)
     expires_at = _time("expires_at", expires_at)
     post_only = _flag("post_only", post_only)
     if client_order_id is not None:
@@ -304,3 +313,16 @@ def parse_order(
         forecast=forecast,
         reasoning=reasoning,
     )
+
+
+# The fields of an order, as parse_order takes them.
+ORDER_FIELDS: tuple[str, ...] = tuple(inspect.signature(parse_order).parameters)
+
+
+def check_order_fields(names: Iterable[str], *, besides: Iterable[str] = ()) -> None:
+    """Refuse an order request with a field that is not an order's (:data:`ORDER_FIELDS`, or one of ``besides``,
+    such as the API's ``market``): a misspelt or made-up field (``"dry_run": true``) is never ignored.
+
+    Raises :class:`InvalidRequest` (``invalid_request``, ``detail`` naming each unknown field with the known ones).
+    """
+    refuse_unknown("field", names, [*besides, *ORDER_FIELDS])

@@ -465,7 +465,7 @@ def order_cancel(*, agent: Agent, order_id: uuid.UUID | str) -> Order:
 def _order_cancel(*, agent: Agent, order_id: uuid.UUID | str) -> Order:
     order = book_store.own_order(agent.id, order_id)
     if order is None:
-        raise NotFound("No such order.", detail={"order": str(order_id)})
+        raise NotFound.of("order", order_id)
     cancelled = _cancel_in_market(order.market_id, Order.CancelReason.USER, order_id=order.id)
     if not cancelled:
         current = book_store.own_order(agent.id, order.id) or order  # filled, cancelled or expired meanwhile

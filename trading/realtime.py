@@ -1,14 +1,17 @@
-"""The live feed (DESIGN section 8, docs/realtime.md): committed market events turned into websocket messages.
+"""The live feed (DESIGN section 8, docs/realtime.md): committed changes turned into websocket messages.
 
 Publishing: :func:`publish_committed_events` is a ``markets.services.EVENT_SUBSCRIBERS`` hook, called after commit
-with the stored events of one transaction. It sends one ``market.batch`` to the market's group (the public ``book``,
-``trade`` and ``market`` messages, in ``seq`` order, with no agent or order ids) and one ``agent.batch`` to each
-involved agent's group (its ``order``, ``fill`` and ``balance`` messages), all in one pass over the channel layer. It
-never raises into the caller and never waits for a subscriber: channel layers drop a message for a subscriber whose
-buffer is full instead of blocking.
+with the stored events of one transaction and the private feed messages it stored (``trading.agent_feed``). It sends
+one ``market.batch`` to the market's group (the public ``book``, ``trade`` and ``market`` messages, in ``seq`` order,
+with no agent or order ids) and one ``agent.batch`` to each involved agent's group (its ``order``, ``fill``,
+``position`` and ``balance`` messages, in its own ``seq`` order), all in one pass over the channel layer;
+:func:`publish_agent_messages` does the same for private messages without market events. Neither raises into the
+caller nor waits for a subscriber: channel layers drop a message for a subscriber whose buffer is full instead of
+blocking.
 
 Reading: :func:`market_snapshot` and :func:`stored_messages` rebuild the same public messages from the database for
-the consumers (``trading.consumers``), which replay ``?since=`` and fill gaps from the stored events.
+the consumers (``trading.consumers``), which replay ``?since=`` and fill gaps from the stored events (the private
+feed's counterparts are in ``trading.agent_feed``).
 """
 
 from __future__ import annotations
@@ -19,9 +22,7 @@ import logging
 import os
 import threading
 import uuid
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from decimal import Decimal
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -29,10 +30,8 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
 from django.db import connection, transaction
 
-from agents.models import Agent
 from markets.models import Market, MarketEvent
-from markets.shape import FEED, market_view, recorded_view, render_no_price, render_time
-from trading.models import Position, Side
+from markets.shape import FEED, market_view, recorded_view, render_time
 from trading.selectors import book_levels
 
 logger = logging.getLogger(__name__)
@@ -135,124 +134,53 @@ def _market_of(market_id: uuid.UUID | str, events: Sequence[MarketEvent]) -> Mar
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Private messages
-
-
-def private_messages(
-    market_id: uuid.UUID | str,
-    events: Sequence[MarketEvent],
-    balances: dict[str, tuple[Decimal, Decimal]] | None = None,
-) -> dict[str, list[Message]]:
-    """Each involved agent's messages for one transaction's events: ``{agent_id: [order/fill..., balance]}``.
-
-    ``order`` for each change of one of its orders, ``fill`` for each trade it took part in (``role`` maker or
-    taker, ``side``/``action`` of its own order, ``fill_price`` on its own side: the YES price for YES, 1 - price for
-    NO), then one ``balance``: as the transaction committed it (``balances``, from the agents it locked), else read
-    after commit. Agents whose money moved without an order event get the ``balance`` too: the creator on
-    ``created`` (the creation fee), every holder on ``resolved`` (the payout).
-    """
-    market_id = str(market_id)
-    feeds: dict[str, list[Message]] = defaultdict(list)
-    balance_only: set[str] = set()
-    for event in sorted(events, key=lambda e: e.seq):
-        data = event.data or {}
-        if event.kind == MarketEvent.Kind.ORDER and "order" in data:
-            order = data["order"]
-            feeds[order["agent"]].append(
-                {
-                    "type": "order",
-                    "seq": event.seq,
-                    "market": market_id,
-                    "event": data.get("event"),
-                    "order": {key: order[key] for key in ("id", "side", "action", "price", "size", "filled", "status")},
-                }
-            )
-        elif event.kind == MarketEvent.Kind.TRADE:
-            trade = data["trade"]
-            parties = (
-                ("maker", trade["maker_agent"], trade["maker_order"], trade["maker_side"], trade["maker_action"]),
-                (
-                    "taker",
-                    trade["taker_agent"],
-                    trade["taker_order"],
-                    trade["taker_side_intent"],
-                    trade["taker_action"],
-                ),
-            )
-            for role, agent_id, order_id, side, action in parties:
-                feeds[agent_id].append(
-                    {
-                        "type": "fill",
-                        "seq": event.seq,
-                        "market": market_id,
-                        "fill": {
-                            "id": trade["id"],
-                            "order": order_id,
-                            "side": side,
-                            "action": action,
-                            "role": role,
-                            "price": trade["price"],
-                            "fill_price": trade["price"] if side == Side.YES else render_no_price(trade["price"]),
-                            "size": trade["size"],
-                            "created_at": render_time(event.created_at),
-                        },
-                    }
-                )
-        elif event.kind == MarketEvent.Kind.MARKET and data.get("event") == "created":
-            market = _market_of(market_id, events)
-            if market is not None and market.creator_id is not None:
-                balance_only.add(str(market.creator_id))
-        elif event.kind == MarketEvent.Kind.MARKET and data.get("event") == "resolved":
-            holders = Position.objects.filter(market_id=market_id).values_list("agent_id", flat=True)
-            balance_only.update(str(agent_id) for agent_id in holders)
-    touched = set(feeds) | balance_only
-    known = {agent_id: balances[agent_id] for agent_id in touched if balances and agent_id in balances}
-    if touched - set(known):
-        rows = Agent.objects.filter(id__in=touched - set(known)).values_list("id", "balance", "locked_balance")
-        known.update({str(agent_id): (balance, locked) for agent_id, balance, locked in rows})
-    if known:
-        for agent_id, (balance, locked) in sorted(known.items()):
-            feeds[str(agent_id)].append(
-                {
-                    "type": "balance",
-                    "market": market_id,
-                    "balance": str(balance),
-                    "locked_balance": str(locked),
-                    "available_balance": str(balance - locked),
-                }
-            )
-    return dict(feeds)
-
-
-# --------------------------------------------------------------------------------------------------------------------
 # Publishing
 
 
 def publish_committed_events(
     market_id: uuid.UUID,
     events: Sequence[MarketEvent],
-    balances: dict[str, tuple[Decimal, Decimal]] | None = None,
+    agent_messages: dict[str, list[Message]] | None = None,
 ) -> None:
     """``EVENT_SUBSCRIBERS`` hook: publish one committed transaction's events to the live feed.
 
     Sends ``{"type": "market.batch", "messages": [...]}`` to ``market.<id>`` and ``{"type": "agent.batch",
-    "messages": [...]}`` to ``agent.<id>`` of each involved agent: one ``group_send`` per group, together, bounded by
+    "messages": [...]}`` to ``agent.<id>`` of each agent in ``agent_messages`` (the private feed messages the
+    transaction stored, ``trading.agent_feed``): one ``group_send`` per group, together, bounded by
     ``MOLTSTREET["LIVE_PUBLISH_TIMEOUT"]`` seconds. Never raises: a failure (the channel layer or Redis down, a
-    timeout) is logged and trading goes on; subscribers then find the gap in ``seq`` and read the stored events.
+    timeout) is logged and trading goes on; subscribers then find the gap in ``seq`` and read the stored messages.
     """
-    if not events:
-        return
     try:
-        public = public_messages(market_id, events)
-        # Encoded once here rather than by each of the market's subscribers (bench/fanout.py).
-        batch = {"type": MARKET_BATCH, "messages": public, "texts": [json.dumps(m) for m in public]}
-        sends = [(market_group(market_id), batch)]
-        for agent_id, messages in private_messages(market_id, events, balances).items():
-            sends.append((agent_group(agent_id), {"type": AGENT_BATCH, "messages": messages}))
-        _group_send_all(sends)
+        sends = []
+        if events:
+            public = public_messages(market_id, events)
+            # Encoded once here rather than by each of the market's subscribers (bench/fanout.py).
+            batch = {"type": MARKET_BATCH, "messages": public, "texts": [json.dumps(m) for m in public]}
+            sends.append((market_group(market_id), batch))
+        sends += _agent_sends(agent_messages or {})
+        if sends:
+            _group_send_all(sends)
     except Exception:  # the caller's transaction has committed: nothing here may undo or fail it
-        seqs = [e.seq for e in events]
+        seqs = [e.seq for e in events] or [0]
         logger.exception("live feed: publishing market %s events %d-%d failed", market_id, min(seqs), max(seqs))
+
+
+def publish_agent_messages(agent_messages: dict[str, list[Message]]) -> None:
+    """``agents.services.AGENT_FEED_SUBSCRIBERS`` hook: publish the private feed messages of a committed transaction
+    that had no market events (an operator's adjustment, a registration, a market's creation fee), as
+    :func:`publish_committed_events` does. Never raises."""
+    try:
+        _group_send_all(_agent_sends(agent_messages))
+    except Exception:  # the transaction has committed: nothing here may undo or fail it
+        logger.exception("live feed: publishing the private messages of %d agents failed", len(agent_messages))
+
+
+def _agent_sends(agent_messages: dict[str, list[Message]]) -> list[tuple[str, Message]]:
+    return [
+        (agent_group(agent_id), {"type": AGENT_BATCH, "messages": messages})
+        for agent_id, messages in agent_messages.items()
+        if messages
+    ]
 
 
 def publish_key_revoked(key_id: uuid.UUID) -> None:
@@ -394,9 +322,9 @@ __all__ = [
     "market_exists",
     "market_group",
     "market_snapshot",
-    "private_messages",
     "public_message",
     "public_messages",
+    "publish_agent_messages",
     "publish_committed_events",
     "stored_messages",
 ]

@@ -293,8 +293,14 @@ def test_the_leaderboard_ranks_by_brier_score_leaving_out_agents_without_one(res
     assert carol["brier_score"] is None
 
 
-def test_the_leaderboard_ignores_an_unknown_ordering(resolved_world):
-    assert [row["name"] for row in leaderboard("?ordering=api_key")] == [row["name"] for row in leaderboard()]
+@pytest.mark.parametrize("ordering", ["api_key", "-reputation,api_key", "reputation,", "-"])
+def test_the_leaderboard_refuses_an_unknown_ordering_listing_the_fields(ordering, resolved_world, audit_clean):
+    # DRF would fall back to the default order without a word; an agent must learn that its ordering was not used.
+    with unchanged(audit_clean):
+        error = assert_error(api_client().get(f"{API}/agents/?ordering={ordering}"), 400, "invalid_request")
+    assert error["message"].startswith("Cannot order by ")
+    assert "reputation, balance, brier_score" in error["message"]
+    assert set(error["detail"]) == {"ordering"}
 
 
 def test_the_leaderboard_pages_through_agents_with_equal_scores_without_repeats_or_gaps():
@@ -367,6 +373,29 @@ def test_the_ledger_filters_by_kind_and_pages_with_a_cursor(market):
     assert ids == sorted(ids, reverse=True)
     only_grants = client.get(f"{API}/ledger/?kind=grant").json()["results"]
     assert [row["kind"] for row in only_grants] == ["grant"]
+
+
+def test_the_ledger_filters_by_market_and_time_and_refuses_market_id(market, make_agent, audit_clean):
+    alice = make_agent()
+    client = api_client(alice)
+    mint(client, api_client(make_agent()), market, 2, "0.50")
+    grant = LedgerEntry.objects.get(agent=alice, kind="grant")
+
+    def kinds(query: str) -> list[str]:
+        response = client.get(f"{API}/ledger/{query}")
+        assert response.status_code == 200, response.content
+        return [row["kind"] for row in assert_page(response.json())]
+
+    assert kinds(f"?market={market.id}") == ["trade"]
+    at = grant.created_at.isoformat().replace("+", "%2B")
+    assert kinds(f"?until={at}") == ["grant"]
+    assert kinds(f"?since={at}&kind=trade") == ["trade"]
+    with unchanged(audit_clean):
+        # The old name of the filter is refused, naming the one to use: it was easy to send ?market= and get all.
+        error = assert_error(client.get(f"{API}/ledger/?market_id={market.id}"), 400, "invalid_request")
+        assert error["message"] == "Unknown query parameter: market_id (use market)."
+        assert set(error["detail"]) == {"market_id"}
+        assert_error(client.get(f"{API}/ledger/?kind=bonus"), 400, "invalid_request")
 
 
 def test_the_ledger_needs_a_key(audit_clean):

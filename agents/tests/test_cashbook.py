@@ -17,7 +17,7 @@ import pytest
 from django.db import IntegrityError, transaction
 from django.db.models import Sum
 
-from agents.models import Agent, LedgerEntry
+from agents.models import Agent, AgentEvent, LedgerEntry
 from agents.services import CashBook, lock_agents
 from agents.tests.factories import AgentFactory
 from moltstreet.errors import InsufficientBalance
@@ -431,7 +431,8 @@ def test_flush_writes_each_touched_agent_once_and_clears_the_book(db, audit_clea
             book.move(agents[first.id], D("-1.00"), Kind.TRADE)
             book.move(agents[second.id], D("1.00"), Kind.TRADE)
         assert len(book.entries) == 6 and set(book.touched) == {first.id, second.id}
-        with django_assert_num_queries(2):  # one UPDATE batch for the agents, one INSERT batch for the ledger
+        # One UPDATE batch for the agents, one INSERT batch for the ledger, one for their balance messages.
+        with django_assert_num_queries(3):
             book.flush()
         assert book.entries == [] and book.touched == {}
         with django_assert_num_queries(0):  # nothing left to write
@@ -440,4 +441,9 @@ def test_flush_writes_each_touched_agent_once_and_clears_the_book(db, audit_clea
     assert [after for _, _, after in ledger(first)] == [GRANT, D("999.00"), D("998.00"), D("997.00")]
     assert [after for _, _, after in ledger(second)] == [GRANT, D("1001.00"), D("1002.00"), D("1003.00")]
     assert ledger(idle) == [(Kind.GRANT, GRANT, GRANT)]
+    # Each touched agent's private feed got one balance message, the idle one's nothing beyond its grant's.
+    for agent, balance, seq in ((first, "997.00", 2), (second, "1003.00", 2), (idle, "1000.00", 1)):
+        agent.refresh_from_db()
+        last = AgentEvent.objects.get(agent=agent, seq=agent.feed_seq)
+        assert (agent.feed_seq, last.kind, last.data["balance"], last.data["market"]) == (seq, "balance", balance, None)
     audit_clean()

@@ -197,7 +197,7 @@ def test_keys_never_reach_the_logs(market, caplog):
 @pytest.mark.django_db(transaction=True)
 def test_the_server_log_never_shows_a_key():
     """A real daphne process, as `make run` serves it (its access log on): keys sent in headers and in a websocket's
-    `?api_key=` query, valid, revoked and unknown, never appear in what the server writes."""
+    `?api_key=` query (which the feed refuses), valid, revoked and unknown, never appear in what the server writes."""
     from testsupport.e2e import api, daphne_servers, http_json, open_feed, register_agent
 
     with daphne_servers(1) as (server,):
@@ -206,7 +206,9 @@ def test_the_server_log_never_shows_a_key():
         second = api(server.url, "POST", "/agents/me/keys/", {"revoke_current": True}, api_key=key, expect=201)
         http_json("GET", f"{server.url}{API}/agents/me/", api_key=key)  # revoked now: 401
         http_json("GET", f"{server.url}{API}/agents/me/?api_key={key}")  # a key in a URL, where it should not be
-        with open_feed(server, f"/ws/agent/?api_key={second['api_key']}") as feed:
+        with open_feed(server, f"/ws/agent/?api_key={second['api_key']}") as feed:  # refused, with the reason
+            assert feed.recv()["code"] == "api_key_in_url"
+        with open_feed(server, "/ws/agent/", headers={"Authorization": f"Bearer {second['api_key']}"}) as feed:
             feed.send({"type": "ping"})
             feed.until(lambda m: m.get("type") == "pong", "pong")
         log = server.output(tail=10**7)

@@ -41,6 +41,8 @@ from moltstreet_client.models import (
 )
 
 T = TypeVar("T")
+# A time filter (`since`, `until`): an aware datetime or ISO 8601 text; None for none.
+Time = datetime | str | None
 
 SIDES = ("YES", "NO")
 ACTIONS = ("BUY", "SELL")
@@ -66,11 +68,10 @@ class Op(Generic[T]):
 
 @dataclass(frozen=True)
 class ListOp(Generic[T]):
-    """A cursor-paginated list: the first page's call, the parser of one item, and an optional filter."""
+    """A cursor-paginated list: the first page's call and the parser of one item."""
 
     call: Call
     item: Callable[[dict[str, Any]], T]
-    keep: Callable[[T], bool] | None = None
 
 
 def _one(model: Callable[[dict[str, Any]], T]) -> Callable[[Answer], T]:
@@ -133,8 +134,10 @@ def revoke_key(key_id: Any) -> Op[ApiKey]:
     return Op(Call("DELETE", path, replayable=True), _one(ApiKey.from_dict))
 
 
-def ledger(kind: str | None, market: Any, page_size: int | None) -> ListOp[LedgerEntry]:
-    call = _get("/ledger/", kind=kind, market_id=optional_ident(market), **_page_size(page_size))
+def ledger(
+    kind: str | None, market: Any, page_size: int | None, since: Time = None, until: Time = None
+) -> ListOp[LedgerEntry]:
+    call = _get("/ledger/", kind=kind, market=optional_ident(market), since=since, until=until, **_page_size(page_size))
     return ListOp(call, LedgerEntry.from_dict)
 
 
@@ -272,7 +275,13 @@ def place_order(
 
 
 def orders(
-    market: Any, status: str | None, side: str | None, action: str | None, page_size: int | None
+    market: Any,
+    status: str | None,
+    side: str | None,
+    action: str | None,
+    page_size: int | None,
+    since: Time = None,
+    until: Time = None,
 ) -> ListOp[Order]:
     call = _get(
         "/orders/",
@@ -280,6 +289,8 @@ def orders(
         status=status,
         side=_upper(side, "side", SIDES),
         action=_upper(action, "action", ACTIONS),
+        since=since,
+        until=until,
         **_page_size(page_size),
     )
     return ListOp(call, Order.from_dict)
@@ -306,11 +317,9 @@ def positions(market: Any, open_only: bool, page_size: int | None) -> ListOp[Pos
     return ListOp(call, Position.from_dict)
 
 
-def fills(market: Any, page_size: int | None) -> ListOp[Fill]:
-    market_id = optional_ident(market)
-    # GET /trades/ has no market filter: the SDK keeps the fills of that market.
-    keep = (lambda fill: fill.market == market_id) if market_id is not None else None
-    return ListOp(_get("/trades/", **_page_size(page_size)), Fill.from_dict, keep)
+def fills(market: Any, page_size: int | None, since: Time = None, until: Time = None) -> ListOp[Fill]:
+    call = _get("/trades/", market=optional_ident(market), since=since, until=until, **_page_size(page_size))
+    return ListOp(call, Fill.from_dict)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -420,16 +429,27 @@ def upload_backtest(result: Any) -> Generator[Op[Any], Any, dict[str, Any]]:
     return backtest
 
 
-def backtests(page_size: int | None) -> ListOp[dict[str, Any]]:
-    return ListOp(_get("/backtests/", **_page_size(page_size)), dict)
+def backtests(
+    page_size: int | None, status: str | None = None, market: Any = None, since: Time = None, until: Time = None
+) -> ListOp[dict[str, Any]]:
+    call = _get(
+        "/backtests/",
+        status=status,
+        market=optional_ident(market),
+        since=since,
+        until=until,
+        **_page_size(page_size),
+    )
+    return ListOp(call, dict)
 
 
 def backtest(backtest_id: Any) -> Op[dict[str, Any]]:
     return Op(_get(f"/backtests/{ident(backtest_id)}/"), _body)
 
 
-def backtest_executions(backtest_id: Any, page_size: int | None) -> ListOp[dict[str, Any]]:
-    return ListOp(_get(f"/backtests/{ident(backtest_id)}/executions/", **_page_size(page_size)), dict)
+def backtest_executions(backtest_id: Any, page_size: int | None, market: Any = None) -> ListOp[dict[str, Any]]:
+    call = _get(f"/backtests/{ident(backtest_id)}/executions/", market=optional_ident(market), **_page_size(page_size))
+    return ListOp(call, dict)
 
 
 def backtest_strategies() -> Op[list[dict[str, Any]]]:

@@ -65,10 +65,8 @@ class AsyncPaginator(AsyncIterator[T], Generic[T]):
 
     async def __anext__(self) -> T:
         while True:
-            while self._buffer:
-                item = self._buffer.popleft()
-                if self._op.keep is None or self._op.keep(item):
-                    return item
+            if self._buffer:
+                return self._buffer.popleft()
             if self._call is None:
                 raise StopAsyncIteration
             answer = await self._client._send(self._call)
@@ -228,10 +226,16 @@ class AsyncClient:
         return await self._do(_api.revoke_key(key_id))
 
     def ledger(
-        self, *, kind: str | None = None, market: Any = None, page_size: int | None = None
+        self,
+        *,
+        kind: str | None = None,
+        market: Any = None,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+        page_size: int | None = None,
     ) -> AsyncPaginator[LedgerEntry]:
         """:meth:`Client.ledger` as an async iterator."""
-        return self._list(_api.ledger(kind, market, page_size))
+        return self._list(_api.ledger(kind, market, page_size, since, until))
 
     # Markets
 
@@ -346,10 +350,12 @@ class AsyncClient:
         *,
         side: str | None = None,
         action: str | None = None,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
         page_size: int | None = None,
     ) -> AsyncPaginator[Order]:
         """:meth:`Client.orders` as an async iterator."""
-        return self._list(_api.orders(market, status, side, action, page_size))
+        return self._list(_api.orders(market, status, side, action, page_size, since, until))
 
     async def order(self, order_id: Any) -> Order:
         """Async :meth:`Client.order`."""
@@ -376,9 +382,16 @@ class AsyncClient:
         """:meth:`Client.positions` as an async iterator."""
         return self._list(_api.positions(market, open_only, page_size))
 
-    def fills(self, market: Any = None, *, page_size: int | None = None) -> AsyncPaginator[Fill]:
+    def fills(
+        self,
+        market: Any = None,
+        *,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+        page_size: int | None = None,
+    ) -> AsyncPaginator[Fill]:
         """:meth:`Client.fills` as an async iterator."""
-        return self._list(_api.fills(market, page_size))
+        return self._list(_api.fills(market, page_size, since, until))
 
     # Backtests
 
@@ -400,17 +413,27 @@ class AsyncClient:
         of executions in order, each retried safely). Returns the final backtest as a dict."""
         return await self._drive(_api.upload_backtest(result))
 
-    def backtests(self, *, page_size: int | None = None) -> AsyncPaginator[dict[str, Any]]:
+    def backtests(
+        self,
+        *,
+        status: str | None = None,
+        market: Any = None,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+        page_size: int | None = None,
+    ) -> AsyncPaginator[dict[str, Any]]:
         """:meth:`Client.backtests` as an async iterator."""
-        return self._list(_api.backtests(page_size))
+        return self._list(_api.backtests(page_size, status, market, since, until))
 
     async def backtest(self, backtest_id: Any) -> dict[str, Any]:
         """Async :meth:`Client.backtest`."""
         return await self._do(_api.backtest(backtest_id))
 
-    def backtest_executions(self, backtest_id: Any, *, page_size: int | None = None) -> AsyncPaginator[dict[str, Any]]:
+    def backtest_executions(
+        self, backtest_id: Any, *, market: Any = None, page_size: int | None = None
+    ) -> AsyncPaginator[dict[str, Any]]:
         """:meth:`Client.backtest_executions` as an async iterator."""
-        return self._list(_api.backtest_executions(backtest_id, page_size))
+        return self._list(_api.backtest_executions(backtest_id, page_size, market))
 
     async def backtest_strategies(self) -> list[dict[str, Any]]:
         """Async :meth:`Client.backtest_strategies`."""
@@ -442,6 +465,7 @@ class AsyncClient:
     def stream_private(
         self,
         *,
+        since: int | None = None,
         timeout: float | None = None,
         max_reconnects: int | None = 10,
         open_timeout: float = 10.0,
@@ -450,7 +474,7 @@ class AsyncClient:
         """:meth:`Client.stream_private` as an async iterator; ``on_reconnect`` may be a coroutine function."""
         stream = AsyncPrivateStream(
             self,
-            PrivateFeedState(),
+            PrivateFeedState(since),
             timeout=timeout,
             max_reconnects=max_reconnects,
             open_timeout=open_timeout,

@@ -63,10 +63,8 @@ class Paginator(Iterator[T], Generic[T]):
 
     def __next__(self) -> T:
         while True:
-            while self._buffer:
-                item = self._buffer.popleft()
-                if self._op.keep is None or self._op.keep(item):
-                    return item
+            if self._buffer:
+                return self._buffer.popleft()
             if self._call is None:
                 raise StopIteration
             answer = self._client._send(self._call)
@@ -257,12 +255,19 @@ class Client:
         return self._do(_api.revoke_key(key_id))
 
     def ledger(
-        self, *, kind: str | None = None, market: Any = None, page_size: int | None = None
+        self,
+        *,
+        kind: str | None = None,
+        market: Any = None,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+        page_size: int | None = None,
     ) -> Paginator[LedgerEntry]:
         """The agent's cash movements, newest first (``GET /ledger/``), lazily over cursor pages: each
         :class:`LedgerEntry` has ``amount`` and ``balance_after`` in credits. ``kind``: ``grant``, ``fee``,
-        ``trade``, ``netting``, ``payout`` or ``adjustment``; ``market``: a market id (or :class:`Market`)."""
-        return self._list(_api.ledger(kind, market, page_size))
+        ``trade``, ``netting``, ``payout`` or ``adjustment``; ``market``: a market id (or :class:`Market`);
+        ``since``/``until``: times (aware datetimes or ISO 8601 text), inclusive."""
+        return self._list(_api.ledger(kind, market, page_size, since, until))
 
     # ----------------------------------------------------------------------------------------------------------------
     # Markets
@@ -439,11 +444,14 @@ class Client:
         *,
         side: str | None = None,
         action: str | None = None,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
         page_size: int | None = None,
     ) -> Paginator[Order]:
         """The agent's own orders, newest first (``GET /orders/``), lazily over cursor pages. ``status``:
-        ``open``, ``partial``, ``filled``, ``cancelled``, ``expired``, or ``resting`` (open or partial)."""
-        return self._list(_api.orders(market, status, side, action, page_size))
+        ``open``, ``partial``, ``filled``, ``cancelled``, ``expired``, or ``resting`` (open or partial);
+        ``since``/``until``: creation times (aware datetimes or ISO 8601 text), inclusive."""
+        return self._list(_api.orders(market, status, side, action, page_size, since, until))
 
     def order(self, order_id: Any) -> Order:
         """One own order (``GET /orders/{id}/``). Raises :class:`NotFound` (404; also for another agent's)."""
@@ -476,11 +484,18 @@ class Client:
         average prices and P&L in credits. ``open_only``: only those holding contracts."""
         return self._list(_api.positions(market, open_only, page_size))
 
-    def fills(self, market: Any = None, *, page_size: int | None = None) -> Paginator[Fill]:
+    def fills(
+        self,
+        market: Any = None,
+        *,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+        page_size: int | None = None,
+    ) -> Paginator[Fill]:
         """The agent's own fills, newest first (``GET /trades/``), lazily over cursor pages: each :class:`Fill` has
-        ``price`` (YES), ``fill_price`` (own side), ``size``, ``role``, ``order``. ``market`` keeps that market's
-        (filtered by the SDK: the endpoint lists all)."""
-        return self._list(_api.fills(market, page_size))
+        ``price`` (YES), ``fill_price`` (own side), ``size``, ``role``, ``order``. ``market``: only that market's
+        (a market id or :class:`Market`); ``since``/``until``: trade times, inclusive."""
+        return self._list(_api.fills(market, page_size, since, until))
 
     # ----------------------------------------------------------------------------------------------------------------
     # Backtests (DESIGN section 11)
@@ -526,9 +541,19 @@ class Client:
         backtest)."""
         return self._drive(_api.upload_backtest(result))
 
-    def backtests(self, *, page_size: int | None = None) -> Paginator[dict[str, Any]]:
-        """The agent's backtests, newest first (``GET /backtests/``), lazily over pages, as dicts."""
-        return self._list(_api.backtests(page_size))
+    def backtests(
+        self,
+        *,
+        status: str | None = None,
+        market: Any = None,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+        page_size: int | None = None,
+    ) -> Paginator[dict[str, Any]]:
+        """The agent's backtests, newest first (``GET /backtests/``), lazily over pages, as dicts. ``status``:
+        ``queued``, ``running``, ``uploading``, ``done`` or ``failed``; ``market``: those replaying it;
+        ``since``/``until``: creation times, inclusive."""
+        return self._list(_api.backtests(page_size, status, market, since, until))
 
     def backtest(self, backtest_id: Any) -> dict[str, Any]:
         """One backtest (``GET /backtests/{id}/``) as a dict: its inputs, ``status`` (``queued``, ``running``,
@@ -537,11 +562,14 @@ class Client:
         Raises :class:`NotFound` (404)."""
         return self._do(_api.backtest(backtest_id))
 
-    def backtest_executions(self, backtest_id: Any, *, page_size: int | None = None) -> Paginator[dict[str, Any]]:
+    def backtest_executions(
+        self, backtest_id: Any, *, market: Any = None, page_size: int | None = None
+    ) -> Paginator[dict[str, Any]]:
         """A backtest's simulated fills in order (``GET /backtests/{id}/executions/``), lazily over pages: dicts
         ``{time, market, side, action, price, size, reason, cash, order}`` (``reason`` ``taker``, ``maker`` or
-        ``netting``; ``price`` on the order's own side, ``cash`` credits moved, negative when paid)."""
-        return self._list(_api.backtest_executions(backtest_id, page_size))
+        ``netting``; ``price`` on the order's own side, ``cash`` credits moved, negative when paid); ``market``:
+        only that market's."""
+        return self._list(_api.backtest_executions(backtest_id, page_size, market))
 
     def backtest_strategies(self) -> list[dict[str, Any]]:
         """The built-in strategies the server runs (``GET /backtests/strategies/``): ``{name, version,
@@ -580,21 +608,24 @@ class Client:
     def stream_private(
         self,
         *,
+        since: int | None = None,
         timeout: float | None = None,
         max_reconnects: int | None = 10,
         open_timeout: float = 10.0,
         on_reconnect: Callable[[PrivateStream], None] | None = None,
     ) -> PrivateStream:
         """The agent's private feed (``/ws/agent/``, authenticated with ``client.api_key`` in the
-        ``Authorization`` header) as an iterator of ``order``, ``fill`` and ``balance`` message dicts.
-
-        Live only: it reconnects after a drop, but what was sent meanwhile is lost; ``on_reconnect(stream)`` is
-        called after each reconnection so the caller can re-read ``orders()``, ``fills()`` and ``me()``.
-        Raises :class:`InvalidApiKey` if the key is refused, ``MoltStreetError`` code ``api_key_revoked`` when it
-        is revoked while open (unless ``client.api_key`` has changed meanwhile)."""
+        ``Authorization`` header) as an iterator of message dicts: a ``snapshot`` of the account (``balance``,
+        ``locked_balance``, ``available_balance``, resting ``orders``, ``positions`` and the agent's ``seq``; unless
+        ``since`` is given: then the messages after that ``seq``), then ``order``, ``fill``, ``position`` and
+        ``balance`` messages in consecutive ``seq``. A drop is repaired by reconnecting with ``?since=``: nothing is
+        lost or yielded twice (see :mod:`moltstreet_client.streams`); ``stream.balance``, ``stream.orders`` and
+        ``stream.positions`` are the account as of the last message. ``on_reconnect(stream)`` is called after each
+        reconnection. Raises :class:`InvalidApiKey` if the key is refused, ``MoltStreetError`` code
+        ``api_key_revoked`` when it is revoked while open (unless ``client.api_key`` has changed meanwhile)."""
         stream = PrivateStream(
             self,
-            PrivateFeedState(),
+            PrivateFeedState(since),
             timeout=timeout,
             max_reconnects=max_reconnects,
             open_timeout=open_timeout,

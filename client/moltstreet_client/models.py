@@ -261,7 +261,7 @@ class Order(Model):
     the limit price on the order's own side (0.01-0.99), ``size``/``filled``/``remaining`` in contracts,
     ``status``: ``open``, ``partial``, ``filled``, ``cancelled`` or ``expired``; ``cancel_reason`` (``""`` until
     cancelled): ``user``, ``self_trade``, ``ioc_remainder``, ``fok_unfilled``, ``market_closed``, ...
-    The private feed's ``order`` objects carry only id, side, action, price, size, filled and status."""
+    The private feed's ``order`` objects are the same (``Order.from_dict(message["order"])``)."""
 
     id: str
     market: str | None = None

@@ -25,9 +25,10 @@ their order are the backtest engine's (:mod:`moltstreet_client.backtest`):
 
 What the context shows: the book, the last trades and the reference price from the market feed, in ``seq`` order;
 the agent's holding, resting orders and available cash from ``GET /positions/``, ``/orders/`` and
-``/agents/me/`` at the start (and after the private feed reconnects: it is live only), kept current from each
-order's answer and the private feed's ``order``, ``fill`` and ``balance`` messages (applied a committed
-transaction at a time: a ``balance`` message closes each). ``cash`` is the last ``balance`` message's available
+``/agents/me/`` at the start (and again whenever the private feed replaces the account with a ``snapshot``: after a
+gap too old to replay; a reconnect that resumes with ``since`` misses nothing), kept current from each order's
+answer and the private feed's ``order``, ``fill`` and ``balance`` messages (applied a committed transaction at a
+time: a ``balance`` message closes each). ``cash`` is the last ``balance`` message's available
 credits, adjusted at once for what the runner's own orders reserve and release until the next one arrives.
 
 Stopping: :meth:`LiveRunner.stop` (thread-safe), SIGINT/SIGTERM (when run from the main thread), ``duration``, or a
@@ -337,12 +338,9 @@ class LiveRunner:
     # Connecting ------------------------------------------------------------------------------------------------------
 
     def _connect(self) -> None:
-        # The private feed first: it is live only, so it must be open before the state is read over REST.
-        private = self.client.stream_private(
-            max_reconnects=self.max_reconnects,
-            open_timeout=self.open_timeout,
-            on_reconnect=lambda _stream: self._queue.put(("private_reconnect", None, None, next(self._stamps))),
-        )
+        # The private feed first, so that nothing committed after the state is read over REST is missed; it resumes
+        # by itself after a drop, and says so with a snapshot when it cannot (then the state is read again).
+        private = self.client.stream_private(max_reconnects=self.max_reconnects, open_timeout=self.open_timeout)
         self._streams.append(private)
         private.open(timeout=self.open_timeout)
         self._read_in_thread(private, "private", None)
@@ -437,13 +435,14 @@ class LiveRunner:
     def _handle(self, kind: str, market_id: str | None, message: Any, stamp: int) -> None:
         if kind == "error":
             raise message
-        if kind == "private_reconnect":
-            self.report(f"{self.strategy.label()}: private feed reconnected; reading the state again")
-            self._read_state()
-            return
         if kind == "private":
-            if stamp >= self._cutoff:
-                self._on_private(message)
+            if stamp < self._cutoff:
+                return  # older than the state read over REST
+            if message.get("type") == "snapshot":  # the feed replaced the account: read the state again
+                self.report(f"{self.strategy.label()}: private feed resynchronised; reading the state again")
+                self._read_state()
+                return
+            self._on_private(message)
             return
         self._on_market_message(self.markets[market_id], message)
 

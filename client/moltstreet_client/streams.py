@@ -12,10 +12,13 @@ the iteration. Reconnects are invisible to the caller:
   what was missed and nothing is yielded twice. It yields another ``snapshot`` only when the server replaces the state
   (``reason`` ``resync``, or ``since_too_old`` when the gap is too old to replay): replace your state with it.
   :attr:`MarketStream.book` is the book as of the last message yielded.
-* :class:`PrivateStream` (``/ws/agent/``, the client's API key as ``Authorization: Bearer``) yields the agent's
-  ``order``, ``fill`` and ``balance`` messages. That feed is live only: messages sent while it was disconnected are
-  lost. After a reconnect (:attr:`PrivateStream.reconnects` counts them; ``on_reconnect`` is called) read
-  ``orders()``, ``fills()`` and ``me()`` again for the state.
+* :class:`PrivateStream` (``/ws/agent/``, the client's API key as ``Authorization: Bearer``) yields a ``snapshot``
+  of the agent's account first (balance, resting orders, positions and the agent's own ``seq``), then its
+  ``order``, ``fill``, ``position`` and ``balance`` messages with consecutive ``seq``, and resumes exactly like the
+  market stream: nothing sent while it was disconnected is lost or yielded twice. :attr:`PrivateStream.balance`,
+  :attr:`~PrivateStream.orders` and :attr:`~PrivateStream.positions` are the account as of the last message
+  yielded. ``on_reconnect`` is still called after each reconnection; a ``snapshot`` with ``reason``
+  ``since_too_old`` or ``resync`` is the only time the account is replaced.
 
 Past the server's limits per address (close code 4429) a stream waits the ``retry_after`` of a ``rate_limited`` error
 before reconnecting, and raises ``MoltStreetError`` with code ``too_many_connections`` when the address has too many
@@ -42,7 +45,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from moltstreet_client._base import USER_AGENT, ws_base_url
 from moltstreet_client.errors import MoltStreetError, TransportError
-from moltstreet_client.models import Level, OrderBook
+from moltstreet_client.models import Level, Order, OrderBook, Position
 
 if TYPE_CHECKING:
     from moltstreet_client.aio import AsyncClient
@@ -106,21 +109,32 @@ def _backoff(failures: int, cap: float = 5.0) -> float:
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
-class MarketFeedState:
-    """The logic of a market feed, without I/O: which ``seq`` was yielded last, the book it leaves, and what to do
-    with each incoming message (yield it, drop it as a repeat, or reconnect to fill a gap)."""
+class _SequencedFeedState:
+    """What both feeds share, without I/O: which ``seq`` was yielded last, and what to do with each incoming message
+    (yield it, drop it as a repeat, or reconnect with ``?since=`` to fill a gap). The server numbers each feed's
+    messages without gaps: the market's ``seq`` or the agent's own."""
 
-    def __init__(self, market_id: str, since: int | None = None):
+    def __init__(self, since: int | None = None):
         if since is not None and (not isinstance(since, int) or isinstance(since, bool) or since < 0):
             raise ValueError("since must be a whole number >= 0 (a seq the caller applied)")
-        self.market_id = market_id
         self.last_seq: int | None = since
-        self._book: dict[str, dict[Decimal, int]] = {"YES": {}, "NO": {}}
-        self.book_known = False  # only after a snapshot: a since= resume starts from the caller's own state
+
+    def base_path(self) -> str:
+        raise NotImplementedError
 
     def path(self) -> str:
         query = f"?since={self.last_seq}" if self.last_seq is not None else ""
-        return f"/ws/markets/{self.market_id}/{query}"
+        return self.base_path() + query
+
+    def apply_snapshot(self, message: dict[str, Any]) -> None:
+        """Replace the state with a ``snapshot``'s."""
+
+    def apply(self, message: dict[str, Any]) -> None:
+        """Apply one message with the next ``seq`` to the state."""
+
+    def error(self, message: dict[str, Any]) -> str | None:
+        """A feed's own handling of a server ``error`` (``None``: the shared handling)."""
+        return None
 
     def handle(self, message: Any) -> str:
         """``DELIVER``, ``SKIP``, or raise :class:`_Reconnect`."""
@@ -129,12 +143,7 @@ class MarketFeedState:
         kind = message.get("type")
         if kind == "snapshot":
             self.last_seq = int(message["seq"])
-            book = message.get("book") or {}
-            self._book = {
-                side: {Decimal(str(level["price"])): int(level["size"]) for level in book.get(side.lower(), [])}
-                for side in ("YES", "NO")
-            }
-            self.book_known = True
+            self.apply_snapshot(message)
             return DELIVER
         if kind == "error":
             code = message.get("code")
@@ -142,7 +151,7 @@ class MarketFeedState:
                 raise _Reconnect("buffer_overflow")
             if code == "invalid_since":
                 return SKIP
-            return _server_error(message) or DELIVER
+            return self.error(message) or _server_error(message) or DELIVER
         if kind == "pong":
             return SKIP
         seq = message.get("seq")
@@ -154,6 +163,32 @@ class MarketFeedState:
             if seq != self.last_seq + 1:
                 raise _Reconnect(f"seq jumped from {self.last_seq} to {seq}")
         self.last_seq = seq
+        self.apply(message)
+        return DELIVER
+
+
+class MarketFeedState(_SequencedFeedState):
+    """The logic of a market feed, without I/O: its ``seq`` (:class:`_SequencedFeedState`) and the book it leaves."""
+
+    def __init__(self, market_id: str, since: int | None = None):
+        super().__init__(since)
+        self.market_id = market_id
+        self._book: dict[str, dict[Decimal, int]] = {"YES": {}, "NO": {}}
+        self.book_known = False  # only after a snapshot: a since= resume starts from the caller's own state
+
+    def base_path(self) -> str:
+        return f"/ws/markets/{self.market_id}/"
+
+    def apply_snapshot(self, message: dict[str, Any]) -> None:
+        book = message.get("book") or {}
+        self._book = {
+            side: {Decimal(str(level["price"])): int(level["size"]) for level in book.get(side.lower(), [])}
+            for side in ("YES", "NO")
+        }
+        self.book_known = True
+
+    def apply(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
         if kind == "book":
             for level in message.get("levels") or []:
                 side = self._book.setdefault(str(level["side"]).upper(), {})
@@ -164,7 +199,6 @@ class MarketFeedState:
                     side.pop(price, None)
         elif kind == "market" and (message.get("event") in ("closed", "resolved")):
             self._book = {"YES": {}, "NO": {}}  # closing and resolving cancel every resting order
-        return DELIVER
 
     def book(self) -> OrderBook:
         """The book as of :attr:`last_seq`, best price first (``no`` at NO prices, as ``GET /orderbook/``)."""
@@ -180,23 +214,60 @@ class MarketFeedState:
         )
 
 
-class PrivateFeedState:
-    """The logic of the private feed: what to yield, when to reconnect, when to give up (a revoked key)."""
+RESTING = ("open", "partial")
+_BALANCE_FIELDS = ("balance", "locked_balance", "available_balance")
 
-    def path(self) -> str:
+
+class PrivateFeedState(_SequencedFeedState):
+    """The logic of the private feed, without I/O: the agent's ``seq`` (:class:`_SequencedFeedState`), the account
+    it leaves (balance, resting orders, positions holding contracts), and when to give up (a revoked key)."""
+
+    def __init__(self, since: int | None = None):
+        super().__init__(since)
+        self.balances: dict[str, Decimal] = {}
+        self.resting: dict[str, dict[str, Any]] = {}  # order dicts by id
+        self.holdings: dict[str, dict[str, Any]] = {}  # position dicts by market
+        self.account_known = False  # only after a snapshot: a since= resume starts from the caller's own state
+
+    def base_path(self) -> str:
         return "/ws/agent/"
 
-    def handle(self, message: Any) -> str:
-        if not isinstance(message, dict):
-            return SKIP
+    def error(self, message: dict[str, Any]) -> str | None:
+        if message.get("code") == "api_key_revoked":
+            raise _Reconnect("api_key_revoked")
+        return None
+
+    def apply_snapshot(self, message: dict[str, Any]) -> None:
+        self.balances = {name: Decimal(str(message[name])) for name in _BALANCE_FIELDS if name in message}
+        self.resting = {str(order["id"]): order for order in message.get("orders") or []}
+        self.holdings = {str(position["market"]): position for position in message.get("positions") or []}
+        self.account_known = True
+
+    def apply(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
-        if kind == "pong":
-            return SKIP
-        if kind == "error":
-            if message.get("code") == "api_key_revoked":
-                raise _Reconnect("api_key_revoked")
-            return _server_error(message) or DELIVER
-        return DELIVER
+        if kind == "order":
+            order = message.get("order") or {}
+            if order.get("status") in RESTING:
+                self.resting[str(order["id"])] = order
+            else:
+                self.resting.pop(str(order.get("id")), None)
+        elif kind == "position":
+            position = message.get("position") or {}
+            if position.get("yes_shares") or position.get("no_shares"):
+                self.holdings[str(position["market"])] = position
+            else:
+                self.holdings.pop(str(position.get("market")), None)
+        elif kind == "balance":
+            self.balances = {name: Decimal(str(message[name])) for name in _BALANCE_FIELDS if name in message}
+
+    def orders(self) -> list[Order]:
+        """The resting orders as of :attr:`last_seq`, newest first."""
+        orders = [Order.from_dict(order) for order in self.resting.values()]
+        return sorted(orders, key=lambda o: (o.created_at is not None, o.created_at), reverse=True)
+
+    def positions(self) -> list[Position]:
+        """The positions holding contracts as of :attr:`last_seq`, by market id."""
+        return [Position.from_dict(self.holdings[market]) for market in sorted(self.holdings)]
 
 
 def _close_pause(exc: ConnectionClosed) -> float:
@@ -313,6 +384,45 @@ class _StreamBase:
         return remaining
 
 
+class PrivateStreamMixin:
+    """What both private streams add: the agent's seq and its account."""
+
+    _state: PrivateFeedState
+
+    @property
+    def last_seq(self) -> int | None:
+        """The agent's ``seq`` of the last message yielded (or of the snapshot); ``None`` before the first."""
+        return self._state.last_seq
+
+    @property
+    def balance(self) -> Decimal | None:
+        """The agent's balance (credits) as of :attr:`last_seq`; ``None`` before a snapshot."""
+        return self._state.balances.get("balance")
+
+    @property
+    def locked_balance(self) -> Decimal | None:
+        """Credits reserved by resting BUY orders as of :attr:`last_seq`; ``None`` before a snapshot."""
+        return self._state.balances.get("locked_balance")
+
+    @property
+    def available_balance(self) -> Decimal | None:
+        """``balance - locked_balance`` as of :attr:`last_seq`; ``None`` before a snapshot."""
+        return self._state.balances.get("available_balance")
+
+    @property
+    def orders(self) -> list[Order]:
+        """The agent's resting orders as of :attr:`last_seq`, newest first: the snapshot's and every ``order``
+        message's since. Only known after a snapshot (a stream started with ``since=`` starts from the caller's
+        own state)."""
+        return self._state.orders()
+
+    @property
+    def positions(self) -> list[Position]:
+        """The agent's positions holding contracts as of :attr:`last_seq` (the snapshot's and every ``position``
+        message's since), by market id. Only known after a snapshot."""
+        return self._state.positions()
+
+
 class MarketStreamMixin:
     """What both market streams add: the seq and the book."""
 
@@ -366,9 +476,8 @@ class Stream(_StreamBase):
                 connection.close()
 
     def open(self, timeout: float | None = None) -> Stream:
-        """Connect now rather than on the first ``recv`` (the private feed is live only: open it before placing the
-        orders whose messages you want). Waits at most ``timeout`` seconds (default: the stream's); returns the
-        stream. Raises ``TimeoutError``, :class:`TransportError`, :class:`StreamClosed`."""
+        """Connect now rather than on the first ``recv``. Waits at most ``timeout`` seconds (default: the stream's);
+        returns the stream. Raises ``TimeoutError``, :class:`TransportError`, :class:`StreamClosed`."""
         wait = self.timeout if timeout is None else timeout
         deadline = None if wait is None else time.monotonic() + wait
         while self._connection is None:
@@ -473,8 +582,8 @@ class MarketStream(MarketStreamMixin, Stream):
     """One market's public feed (sync): see the module's doc."""
 
 
-class PrivateStream(Stream):
-    """The agent's private feed (sync): see the module's doc. Live only."""
+class PrivateStream(PrivateStreamMixin, Stream):
+    """The agent's private feed (sync): see the module's doc."""
 
 
 class AsyncStream(_StreamBase):
@@ -608,8 +717,8 @@ class AsyncMarketStream(MarketStreamMixin, AsyncStream):
     """One market's public feed (asyncio): see the module's doc."""
 
 
-class AsyncPrivateStream(AsyncStream):
-    """The agent's private feed (asyncio): see the module's doc. Live only."""
+class AsyncPrivateStream(PrivateStreamMixin, AsyncStream):
+    """The agent's private feed (asyncio): see the module's doc."""
 
 
 __all__ = [
@@ -617,6 +726,7 @@ __all__ = [
     "AsyncPrivateStream",
     "MarketFeedState",
     "MarketStream",
+    "PrivateFeedState",
     "PrivateStream",
     "StreamClosed",
 ]

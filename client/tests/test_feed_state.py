@@ -1,5 +1,5 @@
-"""The market feed's bookkeeping without a network: what is yielded, dropped as a repeat, or repaired by a reconnect
-with ``?since=``, and the book it keeps."""
+"""The feeds' bookkeeping without a network: what is yielded, dropped as a repeat, or repaired by a reconnect with
+``?since=``, and the book (market feed) or account (private feed) it keeps."""
 
 from __future__ import annotations
 
@@ -99,6 +99,80 @@ def test_the_private_feed_reconnects_on_unavailable_and_revoked():
         state.handle({"type": "error", "code": "feed_unavailable", "message": "..."})
     with pytest.raises(_Reconnect):
         state.handle({"type": "error", "code": "api_key_revoked", "message": "..."})
+
+
+def order(order_id: str, status: str, filled: int = 0, created_at: str = "2026-01-02T10:00:00Z") -> dict:
+    return {
+        "id": order_id,
+        "market": MARKET,
+        "side": "YES",
+        "action": "BUY",
+        "price": "0.40",
+        "size": 5,
+        "filled": filled,
+        "remaining": 5 - filled,
+        "status": status,
+        "created_at": created_at,
+    }
+
+
+def position(yes: int, no: int = 0) -> dict:
+    return {"market": MARKET, "yes_shares": yes, "no_shares": no, "yes_reserved": 0, "no_reserved": 0}
+
+
+def account(seq: int, reason: str = "connect") -> dict:
+    return {
+        "type": "snapshot",
+        "seq": seq,
+        "reason": reason,
+        "balance": "990.00",
+        "locked_balance": "2.00",
+        "available_balance": "988.00",
+        "orders": [order("o-1", "open")],
+        "positions": [],
+    }
+
+
+def test_the_private_feed_keeps_the_agent_s_seq_and_account_from_the_snapshot_on():
+    state = PrivateFeedState()
+    assert state.path() == "/ws/agent/"
+    assert state.handle(account(7)) == DELIVER
+    assert (state.last_seq, state.balances["available_balance"], state.account_known) == (7, Decimal("988.00"), True)
+    assert [o.id for o in state.orders()] == ["o-1"]
+    later = order("o-2", "open", created_at="2026-01-02T11:00:00Z")
+    assert state.handle({"type": "order", "seq": 8, "market": MARKET, "event": "placed", "order": later}) == DELIVER
+    assert [o.id for o in state.orders()] == ["o-2", "o-1"]  # newest first
+    filled = order("o-1", "filled", filled=5)
+    assert state.handle({"type": "fill", "seq": 9, "market": MARKET, "fill": {}}) == DELIVER
+    assert state.handle({"type": "order", "seq": 10, "market": MARKET, "event": "filled", "order": filled}) == DELIVER
+    assert state.handle({"type": "position", "seq": 11, "market": MARKET, "position": position(5)}) == DELIVER
+    balance = {"balance": "988.00", "locked_balance": "2.00", "available_balance": "986.00"}
+    assert state.handle({"type": "balance", "seq": 12, "market": MARKET, **balance}) == DELIVER
+    assert [o.id for o in state.orders()] == ["o-2"]
+    assert [(p.market, p.yes_shares) for p in state.positions()] == [(MARKET, 5)]
+    assert state.balances == {key: Decimal(value) for key, value in balance.items()}
+    assert state.path() == "/ws/agent/?since=12"
+    # A repeat is dropped, a jump asks for a resume from the last seq applied.
+    assert state.handle({"type": "position", "seq": 11, "market": MARKET, "position": position(0)}) == SKIP
+    with pytest.raises(_Reconnect):
+        state.handle({"type": "balance", "seq": 14, "market": MARKET, **balance})
+    assert state.last_seq == 12
+    # An emptied position leaves the account; a snapshot replaces it whole.
+    assert state.handle({"type": "position", "seq": 13, "market": MARKET, "position": position(0)}) == DELIVER
+    assert state.positions() == []
+    assert state.handle(account(40, "since_too_old")) == DELIVER
+    assert (state.last_seq, [o.id for o in state.orders()]) == (40, ["o-1"])
+
+
+def test_a_private_feed_resumed_with_since_starts_from_the_caller_s_account():
+    state = PrivateFeedState(since=12)
+    assert state.path() == "/ws/agent/?since=12"
+    assert not state.account_known and state.balances == {} and state.orders() == []
+    assert state.handle({"type": "error", "code": "invalid_since", "message": "..."}) == SKIP
+    with pytest.raises(_Reconnect):
+        state.handle({"type": "error", "code": "buffer_overflow", "message": "...", "last_seq": 12})
+    with pytest.raises(ValueError):
+        PrivateFeedState(since=-1)
 
 
 @pytest.mark.parametrize("state", [MarketFeedState(MARKET), PrivateFeedState()], ids=["market", "private"])

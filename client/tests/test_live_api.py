@@ -163,14 +163,30 @@ def test_crossing_orders_trade_and_show_in_positions_fills_trades_and_ledger(mak
     )
     assert list(bob.fills(market=str(uuid.uuid4()))) == []
 
+    assert list(bob.fills(since=trade.created_at + timedelta(seconds=1))) == []
+    assert [f.id for f in bob.fills(until=trade.created_at)] == [trade.id]
+
     kinds = [entry.kind for entry in bob.ledger()]
     assert kinds == ["trade", "grant"]
     assert [e.amount for e in bob.ledger(kind="trade")] == [Decimal("-1.60")]
+    assert [e.kind for e in bob.ledger(market=market.id)] == ["trade"]
+    assert [o.id for o in alice.orders(market=market.id, since=resting.created_at)] == [resting.id]
+    assert list(alice.orders(until=resting.created_at - timedelta(seconds=1))) == []
 
     history = alice.history(market.id, interval="1m", start=datetime.now(UTC) - timedelta(hours=1))
     assert history.interval == "1m"
     assert sum(candle.volume for candle in history.candles) == 4
     assert history.candles[-1].close == Decimal("0.60")
+
+
+def test_a_parameter_the_server_does_not_take_is_an_error_naming_it(make_client, market_of):
+    client = make_client()
+    market = market_of(client)
+    with pytest.raises(MoltStreetError) as caught:
+        client.history(market.id, interval="1h", limit=10)
+    assert (caught.value.code, caught.value.status) == ("invalid_request", 400)
+    assert caught.value.message == "Unknown query parameter: limit."
+    assert set(caught.value.detail) == {"limit"}
 
 
 def test_errors_carry_their_code_message_and_detail(make_client, market_of):

@@ -1,5 +1,5 @@
 """The live feeds against a live server: a market stream yields a snapshot and then every change once, in seq order,
-through dropped connections and lost messages; the private stream gets the agent's fills."""
+through dropped connections and lost messages; so does the private stream, with the agent's own messages."""
 
 from __future__ import annotations
 
@@ -145,7 +145,9 @@ def test_the_private_stream_gets_the_agents_fill_and_balance(make_client, market
     alice, bob = make_client(), make_client()
     market = market_of(alice)
     with alice.stream_private(timeout=STEP) as feed:
-        feed.open()
+        snapshot = feed.recv()
+        assert (snapshot["type"], snapshot["reason"]) == ("snapshot", "connect")
+        assert feed.last_seq == snapshot["seq"] and feed.balance == alice.me().balance and feed.orders == []
         resting = alice.place_order(market.id, "YES", "BUY", "0.55", 5).order
         bob.place_order(market.id, "NO", "BUY", "0.50", 5)
         received = []
@@ -162,25 +164,58 @@ def test_the_private_stream_gets_the_agents_fill_and_balance(make_client, market
         me = alice.me()
         while True:
             message = feed.recv()
+            received.append(message)
             if message["type"] == "balance" and Decimal(message["balance"]) == me.balance:
                 break
         assert Decimal(message["locked_balance"]) == me.locked_balance == Decimal("0.00")
         assert all(m.get("order", {}).get("id") in (None, resting.id) for m in received if m["type"] == "order")
+        assert seqs(received) == list(range(snapshot["seq"] + 1, feed.last_seq + 1))
+        # The account the stream keeps is the server's.
+        assert (feed.balance, feed.locked_balance, feed.available_balance) == (
+            me.balance,
+            me.locked_balance,
+            me.available_balance,
+        )
+        assert feed.orders == []
+        [position] = feed.positions
+        assert (position.market, position.yes_shares, position.avg_yes_price) == (market.id, 5, Decimal("0.55"))
 
 
-def test_the_private_stream_reconnects_after_a_drop(make_client, market_of):
-    alice = make_client()
+def test_the_private_stream_resumes_after_a_drop_and_misses_nothing(make_client, market_of):
+    alice, bob = make_client(), make_client()
     market = market_of(alice)
     reconnected = []
     with alice.stream_private(timeout=STEP, on_reconnect=reconnected.append) as feed:
-        feed.open()
+        start = feed.recv()["seq"]
+        alice.place_order(market.id, "YES", "BUY", "0.20", 1)
+        before = [feed.recv(), feed.recv()]  # order, balance
+
+        # The network fails under the stream; meanwhile the agent's orders fill and rest.
         feed._connection.socket.shutdown(socket.SHUT_RDWR)
-        with pytest.raises(TimeoutError):
-            feed.recv(timeout=1.0)  # notices the drop, reconnects, then nothing to say
+        bob.place_order(market.id, "NO", "BUY", "0.80", 1)
+        resting = alice.place_order(market.id, "NO", "BUY", "0.30", 2).order
+        after = []
+        while not (after and after[-1]["type"] == "balance" and after[-2].get("order", {}).get("id") == resting.id):
+            after.append(feed.recv())
+
         assert reconnected == [feed] and feed.reconnects == 1
-        order = alice.place_order(market.id, "YES", "BUY", "0.20", 1).order
-        message = feed.recv()
-        assert message["type"] == "order" and message["order"]["id"] == order.id
+        assert not any(m["type"] == "snapshot" for m in after), "resumed, not restarted"
+        assert seqs(before + after) == list(range(start + 1, feed.last_seq + 1))
+        assert [m["type"] for m in after] == ["fill", "order", "position", "balance", "order", "balance"]
+        assert [o.id for o in feed.orders] == [resting.id]
+        assert feed.orders[0] == alice.order(resting.id)
+        assert feed.available_balance == alice.me().available_balance
+
+
+def test_a_private_stream_starting_at_since_replays_what_followed(make_client, market_of):
+    alice = make_client()
+    market = market_of(alice)
+    with alice.stream_private(timeout=STEP) as feed:
+        since = feed.recv()["seq"]
+    alice.place_order(market.id, "YES", "BUY", "0.25", 3)
+    with alice.stream_private(since=since, timeout=STEP) as feed:
+        replayed = [feed.recv(), feed.recv()]
+    assert [(m["type"], m["seq"]) for m in replayed] == [("order", since + 1), ("balance", since + 2)]
 
 
 def test_the_private_stream_follows_a_key_rotation_and_stops_on_a_revoked_key(make_client, market_of):

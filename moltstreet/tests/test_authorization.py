@@ -111,23 +111,35 @@ def check_cancel_all(world, mallory, audit_clean):
     assert Order.objects.get(id=world["order"]).status == Order.Status.OPEN
 
 
+def _refuses_naming_another_agent(response, field: str) -> None:
+    """A body that names another agent is refused (400, an unknown field), never obeyed nor silently ignored."""
+    assert set(assert_error(response, 400, "invalid_request")["detail"]) == {field}
+
+
 def check_place_order(world, mallory, audit_clean):
-    # An order is always the caller's: a body naming another agent is ignored, not obeyed.
+    # An order is always the caller's: a body naming another agent is refused, not obeyed.
     body = {"market": str(world["market"].id), "side": "NO", "action": "BUY", "price": "0.05", "size": 1}
-    response = mallory.post(f"{API}/orders/", {**body, "agent": str(world["alice"].id), "client_order_id": "alice-1"})
+    with unchanged(audit_clean):
+        naming = {**body, "agent": str(world["alice"].id), "client_order_id": "alice-1"}
+        _refuses_naming_another_agent(mallory.post(f"{API}/orders/", naming), "agent")
+    response = mallory.post(f"{API}/orders/", {**body, "client_order_id": "alice-1"})
     assert response.status_code == 201, _text(response)
     assert Order.objects.get(id=response.json()["order"]["id"]).agent.name == "mallory"
 
 
 def check_create_market(world, mallory, audit_clean):
-    body = {"question": "Mallory's question?", "deadline": "2031-01-01T00:00:00Z", "creator": "alice"}
+    body = {"question": "Mallory's question?", "deadline": "2031-01-01T00:00:00Z"}
+    with unchanged(audit_clean):
+        _refuses_naming_another_agent(mallory.post(f"{API}/markets/", {**body, "creator": "alice"}), "creator")
     assert mallory.post(f"{API}/markets/", body).json()["creator"] == "mallory"
     assert Agent.objects.get(name="alice").balance == world["alice_balance"]
 
 
 def check_forecast(world, mallory, audit_clean):
-    response = mallory.post(f"{API}/markets/{world['market'].id}/forecast/", {"probability": "0.1", "agent": "alice"})
-    assert response.json()["agent"] == "mallory"
+    url = f"{API}/markets/{world['market'].id}/forecast/"
+    with unchanged(audit_clean):
+        _refuses_naming_another_agent(mallory.post(url, {"probability": "0.1", "agent": "alice"}), "agent")
+    assert mallory.post(url, {"probability": "0.1"}).json()["agent"] == "mallory"
 
 
 def check_resolve(world, mallory, audit_clean):
@@ -139,17 +151,21 @@ def check_resolve(world, mallory, audit_clean):
 
 
 def check_dispute(world, mallory, audit_clean):
-    # A dispute is always the caller's own: a body naming another agent is ignored (and without a proposal, refused).
-    body = {"reason": "Alice says so.", "agent": "alice"}
+    # A dispute is always the caller's own: a body naming another agent is refused (and without a proposal, any is).
+    body = {"reason": "Alice says so."}
     with unchanged(audit_clean):
-        assert_error(mallory.post(f"{API}/markets/{world['market'].id}/dispute/", body), 409, "not_disputable")
+        url = f"{API}/markets/{world['market'].id}/dispute/"
+        _refuses_naming_another_agent(mallory.post(url, {**body, "agent": "alice"}), "agent")
+        assert_error(mallory.post(url, body), 409, "not_disputable")
         assert_error(api_client().post(f"{API}/markets/{world['market'].id}/dispute/", body), 401, "not_authenticated")
 
 
 def check_create_backtest(world, mallory, audit_clean):
-    # A backtest is always the caller's: a body naming another agent is ignored.
-    body = {"strategy": "momentum", "markets": [str(world["market"].id)], "agent": "alice"}
+    # A backtest is always the caller's: a body naming another agent is refused.
+    body = {"strategy": "momentum", "markets": [str(world["market"].id)]}
     with unchanged(audit_clean):
+        _refuses_naming_another_agent(mallory.post(f"{API}/backtests/", {**body, "agent": "alice"}), "agent")
+        assert not Backtest.objects.filter(agent__name="mallory", strategy="momentum").exists()
         response = mallory.post(f"{API}/backtests/", body)
     assert response.status_code == 202, _text(response)
     assert Backtest.objects.get(id=response.json()["id"]).agent.name == "mallory"

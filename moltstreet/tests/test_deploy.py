@@ -348,13 +348,22 @@ def test_the_images_commands_serve_health_and_metrics_outside_a_container(tmp_pa
         assert answer.body["checks"]["channel_layer"] == {**answer.body["checks"]["channel_layer"], "backend": "redis"}
         assert len(answer.headers["x-request-id"]) == 32
 
-        # The private feed authenticated in its URL, as browsers must: uvicorn logs the handshake, key redacted.
+        # The private feed with its key in the URL is refused, and uvicorn logs the handshake with the key redacted;
+        # with the key in its header it is served.
         agent = http_request("POST", f"{base}{serving.API}/agents/", {"name": "deploy-check"}, timeout=5).body
         from websockets.sync.client import connect
 
         with connect(
             f"ws://127.0.0.1:{port}/ws/agent/?api_key={agent['api_key']}", proxy=None, open_timeout=10
+        ) as refused:
+            assert json.loads(refused.recv(timeout=10))["code"] == "api_key_in_url"
+        with connect(
+            f"ws://127.0.0.1:{port}/ws/agent/",
+            additional_headers={"Authorization": f"Bearer {agent['api_key']}"},
+            proxy=None,
+            open_timeout=10,
         ) as feed:
+            assert json.loads(feed.recv(timeout=10))["type"] == "snapshot"
             feed.send(json.dumps({"type": "ping"}))
             assert json.loads(feed.recv(timeout=10)) == {"type": "pong"}
             metrics = http_request("GET", f"{base}/metrics", timeout=5)

@@ -395,35 +395,41 @@ def test_the_websocket_example_follows_a_market_and_resumes_with_since():
                 await asyncio.sleep(0.02)
 
         seen: list[tuple[str, dict]] = []
-        private: list[dict] = []
+        private: list[tuple[str, dict]] = []
 
         async def scenario():
             feed = follow["MarketFeed"](market_id)
+            me = follow["AccountFeed"](alice["api_key"])
             first = asyncio.create_task(feed.run(lambda f, m: seen.append(("first", m))))
-            me = asyncio.create_task(follow["follow_me"](alice["api_key"], private.append))
+            mine = asyncio.create_task(me.run(lambda f, m: private.append(("first", m))))
             await until(lambda: any(m["type"] == "snapshot" for _, m in seen), "snapshot")
-            await until(lambda: any(m["type"] == "pong" for m in private), "pong on the private feed")
+            await until(lambda: any(m["type"] == "snapshot" for _, m in private), "the private snapshot")
 
-            await asyncio.to_thread(place_order, server.url, alice["api_key"], market_id, "YES", "BUY", "0.60", 10)
+            placed = await asyncio.to_thread(
+                place_order, server.url, alice["api_key"], market_id, "YES", "BUY", "0.60", 10
+            )
             await until(lambda: feed.book["YES"] == {"0.60": 10}, "Alice's bid in the local book")
+            await until(lambda: placed["order"]["id"] in me.orders, "Alice's resting order in her account")
 
-            # Disconnect, let the market move, and resume with ?since=.
+            # Disconnect both, let the market move, and resume both with ?since=.
             first.cancel()
-            await asyncio.gather(first, return_exceptions=True)
-            resumed_from = feed.seq
+            mine.cancel()
+            await asyncio.gather(first, mine, return_exceptions=True)
+            resumed_from, mine_from = feed.seq, me.seq
             taken = await asyncio.to_thread(place_order, server.url, bob["api_key"], market_id, "NO", "BUY", "0.45", 4)
             [trade] = taken["trades"]
-            assert feed.url().endswith(f"?since={resumed_from}")
+            assert feed.url().endswith(f"?since={resumed_from}") and me.url().endswith(f"?since={mine_from}")
             second = asyncio.create_task(feed.run(lambda f, m: seen.append(("second", m))))
+            mine = asyncio.create_task(me.run(lambda f, m: private.append(("second", m))))
             end = api(server.url, "GET", f"/markets/{market_id}/")["seq"]
             await until(lambda: feed.seq == end, f"the market's seq {end} after resuming from {resumed_from}")
-            await until(lambda: any(m["type"] == "fill" for m in private), "Alice's fill on the private feed")
+            await until(lambda: me.fills and me.balance["balance"] == "997.60", "Alice's fill and balance, replayed")
             second.cancel()
-            me.cancel()
-            await asyncio.gather(second, me, return_exceptions=True)
-            return feed, trade, resumed_from, end
+            mine.cancel()
+            await asyncio.gather(second, mine, return_exceptions=True)
+            return feed, me, trade, resumed_from, end, mine_from
 
-        feed, trade, resumed_from, end = asyncio.run(scenario())
+        feed, me, trade, resumed_from, end, mine_from = asyncio.run(scenario())
         book = rest_book()
 
     replayed = [m for phase, m in seen if phase == "second"]
@@ -432,8 +438,17 @@ def test_the_websocket_example_follows_a_market_and_resumes_with_since():
     assert [t["id"] for t in feed.trades] == [trade["id"]]
     assert feed.book == book == {"YES": {"0.60": 6}, "NO": {}}
     assert (feed.best_bid(), feed.best_ask()) == ("0.60", None)
-    [fill] = [m["fill"] for m in private if m["type"] == "fill"]
+
+    # The private feed missed the fill while it was away and got it on resuming: consecutive seqs, no snapshot.
+    again = [m for phase, m in private if phase == "second"]
+    assert [m["seq"] for m in again] == list(range(mine_from + 1, me.seq + 1)), again
+    assert "snapshot" not in {m["type"] for m in again} and again[-1]["type"] == "balance"
+    [fill] = me.fills
     assert (fill["role"], fill["price"], fill["size"]) == ("maker", "0.60", 4)
+    [order] = me.orders.values()
+    assert (order["filled"], order["remaining"], order["status"]) == (4, 6, "partial")
+    assert me.balance == {"balance": "997.60", "locked_balance": "3.60", "available_balance": "994.00"}
+    assert me.positions[market_id]["yes_shares"] == 4
 
 
 @pytest.mark.multiprocess

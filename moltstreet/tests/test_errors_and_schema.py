@@ -19,8 +19,10 @@ from django.http import Http404
 from rest_framework import exceptions as drf_exceptions
 
 from agents.services import api_key_create
+from backtests.models import Backtest, BacktestExecution
 from backtests.services import backtest_upload
 from moltstreet import errors
+from moltstreet.api import ApiViewSet
 from moltstreet.urls import router
 from testsupport.api import API, api_client, assert_error, assert_error_shape, unchanged
 
@@ -105,7 +107,7 @@ def _url(path: str, **values: str) -> str:
 def _call(client, method: str, url: str, body=None):
     if method == "GET":
         return client.get(url)
-    if method == "DELETE":
+    if method == "DELETE" and body is None:
         return client.delete(url)
     return client.generic(method, url, json.dumps(body if body is not None else {}), content_type="application/json")
 
@@ -177,7 +179,11 @@ def test_every_route_with_an_id_answers_404_for_an_unknown_one(method, path, who
     values["name"] = "no-such-agent-" + missing
     body = VALID_BODIES[path](ctx) if path in VALID_BODIES else None
     with unchanged(audit_clean):
-        assert_error(_call(api_client(ctx["agent"]), method, _url(path, **values), body), 404, "not_found")
+        error = assert_error(_call(api_client(ctx["agent"]), method, _url(path, **values), body), 404, "not_found")
+    # The refusal names what is missing (``No market with id 0000....``), in the message and in ``detail``.
+    named = values["name"] if "{name}" in path else missing
+    assert error["message"].startswith("No ") and named in error["message"], error
+    assert list(error["detail"].values()) == [named], error
 
 
 @pytest.mark.parametrize(("method", "path", "who"), ROUTES, ids=ROUTE_IDS)
@@ -224,6 +230,115 @@ def test_every_list_refuses_a_forged_cursor(method, path, who, forged, ctx, audi
     with unchanged(audit_clean):
         response = api_client(ctx["agent"]).get(_url(path, **ctx) + f"?cursor={cursor}")
         assert_error(response, 404, "not_found")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Nothing an agent sends is silently ignored (moltstreet/strict.py)
+
+
+def test_every_viewset_of_the_api_refuses_what_its_schema_does_not_declare():
+    for prefix, viewset, _basename in router.registry:
+        assert issubclass(viewset, ApiViewSet), (prefix, viewset)
+
+
+@pytest.mark.parametrize(("method", "path", "who"), ROUTES, ids=ROUTE_IDS)
+def test_every_route_refuses_an_unknown_query_parameter_naming_it(method, path, who, ctx, audit_clean):
+    body = VALID_BODIES[path](ctx) if path in VALID_BODIES else None
+    backtests = (Backtest.objects.count(), BacktestExecution.objects.count())
+    with unchanged(audit_clean):
+        response = _call(api_client(ctx["agent"]), method, _url(path, **ctx) + "?made_up=1&market_id=x", body)
+        error = assert_error(response, 400, "invalid_request")
+    assert (Backtest.objects.count(), BacktestExecution.objects.count()) == backtests
+    assert error["message"].startswith("Unknown query parameters: made_up, market_id"), error
+    assert set(error["detail"]) == {"made_up", "market_id"}
+    assert all(problem[0].startswith("Unknown query parameter") for problem in error["detail"].values())
+
+
+def _schema_operation(path: str, method: str) -> dict:
+    schema = json.loads(api_client().get("/api/schema/?format=json").content)
+    operations = {_shape(p.removeprefix(API)): ops for p, ops in schema["paths"].items()}
+    return operations[_shape(path)][method.lower()]
+
+
+def _example(parameter: dict, ctx: dict) -> str:
+    """A value of the query parameter's type: its first enum value, an id, a time, a number, or a word."""
+    schema = parameter.get("schema", {})
+    if schema.get("enum"):
+        return str(schema["enum"][0])
+    if schema.get("format") == "uuid":
+        return ctx["market"]
+    if schema.get("format") == "date-time":
+        return "2026-01-01T00:00:00Z"
+    if schema.get("type") == "integer":
+        return str(schema.get("minimum", 1))
+    return "word"
+
+
+@pytest.mark.parametrize(("method", "path", "who"), [r for r in ROUTES if r[0] == "GET"], ids=str)
+def test_every_get_route_takes_each_query_parameter_its_schema_declares(method, path, who, ctx, audit_clean):
+    """What the schema declares is never refused as unknown (a value of the wrong kind may still be a 400)."""
+    parameters = [p for p in _schema_operation(path, method).get("parameters", []) if p["in"] == "query"]
+    client = api_client(ctx["agent"])
+    queries = [f"{p['name']}={_example(p, ctx)}" for p in parameters]
+    with unchanged(audit_clean):
+        for query in [*queries, "&".join(queries)]:
+            response = client.get(_url(path, **ctx) + "?" + query)
+            if response.status_code >= 400:
+                assert not assert_error_shape(response)["message"].startswith("Unknown query"), (query, response)
+    # ... and a made-up one is refused, whatever the others.
+    response = client.get(_url(path, **ctx) + "?" + "&".join([*queries, "made_up=1"]))
+    assert assert_error(response, 400, "invalid_request")["detail"].keys() == {"made_up"}
+
+
+@pytest.mark.parametrize(("method", "path", "who"), [r for r in ROUTES if r[0] in ("POST", "DELETE")], ids=str)
+def test_every_write_refuses_an_unknown_body_field_naming_it_and_changes_nothing(method, path, who, ctx, audit_clean):
+    body = {**(VALID_BODIES[path](ctx) if path in VALID_BODIES else {}), "dry_run": True}
+    backtests = (Backtest.objects.count(), BacktestExecution.objects.count())
+    with unchanged(audit_clean):
+        error = assert_error(_call(api_client(ctx["agent"]), method, _url(path, **ctx), body), 400, "invalid_request")
+    assert (Backtest.objects.count(), BacktestExecution.objects.count()) == backtests
+    assert error["message"] == "Unknown field: dry_run.", error
+    assert list(error["detail"]) == ["dry_run"]
+
+
+def test_a_misspelt_field_is_refused_with_the_name_to_use(ctx, audit_clean):
+    body = VALID_BODIES["/orders/"](ctx)
+    body["market_id"] = body.pop("market")
+    with unchanged(audit_clean):
+        error = assert_error(api_client(ctx["agent"]).post(f"{API}/orders/", body), 400, "invalid_request")
+    assert error["message"] == "Unknown field: market_id (use market)."
+    assert error["detail"]["market_id"][0].startswith("Unknown field; use market. Known: market, side, action")
+
+
+@pytest.mark.parametrize("authorization", [None, "Token abc"])
+def test_an_id_with_a_dot_is_not_found_whatever_the_key(authorization, ctx, audit_clean):
+    # "0.5" reads as id 0 with a format suffix "5"; DRF's content negotiation 404s before the key is read, so naming
+    # the missing order must not read the request's user (a malformed key there was a 500).
+    with unchanged(audit_clean):
+        for method in ("GET", "DELETE"):
+            response = _call(api_client(authorization=authorization), method, f"{API}/orders/0.5/")
+            assert_error(response, 404, "not_found")
+
+
+def test_a_key_in_the_url_is_refused_with_where_it_goes(ctx, audit_clean):
+    # Without a header the request is anonymous: a public list would answer as if the key had been read.
+    error = assert_error(api_client().get(f"{API}/markets/?api_key={ctx['agent'].api_key}"), 400, "invalid_request")
+    assert "Authorization: Bearer" in error["message"]
+    assert ctx["agent"].api_key not in json.dumps(error)
+
+
+def test_every_request_body_in_the_schema_refuses_unknown_fields(db):
+    schema = json.loads(api_client().get("/api/schema/?format=json").content)
+    components = schema["components"]["schemas"]
+    bodies = [
+        (method, path, operation["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1])
+        for path, operations in schema["paths"].items()
+        for method, operation in operations.items()
+        if isinstance(operation, dict) and "requestBody" in operation
+    ]
+    assert len(bodies) == len([r for r in ROUTES if r[0] == "POST"])
+    for method, path, name in bodies:
+        assert components[name]["additionalProperties"] is False, (method, path, name)
 
 
 # --------------------------------------------------------------------------------------------------------------------

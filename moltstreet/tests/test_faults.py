@@ -401,14 +401,16 @@ def _postgres_outage(server: KillableDaphne, cluster, database_url: str, *, froz
 # 3. Redis killed: trading goes on, the feeds close cleanly and catch up when Redis is back
 
 
-def handshake(server, path: str, timeout: float = STEP):
-    """Try a websocket handshake: ``(connection, None)`` when accepted, ``(None, HTTP status or the error)`` when
-    refused. Bounded by ``timeout``."""
+def handshake(server, path: str, timeout: float = STEP, api_key: str | None = None):
+    """Try a websocket handshake (with ``api_key`` in its Authorization header): ``(connection, None)`` when
+    accepted, ``(None, HTTP status or the error)`` when refused. Bounded by ``timeout``."""
     from websockets.exceptions import InvalidHandshake, InvalidStatus
     from websockets.sync.client import connect
 
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
     try:
-        return connect(f"{server.ws_url}{path}", open_timeout=timeout, close_timeout=2, proxy=None), None
+        url = f"{server.ws_url}{path}"
+        return connect(url, additional_headers=headers, open_timeout=timeout, close_timeout=2, proxy=None), None
     except InvalidStatus as exc:
         return None, exc.response.status_code
     except (InvalidHandshake, OSError) as exc:
@@ -489,9 +491,9 @@ def _redis_outage(server: KillableDaphne, redis_server) -> None:
         assert answer.elapsed < FAST, answer
         assert bool(answer.body["trades"]) == (n % 2 == 1), answer
     # New feeds are refused at the handshake (HTTP 403), at once.
-    for refused_path in (path, f"{path}?since={seen}", f"/ws/agent/?api_key={alice['api_key']}"):
+    for refused_path, key in ((path, None), (f"{path}?since={seen}", None), ("/ws/agent/", alice["api_key"])):
         started = time.monotonic()
-        conn, refusal = handshake(server, refused_path)
+        conn, refusal = handshake(server, refused_path, api_key=key)
         assert conn is None and refusal == 403, (refused_path, refusal)
         assert time.monotonic() - started < FAST, refused_path
 

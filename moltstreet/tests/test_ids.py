@@ -17,5 +17,5 @@ def test_an_id_that_is_not_a_uuid_is_an_unknown_object(value):
     with pytest.raises(NotFound) as caught:
         parse_id(value, "backtest")
     assert caught.value.as_dict() == {
-        "error": {"code": "not_found", "message": "No such backtest.", "detail": {"backtest": str(value)}}
+        "error": {"code": "not_found", "message": f"No backtest with id {value}.", "detail": {"backtest": str(value)}}
     }

@@ -1,4 +1,6 @@
-"""Only the cash book moves money: no other module writes an agent's balance (CONVENTIONS).
+"""Only the cash book moves money: no other module writes an agent's balance (CONVENTIONS). Likewise only the
+private feed (``agents.services.AgentFeed``) numbers an agent's feed messages: ``feed_seq`` is written where balances
+are, and nowhere else.
 
 The check reads each module's syntax tree rather than its lines, so a write split over several lines, one made through
 ``trading/book_store.py``'s row writers or one made with ``setattr`` is seen as well as ``agent.balance += x``.
@@ -13,6 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 FIELDS = frozenset({"balance", "locked_balance"})
+FEED_FIELDS = frozenset({"feed_seq"})  # the private feed's sequence: raised with each stored message
 ROW_HELPERS = frozenset({"_update", "_insert"})  # trading/book_store.py's row writers
 SKIPPED_DIRS = frozenset({".venv", "staticfiles", "tests", "migrations", "node_modules", "__pycache__"})
 ALLOWED = {
@@ -47,8 +50,8 @@ def _string_constants(tree: ast.Module) -> dict[str, set[str]]:
     return found
 
 
-def _named_fields(nodes: list[ast.AST], constants: dict[str, set[str]]) -> set[str]:
-    """The balance fields named by string literals (or module constants holding them) anywhere inside ``nodes``."""
+def _named_fields(nodes: list[ast.AST], constants: dict[str, set[str]], fields: frozenset[str] = FIELDS) -> set[str]:
+    """The ``fields`` named by string literals (or module constants holding them) anywhere inside ``nodes``."""
     names: set[str] = set()
     for node in nodes:
         for sub in ast.walk(node):
@@ -56,7 +59,7 @@ def _named_fields(nodes: list[ast.AST], constants: dict[str, set[str]]) -> set[s
                 names.add(sub.value)
             elif isinstance(sub, ast.Name):
                 names |= constants.get(sub.id, set())
-    return names & FIELDS
+    return names & fields
 
 
 def _unpacked(targets: list[ast.expr]) -> list[ast.expr]:
@@ -72,29 +75,29 @@ def _unpacked(targets: list[ast.expr]) -> list[ast.expr]:
     return flat
 
 
-def _is_write(node: ast.AST, constants: dict[str, set[str]]) -> bool:
+def _is_write(node: ast.AST, constants: dict[str, set[str]], fields: frozenset[str] = FIELDS) -> bool:
     if isinstance(node, ast.Assign | ast.AugAssign | ast.AnnAssign):
         # agent.balance = x, agent.locked_balance -= x, (agent.balance, y) = ...
         targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-        return any(isinstance(t, ast.Attribute) and t.attr in FIELDS for t in _unpacked(targets))
+        return any(isinstance(t, ast.Attribute) and t.attr in fields for t in _unpacked(targets))
     if not isinstance(node, ast.Call):
         return False
     name = _called(node.func)
     keyword_values = [k.value for k in node.keywords]
     if name == "setattr":
-        return len(node.args) >= 2 and bool(_named_fields([node.args[1]], constants))
+        return len(node.args) >= 2 and bool(_named_fields([node.args[1]], constants, fields))
     if name == "update":
         # .update(balance=...), .update(**{"balance": ...}), .update({"balance": ...})
-        if any(k.arg in FIELDS for k in node.keywords):
+        if any(k.arg in fields for k in node.keywords):
             return True
         dicts = [v for v in [*node.args, *keyword_values] if isinstance(v, ast.Dict)]
-        return bool(_named_fields([key for d in dicts for key in d.keys if key is not None], constants))
+        return bool(_named_fields([key for d in dicts for key in d.keys if key is not None], constants, fields))
     if name == "bulk_update":  # bulk_update(agents, ["balance"]) or fields=[...]
-        return bool(_named_fields([*node.args, *keyword_values], constants))
+        return bool(_named_fields([*node.args, *keyword_values], constants, fields))
     if name == "save":  # save(update_fields=["balance"])
-        return bool(_named_fields([k.value for k in node.keywords if k.arg == "update_fields"], constants))
+        return bool(_named_fields([k.value for k in node.keywords if k.arg == "update_fields"], constants, fields))
     if name in ROW_HELPERS:
-        if _named_fields([*node.args, *keyword_values], constants):
+        if _named_fields([*node.args, *keyword_values], constants, fields):
             return True
         # _insert writes every column: an Agent row inserted this way sets its balances.
         model = node.args[0] if node.args else None
@@ -102,16 +105,18 @@ def _is_write(node: ast.AST, constants: dict[str, set[str]]) -> bool:
     return False
 
 
-def balance_writes(source: str, filename: str = "<snippet>", allowed_function: str | None = None) -> list[int]:
-    """The line numbers in ``source`` where a balance or locked balance is written, outside the module-level
-    function ``allowed_function``."""
+def balance_writes(
+    source: str, filename: str = "<snippet>", allowed_function: str | None = None, fields: frozenset[str] = FIELDS
+) -> list[int]:
+    """The line numbers in ``source`` where one of ``fields`` (by default a balance or locked balance) is written,
+    outside the module-level function ``allowed_function``."""
     tree = ast.parse(source, filename)
     constants = _string_constants(tree)
     allowed: set[int] = set()
     for node in tree.body:
         if isinstance(node, ast.FunctionDef) and node.name == allowed_function:
             allowed = {sub.lineno for sub in ast.walk(node) if hasattr(sub, "lineno")}
-    return sorted({node.lineno for node in ast.walk(tree) if _is_write(node, constants)} - allowed)
+    return sorted({node.lineno for node in ast.walk(tree) if _is_write(node, constants, fields)} - allowed)
 
 
 def _modules() -> list[Path]:
@@ -134,6 +139,23 @@ def test_no_module_outside_the_cash_book_writes_a_balance():
         writes = balance_writes(source, str(path), ALLOWED_FUNCTIONS.get(path))
         offenders += [f"{path.relative_to(ROOT)}:{n}: {lines[n - 1].strip()}" for n in writes]
     assert offenders == []
+
+
+def test_no_module_outside_the_private_feed_and_the_cash_book_writes_a_feed_seq():
+    offenders = []
+    for path in _modules():
+        if path in ALLOWED:
+            continue
+        source = path.read_text()
+        lines = source.splitlines()
+        writes = balance_writes(source, str(path), ALLOWED_FUNCTIONS.get(path), FEED_FIELDS)
+        offenders += [f"{path.relative_to(ROOT)}:{n}: {lines[n - 1].strip()}" for n in writes]
+    assert offenders == []
+    # Not blindness: both allowed places really write it.
+    services, store = ROOT / "agents" / "services.py", ROOT / "trading" / "book_store.py"
+    assert balance_writes(services.read_text(), str(services), fields=FEED_FIELDS)
+    assert balance_writes(store.read_text(), str(store), fields=FEED_FIELDS)
+    assert balance_writes("agent.feed_seq += 1", fields=FEED_FIELDS)
 
 
 def test_the_check_sees_the_writes_of_the_modules_it_allows():

@@ -10,6 +10,7 @@ from rest_framework.request import Request
 from rest_framework.test import APIRequestFactory
 
 from markets.models import MarketEvent
+from moltstreet.errors import InvalidRequest
 from moltstreet.pagination import CheckedCursorPagination, CreatedCursorPagination
 
 CREATED = (("-created_at", "-id"), 50, 200)
@@ -66,3 +67,20 @@ def test_a_forged_cursor_position_is_a_missing_page_not_a_server_error(db):
 def test_the_default_pagination_is_newest_first():
     assert CreatedCursorPagination.ordering == ("-created_at", "-id")
     assert (CreatedCursorPagination.page_size, CreatedCursorPagination.max_page_size) == (50, 200)
+
+
+@pytest.mark.parametrize(
+    ("value", "size"), [(None, 50), ("", 50), ("1", 1), ("007", 7), ("200", 200), ("201", 200), ("9" * 30, 200)]
+)
+def test_a_page_size_is_the_default_when_absent_and_capped_at_the_largest(value, size):
+    query = {} if value is None else {"page_size": value}
+    assert CreatedCursorPagination().get_page_size(Request(APIRequestFactory().get("/", query))) == size
+
+
+@pytest.mark.parametrize("value", ["0", "000", "-1", "abc", "2.5", " 5", "\u00b2", "1e3"])
+def test_a_page_size_that_is_not_a_whole_number_from_1_is_refused(value):
+    # DRF would quietly use the default page size: the agent must learn that its page_size was not used.
+    request = Request(APIRequestFactory().get("/", {"page_size": value}))
+    with pytest.raises(InvalidRequest) as caught:
+        CreatedCursorPagination().get_page_size(request)
+    assert caught.value.detail == {"page_size": [f"A whole number from 1 to 200; got {value}."]}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from datetime import timedelta
 from decimal import Decimal
+from urllib.parse import quote
 
 import pytest
 from django.utils import timezone
@@ -472,6 +473,7 @@ def test_it_lists_only_own_orders_newest_first(make_agent, market):
 
 def test_it_filters_own_orders(make_agent, market):
     alice, bob = make_agent(), make_agent()
+    before = quote(timezone.now().isoformat())
     other_market = MarketFactory(creator=bob)
     client = api_client(alice)
     resting = place(client, market, "YES", "BUY", "0.30", 2)["order"]["id"]
@@ -489,11 +491,15 @@ def test_it_filters_own_orders(make_agent, market):
     assert ids("?status=cancelled") == {cancelled}
     assert ids(f"?market={market.id}") == {resting, cancelled}
     assert ids("?side=NO") == {cancelled}
-    assert ids("?side=no") == {cancelled}  # query filters are case-insensitive
+    assert ids("?action=BUY") == {resting, cancelled, elsewhere}
+    assert ids(f"?since={before}") == {resting, cancelled, elsewhere}
+    assert ids(f"?until={before}") == set()
     assert ids("?action=SELL") == set()
 
 
-@pytest.mark.parametrize("query", ["?status=bogus", "?market=not-a-uuid", "?side=MAYBE", "?action=HOLD"])
+@pytest.mark.parametrize(
+    "query", ["?status=bogus", "?market=not-a-uuid", "?side=MAYBE", "?side=no", "?action=HOLD", "?since=soon"]
+)
 def test_it_refuses_a_malformed_order_filter(query, make_agent, audit_clean):
     client = api_client(make_agent())
     with unchanged(audit_clean):
@@ -693,8 +699,11 @@ def test_positions_filter_by_market_and_openness(traded, make_agent, audit_clean
     assert len(assert_page(client.get(f"{API}/positions/?market={traded['market'].id}").json())) == 1
     assert assert_page(client.get(f"{API}/positions/?market={other.id}").json()) == []
     assert len(assert_page(client.get(f"{API}/positions/?open=true").json())) == 1
+    assert assert_page(client.get(f"{API}/positions/?open=false").json()) == []
     with unchanged(audit_clean):
         assert_error(client.get(f"{API}/positions/?market=nope"), 400, "invalid_request")
+        error = assert_error(client.get(f"{API}/positions/?open=1"), 400, "invalid_request")
+        assert "true, false" in error["message"]
 
 
 def test_it_lists_own_fills_with_order_side_action_and_role(traded):
@@ -722,6 +731,26 @@ def test_own_fills_never_show_another_agents_trades(traded, make_agent):
     dave_fills = assert_page(api_client(traded["dave"]).get(f"{API}/trades/").json())
     assert traded["trade"] not in {f["id"] for f in dave_fills}
     assert len(dave_fills) == 1
+
+
+def test_own_fills_filter_by_market_and_time(traded, make_agent, audit_clean):
+    client = api_client(traded["alice"])
+    trade = traded["trade"]
+    created = Trade.objects.get(id=trade).created_at
+
+    def ids(query: str) -> list[str]:
+        response = client.get(f"{API}/trades/{query}")
+        assert response.status_code == 200, response.content
+        return [row["id"] for row in assert_page(response.json())]
+
+    assert ids(f"?market={traded['market'].id}") == [trade]
+    assert ids(f"?market={MarketFactory().id}") == []
+    assert ids(f"?since={quote(created.isoformat())}&until={quote(created.isoformat())}") == [trade]
+    assert ids(f"?since={quote((created + timedelta(seconds=1)).isoformat())}") == []
+    assert ids(f"?until={quote((created - timedelta(seconds=1)).isoformat())}") == []
+    with unchanged(audit_clean):
+        assert_error(client.get(f"{API}/trades/?market=nope"), 400, "invalid_request")
+        assert_error(client.get(f"{API}/trades/?since=yesterday"), 400, "invalid_request")
 
 
 def test_own_fills_page_with_a_cursor(make_agent, market):

@@ -30,7 +30,7 @@ from django.db import connection
 from django.db.models import F
 from django.utils import timezone
 
-from agents.models import Agent, LedgerEntry
+from agents.models import Agent, AgentEvent, LedgerEntry
 from markets.models import Market, MarketEvent
 from moltstreet.serving import database_url
 from testsupport.commands import manage
@@ -249,6 +249,14 @@ def plant_a_trade_at_an_order_event(w) -> list[str]:
     return ["[invariant 6] 1 trades without a trade event at their seq"]
 
 
+def plant_a_gap_in_an_agent_s_feed(w) -> list[str]:
+    # One of alice's private feed messages in the middle goes: her first is still 1 and her last her feed_seq.
+    w.alice.refresh_from_db()
+    seq = w.alice.feed_seq
+    AgentEvent.objects.filter(agent=w.alice, seq=seq // 2).delete()
+    return [f"[invariant 6] agent alice: feed seq {seq} but messages {seq - 1} from 1 to {seq}"]
+
+
 def plant_reputation_from_thin_air(w) -> list[str]:
     Agent.objects.filter(id=w.bob.id).update(reputation=Decimal("5.00"))
     return ["[invariant 4a] agent bob: reputation 5.00 != positions' 0.00"]
@@ -279,6 +287,7 @@ PLANTS: dict[str, Callable[[SimpleNamespace], list[str]]] = {
     "sequence": plant_a_gap_in_the_sequence,
     "events without seq": plant_a_reset_seq,
     "trade events": plant_a_trade_at_an_order_event,
+    "agent sequence": plant_a_gap_in_an_agent_s_feed,
     "reputation": plant_reputation_from_thin_air,
     "linked pnl": plant_a_linked_trade_nobody_booked,
 }

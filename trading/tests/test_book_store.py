@@ -18,7 +18,7 @@ import pytest
 from django.db import transaction
 from django.utils import timezone
 
-from agents.models import Agent, LedgerEntry
+from agents.models import Agent, AgentEvent, LedgerEntry
 from agents.tests.factories import AgentFactory
 from markets.models import Market, MarketEvent
 from markets.tests.factories import MarketFactory
@@ -191,6 +191,46 @@ def check_write_stores_what_a_transaction_changed_and_reads_back_the_same():
         f.attname: getattr(orm, f.attname) for f in Order._meta.concrete_fields
     }
     assert LedgerEntry.objects.filter(agent=bob).count() == 1  # reserving moves no money: no ledger row
+
+
+def check_write_stores_the_private_feed_messages_with_the_agents_seq():
+    market, alice, bob = _market(), _agent(), _agent()
+    resting = _place(alice, market, "YES", "BUY", "0.40", 2)
+    before = {a.id: Agent.objects.get(id=a.id).feed_seq for a in (alice, bob)}
+    with transaction.atomic():
+        tx = MarketTx(book_store.lock_market(market.id))
+        tx.prepare({alice.id, bob.id})
+        tx.end_order(resting, Order.Status.CANCELLED, Order.CancelReason.USER, "cancelled")
+        tx.cash.reserve(tx.agents[bob.id], Decimal("1.50"))
+        [event] = tx.flush()
+    stored = {
+        agent.id: [(e.seq, e.kind) for e in AgentEvent.objects.filter(agent=agent, seq__gt=before[agent.id])]
+        for agent in (alice, bob)
+    }
+    assert stored == {
+        alice.id: [(before[alice.id] + 1, "order"), (before[alice.id] + 2, "balance")],
+        bob.id: [(before[bob.id] + 1, "balance")],  # its reserve moved: a balance message, nothing else
+    }
+    assert {a.id: a.feed_seq for a in Agent.objects.filter(id__in=[alice.id, bob.id])} == {
+        alice.id: before[alice.id] + 2,
+        bob.id: before[bob.id] + 1,
+    }
+    order = AgentEvent.objects.get(agent=alice, seq=before[alice.id] + 1).message()
+    assert (order["event"], order["market_seq"], order["order"]["status"]) == ("cancelled", event.seq, "cancelled")
+    assert AgentEvent.objects.get(agent=bob, seq=before[bob.id] + 1).data["locked_balance"] == "1.50"
+
+
+def check_rows_beyond_one_statement_are_inserted_in_chunks_and_in_order():
+    agent = _agent()
+    start = Agent.objects.get(id=agent.id).feed_seq
+    per_statement = book_store._MAX_VALUES // len(book_store._insertable(AgentEvent))
+    rows = [
+        AgentEvent(agent=agent, seq=start + n, kind="balance", data={"n": n}) for n in range(1, 2 * per_statement + 3)
+    ]
+    with transaction.atomic():
+        book_store._insert(AgentEvent, rows)
+    stored = list(AgentEvent.objects.filter(agent=agent, seq__gt=start).order_by("id").values_list("seq", "data"))
+    assert stored == [(start + n, {"n": n}) for n in range(1, 2 * per_statement + 3)]  # ids in the rows' order
 
 
 CHECKS = [value for name, value in sorted(globals().items()) if name.startswith("check_")]

@@ -24,7 +24,7 @@ from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 
-from agents.models import ApiKey
+from agents.models import Agent, ApiKey
 from agents.services import api_key_revoke
 from agents.tests.factories import ApiKeyFactory
 from markets import services as market_services
@@ -35,9 +35,10 @@ from trading import realtime
 from trading.consumers import CLOSE_BUFFER_OVERFLOW, CLOSE_KEY_REVOKED, CLOSE_RATE_LIMITED, HandshakeThrottle
 from trading.lifecycle import market_close
 from trading.models import Order
-from trading.orders import order_cancel, order_place
+from trading.orders import order_cancel, order_cancel_all, order_place
 from trading.resolution import market_resolve
 from trading.selectors import book_levels
+from trading.tests.factories import new_market
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -358,7 +359,7 @@ def test_a_frame_nested_too_deep_to_parse_gets_invalid_message_and_both_feeds_st
     async def scenario():
         return {
             "market": await answers_of(Feed(market_path(market)), greeting=1),  # after its snapshot
-            "agent": await answers_of(Feed(agent_path(alice)), greeting=0),
+            "agent": await answers_of(agent_feed(alice), greeting=1),  # after its snapshot
         }
 
     for feed, (error, pong) in run(scenario).items():
@@ -405,34 +406,35 @@ def test_an_unknown_market_a_malformed_path_or_a_foreign_origin_is_refused_at_th
 # The private agent feed
 
 
-def agent_path(agent) -> str:
-    return f"/ws/agent/?api_key={agent.api_key}"
+def agent_feed(agent, since: Any = None, *, key: str | None = None, client: str | None = None) -> Feed:
+    """A client of ``agent``'s private feed, its key (``agent.api_key`` unless ``key``) in the Authorization header."""
+    path = "/ws/agent/" + (f"?since={since}" if since is not None else "")
+    return Feed(path, [(b"authorization", f"Bearer {key or agent.api_key}".encode())], client=client)
 
 
-def test_each_agent_feed_carries_its_own_orders_fills_and_balances_and_nothing_of_others(market, make_agent):
+def feed_seq_of(agent) -> int:
+    return Agent.objects.values_list("feed_seq", flat=True).get(id=agent.id)
+
+
+afeed_seq_of = sync_to_async(feed_seq_of)
+
+
+def test_each_agent_feed_carries_its_own_orders_fills_positions_and_balances_and_nothing_of_others(
+    market, make_agent, audit_clean
+):
     alice, bob, carol = make_agent(), make_agent(), make_agent()
 
     async def scenario():
         public = Feed(market_path(market))
-        feeds = {
-            "alice": Feed(agent_path(alice)),
-            "bob": Feed("/ws/agent/", [(b"authorization", f"Bearer {bob.api_key}".encode())]),
-            "carol": Feed(agent_path(carol)),
-        }
+        feeds = {"alice": agent_feed(alice), "bob": agent_feed(bob), "carol": agent_feed(carol)}
         for feed in (public, *feeds.values()):
             assert await feed.connect()
-        await public.recv()
+            await feed.recv()  # the snapshot
         resting = await aplace(alice, market, "YES", "BUY", "0.60", 10)
         taking = await aplace(bob, market, "NO", "BUY", "0.45", 4)
-        # A last order of each agent's own: its channel is first-in first-out, so what the feed received before
-        # that order's message is everything it was sent for the trades above.
-        last = {
-            name: await aplace(agent, market, "NO", "BUY", "0.01", 1)
-            for name, agent in (("alice", alice), ("bob", bob), ("carol", carol))
-        }
-        for name, feed in feeds.items():
-            await feed.until(lambda m, name=name: m["type"] == "order" and m["order"]["id"] == str(last[name].order.id))
-            await feed.until(lambda m: m["type"] == "balance")
+        await aplace(carol, market, "NO", "BUY", "0.01", 1)
+        for name, agent in (("alice", alice), ("bob", bob), ("carol", carol)):
+            await feeds[name].until_seq(await afeed_seq_of(agent))
         await public.until_seq(await aseq_of(market))
         for feed in (public, *feeds.values()):
             await feed.disconnect()
@@ -445,10 +447,16 @@ def test_each_agent_feed_carries_its_own_orders_fills_and_balances_and_nothing_o
     def kinds(messages):
         return [m["type"] for m in messages]
 
-    assert kinds(private["alice"]) == ["order", "balance", "fill", "order", "balance", "order", "balance"]
-    assert kinds(private["bob"]) == ["order", "fill", "balance", "order", "balance"]
-    assert kinds(private["carol"]) == ["order", "balance"]
-    assert private["alice"][0]["order"] == {
+    assert kinds(private["alice"]) == ["snapshot", "order", "balance", "fill", "order", "position", "balance"]
+    assert kinds(private["bob"]) == ["snapshot", "order", "fill", "position", "balance"]
+    assert kinds(private["carol"]) == ["snapshot", "order", "balance"]
+    # The agent's own seq: consecutive from the snapshot's, whatever the message.
+    for name, messages in private.items():
+        start = messages[0]["seq"]
+        assert [m["seq"] for m in messages[1:]] == list(range(start + 1, start + len(messages))), name
+    placed = private["alice"][1]
+    assert (placed["event"], placed["market"], placed["market_seq"]) == ("placed", str(market.id), resting.order.seq)
+    assert {key: placed["order"][key] for key in ("id", "side", "action", "price", "size", "filled", "status")} == {
         "id": alice_order,
         "side": "YES",
         "action": "BUY",
@@ -457,20 +465,27 @@ def test_each_agent_feed_carries_its_own_orders_fills_and_balances_and_nothing_o
         "filled": 0,
         "status": "open",
     }
-    assert private["alice"][3]["order"]["filled"] == 4
-    assert private["alice"][3]["order"]["status"] == "partial"
-    assert private["alice"][2]["fill"] == {
+    # The maker's fill reaches the maker, with the maker's seq, then its order's new state.
+    maker_fill, partial = private["alice"][3], private["alice"][4]
+    assert maker_fill["seq"] == private["alice"][2]["seq"] + 1
+    assert maker_fill["market_seq"] == trade.seq
+    assert maker_fill["fill"] == {
         "id": str(trade.id),
+        "market": str(market.id),
+        "seq": trade.seq,
+        "price": "0.60",
+        "size": 4,
+        "taker_side": "NO",
+        "created_at": maker_fill["fill"]["created_at"],
         "order": alice_order,
         "side": "YES",
         "action": "BUY",
         "role": "maker",
-        "price": "0.60",
         "fill_price": "0.60",
-        "size": 4,
-        "created_at": private["alice"][2]["fill"]["created_at"],
     }
-    bob_fill = private["bob"][1]["fill"]
+    assert (partial["event"], partial["order"]["filled"], partial["order"]["status"]) == ("partial", 4, "partial")
+    assert private["alice"][5]["position"]["yes_shares"] == 4
+    bob_fill = private["bob"][2]["fill"]
     assert (bob_fill["order"], bob_fill["side"], bob_fill["role"], bob_fill["price"], bob_fill["fill_price"]) == (
         bob_order,
         "NO",
@@ -481,6 +496,7 @@ def test_each_agent_feed_carries_its_own_orders_fills_and_balances_and_nothing_o
     for name, agent in (("alice", alice), ("bob", bob), ("carol", carol)):
         agent.refresh_from_db()
         balance = private[name][-1]
+        assert balance["seq"] == agent.feed_seq
         assert (balance["balance"], balance["locked_balance"], balance["available_balance"]) == (
             str(agent.balance),
             str(agent.locked_balance),
@@ -499,6 +515,194 @@ def test_each_agent_feed_carries_its_own_orders_fills_and_balances_and_nothing_o
     public_text = json.dumps(public)
     assert not any(i in public_text for other_ids in ids.values() for i in other_ids)
     assert str(trade.id) in public_text
+    audit_clean()
+
+
+def test_a_new_private_subscriber_gets_a_snapshot_of_its_orders_positions_and_balance_at_its_seq(market, make_agent):
+    alice, bob = make_agent(), make_agent()
+    trade_some(market, alice, bob)
+    alice.refresh_from_db()
+
+    async def scenario():
+        feed = agent_feed(alice)
+        assert await feed.connect()
+        snapshot = await feed.recv()
+        await feed.disconnect()
+        return snapshot
+
+    snapshot = run(scenario)
+    assert (snapshot["type"], snapshot["reason"], snapshot["seq"]) == ("snapshot", "connect", alice.feed_seq)
+    assert (snapshot["balance"], snapshot["locked_balance"], snapshot["available_balance"]) == (
+        str(alice.balance),
+        str(alice.locked_balance),
+        str(alice.available_balance),
+    )
+    resting = Order.objects.filter(agent=alice, status__in=Order.RESTING).order_by("-created_at")
+    assert [o["id"] for o in snapshot["orders"]] == [str(o.id) for o in resting]
+    assert [(o["side"], o["action"], o["price"], o["filled"]) for o in snapshot["orders"]] == [
+        ("YES", "SELL", "0.60", 0),
+        ("YES", "BUY", "0.40", 1),
+    ]
+    assert [(p["market"], p["yes_shares"], p["yes_reserved"]) for p in snapshot["positions"]] == [
+        (str(market.id), 4, 2)
+    ]
+
+
+def test_the_agent_seq_runs_on_across_markets_and_kinds_of_message(make_agent):
+    alice, bob = make_agent(), make_agent()
+    first, second = new_market(), new_market(question="Will it snow?")
+
+    async def scenario():
+        feed = agent_feed(alice)
+        assert await feed.connect()
+        snapshot = await feed.recv()
+        await aplace(alice, first, "YES", "BUY", "0.40", 2)
+        await aplace(alice, second, "NO", "BUY", "0.30", 3)
+        await aplace(bob, first, "NO", "BUY", "0.60", 2)  # fills alice in the first market
+        await aplace(bob, second, "YES", "BUY", "0.70", 1)  # and partly in the second
+        await sync_to_async(order_cancel_all)(agent=alice)
+        live = await feed.until_seq(await afeed_seq_of(alice))
+        await feed.disconnect()
+        return snapshot, live
+
+    snapshot, live = run(scenario)
+    assert [m["seq"] for m in live] == list(range(snapshot["seq"] + 1, snapshot["seq"] + 1 + len(live)))
+    assert [(m["type"], m["market"] == str(first.id)) for m in live] == [
+        ("order", True),
+        ("balance", True),
+        ("order", False),
+        ("balance", False),
+        ("fill", True),
+        ("order", True),
+        ("position", True),
+        ("balance", True),
+        ("fill", False),
+        ("order", False),
+        ("position", False),
+        ("balance", False),
+        ("order", False),  # cancel-all: the second market's order is the only one still resting
+        ("balance", False),
+    ]
+    assert [m["event"] for m in live if m["type"] == "order"] == ["placed", "placed", "filled", "partial", "cancelled"]
+
+
+def test_since_replays_exactly_the_agent_s_missed_messages_then_goes_live(market, make_agent, audit_clean):
+    alice, bob = make_agent(), make_agent()
+    other = new_market(question="Will it snow?")
+
+    async def scenario():
+        witness = agent_feed(alice)  # stays connected throughout
+        first = agent_feed(alice)
+        for feed in (witness, first):
+            assert await feed.connect()
+            await feed.recv()
+        await sync_to_async(trade_some)(market, alice, bob)
+        seen = await first.until_seq(await afeed_seq_of(alice))
+        await first.disconnect()
+
+        k = seen[3]["seq"]  # the client applied up to k, then its connection dropped
+        # Activity while it is away, in two markets.
+        await aplace(bob, market, "YES", "BUY", "0.60", 1)  # takes 1 of the 2 YES alice offers
+        await aplace(alice, other, "NO", "BUY", "0.25", 2)
+        end = await afeed_seq_of(alice)
+        again = agent_feed(alice, since=k)
+        assert await again.connect()
+        replayed = [await again.recv() for _ in range(end - k)]
+        await aplace(alice, market, "NO", "BUY", "0.20", 1)
+        live = await again.recv()
+        await witness.until_seq(live["seq"])
+        for feed in (again, witness):
+            await feed.disconnect()
+        return k, replayed, live, witness.received
+
+    k, replayed, live, witnessed = run(scenario)
+    # The same messages the connected witness saw, no snapshot, then the next one live.
+    assert replayed == [m for m in witnessed if m["type"] != "snapshot" and k < m["seq"] < live["seq"]]
+    assert {m["type"] for m in replayed} >= {"order", "fill", "position", "balance"}
+    assert live == witnessed[-1]
+    assert live["seq"] == replayed[-1]["seq"] + 1
+    audit_clean()
+
+
+def test_an_agent_since_that_cannot_be_replayed_gets_a_snapshot_saying_so(market, make_agent, settings):
+    settings.MOLTSTREET = {**settings.MOLTSTREET, "LIVE_REPLAY_LIMIT": 3}
+    alice = make_agent()
+    for price in ("0.10", "0.11"):
+        place(alice, market, "YES", "BUY", price, 1)  # two messages each: order, balance
+    current = feed_seq_of(alice)
+
+    async def first_messages(since: str, count: int) -> list[dict[str, Any]]:
+        feed = agent_feed(alice, since=since)
+        assert await feed.connect()
+        messages = [await feed.recv() for _ in range(count)]
+        await feed.disconnect()
+        return messages
+
+    async def scenario():
+        return {
+            "too old": await first_messages(str(current - 4), 1),
+            "just in reach": await first_messages(str(current - 3), 3),
+            "up to date": await first_messages(str(current), 0),
+            "ahead": await first_messages(str(current + 1), 1),
+            "garbage": await first_messages("yesterday", 2),
+            "negative": await first_messages("-1", 2),
+        }
+
+    got = run(scenario)
+    for case in ("too old", "ahead"):
+        [snapshot] = got[case]
+        assert (snapshot["type"], snapshot["reason"], snapshot["seq"]) == ("snapshot", "since_too_old", current), case
+        assert [o["price"] for o in snapshot["orders"]] == ["0.11", "0.10"], case
+    assert [(m["type"], m["seq"]) for m in got["just in reach"]] == [
+        ("balance", current - 2),
+        ("order", current - 1),
+        ("balance", current),
+    ]
+    for case in ("garbage", "negative"):
+        error, snapshot = got[case]
+        assert (error["type"], error["code"]) == ("error", "invalid_since"), case
+        assert (snapshot["type"], snapshot["reason"], snapshot["seq"]) == ("snapshot", "connect", current), case
+
+
+def test_a_gap_in_the_agent_s_seq_is_filled_from_its_stored_messages_in_order(market, make_agent):
+    alice = make_agent()
+
+    async def scenario():
+        feed = agent_feed(alice)
+        assert await feed.connect()
+        snapshot = await feed.recv()
+        await sync_to_async(unpublished)(
+            lambda: [place(alice, market, "YES", "BUY", p, 1) for p in ("0.10", "0.11", "0.12")]
+        )
+        await aplace(alice, market, "YES", "BUY", "0.13", 1)
+        live = await feed.until_seq(await afeed_seq_of(alice))
+        await feed.disconnect()
+        return snapshot, live
+
+    snapshot, live = run(scenario)
+    assert [m["seq"] for m in live] == list(range(snapshot["seq"] + 1, snapshot["seq"] + 9))
+    assert [m["order"]["price"] for m in live if m["type"] == "order"] == ["0.10", "0.11", "0.12", "0.13"]
+
+
+def test_a_key_in_the_url_is_refused_with_api_key_in_url_and_4401(make_agent):
+    alice = make_agent()
+
+    async def scenario():
+        got = {}
+        for name, feed in (
+            ("query only", Feed(f"/ws/agent/?api_key={alice.api_key}")),
+            (
+                "query and header",
+                Feed(f"/ws/agent/?api_key={alice.api_key}", agent_feed(alice).communicator.scope["headers"]),
+            ),
+        ):
+            got[name] = await refusal(feed)
+        return got
+
+    for name, (message, code) in run(scenario).items():
+        assert (message["type"], message["code"]) == ("error", "api_key_in_url"), name
+        assert "Authorization" in message["message"] and alice.api_key not in message["message"], name
+        assert code == CLOSE_KEY_REVOKED == 4401, name
 
 
 def test_a_missing_bad_or_revoked_key_is_refused_at_the_handshake(make_agent):
@@ -510,21 +714,17 @@ def test_a_missing_bad_or_revoked_key_is_refused_at_the_handshake(make_agent):
     async def scenario():
         return {
             "missing": await connects("/ws/agent/"),
-            "bad": await connects("/ws/agent/?api_key=ms_not-a-key"),
-            "revoked": await connects(agent_path(revoked)),
+            "revoked": await connects("/ws/agent/", agent_feed(revoked).communicator.scope["headers"]),
             "bad header": await connects("/ws/agent/", [(b"authorization", b"Bearer ms_wrong")]),
             "not bearer": await connects("/ws/agent/", [(b"authorization", f"Basic {alice.api_key}".encode())]),
-            "query": await connects(agent_path(alice)),
             "header": await connects("/ws/agent/", [(b"authorization", f"Bearer {alice.api_key}".encode())]),
         }
 
     assert run(scenario) == {
         "missing": False,
-        "bad": False,
         "revoked": False,
         "bad header": False,
         "not bearer": False,
-        "query": True,
         "header": True,
     }
 
@@ -537,8 +737,10 @@ def test_revoking_a_key_closes_the_private_feeds_opened_with_it_and_no_other(mar
     first = ApiKey.objects.exclude(id=second.id).get(agent=alice)
 
     async def scenario():
-        doomed, kept = Feed(agent_path(alice)), Feed(f"/ws/agent/?api_key={second.raw_key}")
+        doomed, kept = agent_feed(alice), agent_feed(alice, key=second.raw_key)
         assert await doomed.connect() and await kept.connect()
+        await doomed.recv()
+        await kept.recv()
         await sync_to_async(api_key_revoke)(agent=alice, key_id=first.id)
         error = await doomed.recv()
         code = await doomed.closed()
@@ -683,6 +885,7 @@ def test_a_stuck_subscriber_neither_slows_trading_nor_costs_other_subscribers_a_
 ):
     """A subscriber that never reads: its buffer fills to ``capacity`` and the layer drops the rest for it alone."""
     capacity, orders = 40, 200
+    alice, bob = make_agent(), make_agent()  # before publishes are counted: registering publishes a balance
     monkeypatch.setattr(channel_layer, "capacity", capacity)
     publishes: list[float] = []
     send_all = realtime._group_send_all
@@ -693,7 +896,6 @@ def test_a_stuck_subscriber_neither_slows_trading_nor_costs_other_subscribers_a_
         publishes.append(time.monotonic() - started)
 
     monkeypatch.setattr(realtime, "_group_send_all", timed)
-    alice, bob = make_agent(), make_agent()
     stuck = f"stuck-{uuid.uuid4().hex}"
 
     async def scenario():
@@ -752,7 +954,7 @@ def test_an_address_past_its_open_websockets_is_told_too_many_connections_and_cl
 
     async def scenario():
         got: dict[str, Any] = {}
-        first, second = Feed(market_path(market), client=home), Feed(agent_path(alice), client=home)
+        first, second = Feed(market_path(market), client=home), agent_feed(alice, client=home)
         assert await first.connect()
         await first.recv()
         # A handshake refused by connect() itself (HTTP 403) gives its place back when it ends.
@@ -790,11 +992,14 @@ def test_a_handshake_past_the_address_s_rate_is_told_rate_limited_with_retry_aft
 
     async def scenario():
         served = []
-        for path in (market_path(market), agent_path(alice), market_path(market)):
-            feed = Feed(path, client=address)
+        for feed in (
+            Feed(market_path(market), client=address),
+            agent_feed(alice, client=address),
+            Feed(market_path(market), client=address),
+        ):
             served.append(await feed.connect())
             await feed.disconnect()  # nothing stays open: only the handshakes count
-        fourth = await refusal(Feed(agent_path(alice), client=address))
+        fourth = await refusal(agent_feed(alice, client=address))
         other = Feed(market_path(market), client="198.51.100.24")
         assert await other.connect()
         other_first = (await other.recv())["type"]

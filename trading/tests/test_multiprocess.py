@@ -44,7 +44,7 @@ def test_an_order_placed_through_one_server_reaches_the_websocket_clients_of_the
 
     with (
         open_feed(b, f"/ws/markets/{market_id}/", timeout=STEP) as feed,
-        open_feed(b, f"/ws/agent/?api_key={alice['api_key']}", timeout=STEP) as alice_feed,
+        open_feed(b, "/ws/agent/", headers={"Authorization": f"Bearer {alice['api_key']}"}, timeout=STEP) as alice_feed,
         open_feed(b, "/ws/agent/", headers={"Authorization": f"Bearer {bob['api_key']}"}, timeout=STEP) as bob_feed,
     ):
         snapshot = feed.recv(timeout=STEP)

@@ -73,8 +73,14 @@ def test_one_transaction_is_one_group_send_to_its_market_and_one_to_each_involve
     [alice_batch] = to(sent, realtime.agent_group(alice.id))
     [bob_batch] = to(sent, realtime.agent_group(bob.id))
     assert alice_batch["type"] == bob_batch["type"] == "agent.batch"
-    assert [m["type"] for m in alice_batch["messages"]] == ["fill", "order", "balance"]
-    assert [m["type"] for m in bob_batch["messages"]] == ["order", "fill", "balance"]
+    # Each agent's messages in its own sequence: its order and fill messages in market seq order, then its changed
+    # position, then its balance.
+    assert [m["type"] for m in alice_batch["messages"]] == ["fill", "order", "position", "balance"]
+    assert [m["type"] for m in bob_batch["messages"]] == ["order", "fill", "position", "balance"]
+    for agent, batch in ((alice, alice_batch), (bob, bob_batch)):
+        agent.refresh_from_db()
+        assert [m["seq"] for m in batch["messages"]] == list(range(agent.feed_seq - 3, agent.feed_seq + 1))
+    assert [m.get("market_seq") for m in bob_batch["messages"]] == [events[0].seq, events[1].seq, None, None]
 
 
 def test_public_messages_name_no_agent_and_no_order_whatever_happens(market, make_agent, sent):
@@ -120,11 +126,24 @@ def test_each_party_s_fill_carries_its_own_order_side_action_role_and_price(mark
 
 def test_money_moved_without_an_order_still_reaches_the_agent_as_a_balance(make_agent, sent):
     creator, alice, bob = make_agent(), make_agent(), make_agent()
+    [registration] = to(sent, realtime.agent_group(creator.id))
+    assert registration["messages"] == [  # the grant: the first message of every agent's feed
+        {
+            "type": "balance",
+            "seq": 1,
+            "market": None,
+            "balance": "1000.00",
+            "locked_balance": "0.00",
+            "available_balance": "1000.00",
+        }
+    ]
+    sent.clear()
     market = market_create(creator=creator, question="Will it snow?", deadline=timezone.now() + timedelta(days=1))
     [creation] = to(sent, realtime.agent_group(creator.id))
     assert creation["messages"] == [
         {
             "type": "balance",
+            "seq": 2,
             "market": str(market.id),
             "balance": "990.00",
             "locked_balance": "0.00",
@@ -138,14 +157,28 @@ def test_money_moved_without_an_order_still_reaches_the_agent_as_a_balance(make_
         market_id=market.id, outcome="YES", resolver=operator_resolver()
     )  # alice's 10 YES pay 10.00; bob's NO pay nothing
 
-    # Neither had a resting order left, so these batches hold nothing but the balance after the payout.
-    for agent, balance in ((alice, "1006.00"), (bob, "994.00")):  # paid 4.00 and 6.00 for the pair; YES pays 10.00
+    # Neither had a resting order left, so these batches hold their settled position and the balance after the
+    # payout; bob's balance did not move, but its position did.
+    for agent, balance, pnl in ((alice, "1006.00", "6.00"), (bob, "994.00", "-6.00")):  # paid 4.00 and 6.00
         [batch] = to(sent, realtime.agent_group(agent.id))
-        assert [(m["type"], m["balance"]) for m in batch["messages"]] == [("balance", balance)]
+        position, last = batch["messages"]
+        assert (position["type"], last["type"], last["balance"]) == ("position", "balance", balance)
+        assert position["position"] == {
+            "market": str(market.id),
+            "yes_shares": 0,
+            "no_shares": 0,
+            "yes_reserved": 0,
+            "no_reserved": 0,
+            "avg_yes_price": None,
+            "avg_no_price": None,
+            "realized_pnl": pnl,
+        }
+        assert last["seq"] == position["seq"] + 1
 
 
 def test_a_rolled_back_transaction_publishes_nothing(market, make_agent, sent):
     alice = make_agent()
+    sent.clear()
     with pytest.raises(RuntimeError), transaction.atomic():
         place(alice, market, "YES", "BUY", "0.50", 1)
         raise RuntimeError("the caller's transaction fails after the order")
