@@ -42,6 +42,7 @@ from moltstreet.errors import (
     InsufficientPosition,
     MoltStreetError,
 )
+from moltstreet.money import quantize
 from testsupport.api import operator_resolver
 from trading.audit import run_audit
 from trading.lifecycle import market_close, orders_expire_due
@@ -348,7 +349,8 @@ class Exchange(RuleBasedStateMachine):
     def pnl_and_reputation_match_the_ledger(self):
         """DESIGN 4a: in a resolved market an agent's realized P&L is its payouts + sale proceeds + netting credits -
         purchase costs, i.e. the sum of its ledger rows for that market (the fee aside); summed over the agents that
-        is zero, as every pair was paid out; reputation is the sum of realized P&L over resolved markets."""
+        is zero, as every pair was paid out; reputation is the sum of realized P&L over resolved markets, less what
+        trades with linked agents made there."""
         resolved = list(Market.objects.filter(status=Market.Status.RESOLVED).values_list("id", flat=True))
         flows = {
             (agent_id, market_id): total
@@ -368,8 +370,14 @@ class Exchange(RuleBasedStateMachine):
         assert pnl == {key: total for key, total in flows.items() if total or key in pnl}, (pnl, flows)
         for market_id in resolved:
             assert sum((v for (_, m), v in pnl.items() if m == market_id), ZERO) == ZERO
+        # Reputation is that P&L less what trades with linked agents made (DESIGN section 4a), settled at the outcome.
+        linked: dict = {}
+        for position in Position.objects.filter(market_id__in=resolved).select_related("market"):
+            worth = quantize(position.linked_worth(position.market.outcome))
+            linked[position.agent_id] = linked.get(position.agent_id, ZERO) + worth
         for agent_id, reputation in Agent.objects.values_list("id", "reputation"):
-            assert reputation == sum((v for (a, _), v in pnl.items() if a == agent_id), ZERO), agent_id
+            realized = sum((v for (a, _), v in pnl.items() if a == agent_id), ZERO)
+            assert reputation == realized - linked.get(agent_id, ZERO), agent_id
 
 
 @pytest.mark.django_db
