@@ -97,6 +97,7 @@ class FeedConsumer(AsyncJsonWebsocketConsumer):
     """
 
     accepted = False
+    counted = False  # counted in the open-connections gauge: accepted to be served, not only to be refused
     disconnected = False
     feed = "feed"  # the label of this feed in the open-connections gauge (moltstreet.metrics.WEBSOCKETS)
     network: str | None = None  # the client network holding a place in _open_by_network, while it holds one
@@ -128,7 +129,7 @@ class FeedConsumer(AsyncJsonWebsocketConsumer):
         finally:
             # However the connection ended (a disconnect, a close of ours, an error, the server stopping), it is no
             # longer open once the consumer returns.
-            if self.accepted:
+            if self.counted:
                 WEBSOCKETS.labels(self.feed).dec()
             if self.network is not None:
                 _release(self.network)
@@ -169,14 +170,16 @@ class FeedConsumer(AsyncJsonWebsocketConsumer):
 
     async def refuse(self, code: str, message: str, *, close_code: int = CLOSE_RATE_LIMITED, **extra: Any) -> None:
         """Accept only to say why the connection cannot be served (a refused handshake could say nothing), then
-        close with ``close_code`` (4429 unless said otherwise)."""
-        await self.accept()
+        close with ``close_code`` (4429 unless said otherwise). A refused connection is not counted as open: the
+        gauge would otherwise hold it until the client's close comes back."""
+        await super().accept()
+        self.accepted = True
         await self.send_error(code, message, **extra)
         await self.close(code=close_code)
 
     async def accept(self, subprotocol: str | None = None, headers: Any = None) -> None:
         await super().accept(subprotocol, headers)
-        self.accepted = True
+        self.accepted = self.counted = True
         WEBSOCKETS.labels(self.feed).inc()
 
     async def close_unavailable(self) -> None:

@@ -210,6 +210,10 @@ def test_open_websockets_are_gauged_per_feed(settings, market, make_agent):
             application, "/ws/agent/", headers=[(b"authorization", b"Bearer ms_not-a-real-key-at-all")]
         )
         assert not (await refused.connect(timeout=5))[0]
+        # Accepted only to be told why not (a key in the URL): not an open feed, even before its close comes back.
+        told = WebsocketCommunicator(application, f"/ws/agent/?api_key={agent.api_key}")
+        assert (await told.connect(timeout=5))[0]
+        assert (await told.receive_json_from(timeout=5))["code"] == "api_key_in_url"
         seen.append(
             (
                 sample("moltstreet_websocket_connections", feed="market"),
