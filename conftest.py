@@ -17,6 +17,10 @@ pytest_plugins = ["markets.tests.source_server"]
 def pytest_sessionstart(session):
     from django.conf import settings
 
+    # WhiteNoise scans every static file (about 175, through the finders) each time a middleware chain is built, and
+    # every test client builds its own: 40 ms a client, minutes over the suite. In autorefresh mode it looks a file up
+    # when one is asked for instead, as under DEBUG; the servers the suite starts as processes keep the real setting.
+    settings.WHITENOISE_AUTOREFRESH = True
     engine = settings.DATABASES["default"]["ENGINE"]
     if "postgresql" not in engine:
         pytest.exit(
