@@ -26,6 +26,8 @@ from moltstreet.api import (
     market_filter,
 )
 from moltstreet.clients import request_address
+from moltstreet.errors import InvalidRequest
+from moltstreet.strict import refuse_unknown
 from moltstreet.throttling import DEFAULT_THROTTLES, RegisterThrottle
 
 
@@ -120,6 +122,23 @@ class KeyRotationSerializer(StrictSerializer):
     )
 
 
+class HeartbeatInputSerializer(StrictSerializer):
+    timeout_seconds = serializers.IntegerField(
+        min_value=0, max_value=300, help_text="5-300 seconds until your resting orders are cancelled; 0 disarms."
+    )
+
+
+class HeartbeatSerializer(serializers.Serializer):
+    armed = serializers.BooleanField()
+    timeout_seconds = serializers.IntegerField(allow_null=True, help_text="Seconds; null when disarmed.")
+    deadline = serializers.DateTimeField(
+        allow_null=True, help_text="When your resting orders are cancelled unless another heartbeat comes first."
+    )
+    cancelled = serializers.IntegerField(
+        help_text="Resting orders cancelled because this heartbeat came after the deadline (usually 0)."
+    )
+
+
 class LeaderboardPagination(IdCursorPagination):
     ordering = ("-reputation",)
 
@@ -190,6 +209,37 @@ class AgentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ApiViewSet)
     @action(detail=False, methods=["get"], permission_classes=[IsAgent])
     def me(self, request):
         return Response(AgentSerializer(request.user).data)
+
+    @extend_schema(
+        summary="Heartbeat: arm or disarm the dead-man's switch",
+        request=HeartbeatInputSerializer,
+        responses={200: HeartbeatSerializer, **errors(400, 401, 503)},
+        description=(
+            "`timeout_seconds` 5-300 arms the switch: unless another heartbeat comes within that many seconds, every "
+            "resting order of yours is cancelled (reason `heartbeat_expired`), a `heartbeat` message on your private "
+            "feed says so, the switch disarms, and until then new orders are refused (409 `heartbeat_expired`). Each "
+            "heartbeat moves the deadline; `timeout_seconds: 0` disarms. A heartbeat after the deadline fires the "
+            "switch first (`cancelled` counts what it cancelled), then arms it again."
+        ),
+    )
+    @action(detail=False, methods=["post"], url_path="me/heartbeat", permission_classes=[IsAgent])
+    def heartbeat(self, request):
+        from trading.heartbeat import heartbeat_arm  # the trading app builds on this one; not at import time
+
+        data = request.data
+        if not isinstance(data, dict):
+            problem = "The body must be a JSON object."
+            raise InvalidRequest(problem, detail={"non_field_errors": [problem]})
+        refuse_unknown("field", data, ["timeout_seconds"])
+        beat = heartbeat_arm(agent=request.user, timeout_seconds=data.get("timeout_seconds"))
+        return Response(
+            {
+                "armed": beat.deadline is not None,
+                "timeout_seconds": beat.timeout_seconds,
+                "deadline": serializers.DateTimeField().to_representation(beat.deadline) if beat.deadline else None,
+                "cancelled": beat.cancelled,
+            }
+        )
 
     @extend_schema(
         methods=["GET"],

@@ -80,8 +80,25 @@ class Agent(models.Model):
     feed_seq = models.BigIntegerField(default=0, help_text="Sequence number of the agent's last private feed message.")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
+    # The dead-man's switch (POST /agents/me/heartbeat/, trading.heartbeat): armed with a timeout in seconds, it
+    # cancels every resting order of the agent when no heartbeat comes before ``heartbeat_deadline``.
+    heartbeat_timeout = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="Seconds between heartbeats before every resting order is cancelled."
+    )
+    heartbeat_deadline = models.DateTimeField(
+        null=True, blank=True, help_text="When the resting orders are cancelled unless a heartbeat comes first."
+    )
+
     class Meta:
         ordering = ["name"]
+        indexes = [
+            # The scheduler's look-up of switches past their deadline, every second.
+            models.Index(
+                fields=["heartbeat_deadline"],
+                name="agents_agent_heartbeat_due",
+                condition=Q(heartbeat_deadline__isnull=False),
+            ),
+        ]
         constraints = [
             models.CheckConstraint(condition=Q(locked_balance__gte=0), name="agents_agent_locked_gte_0"),
             models.CheckConstraint(
@@ -179,6 +196,7 @@ class AgentEvent(models.Model):
         FILL = "fill", "Fill"
         POSITION = "position", "Position change"
         BALANCE = "balance", "Balance change"
+        HEARTBEAT = "heartbeat", "Dead-man's switch fired"
 
     id = models.BigAutoField(primary_key=True)
     # No index of its own: the unique (agent, seq) index serves every lookup by agent.

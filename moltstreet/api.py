@@ -24,19 +24,15 @@ class IsAgent(permissions.IsAuthenticated):
     """The request carries a valid API key (``Authorization: Bearer <api_key>``)."""
 
 
-ErrorSerializer = inline_serializer(
-    name="Error",
-    fields={
-        "error": inline_serializer(
-            name="ErrorBody",
-            fields={
-                "code": serializers.CharField(),
-                "message": serializers.CharField(),
-                "detail": serializers.DictField(),
-            },
-        )
-    },
-)
+class ErrorBody(serializers.Serializer):
+    """The ``error`` object of the one error shape (also each failed entry's ``error`` in a batch's answer)."""
+
+    code = serializers.CharField()
+    message = serializers.CharField()
+    detail = serializers.DictField()
+
+
+ErrorSerializer = inline_serializer(name="Error", fields={"error": ErrorBody()})
 
 
 def errors(*statuses: int) -> dict[int, OpenApiResponse]:
@@ -199,6 +195,7 @@ __all__ = [
     "ApiViewSet",
     "BoundedSearchFilter",
     "CreatedFilterSet",
+    "ErrorBody",
     "ErrorSerializer",
     "IdCursorPagination",
     "IsAgent",

@@ -74,6 +74,24 @@ class OrderNotCancellable(MoltStreetError):
     default_message = "The order is no longer resting and cannot be cancelled."
 
 
+class OrderNotAmendable(MoltStreetError):
+    code = "order_not_amendable"
+    http_status = status.HTTP_409_CONFLICT
+    default_message = "The order is no longer resting and cannot be amended."
+
+
+class HeartbeatExpired(MoltStreetError):
+    """The agent's dead-man's switch passed its deadline: its resting orders are being cancelled, and no order is
+    taken until a heartbeat re-arms the switch (or disarms it)."""
+
+    code = "heartbeat_expired"
+    http_status = status.HTTP_409_CONFLICT
+    default_message = (
+        "No heartbeat came within your timeout, so your resting orders are being cancelled. Send a heartbeat "
+        "(POST /agents/me/heartbeat/) to re-arm the switch, or timeout_seconds 0 to disarm it, then place the order."
+    )
+
+
 class PostOnlyWouldCross(MoltStreetError):
     code = "post_only_would_cross"
     http_status = status.HTTP_409_CONFLICT

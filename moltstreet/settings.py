@@ -408,6 +408,8 @@ MOLTSTREET = {
     },
     # Seconds between passes of the scheduler that closes markets at their deadline and expires GTD orders.
     "SCHEDULER_INTERVAL": env.float("MOLTSTREET_SCHEDULER_INTERVAL", default=10.0),
+    # Seconds between the scheduler's checks of dead-man's switches past their deadline (trading.heartbeat).
+    "HEARTBEAT_CHECK_INTERVAL": env.float("MOLTSTREET_HEARTBEAT_CHECK_INTERVAL", default=1.0),
     # A file the scheduler touches after each successful pass (empty: none); docker-compose.yml's health check of
     # the scheduler fails when it is older than a few intervals.
     "SCHEDULER_HEARTBEAT": env("MOLTSTREET_SCHEDULER_HEARTBEAT", default=""),

@@ -100,9 +100,24 @@ class AgentReadThrottle(_Throttle):
 
 
 class AgentWriteThrottle(_Throttle):
-    """Writes (orders, cancels, markets, forecasts, keys) with an API key, counted per agent."""
+    """Writes (orders, cancels, markets, forecasts, keys) with an API key, counted per agent. A request weighs what
+    its view's ``throttle_weight(request)`` says (a batch: one per order or id it carries), 1 otherwise: batching
+    saves round trips, not budget (Kalshi counts each order of a batch against its limits too)."""
 
     scope = "agent_write"
+    weight = 1
+
+    def allow_request(self, request, view) -> bool:
+        weigh = getattr(view, "throttle_weight", None)
+        self.weight = weigh(request) if weigh is not None else 1
+        return super().allow_request(request, view)
+
+    def throttle_success(self) -> bool:
+        if len(self.history) + self.weight > self.num_requests:
+            return self.throttle_failure()
+        self.history[:0] = [self.now] * self.weight
+        self.cache.set(self.key, self.history, self.duration)
+        return True
 
     def get_cache_key(self, request, view):
         agent = getattr(request, "user", None)

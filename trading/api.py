@@ -18,17 +18,20 @@ from drf_spectacular.utils import (
     extend_schema,
     extend_schema_field,
     extend_schema_view,
+    inline_serializer,
 )
 from rest_framework import mixins, serializers, status
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from agents.models import Agent
+from agents.services import balance_fields
 from markets.api import MarketSerializer, ResolutionSerializer, SnapshotSerializer
 from markets.models import Market, MarketEvent, Outcome, Resolution
 from moltstreet.api import (
     ApiViewSet,
     CreatedFilterSet,
+    ErrorBody,
     IdCursorPagination,
     IsAgent,
     Money,
@@ -38,15 +41,26 @@ from moltstreet.api import (
     errors,
     market_filter,
 )
-from moltstreet.errors import InvalidRequest, NotOracle
+from moltstreet.errors import InvalidRequest, MoltStreetError, NotOracle
 from moltstreet.ids import parse_id
 from moltstreet.logs import bind
 from moltstreet.money import MAX_PRICE, MIN_PRICE, complement, quantize
 from moltstreet.pagination import CheckedCursorPagination
+from moltstreet.strict import refuse_unknown
 from trading import selectors
+from trading.agent_feed import position_view
 from trading.models import Action, Order, Position, Side, TimeInForce, Trade
-from trading.order_input import CLIENT_ORDER_ID_MAX, FORECAST_PLACES, REASONING_MAX, check_order_fields
-from trading.orders import order_cancel, order_cancel_all, order_place
+from trading.order_batch import MAX_BATCH, OrderRequest, order_cancel_batch, order_place_batch
+from trading.order_input import CLIENT_ORDER_ID_MAX, FORECAST_PLACES, REASONING_MAX, check_order_fields, parse_flag
+from trading.orders import (
+    PlaceResult,
+    Preview,
+    order_amend,
+    order_cancel,
+    order_cancel_all,
+    order_place,
+    order_preview,
+)
 from trading.realtime import public_messages
 from trading.resolution import resolution_dispute, resolution_propose
 
@@ -98,24 +112,33 @@ class OrderInputSerializer(StrictSerializer):
     reasoning = serializers.CharField(required=False, allow_blank=True, default="", max_length=REASONING_MAX)
 
 
+class OrderRequestSerializer(OrderInputSerializer):
+    dry_run = serializers.BooleanField(
+        default=False,
+        help_text="true: answer what the order would do now (fills, reserve, resulting position and balance, or its "
+        "error) and change nothing.",
+    )
+
+
 # The fields of an order request the service reads (all but `market`), and whether a request must have them.
 _ORDER_FIELDS = tuple(
     (name, field.required) for name, field in OrderInputSerializer._declared_fields.items() if name != "market"
 )
 
 
-def order_request(data: Any) -> tuple[uuid.UUID, dict[str, Any]]:
-    """The market id and the order fields of a ``POST /orders/`` body, for
+def order_request(data: Any, *, besides: tuple[str, ...] = ()) -> tuple[uuid.UUID, dict[str, Any]]:
+    """The market id and the order fields of a ``POST /orders/`` body (or of one order of a batch), for
     :func:`~trading.orders.order_place` to parse: the values as they came (a required field left out is ``None``, an
     optional one is left to the service's default). Checked here: a JSON object, with no field that is not an
-    order's (:func:`~trading.order_input.check_order_fields`), and ``market`` a UUID as a string.
+    order's (:func:`~trading.order_input.check_order_fields`) or one of ``besides`` (read by the caller), and
+    ``market`` a UUID as a string.
 
     Raises :class:`InvalidRequest` (``invalid_request``) otherwise.
     """
     if not isinstance(data, dict):
         problem = "The body must be a JSON object."
         raise InvalidRequest(problem, detail={"non_field_errors": [problem]})
-    check_order_fields(data, besides=("market",))
+    check_order_fields(data, besides=("market", *besides))
     market = data.get("market")
     try:
         market_id = uuid.UUID(market) if isinstance(market, str) else None
@@ -207,6 +230,7 @@ class OrderSerializer(PlainRendering):
             "expires_at",
             "client_order_id",
             "cancel_reason",
+            "replaced_by",
             "created_at",
             "updated_at",
         ]
@@ -261,6 +285,120 @@ class FillSerializer(TradeSerializer):
 class PlacedOrderSerializer(serializers.Serializer):
     order = OrderSerializer()
     trades = TradeSerializer(many=True)
+
+
+class AmendInputSerializer(StrictSerializer):
+    price = Price(
+        required=False,
+        min_value=MIN_PRICE,
+        max_value=MAX_PRICE,
+        help_text="New limit price on the order's own side (0.01-0.99 on the tick). A change loses queue priority.",
+    )
+    size = serializers.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=settings.MOLTSTREET["MAX_ORDER_SIZE"],
+        help_text="New total size in contracts, filled ones included (more than `filled`). Smaller at the same "
+        "price keeps the order's place in the queue; larger loses it.",
+    )
+
+
+class AmendedOrderSerializer(serializers.Serializer):
+    order = OrderSerializer(help_text="The order as it now stands: the same one, or its replacement.")
+    replaced = OrderSerializer(
+        allow_null=True,
+        help_text="The order cancelled (reason `amended`) and replaced by `order`; null when amended in place.",
+    )
+    trades = TradeSerializer(many=True, help_text="What the replacement traded on arrival, as taker.")
+
+
+class BatchPlaceInputSerializer(StrictSerializer):
+    orders = serializers.ListField(
+        child=OrderInputSerializer(),
+        min_length=1,
+        max_length=MAX_BATCH,
+        help_text=f"1-{MAX_BATCH} orders, each as `POST /orders/` takes it (no `dry_run`).",
+    )
+
+
+class BatchCancelInputSerializer(StrictSerializer):
+    ids = serializers.ListField(
+        child=UUIDStringField(), min_length=1, max_length=MAX_BATCH, help_text=f"1-{MAX_BATCH} order ids."
+    )
+
+
+_ENTRY_STATUS_HELP = "The HTTP status this entry would have had as a request of its own (201, 200 or the error's)."
+_ENTRY_ERROR_HELP = "The error this entry got, in the one error shape's `error` object; null on success."
+
+
+class BatchPlacedSerializer(serializers.Serializer):
+    status = serializers.IntegerField(help_text=_ENTRY_STATUS_HELP)
+    order = OrderSerializer(allow_null=True)
+    trades = TradeSerializer(many=True)
+    error = ErrorBody(allow_null=True, help_text=_ENTRY_ERROR_HELP)
+
+
+class BatchPlaceSerializer(serializers.Serializer):
+    orders = BatchPlacedSerializer(many=True, help_text="One entry per order sent, in the order sent.")
+
+
+class BatchCancelledSerializer(serializers.Serializer):
+    status = serializers.IntegerField(help_text=_ENTRY_STATUS_HELP)
+    order = OrderSerializer(allow_null=True, help_text="The cancelled order; null on error.")
+    error = ErrorBody(allow_null=True, help_text=_ENTRY_ERROR_HELP)
+
+
+class BatchCancelSerializer(serializers.Serializer):
+    orders = BatchCancelledSerializer(many=True, help_text="One entry per id sent, in the order sent.")
+
+
+class PreviewFillSerializer(serializers.Serializer):
+    price = Price(help_text="The trade's YES price.")
+    fill_price = Price(help_text="The price on the order's own side.")
+    size = serializers.IntegerField(help_text="Contracts.")
+    taker_side = serializers.ChoiceField(choices=Side.choices, help_text="The queue the order bids in.")
+
+
+class PreviewPositionSerializer(serializers.Serializer):
+    market = serializers.UUIDField()
+    yes_shares = serializers.IntegerField()
+    no_shares = serializers.IntegerField()
+    yes_reserved = serializers.IntegerField()
+    no_reserved = serializers.IntegerField()
+    avg_yes_price = serializers.DecimalField(max_digits=6, decimal_places=4, allow_null=True)
+    avg_no_price = serializers.DecimalField(max_digits=6, decimal_places=4, allow_null=True)
+    realized_pnl = Money()
+
+
+class PreviewSerializer(serializers.Serializer):
+    """What an order would do now (``dry_run``), changing nothing."""
+
+    dry_run = serializers.BooleanField(help_text="Always true: nothing was placed.")
+    status = serializers.IntegerField(
+        help_text="The status the order would get: 201 placed, 200 a repeat of its `client_order_id`, or the error's."
+    )
+    error = ErrorBody(allow_null=True, help_text="The error it would get, or null.")
+    order = OrderSerializer(
+        allow_null=True,
+        help_text="The order as it would stand after matching (`id`, `created_at`, `updated_at` null: not created; "
+        "a repeat shows the stored original).",
+    )
+    fills = PreviewFillSerializer(many=True, help_text="The trades it would take, in execution order.")
+    self_trade_cancels = serializers.ListField(
+        child=serializers.UUIDField(), help_text="Your own resting orders it would cancel (self-trade prevention)."
+    )
+    reserve = inline_serializer(
+        name="PreviewReserve",
+        fields={
+            "credits": Money(help_text="Credits its resting remainder would keep reserved (a BUY)."),
+            "contracts": serializers.IntegerField(help_text="Contracts its resting remainder would reserve (a SELL)."),
+        },
+        allow_null=True,
+    )
+    balance = Money(allow_null=True, help_text="Your balance afterwards, in credits.")
+    locked_balance = Money(allow_null=True)
+    available_balance = Money(allow_null=True)
+    position = PreviewPositionSerializer(allow_null=True, help_text="Your position in the market afterwards.")
 
 
 class PositionSerializer(serializers.ModelSerializer):
@@ -496,26 +634,132 @@ class OrderViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ApiViewSet)
     def get_queryset(self):
         return Order.objects.filter(agent=cast(Agent, self.request.user))  # IsAgent: the user is an Agent
 
+    def throttle_weight(self, request) -> int:
+        """What the request costs of the agent's write budget (``moltstreet.throttling.AgentWriteThrottle``): a
+        batch one per order or id it carries (at most ``MAX_BATCH``), any other request 1."""
+        key = {"batch": "orders", "batch_cancel": "ids"}.get(getattr(self, "action", None) or "")
+        items = request.data.get(key) if key and isinstance(request.data, dict) else None
+        return max(1, min(len(items), MAX_BATCH)) if isinstance(items, list) else 1
+
     @extend_schema(
-        summary="Place an order",
-        request=OrderInputSerializer,
-        responses={201: PlacedOrderSerializer, 200: PlacedOrderSerializer, **errors(400, 401, 403, 404, 409, 503)},
+        summary="Place an order (or preview it with dry_run)",
+        request=OrderRequestSerializer,
+        responses={
+            201: PlacedOrderSerializer,
+            200: PolymorphicProxySerializer(
+                component_name="PlacedOrPreview",
+                serializers=[PlacedOrderSerializer, PreviewSerializer],
+                resource_type_field_name=None,
+            ),
+            **errors(400, 401, 403, 404, 409, 503),
+        },
         description=(
             "BUY or SELL YES or NO contracts at a limit price on the order's own side. A BUY reserves price x size "
             "credits; a SELL reserves held contracts. Matching is price-time priority at the resting order's price. "
             "`time_in_force`: GTC (default), GTD (with `expires_at`), IOC, FOK; `post_only` rejects a crossing order. "
-            "Returns 201 `{order, trades}`; a repeated `client_order_id` returns the original order with 200."
+            "Returns 201 `{order, trades}`; a repeated `client_order_id` returns the original order with 200. "
+            "With `dry_run: true`: 200 with what the order would do now (its fills, the reserve it would keep, your "
+            "balance and position afterwards, or the error it would get, with the status it would have), and "
+            "nothing is stored: no order, trade, event or sequence number."
         ),
     )
     def create(self, request):
-        market_id, fields = order_request(request.data)
+        market_id, fields = order_request(request.data, besides=("dry_run",))
         # The request's log lines (its access line included) carry who placed what where (moltstreet/logs.py).
         bind(agent_id=request.user.id, market_id=market_id)
+        if parse_flag("dry_run", request.data.get("dry_run", False)):
+            preview = order_preview(agent=request.user, market_id=market_id, **fields)
+            return Response(preview_body(preview))
         # The service parses the fields (trading.order_input); its errors are the client's (invalid_price, ...).
         result = order_place(agent=request.user, market_id=market_id, **fields)
         bind(order_id=result.order.id)
-        body = {"order": OrderSerializer(result.order).data, "trades": TradeSerializer(result.trades, many=True).data}
-        return Response(body, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
+        return Response(placed_body(result), status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
+
+    @extend_schema(
+        summary="Amend an order",
+        request=AmendInputSerializer,
+        responses={200: AmendedOrderSerializer, **errors(400, 401, 403, 404, 409, 503)},
+        description=(
+            "Change a resting order's `price` and/or `size` (the new total, filled contracts included). A smaller "
+            "size at the same price amends it in place and keeps its place in the queue. A new price or a larger "
+            "size cancels it (reason `amended`, `replaced_by` set) and places a replacement with the same "
+            "`client_order_id` for `size - filled` contracts, behind the orders already at that price, in one "
+            "transaction: it may trade at once, and a refusal (such as `post_only_would_cross` or "
+            "`insufficient_balance`) leaves the original order untouched. The reserve follows to the cent. "
+            "Returns `{order, replaced, trades}`."
+        ),
+    )
+    def partial_update(self, request, pk=None):
+        bind(agent_id=request.user.id, order_id=pk)
+        data = request.data
+        if not isinstance(data, dict):
+            problem = "The body must be a JSON object."
+            raise InvalidRequest(problem, detail={"non_field_errors": [problem]})
+        refuse_unknown("field", data, ["price", "size"])
+        result = order_amend(
+            agent=request.user, order_id=parse_id(pk, "order"), price=data.get("price"), size=data.get("size")
+        )
+        bind(market_id=result.order.market_id)
+        return Response(
+            {
+                "order": OrderSerializer(result.order).data,
+                "replaced": OrderSerializer(result.replaced).data if result.replaced is not None else None,
+                "trades": TradeSerializer(result.trades, many=True).data,
+            }
+        )
+
+    @extend_schema(
+        summary="Place a batch of orders",
+        request=BatchPlaceInputSerializer,
+        responses={200: BatchPlaceSerializer, **errors(400, 401, 503)},
+        description=(
+            f"Up to {MAX_BATCH} orders, each as `POST /orders/` takes it. Each succeeds or fails on its own: the "
+            "answer lists, in the order sent, each order's `status` (201, 200 for a repeated `client_order_id`, or "
+            "its error's), `order` and `trades`, or `error`. The orders of one market are matched in one "
+            "transaction, one after the other in the order sent; a retry with the same `client_order_id`s places "
+            "nothing twice."
+        ),
+    )
+    @action(detail=False, methods=["post"], url_path="batch", pagination_class=None, filter_backends=[])
+    def batch(self, request):
+        orders = _batch_items(request.data, "orders")
+        bind(agent_id=request.user.id)
+        requests: list[OrderRequest | InvalidRequest] = []
+        for item in orders:
+            try:
+                market_id, fields = order_request(item)
+            except InvalidRequest as exc:
+                requests.append(exc)
+            else:
+                requests.append(OrderRequest(market_id=market_id, fields=fields))
+        placed = iter(
+            order_place_batch(agent=request.user, requests=[r for r in requests if isinstance(r, OrderRequest)])
+        )
+        outcomes = [r if isinstance(r, InvalidRequest) else next(placed) for r in requests]
+        return Response({"orders": [_placed_entry(outcome) for outcome in outcomes]})
+
+    @extend_schema(
+        summary="Cancel a batch of orders",
+        request=BatchCancelInputSerializer,
+        responses={200: BatchCancelSerializer, **errors(400, 401, 503)},
+        description=(
+            f'Cancels up to {MAX_BATCH} of your resting orders by id (`{{"ids": [...]}}`), releasing their '
+            "reserves. Each succeeds or fails on its own: the answer lists, in the order sent, each id's `status` "
+            "and cancelled `order`, or its `error` (`not_found`, `order_not_cancellable`)."
+        ),
+    )
+    @action(detail=False, methods=["post"], url_path="batch-cancel", pagination_class=None, filter_backends=[])
+    def batch_cancel(self, request):
+        ids = _batch_items(request.data, "ids")
+        bind(agent_id=request.user.id)
+        outcomes = order_cancel_batch(agent=request.user, order_ids=ids)
+        entries = []
+        for outcome in outcomes:
+            if isinstance(outcome, MoltStreetError):
+                entries.append({"status": outcome.http_status, "order": None, "error": outcome.as_dict()["error"]})
+            else:
+                entries.append({"status": status.HTTP_200_OK, "order": OrderSerializer(outcome).data, "error": None})
+        return Response({"orders": entries})
 
     @extend_schema(
         summary="Cancel an order",
@@ -541,6 +785,77 @@ class OrderViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ApiViewSet)
         bind(agent_id=request.user.id, market_id=data.validated_data["market"])
         cancelled = order_cancel_all(agent=request.user, market_id=data.validated_data["market"])
         return Response(OrderSerializer(cancelled, many=True).data)
+
+
+def placed_body(result: PlaceResult) -> dict[str, Any]:
+    """``{order, trades}``: a placed order as ``POST /orders/`` answers it."""
+    return {"order": OrderSerializer(result.order).data, "trades": TradeSerializer(result.trades, many=True).data}
+
+
+def _placed_entry(outcome: PlaceResult | MoltStreetError) -> dict[str, Any]:
+    """One entry of a batch's answer: ``{status, order, trades, error}``."""
+    if isinstance(outcome, MoltStreetError):
+        return {"status": outcome.http_status, "order": None, "trades": [], "error": outcome.as_dict()["error"]}
+    code = status.HTTP_201_CREATED if outcome.created else status.HTTP_200_OK
+    return {"status": code, **placed_body(outcome), "error": None}
+
+
+def _batch_items(data: Any, key: str) -> list[Any]:
+    """The list under ``key`` of a batch request's body: a JSON object with that one field, holding 1 to
+    ``MAX_BATCH`` items. Raises :class:`InvalidRequest` otherwise (the whole batch is refused; nothing is done)."""
+    if not isinstance(data, dict):
+        problem = "The body must be a JSON object."
+        raise InvalidRequest(problem, detail={"non_field_errors": [problem]})
+    refuse_unknown("field", data, [key])
+    items = data.get(key)
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
+        problem = f"{key} must be a list of 1 to {MAX_BATCH} items."
+        raise InvalidRequest(problem, detail={key: [problem], "max": MAX_BATCH})
+    return items
+
+
+def preview_body(preview: Preview) -> dict[str, Any]:
+    """The answer to ``POST /orders/`` with ``dry_run`` (:class:`PreviewSerializer`)."""
+    body: dict[str, Any] = {
+        "dry_run": True,
+        "status": status.HTTP_201_CREATED if preview.created else status.HTTP_200_OK,
+        "error": None,
+        "order": None,
+        "fills": [],
+        "self_trade_cancels": [],
+        "reserve": None,
+        "balance": None,
+        "locked_balance": None,
+        "available_balance": None,
+        "position": None,
+    }
+    if preview.error is not None:
+        return {**body, "status": preview.error.http_status, "error": preview.error.as_dict()["error"]}
+    order = preview.order
+    assert order is not None
+    rendered = OrderSerializer(order).data
+    if preview.created:  # not stored: no id, no times
+        rendered.update(id=None, created_at=None, updated_at=None)
+    body.update(
+        order=rendered,
+        fills=[
+            {
+                "price": str(trade.price),
+                "fill_price": str(trade.price if order.side == Side.YES else complement(trade.price)),
+                "size": trade.size,
+                "taker_side": trade.taker_side,
+            }
+            for trade in preview.trades
+        ],
+        self_trade_cancels=[str(o.id) for o in preview.self_trade_cancels],
+    )
+    if preview.agent is not None and preview.position is not None:
+        body.update(
+            reserve={"credits": str(preview.reserve_credits), "contracts": preview.reserve_contracts},
+            **balance_fields(preview.agent),
+            position=position_view(preview.position),
+        )
+    return body
 
 
 class FillFilter(CreatedFilterSet):

@@ -69,7 +69,7 @@ POSITION_FIELDS: tuple[str, ...] = (
 )
 POSITION_FIELDS += ("linked_cash", "linked_yes", "linked_no", "updated_at")
 _POSITION_STATE = POSITION_FIELDS[:-1]  # what a transaction may change in a position, its time aside
-ORDER_FIELDS = ("filled", "status", "cancel_reason", "updated_seq", "updated_at")
+ORDER_FIELDS = ("size", "filled", "status", "cancel_reason", "replaced_by", "updated_seq", "updated_at")
 Level = tuple[str, Decimal]  # (book side, price on that side)
 
 
@@ -145,10 +145,11 @@ def lock_for_order(
 
 
 def crossing_page(
-    market_id: uuid.UUID, book_side: str, book_price: Decimal, *, after: Order, limit: int
+    market_id: uuid.UUID, book_side: str, book_price: Decimal, *, after: Order | None, limit: int
 ) -> list[Order]:
     """The next ``limit`` resting orders of the queue opposite ``book_side`` that cross ``book_price``, after
-    ``after`` in priority order (best price, then earliest: DESIGN section 3), read by keyset."""
+    ``after`` in priority order (best price, then earliest: DESIGN section 3), read by keyset; from the best when
+    ``after`` is ``None``."""
     (rows,) = _fetch(_crossing(market_id, book_side, book_price, after=after, limit=limit))
     return rows
 
@@ -202,12 +203,17 @@ def resting_orders(
     *,
     agent_id: uuid.UUID | None = None,
     order_id: uuid.UUID | None = None,
+    order_ids: Iterable[uuid.UUID] | None = None,
     expired_by: datetime | None = None,
 ) -> list[Order]:
-    """The market's resting orders in arrival order (``seq``): all of them, or only the agent's, only the one order,
-    or only GTD orders whose ``expires_at`` is at or before ``expired_by``. Read under the market's lock, so exactly
+    """The market's resting orders in arrival order (``seq``): all of them, or only the agent's (only those of
+    ``order_ids`` among them, if given), only the one order, or only GTD orders whose ``expires_at`` is at or before
+    ``expired_by``. Read under the market's lock, so exactly
     what is resting now."""
-    if agent_id is not None:
+    if agent_id is not None and order_ids is not None:
+        ids = sorted(set(order_ids))
+        read = _select(Order, "resting_of_agent_in", [market_id, *RESTING, agent_id, *ids], count=len(ids))
+    elif agent_id is not None:
         read = _select(Order, "resting_of_agent", [market_id, *RESTING, agent_id])
     elif order_id is not None:
         read = _select(Order, "resting_order", [market_id, *RESTING, order_id])
@@ -239,6 +245,15 @@ def own_order(agent_id: uuid.UUID, order_id: uuid.UUID | str) -> Order | None:
         return None
     (rows,) = _fetch(_select(Order, "own_order", [key, agent_id]))
     return _first([rows])
+
+
+def own_orders(agent_id: uuid.UUID, order_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Order]:
+    """The agent's orders among ``order_ids`` (another agent's are left out), by id, not locked."""
+    ids = sorted(set(order_ids))
+    if not ids:
+        return {}
+    (rows,) = _fetch(_select(Order, "own_orders", [agent_id, *ids], count=len(ids)))
+    return {order.id: order for order in rows}
 
 
 def resting_buy_contracts(agent_id: uuid.UUID, market_id: uuid.UUID, side: str) -> int:
@@ -277,8 +292,10 @@ def write(tx: MarketTx) -> list[MarketEvent]:
         _insert(Position, [p for p in new if _worth_keeping(p)])
         changed = tx.changed_positions()
         _update(Position, [tx.positions[a] for a in sorted(changed - tx.new_positions)], POSITION_FIELDS)
-        _insert(Order, tx.new_orders)
+        # Changed orders first: an amended order gives its client_order_id up (replaced_by) before its replacement,
+        # which carries the id on, is inserted under the unique index.
         _update(Order, tx.orders.values(), ORDER_FIELDS)
+        _insert(Order, tx.new_orders)
         _insert(Trade, tx.trades)
         if tx.linked_agents:
             _update(Agent, [tx.agents[a] for a in sorted(tx.linked_agents)], ("linked_pnl",))
@@ -399,17 +416,29 @@ def _where(model: type[Model], key: str, count: int) -> tuple[sql.Composable, sq
         return sql.SQL("{} = %s AND {} IN ({})").format(c("market"), c("agent"), _placeholders(count)), empty
     if key == "levels":
         return sql.SQL("{} = %s").format(c("market")), empty
-    if key == "client_order_id":
-        return sql.SQL("{} = %s AND {} = %s").format(c("agent"), c("client_order_id")), sql.SQL(" LIMIT 1")
+    if key == "client_order_id":  # the newest order of an amend chain holds the id (Order.replaced_by)
+        return (
+            sql.SQL("{} = %s AND {} = %s AND {} IS NULL").format(c("agent"), c("client_order_id"), c("replaced_by")),
+            sql.SQL(" LIMIT 1"),
+        )
     by_seq = sql.SQL(" ORDER BY {}").format(c("seq"))
     if key == "resting":
         return sql.SQL(resting).format(c("market"), c("status")), by_seq
     if key == "resting_of_agent":
         return sql.SQL(resting + " AND {} = %s").format(c("market"), c("status"), c("agent")), by_seq
+    if key == "resting_of_agent_in":
+        return (
+            sql.SQL(resting + " AND {} = %s AND {} IN ({})").format(
+                c("market"), c("status"), c("agent"), c("id"), _placeholders(count)
+            ),
+            by_seq,
+        )
     if key == "resting_order":
         return sql.SQL(resting + " AND {} = %s").format(c("market"), c("status"), c("id")), by_seq
     if key == "resting_expired":
         return sql.SQL(resting + " AND {} <= %s").format(c("market"), c("status"), c("expires_at")), by_seq
+    if key == "own_orders":
+        return sql.SQL("{} = %s AND {} IN ({})").format(c("agent"), c("id"), _placeholders(count)), empty
     if key == "own_order":
         return sql.SQL("{} = %s AND {} = %s").format(c("id"), c("agent")), sql.SQL(" LIMIT 1")
     if key == "taker_trades":

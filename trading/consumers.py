@@ -36,7 +36,7 @@ from agents.services import api_key_lookup
 from moltstreet.clients import network_key, scope_address
 from moltstreet.metrics import WEBSOCKETS
 from moltstreet.throttling import HandshakeThrottle
-from trading import agent_feed, realtime
+from trading import agent_feed, heartbeat, realtime
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,10 @@ CLOSE_KEY_REVOKED = 4401
 # Close code sent after a ``rate_limited`` or ``too_many_connections`` error: the client's address is over one of its
 # websocket limits. 4429 echoes HTTP 429.
 CLOSE_RATE_LIMITED = 4429
+# Close code sent after an ``invalid_request`` error (a malformed query parameter); 4400 echoes HTTP 400.
+CLOSE_INVALID_REQUEST = 4400
+# The spellings of ``cancel_on_disconnect`` (lower-cased).
+_FLAGS = {"true": True, "1": True, "false": False, "0": False}
 
 # What a lost channel layer (Redis down or frozen) or database looks like from a consumer: the feed cannot go on, but
 # a reconnect later can. Anything else is a bug, left to daphne (logged, close 1011).
@@ -446,8 +450,15 @@ class AgentConsumer(SequencedFeed):
 
     feed = "agent"
     agent_id: str
+    cancel_on_disconnect = False
 
     async def connect(self) -> None:
+        flag = query_param(self.scope, "cancel_on_disconnect")
+        if flag is not None and flag.lower() not in _FLAGS:
+            await self.refuse(
+                "invalid_request", "cancel_on_disconnect must be true or false.", close_code=CLOSE_INVALID_REQUEST
+            )
+            return
         if query_param(self.scope, "api_key") is not None:
             await self.refuse(
                 "api_key_in_url",
@@ -473,6 +484,7 @@ class AgentConsumer(SequencedFeed):
             return
         self.agent_id = str(key.agent_id)
         self.sequence = f"agent {self.agent_id}"
+        self.cancel_on_disconnect = flag is not None and _FLAGS[flag.lower()]
         await self.accept()
         await self.start_sequence()
 
@@ -484,6 +496,18 @@ class AgentConsumer(SequencedFeed):
 
     async def read_stored(self, after: int, until: int) -> list[dict[str, Any]]:
         return await database_sync_to_async(agent_feed.stored_messages)(self.agent_id, after, until, self.limit)
+
+    async def disconnect(self, code: int | None) -> None:
+        """With ``?cancel_on_disconnect=true``: the connection closed (the client went away, or the server closed
+        it), so every resting order of the agent is cancelled now, reason ``disconnected``
+        (:func:`trading.heartbeat.orders_cancel_on_disconnect`). A server that dies takes no action: the heartbeat
+        (``POST /agents/me/heartbeat/``) covers that."""
+        if not (self.cancel_on_disconnect and self.counted):
+            return
+        try:
+            await database_sync_to_async(heartbeat.orders_cancel_on_disconnect)(agent_id=self.agent_id)
+        except Exception:
+            logger.exception("cancel on disconnect failed for agent %s", self.agent_id)
 
     async def key_revoked(self, event: dict[str, Any]) -> None:
         """The key of this feed was revoked (``trading.realtime.KEY_REVOKED``): say so and close with 4401."""

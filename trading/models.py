@@ -62,6 +62,9 @@ class Order(models.Model):
         MARKET_RESOLVED = "market_resolved", "Market resolved"
         AGENT_SUSPENDED = "agent_suspended", "Agent suspended"
         EXPIRED = "expired", "Expired (GTD)"
+        AMENDED = "amended", "Replaced by an amended order"
+        HEARTBEAT_EXPIRED = "heartbeat_expired", "No heartbeat within the agent's timeout"
+        DISCONNECTED = "disconnected", "Private feed closed with cancel_on_disconnect"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     market = models.ForeignKey(Market, on_delete=models.PROTECT, related_name="orders")
@@ -76,7 +79,12 @@ class Order(models.Model):
     post_only = models.BooleanField(default=False)
     expires_at = models.DateTimeField(null=True, blank=True)
     client_order_id = models.CharField(max_length=CLIENT_ORDER_ID_MAX, null=True, blank=True)  # noqa: DJ001 (unique only when set)
-    cancel_reason = models.CharField(max_length=16, choices=CancelReason.choices, blank=True, default="")
+    cancel_reason = models.CharField(max_length=20, choices=CancelReason.choices, blank=True, default="")
+    # Set when an amend cancelled this order and replaced it (PATCH /orders/{id}/): the replacement carries its
+    # client_order_id on, so only the newest order of a chain holds the id as an idempotency key.
+    replaced_by = models.OneToOneField(
+        "self", on_delete=models.PROTECT, null=True, blank=True, related_name="replaces", db_index=False
+    )
     forecast = models.DecimalField(max_digits=5, decimal_places=4, null=True, blank=True)
     # The queue this order bids in and its bid price there (derived from side/action/price at placement).
     book_side = models.CharField(max_length=3, choices=Side.choices)
@@ -123,7 +131,7 @@ class Order(models.Model):
             ),
             models.UniqueConstraint(
                 fields=["agent", "client_order_id"],
-                condition=Q(client_order_id__isnull=False),
+                condition=Q(client_order_id__isnull=False, replaced_by__isnull=True),
                 name="trading_order_unique_client_order_id",
             ),
         ]

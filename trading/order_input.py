@@ -161,8 +161,9 @@ def _choice(field: str, value: Any, choices: list[str]) -> str:
     raise _refuse(field, problem)
 
 
-def _flag(field: str, value: Any) -> bool:
-    """``true``/``false``, or one of their spellings in :data:`_TRUE` and :data:`_FALSE`."""
+def parse_flag(field: str, value: Any) -> bool:
+    """``true``/``false``, or one of their spellings in :data:`_TRUE` and :data:`_FALSE`. Raises
+    :class:`InvalidRequest` (``detail`` naming ``field``) otherwise."""
     if value is True or value is False:
         return value
     key = value.lower() if isinstance(value, str) else value
@@ -290,7 +291,7 @@ def parse_order(
     price, size = parse_price(price), parse_size(size)
     tif = _choice("time_in_force", time_in_force, TimeInForce.values)
     expires_at = _time("expires_at", expires_at)
-    post_only = _flag("post_only", post_only)
+    post_only = parse_flag("post_only", post_only)
     if client_order_id is not None:
         client_order_id = _text("client_order_id", client_order_id, CLIENT_ORDER_ID_MAX, blank=False)
     forecast = parse_forecast(forecast)

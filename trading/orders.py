@@ -14,8 +14,9 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -23,29 +24,32 @@ from django.db import transaction
 from django.utils import timezone
 
 from agents.models import Agent
-from markets.models import Forecast, MarketEvent
+from markets.models import Forecast, Market, MarketEvent
 from markets.services import ensure_tradable
 from moltstreet import metrics
 from moltstreet.db import service_transaction
 from moltstreet.errors import (
     AgentSuspended,
     ClientOrderIdConflict,
+    HeartbeatExpired,
     InsufficientPosition,
     InvalidRequest,
     MoltStreetError,
     NotFound,
     OpenOrderLimit,
+    OrderNotAmendable,
     OrderNotCancellable,
     PostOnlyWouldCross,
     RiskLimitExceeded,
+    ServiceBusy,
 )
 from moltstreet.ids import parse_id
 from moltstreet.logs import log_context
 from moltstreet.money import complement, quantize
 from trading import book_store, matching
 from trading.market_tx import MarketTx
-from trading.models import Action, Order, Side, TimeInForce, Trade
-from trading.order_input import OrderInput, parse_order
+from trading.models import Action, Order, Position, Side, TimeInForce, Trade
+from trading.order_input import OrderInput, parse_order, parse_price, parse_size
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +89,7 @@ def _repeated(earlier: Order | None, market_id: uuid.UUID | str, order: OrderInp
     return PlaceResult(order=earlier, trades=book_store.taker_trades(earlier.id), created=False)
 
 
-def _observed_place(place: Callable[..., PlaceResult]) -> Callable[..., PlaceResult]:
+def observed_place(place: Callable[..., PlaceResult]) -> Callable[..., PlaceResult]:
     """``order_place`` with its metrics (``moltstreet.metrics``: duration, orders placed and refused, trades) and its
     log lines carrying ``agent_id``, ``market_id`` and, once known, ``order_id``."""
 
@@ -135,7 +139,7 @@ def _observed_place(place: Callable[..., PlaceResult]) -> Callable[..., PlaceRes
     return wrapper
 
 
-@_observed_place
+@observed_place
 @service_transaction
 def order_place(
     *,
@@ -163,9 +167,10 @@ def order_place(
 
     Returns :class:`PlaceResult` with the order and the trades it took as taker.
     Raises :class:`InvalidRequest`, :class:`NotFound` (market), :class:`MarketClosed`, :class:`AgentSuspended`,
-    :class:`InsufficientBalance`, :class:`InsufficientPosition`, :class:`PostOnlyWouldCross`,
-    :class:`ClientOrderIdConflict`, :class:`OpenOrderLimit`, :class:`RiskLimitExceeded` (``position_limit``,
-    ``reserved_limit``), :class:`ServiceBusy` (lock timeout).
+    :class:`HeartbeatExpired` (its dead-man's switch passed its deadline), :class:`InsufficientBalance`,
+    :class:`InsufficientPosition`, :class:`PostOnlyWouldCross`, :class:`ClientOrderIdConflict`,
+    :class:`OpenOrderLimit`, :class:`RiskLimitExceeded` (``position_limit``, ``reserved_limit``),
+    :class:`ServiceBusy` (lock timeout).
     """
     # 1. Parse: every field against its rule (trading.order_input), before anything is read.
     order = parse_order(
@@ -180,6 +185,23 @@ def order_place(
         forecast=forecast,
         reasoning=reasoning,
     )
+    result, tx = place_parsed(agent, market_id, order)
+    if tx is not None:
+        tx.flush()
+    return result
+
+
+def place_parsed(
+    agent: Agent, market_id: uuid.UUID | str, order: OrderInput, *, replacing: Order | None = None
+) -> tuple[PlaceResult, MarketTx | None]:
+    """Plan and apply a parsed order in the caller's transaction, up to writing it out: the caller flushes the
+    returned :class:`MarketTx` (``None`` when a repeated ``client_order_id`` answers with the original order), or
+    does not, for a preview (:func:`order_preview`). Nothing is written before the flush, so an error leaves the
+    transaction as it found it.
+
+    ``replacing``: the agent's resting order an amend cancels in the same transaction (reason ``amended``) before
+    this order, which takes over its ``client_order_id``, reserves in its place and does not count as another
+    resting order. Raises what :func:`order_place` raises."""
     now = timezone.now()
     book_side, book_price = order.book_position
     page = min(order.size, 20) + 1
@@ -192,10 +214,10 @@ def order_place(
         book_side=book_side,
         book_price=book_price,
         page=page,
-        client_order_id=order.client_order_id,
+        client_order_id=order.client_order_id if replacing is None else None,
     )
     if (repeated := _repeated(context.earlier, market_id, order)) is not None:
-        return repeated
+        return repeated, None
     # After the idempotency check: a retry of a GTD order whose expiry has passed since returns the original.
     if order.time_in_force == TimeInForce.GTD and order.expires_at is not None and order.expires_at <= now:
         raise InvalidRequest(
@@ -221,20 +243,26 @@ def order_place(
     # taker's resting orders (the open-order limit) and look for a twin of this request that committed first.
     parties = tx.prepare(
         {agent.id} | {o.agent_id for o in plan.touched},
-        count_resting_of=agent.id if order.may_rest else None,
-        client_order=(agent.id, order.client_order_id) if order.client_order_id else None,
+        count_resting_of=agent.id if order.may_rest and replacing is None else None,
+        client_order=(agent.id, order.client_order_id) if order.client_order_id and replacing is None else None,
     )
     taker_agent = tx.agents[agent.id]
     if taker_agent.is_suspended:
         raise AgentSuspended()
+    if taker_agent.heartbeat_deadline is not None and taker_agent.heartbeat_deadline <= now:
+        raise HeartbeatExpired(detail={"deadline": taker_agent.heartbeat_deadline.isoformat()})
     if (twin := _repeated(parties.earlier, market_id, order)) is not None:
-        return twin  # a concurrent twin of this request committed first
-    _check_limits(tx, taker_agent, order, resting=parties.resting_count)
+        return twin, None  # a concurrent twin of this request committed first
+    if replacing is not None:
+        # The amended order leaves the book first: its reserve is free for the replacement (to the cent).
+        tx.end_order(replacing, Order.Status.CANCELLED, Order.CancelReason.AMENDED, "cancelled")
+    _check_limits(tx, taker_agent, order, resting=parties.resting_count, replacing=replacing)
 
-    # 3. Apply the plan to the working set, then write it out in one round trip.
+    # 3. Apply the plan to the working set; the caller writes it out in one round trip.
     taker = _apply(tx, taker_agent, order, plan, fok_killed)
-    tx.flush()
-    return PlaceResult(order=taker, trades=tx.trades, created=True)
+    if replacing is not None:
+        replacing.replaced_by = taker
+    return PlaceResult(order=taker, trades=tx.trades, created=True), tx
 
 
 def _apply(tx: MarketTx, agent: Agent, order: OrderInput, plan: matching.MatchPlan, fok_killed: bool) -> Order:
@@ -307,7 +335,9 @@ def _reserve(tx: MarketTx, agent: Agent, order: OrderInput) -> None:
         pos.no_reserved += order.size
 
 
-def _check_limits(tx: MarketTx, agent: Agent, order: OrderInput, *, resting: int | None) -> None:
+def _check_limits(
+    tx: MarketTx, agent: Agent, order: OrderInput, *, resting: int | None, replacing: Order | None = None
+) -> None:
     """Refuse an order, before anything is matched, that would break a limit (issue 4; docs/decisions.md):
 
     * ``MAX_OPEN_ORDERS`` resting orders per agent across all markets, for an order that may rest (GTC, GTD):
@@ -319,7 +349,8 @@ def _check_limits(tx: MarketTx, agent: Agent, order: OrderInput, *, resting: int
       :class:`RiskLimitExceeded` (409 ``position_limit``).
 
     SELL orders only reduce exposure and are never refused by the risk limits. The caller holds the agent's row
-    lock, so the counts cannot change under us (every order an agent places locks its row).
+    lock, so the counts cannot change under us (every order an agent places locks its row). ``replacing``, an order
+    an amend cancels in this transaction, no longer counts among the resting BUY orders (it is not written yet).
     """
     if resting is not None:
         limit = settings.MOLTSTREET["MAX_OPEN_ORDERS"]
@@ -346,6 +377,8 @@ def _check_limits(tx: MarketTx, agent: Agent, order: OrderInput, *, resting: int
         pos = tx.position(agent.id)
         held = pos.yes_shares if side == Side.YES else pos.no_shares
         resting = book_store.resting_buy_contracts(agent.id, tx.market.id, side)
+        if replacing is not None and replacing.action == Action.BUY and replacing.side == side:
+            resting -= replacing.size - replacing.filled
         if held + resting + size > agent.max_position:
             raise RiskLimitExceeded(
                 f"This order could bring the position to {held + resting + size} {side} contracts in this market; "
@@ -429,7 +462,7 @@ def _execute(tx: MarketTx, taker: Order, fill: matching.Fill) -> None:
 # Cancelling.
 
 
-def _cancel_in_market(
+def cancel_resting_in_market(
     market_id: uuid.UUID, reason: str, *, agent_id: uuid.UUID | None = None, order_id: uuid.UUID | None = None
 ) -> list[Order]:
     """Cancel the resting orders of one market, the agent's or the one order, releasing their reserves; locks the
@@ -466,7 +499,7 @@ def _order_cancel(*, agent: Agent, order_id: uuid.UUID | str) -> Order:
     order = book_store.own_order(agent.id, order_id)
     if order is None:
         raise NotFound.of("order", order_id)
-    cancelled = _cancel_in_market(order.market_id, Order.CancelReason.USER, order_id=order.id)
+    cancelled = cancel_resting_in_market(order.market_id, Order.CancelReason.USER, order_id=order.id)
     if not cancelled:
         current = book_store.own_order(agent.id, order.id) or order  # filled, cancelled or expired meanwhile
         raise OrderNotCancellable(detail={"order": str(order.id), "status": current.status})
@@ -490,5 +523,177 @@ def order_cancel_all(
         book_store.lock_market(mid)
     cancelled: list[Order] = []
     for mid in market_ids:
-        cancelled += _cancel_in_market(mid, reason, agent_id=agent.id)
+        cancelled += cancel_resting_in_market(mid, reason, agent_id=agent.id)
     return cancelled
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Amending.
+
+
+@dataclass
+class AmendResult:
+    """What :func:`order_amend` did: ``order`` is the order as it now stands (the same order, smaller, or its
+    replacement), ``replaced`` the order an amend cancelled and replaced (``None`` when the order was amended in
+    place, or not changed at all), ``trades`` what the replacement took as taker on arrival."""
+
+    order: Order
+    replaced: Order | None
+    trades: list[Trade]
+
+
+@service_transaction
+def order_amend(*, agent: Agent, order_id: uuid.UUID | str, price: Any = None, size: Any = None) -> AmendResult:
+    """Change a resting order's limit ``price`` (on its own side, 0.01-0.99 on the tick) and/or ``size`` (the new
+    total in contracts, filled ones included, as the order's ``size`` field counts them: Kalshi's amend ``count``).
+
+    * Only a smaller ``size`` at the same price: amended in place. The order keeps its place in the queue; the reserve
+      shrinks by the contracts taken off (``price`` x contracts for a BUY, the contracts for a SELL). Event
+      ``amended``.
+    * A new price, or a larger size: cancel and replace, atomically in one transaction. The order is cancelled
+      (reason ``amended``, ``replaced_by`` the new order) and a new order with the same side, action, time in force,
+      ``expires_at``, ``post_only`` and ``client_order_id`` is placed for ``size - filled`` contracts at the new
+      price, behind every order already at that price. It is matched like any order (it may trade at once, or be
+      refused as ``post_only_would_cross``), and its reserve replaces the old one to the cent.
+    * Same price and size: nothing changes.
+
+    Raises :class:`InvalidRequest` (neither field, or a malformed one: ``invalid_price``, ``invalid_size``; a
+    ``size`` not above the contracts already filled), :class:`NotFound` (unknown or another agent's order),
+    :class:`OrderNotAmendable` (no longer resting; ``detail.replaced_by`` when an earlier amend replaced it), and
+    for a replacement what :func:`order_place` raises.
+    """
+    with log_context(agent_id=agent.id, order_id=order_id):
+        if price is None and size is None:
+            raise InvalidRequest(
+                "Send price, size or both.", detail={"non_field_errors": ["Send price, size or both."]}
+            )
+        new_price = parse_price(price) if price is not None else None
+        new_size = parse_size(size) if size is not None else None
+        found = book_store.own_order(agent.id, order_id)
+        if found is None:
+            raise NotFound.of("order", order_id)
+        # The market first (DESIGN section 6), then the order again: only what still rests now can be amended.
+        market = book_store.lock_market(found.market_id)
+        current = book_store.resting_orders(market.id, order_id=found.id)
+        if not current:
+            found = book_store.own_order(agent.id, found.id) or found
+            detail: dict[str, Any] = {"order": str(found.id), "status": found.status}
+            if found.replaced_by_id is not None:
+                detail["replaced_by"] = str(found.replaced_by_id)
+            raise OrderNotAmendable(detail=detail)
+        order = current[0]
+        new_price = order.price if new_price is None else new_price
+        new_size = order.size if new_size is None else new_size
+        if new_size <= order.filled:
+            raise InvalidRequest(
+                f"size must be more than the {order.filled} contracts already filled; cancel the order instead.",
+                code="invalid_size",
+                detail={"size": new_size, "filled": order.filled},
+            )
+        if new_price == order.price and new_size == order.size:
+            return AmendResult(order=order, replaced=None, trades=[])
+        if new_price == order.price and new_size < order.size:
+            _amend_in_place(market, order, new_size)
+            logger.debug("order %s amended to %s contracts", order.id, new_size)
+            return AmendResult(order=order, replaced=None, trades=[])
+        replacement = OrderInput(
+            side=order.side,
+            action=order.action,
+            price=new_price,
+            size=new_size - order.filled,
+            time_in_force=order.time_in_force,
+            expires_at=order.expires_at,
+            post_only=order.post_only,
+            client_order_id=order.client_order_id,
+            forecast=None,
+            reasoning="",
+        )
+        result, tx = place_parsed(agent, market.id, replacement, replacing=order)
+        assert tx is not None  # a replacement never answers as a repeated client_order_id
+        tx.flush()
+        logger.debug("order %s replaced by %s at %s", order.id, result.order.id, new_price)
+        return AmendResult(order=result.order, replaced=order, trades=result.trades)
+
+
+def _amend_in_place(market: Market, order: Order, size: int) -> None:
+    """Take ``order.size - size`` contracts off a resting order, keeping its ``seq`` (its time priority), and give
+    their reserve back; the agent's pairs are netted again (a SELL's contracts may be free to merge now)."""
+    tx = MarketTx(market)
+    tx.prepare({order.agent_id})
+    taken_off = order.size - size
+    agent = tx.agents[order.agent_id]
+    if order.action == Action.BUY:
+        tx.cash.release(agent, order.price * taken_off)
+    else:
+        pos = tx.position(order.agent_id)
+        if order.side == Side.YES:
+            pos.yes_reserved -= taken_off
+        else:
+            pos.no_reserved -= taken_off
+    order.size = size
+    tx.order_event(order, "amended", level_delta=-taken_off)
+    tx.net(order.agent_id)
+    tx.flush()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Previewing.
+
+
+@dataclass
+class Preview:
+    """What :func:`order_preview` found an order would do now, had it been sent instead.
+
+    ``error`` is the error it would get (nothing else is set then). Otherwise ``order`` is the order as it would
+    stand after matching (unsaved; ``created`` False when a repeated ``client_order_id`` would answer with the
+    stored original), ``trades`` the trades it would take in execution order, ``self_trade_cancels`` the agent's
+    own resting orders it would cancel, ``reserve_credits``/``reserve_contracts`` what its resting remainder would
+    keep reserved, ``agent`` the agent's balance and ``position`` its position in the market as they would be."""
+
+    error: MoltStreetError | None = None
+    order: Order | None = None
+    created: bool = True
+    trades: list[Trade] = field(default_factory=list)
+    self_trade_cancels: list[Order] = field(default_factory=list)
+    reserve_credits: Decimal = Decimal("0.00")
+    reserve_contracts: int = 0
+    agent: Agent | None = None
+    position: Position | None = None
+
+
+def order_preview(*, agent: Agent, market_id: uuid.UUID | str, **fields: Any) -> Preview:
+    """What :func:`order_place` would do with these arguments now (``fields`` as it takes them), without doing it:
+    the same parsing, locks, matching plan, limit and collateral checks, up to the write, which never happens. No
+    order, trade, event, sequence number or feed message is stored; the locks are held as briefly as an order's.
+
+    A preview followed at once by the same order, with nothing else happening between, predicts its fills exactly.
+    Returns a :class:`Preview`, with ``error`` set to the :class:`MoltStreetError` the order would get. Raises only
+    :class:`ServiceBusy` (a lock wait timed out: retry).
+    """
+    try:
+        return _preview(agent=agent, market_id=market_id, fields=fields)
+    except ServiceBusy:
+        raise
+    except MoltStreetError as exc:
+        return Preview(error=exc)
+
+
+@service_transaction
+def _preview(*, agent: Agent, market_id: uuid.UUID | str, fields: dict[str, Any]) -> Preview:
+    order = parse_order(**fields)
+    result, tx = place_parsed(agent, market_id, order)
+    # Nothing is written (no flush), and should anything have been, it goes: a preview changes nothing.
+    transaction.set_rollback(True)
+    if tx is None:  # a repeated client_order_id: the stored original, as it stands
+        return Preview(order=result.order, created=False, trades=result.trades)
+    taker = result.order
+    left = taker.size - taker.filled if taker.is_resting else 0
+    return Preview(
+        order=taker,
+        trades=result.trades,
+        self_trade_cancels=[o for o in tx.orders.values() if o.cancel_reason == Order.CancelReason.SELF_TRADE],
+        reserve_credits=quantize(taker.price * left) if order.action == Action.BUY else Decimal("0.00"),
+        reserve_contracts=left if order.action == Action.SELL else 0,
+        agent=tx.agents[agent.id],
+        position=tx.position(agent.id),
+    )

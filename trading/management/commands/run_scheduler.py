@@ -1,5 +1,6 @@
 """``python manage.py run_scheduler [--interval S] [--once]``: close markets at their deadline, expire GTD orders,
-settle oracle proposals whose dispute window passed.
+fire dead-man's switches (every ``HEARTBEAT_CHECK_INTERVAL`` seconds, between passes too), settle oracle proposals
+whose dispute window passed.
 
 ``make run`` starts it next to daphne. Each pass calls ``trading.lifecycle.markets_close_due`` and
 ``orders_expire_due`` and ``trading.resolution.resolutions_finalize_due``; each is idempotent (every change is
@@ -11,6 +12,7 @@ check of the scheduler is that this file is fresh.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from django.conf import settings
@@ -19,7 +21,7 @@ from django.db import InterfaceError, OperationalError, connections
 
 from moltstreet.errors import MoltStreetError
 from moltstreet.periodic import run_every, touch_heartbeat
-from trading import lifecycle
+from trading import heartbeat, lifecycle
 from trading.resolution import resolutions_finalize_due
 
 logger = logging.getLogger("moltstreet.scheduler")
@@ -67,8 +69,22 @@ class Command(BaseCommand):
         self.loop(interval)
 
     def loop(self, interval: float) -> None:
-        """Run passes until SIGINT or SIGTERM; a signal lets the running pass finish (its transactions commit)."""
-        run_every("scheduler", interval, lambda stop: run_pass(), heartbeat=settings.MOLTSTREET["SCHEDULER_HEARTBEAT"])
+        """Run passes until SIGINT or SIGTERM; a signal lets the running pass finish (its transactions commit).
+
+        Between passes, dead-man's switches are checked every ``HEARTBEAT_CHECK_INTERVAL`` seconds (1 by default):
+        an agent's timeout may be as short as 5 seconds, and the passes' other jobs need not run that often."""
+        check_every = settings.MOLTSTREET["HEARTBEAT_CHECK_INTERVAL"]
+        next_pass = 0.0
+
+        def tick(stop: object) -> bool:
+            nonlocal next_pass
+            if time.monotonic() >= next_pass:
+                next_pass = time.monotonic() + interval
+                return run_pass()
+            recycle_connections()
+            return _job("firing dead-man's switches", _fire_heartbeats)
+
+        run_every("scheduler", min(interval, check_every), tick, heartbeat=settings.MOLTSTREET["SCHEDULER_HEARTBEAT"])
 
 
 def beat() -> None:
@@ -88,6 +104,7 @@ def run_pass() -> bool:
     results = [
         _job("closing due markets", _close_due),
         _job("expiring GTD orders", _expire_due),
+        _job("firing dead-man's switches", _fire_heartbeats),
         _job("settling proposed resolutions", _settle_due),
         _job("sweeping stale backtests", _sweep_backtests),
     ]
@@ -117,6 +134,12 @@ def _expire_due() -> None:
     expired = lifecycle.orders_expire_due()
     if expired:
         logger.info("scheduler: expired %d GTD order%s", expired, "" if expired == 1 else "s")
+
+
+def _fire_heartbeats() -> None:
+    fired = heartbeat.heartbeats_expire_due()
+    if fired:
+        logger.info("scheduler: %d dead-man's switch%s fired", fired, "" if fired == 1 else "es")
 
 
 def _settle_due() -> None:
