@@ -7,13 +7,23 @@ at least 95 % of the offer answered in time; then at that rate it runs ``--runs`
 orders/s, p50, p99 and p99.9, and the p50 at half that rate. pgbench (tpcb-like, the same client count, scale 1 for
 the hot case and 50 for the spread case) runs right before each case; the ratio is orders/s over pgbench TPS.
 
+``--case batch`` measures something else: contracts quoted per second when agents quote with batches of 20 post-only
+orders (``POST /api/v1/orders/batch/``) and when they send the same 20 orders as 20 ``POST /api/v1/orders/``, closed
+loop, same agents, markets and orders, in one run (the two take turns), and the ratio of the two.
+
     .venv/bin/python bench/orders.py                    # both cases, daphne as make run serves
     .venv/bin/python bench/orders.py --case hot --server uvicorn --workers 2
+    .venv/bin/python bench/orders.py --case batch       # batches against single orders
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import itertools
+import json
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import harness
 from harness import Call, median, order_body, say
@@ -91,9 +101,156 @@ def run_case(name: str, args, server, keys, markets) -> dict[str, float]:
     }
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# Batches against single orders (--case batch)
+
+BATCH = 20  # orders a quote (trading.order_batch.MAX_BATCH)
+QUOTE_SIZE = 10  # contracts an order
+_ROUNDS = itertools.count(1)  # numbers every round of the process, so each order has a client_order_id of its own
+
+
+@dataclass
+class QuoteRun:
+    """One mode's run: contracts quoted (placed and resting) over the seconds spent placing, and each request's
+    latency (a batch is one request of 20 orders, a single order one of one)."""
+
+    mode: str
+    seconds: float = 0.0
+    contracts: int = 0
+    rounds: int = 0
+    request_ms: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.contracts / self.seconds if self.seconds else float("nan")
+
+    def describe(self) -> str:
+        return (
+            f"{self.mode}: {self.rate:.0f} contracts quoted/s ({self.rate / QUOTE_SIZE:.0f} orders/s; {self.rounds} "
+            f"rounds in {self.seconds:.1f} s of placing; request p50 {harness.percentile(self.request_ms, 50):.1f} ms, "
+            f"p99 {harness.percentile(self.request_ms, 99):.1f} ms); errors {len(self.errors)}"
+            + (f" (first: {self.errors[0]})" if self.errors else "")
+        )
+
+
+def quote_orders(market: str, tag: str) -> list[dict]:
+    """An agent's quote: 10 YES bids at 0.01-0.10 and 10 NO bids at 0.01-0.10 (YES asks at 0.90-0.99), post-only,
+    ``QUOTE_SIZE`` contracts each, each with its own ``client_order_id``. No two of them cross, nor anyone's."""
+    return [
+        {
+            "market": market,
+            "side": side,
+            "action": "BUY",
+            "price": f"0.{tick:02d}",
+            "size": QUOTE_SIZE,
+            "post_only": True,
+            "client_order_id": f"{tag}-{side}-{tick}",
+        }
+        for side in ("YES", "NO")
+        for tick in range(1, BATCH // 2 + 1)
+    ]
+
+
+async def _quote_runs(base_url: str, keys: list[str], markets: list[str], modes: list[str], seconds: float):
+    """For each mode in turn: rounds in which every agent quotes its market at once (a batch, or 20 single orders
+    one after the other on its connection), timed, then cancels what it placed with one batch-cancel, untimed, until
+    ``seconds`` of placing have passed. Returns one :class:`QuoteRun` per mode."""
+    parts = urlsplit(base_url)
+    connections = [harness.HttpConnection(parts.hostname, parts.port) for _ in keys]
+    headers = [{"Authorization": f"Bearer {key}"} for key in keys]
+    loop = asyncio.get_running_loop()
+
+    async def send(i: int, method: str, path: str, body: object, run: QuoteRun | None) -> tuple[int, dict]:
+        started = loop.time()
+        status, content, _ = await connections[i].request(method, path, json.dumps(body).encode(), headers[i])
+        if run is not None:
+            run.request_ms.append((loop.time() - started) * 1000)
+        return status, json.loads(content) if content else {}
+
+    async def quote(i: int, mode: str, run: QuoteRun, tag: str) -> list[str]:
+        """Place agent ``i``'s quote; count the contracts that rest; return the placed orders' ids."""
+        orders = quote_orders(markets[i % len(markets)], tag)
+        if mode == "batch":
+            status, body = await send(i, "POST", "/api/v1/orders/batch/", {"orders": orders}, run)
+            entries = body.get("orders", []) if status == 200 else [{"status": status, "error": body}]
+        else:
+            entries = []
+            for order in orders:
+                status, body = await send(i, "POST", "/api/v1/orders/", order, run)
+                entries.append({"status": status, **(body if status == 201 else {"error": body})})
+        placed = []
+        for entry in entries:
+            if entry["status"] == 201 and entry["order"]["status"] == "open":
+                placed.append(entry["order"]["id"])
+                run.contracts += entry["order"]["size"]
+            else:
+                run.errors.append(f"{entry['status']} {entry.get('error')}")
+        return placed
+
+    async def cancel(i: int, ids: list[str], run: QuoteRun) -> None:
+        if not ids:
+            return
+        status, body = await send(i, "POST", "/api/v1/orders/batch-cancel/", {"ids": ids}, None)
+        if status != 200 or any(entry["status"] != 200 for entry in body["orders"]):
+            run.errors.append(f"batch-cancel {status}")
+
+    results = []
+    try:
+        for mode in modes:
+            run = QuoteRun(mode)
+            while run.seconds < seconds:
+                number = next(_ROUNDS)
+                started = loop.time()
+                placed = await asyncio.gather(*(quote(i, mode, run, f"{mode}-{number}-{i}") for i in range(len(keys))))
+                run.seconds += loop.time() - started
+                run.rounds += 1
+                await asyncio.gather(*(cancel(i, ids, run) for i, ids in enumerate(placed)))
+            results.append(run)
+    finally:
+        for connection in connections:
+            connection.close()
+    return results
+
+
+def run_batch_case(args) -> list[str]:
+    """Batches of 20 post-only quotes against 20 single orders: ``--runs`` runs, the two modes taking turns (batch
+    first in odd runs, single first in even ones) after a warm-up of each; the medians and their ratio."""
+    agents = harness.make_agents(args.batch_agents, "bench-batch")
+    markets = harness.make_markets(args.batch_markets, agents[0], "batch")
+    keys = [agent.key for agent in agents]
+    runs: dict[str, list[QuoteRun]] = {"batch": [], "single": []}
+    with harness.running_server(args.server, args.workers) as server:
+        for run in asyncio.run(_quote_runs(server.url, keys, markets, ["batch", "single"], 1.0)):
+            say(f"[batch] warm-up {run.describe()}")
+        for number in range(args.runs):
+            modes = ["batch", "single"] if number % 2 == 0 else ["single", "batch"]
+            for run in asyncio.run(_quote_runs(server.url, keys, markets, modes, args.duration)):
+                say(f"[batch] run {number + 1} {run.describe()}")
+                runs[run.mode].append(run)
+    batch, single = (median([run.rate for run in runs[mode]]) for mode in ("batch", "single"))
+    errors = sum(len(run.errors) for mode in runs.values() for run in mode)
+    label = (
+        f"batch ({args.batch_agents} agents, {args.batch_markets} market{'s' if args.batch_markets > 1 else ''}, "
+        f"{args.server} x{args.workers}; quotes of "
+        f"{BATCH} post-only orders of {QUOTE_SIZE} contracts, cancelled between rounds)"
+    )
+
+    def p50(mode: str) -> float:
+        return median([harness.percentile(run.request_ms, 50) for run in runs[mode]])
+
+    return [
+        f"{label}: batches {batch:.0f} contracts quoted/s (request p50 {p50('batch'):.1f} ms), single orders "
+        f"{single:.0f} contracts quoted/s (request p50 {p50('single'):.1f} ms); ratio batch / single "
+        f"{batch / single:.2f} (median of {args.runs}; errors {errors})"
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--case", choices=[*CASES, "both"], default="both")
+    parser.add_argument(
+        "--case", choices=[*CASES, "both", "batch"], default="both", help="both: hot and spread; batch: on its own."
+    )
     parser.add_argument("--server", choices=["daphne", "uvicorn", "gunicorn"], default="daphne")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--duration", type=float, default=5.0, help="Seconds per load run (default 5).")
@@ -101,9 +258,18 @@ def main() -> None:
     parser.add_argument("--max-rate", type=float, default=RATES[-1], help="Stop the search here.")
     parser.add_argument("--pgbench-seconds", type=int, default=10)
     parser.add_argument("--no-pgbench", action="store_true", help="Skip the pgbench reference.")
+    parser.add_argument("--batch-agents", type=int, default=8, help="Agents quoting at once (--case batch).")
+    parser.add_argument("--batch-markets", type=int, default=4, help="Markets they quote in (--case batch).")
     args = parser.parse_args()
 
     harness.setup()
+    if args.case == "batch":
+        lines = run_batch_case(args)
+        say(harness.audit_line())
+        say("== orders ==")
+        for line in lines:
+            say(line)
+        return
     cases = list(CASES) if args.case == "both" else [args.case]
     lines = []
     for name in cases:

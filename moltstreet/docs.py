@@ -208,8 +208,26 @@ ERROR_CODES: list[ErrorCode] = [
     ErrorCode(
         "order_not_cancellable",
         "409",
-        "The order is no longer resting: filled, cancelled or expired (`detail.status`).",
+        "The order is no longer resting: filled, cancelled or expired (`detail.status`). In "
+        "`POST /orders/batch-cancel/`, also an id named a second time.",
         "No. `GET /orders/{id}/` shows what happened.",
+    ),
+    ErrorCode(
+        "order_not_amendable",
+        "409",
+        "`PATCH /orders/{id}/` on an order that is no longer resting: filled, cancelled, expired or already replaced "
+        "by an earlier amend (`detail.status`; `detail.replaced_by`, the replacement's id, when an amend replaced "
+        "it). Nothing was changed.",
+        "No. `GET /orders/{id}/` shows what happened; amend `detail.replaced_by` instead if it is there.",
+    ),
+    ErrorCode(
+        "heartbeat_expired",
+        "409",
+        "Your dead-man's switch (`POST /agents/me/heartbeat/`) passed its deadline (`detail.deadline`) with no "
+        "heartbeat: your resting orders are being cancelled (reason `heartbeat_expired`), and new orders are refused "
+        "until the switch has fired or a heartbeat comes.",
+        "After `POST /agents/me/heartbeat/` (it fires the switch first if it has not fired yet, then re-arms it; "
+        "`timeout_seconds: 0` disarms it).",
     ),
     ErrorCode(
         "post_only_would_cross",
@@ -312,6 +330,9 @@ EXAMPLE_FILES: dict[str, str] = {
     "(immediate-or-cancel, idempotent), reads its position, is refused an oversell, rests and cancels a bid, sells "
     "back and cancels all.",
     "quickstart.sh": "The same session with curl.",
+    "quoting.py": "The tools for automated traders, standard library only: arms the dead-man's switch, previews a "
+    "crossing order and places it (the fills match), quotes both sides in one batch, amends the bid smaller and "
+    "then to a new price, cancels both in one batch and disarms the switch.",
     "websocket.py": "A market's live feed kept as a local book, and your private feed, both resuming with "
     "`?since=` (needs `pip install websockets`).",
     "sdk.py": "The Python SDK: registers, places an order and streams the market.",
@@ -324,7 +345,12 @@ _EXAMPLE_TYPES = {".json": "application/json", ".sh": "text/plain", ".py": "text
 
 # The rate-limit scopes of moltstreet/throttling.py as the guide describes them.
 _RATE_SCOPES = (
-    ("agent_write", "POST, DELETE with an API key (orders, cancels, markets, forecasts, keys)", "agent"),
+    (
+        "agent_write",
+        "POST, PATCH, DELETE with an API key (orders, amends, cancels, heartbeats, markets, forecasts, keys); a batch "
+        "costs one per order or id it carries",
+        "agent",
+    ),
     ("agent_read", "GET with an API key", "agent"),
     ("anon", "any request without an API key", "client IP"),
     ("register", "POST /agents/ (registration), on top of the above", "client IP"),
@@ -361,6 +387,9 @@ def base_urls(request: HttpRequest) -> dict[str, str]:
 
 def docs_context(request: HttpRequest) -> dict[str, Any]:
     """Everything both pages show: base URLs, units from settings, the error table and the rendered examples."""
+    from trading.heartbeat import TIMEOUT_MAX, TIMEOUT_MIN  # the trading app's models: not at import time
+    from trading.order_batch import MAX_BATCH
+
     context: dict[str, Any] = {
         **base_urls(request),
         "grant": settings.MOLTSTREET["INITIAL_GRANT"],
@@ -377,6 +406,11 @@ def docs_context(request: HttpRequest) -> dict[str, Any]:
         "max_body_kib": settings.DATA_UPLOAD_MAX_MEMORY_SIZE // 1024,
         "dispute_hours": f"{settings.MOLTSTREET['RESOLUTION_DISPUTE_HOURS']:g}",
         "link_window_hours": f"{settings.MOLTSTREET['LINK_WINDOW_HOURS']:g}",
+        # The tools for automated traders (trading/order_batch.py, trading/heartbeat.py, run_scheduler).
+        "max_batch": MAX_BATCH,
+        "heartbeat_min": TIMEOUT_MIN,
+        "heartbeat_max": TIMEOUT_MAX,
+        "heartbeat_check_seconds": f"{settings.MOLTSTREET['HEARTBEAT_CHECK_INTERVAL']:g}",
     }
     # {"quickstart_py": "...", ...}: each example rendered with this server's URLs, ending in one newline.
     context["examples"] = {name.replace(".", "_"): render_example(name, context) for name in EXAMPLES}

@@ -117,6 +117,7 @@ def test_skill_md_is_markdown_with_the_servers_own_base_url(client):
 GUIDE_ELEMENTS = {
     "quickstart.py": "example-python",
     "quickstart.sh": "example-curl",
+    "quoting.py": "example-quoting",
     "websocket.py": "example-websocket",
     "sdk.py": "example-sdk",
     "strategy.py": "example-strategy",
@@ -253,14 +254,7 @@ def _trades_with_the_house(agent: Agent, maker: Agent) -> list[tuple[str, Decima
 def test_the_python_example_trades_one_agent_against_the_book(live_server, market, house_quotes, audit_clean):
     code = served(live_server.url, "quickstart.py")
     assert f'BASE = "{live_server.url}/api/v1"' in code
-
-    imported = set()
-    for node in ast.walk(ast.parse(code)):
-        if isinstance(node, ast.Import):
-            imported |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            imported.add(node.module.split(".")[0])
-    assert imported <= sys.stdlib_module_names, f"not standard library: {imported - sys.stdlib_module_names}"
+    _standard_library_only(code)
 
     before = set(Agent.objects.values_list("name", flat=True))
     run = subprocess.run([sys.executable, "-"], input=code, env=clean_env(), capture_output=True, text=True, timeout=60)
@@ -289,6 +283,67 @@ def test_the_python_example_trades_one_agent_against_the_book(live_server, marke
     agent.refresh_from_db()
     assert (agent.balance, agent.locked_balance) == (Decimal("999.50"), Decimal("0.00"))
     assert not Order.objects.filter(agent=agent, status__in=Order.RESTING).exists()
+    audit_clean()
+
+
+def _standard_library_only(code: str) -> None:
+    imported = set()
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add(node.module.split(".")[0])
+    assert imported <= sys.stdlib_module_names, f"not standard library: {imported - sys.stdlib_module_names}"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_quoting_example_uses_the_tools_for_automated_traders(live_server, market, house_quotes, audit_clean):
+    """The guide's quoting example, run as printed against the house maker's quotes (YES bid 0.45, YES ask 0.55): the
+    heartbeat, a previewed order whose fills match, a batch of two post-only quotes, both amends and a batch-cancel."""
+    code = served(live_server.url, "quoting.py")
+    assert f'BASE = "{live_server.url}/api/v1"' in code
+    _standard_library_only(code)
+
+    before = set(Agent.objects.values_list("name", flat=True))
+    run = subprocess.run([sys.executable, "-"], input=code, env=clean_env(), capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}"
+    out = run.stdout
+    for line in (
+        "book bid 0.45 ask 0.55",
+        "heartbeat armed True timeout 30 s",
+        "preview status 201 error None | balance after 997.25",
+        "would fill 5 at YES 0.55 taker_side YES",
+        "placed filled | fills match the preview: True",
+        "batch entry 201 YES BUY 10 at 0.43 open",
+        "batch entry 201 NO BUY 10 at 0.43 open",
+        "batch again [200, 200] same orders: True",
+        "locked 8.60",
+        "amended in place: True size 6 replaced None | locked 6.88",
+        "old bid cancelled amended | replaced_by the new order: True",
+        "new bid 0.44 size 6 open | same client_order_id: True",
+        "refused: order_not_amendable | detail.replaced_by the new order: True",
+        "batch-cancel [(200, 'user'), (200, 'user')]",
+        "heartbeat armed False | resting orders 0",
+    ):
+        assert line in out, f"{line!r} not in:\n{out}"
+
+    agent = _new_agent(before, "quoting-")
+    assert _trades_with_the_house(agent, house_quotes) == [("BUY", Decimal("0.55"), 5)]
+    orders = {(o.side, o.price, o.status, o.cancel_reason): o for o in Order.objects.filter(agent=agent)}
+    assert set(orders) == {
+        ("YES", Decimal("0.55"), "filled", ""),
+        ("YES", Decimal("0.43"), "cancelled", "amended"),
+        ("YES", Decimal("0.44"), "cancelled", "user"),
+        ("NO", Decimal("0.43"), "cancelled", "user"),
+    }, "the repeated batch placed nothing twice"
+    old, new = (
+        orders[("YES", Decimal("0.43"), "cancelled", "amended")],
+        orders[("YES", Decimal("0.44"), "cancelled", "user")],
+    )
+    assert (old.replaced_by_id, old.size, new.size) == (new.id, 6, 6)
+    agent.refresh_from_db()
+    assert (agent.balance, agent.locked_balance) == (Decimal("997.25"), Decimal("0.00"))
+    assert (agent.heartbeat_timeout, agent.heartbeat_deadline) == (None, None), "the example disarmed its switch"
     audit_clean()
 
 
