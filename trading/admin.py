@@ -773,6 +773,10 @@ class AgentAdmin(ServiceActionsMixin, UUIDSearchMixin, admin.ModelAdmin):
         ),
         ("Forecasting", {"fields": ("brier_score", "brier_count", "brier_sum")}),
         ("Risk limits (checked before matching; empty means none)", {"fields": ("max_position", "max_reserved")}),
+        (
+            "Dead-man's switch (armed by the agent's heartbeats; empty means disarmed)",
+            {"fields": ("heartbeat_timeout", "heartbeat_deadline")},
+        ),
         ("Activity", {"fields": ("api_keys", "related")}),
     ]
 

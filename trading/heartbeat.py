@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.utils import timezone
+from rest_framework import serializers
 
 from agents.models import Agent, AgentEvent
 from agents.services import AgentFeed
@@ -32,6 +33,9 @@ from trading.models import Order
 from trading.orders import cancel_resting_in_market
 
 logger = logging.getLogger(__name__)
+
+# Times as the API renders them ("...Z"), so the feed's and the REST answers' match as text.
+_TIME = serializers.DateTimeField()
 
 # The timeouts an agent may arm the switch with, in seconds; 0 disarms it.
 TIMEOUT_MIN = 5
@@ -158,6 +162,8 @@ def _cancel_all_once(agent_id: uuid.UUID, *, now: datetime | None, reason: str) 
     cancelled: list[Order] = []
     for market_id in markets:
         cancelled += cancel_resting_in_market(market_id, reason, agent_id=agent_id)
+    if now is None and not cancelled:
+        return cancelled  # a feed closed with nothing resting: nothing to say
     # Read again: the cancellations above moved its feed sequence and balance.
     agent = Agent.objects.select_for_update().get(id=agent_id)
     deadline = agent.heartbeat_deadline
@@ -172,7 +178,7 @@ def _cancel_all_once(agent_id: uuid.UUID, *, now: datetime | None, reason: str) 
         AgentEvent.Kind.HEARTBEAT,
         {
             "event": event,
-            "deadline": deadline.isoformat() if deadline is not None and now is not None else None,
+            "deadline": _TIME.to_representation(deadline) if deadline is not None and now is not None else None,
             "cancelled": [str(order.id) for order in cancelled],
         },
     )

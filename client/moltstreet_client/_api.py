@@ -4,9 +4,10 @@ make and how to turn the answer into models."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import deque
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -25,14 +26,20 @@ from moltstreet_client._base import (
 from moltstreet_client.errors import MoltStreetError
 from moltstreet_client.models import (
     Agent,
+    AmendResult,
     ApiKey,
+    BatchCancelResult,
+    BatchOrderResult,
     Fill,
     Forecast,
+    Heartbeat,
     History,
     LedgerEntry,
     Market,
     Order,
     OrderBook,
+    OrderPreview,
+    OrderRequest,
     OrderResult,
     Position,
     Resolution,
@@ -231,6 +238,46 @@ def forecast(market_id: Any, probability: Any, reasoning: str) -> Op[Forecast]:
 # Orders, positions, fills
 
 
+def order_body(
+    market: Any,
+    side: str,
+    action: str,
+    price: Any,
+    size: int,
+    *,
+    time_in_force: str = "GTC",
+    expires_at: datetime | str | None = None,
+    post_only: bool = False,
+    client_order_id: str | None = None,
+    forecast: Any = None,
+    reasoning: str = "",
+    keyed: bool = True,
+) -> dict[str, Any]:
+    """The JSON of one order as ``POST /orders/`` takes it. ``keyed``: a fresh ``client_order_id`` when none is
+    given. Raises ``TypeError`` (a size that is not an ``int``) and ``ValueError`` (side, action, a naive time)."""
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise TypeError(f"size must be a whole number of contracts (int), not {size!r}")
+    body: dict[str, Any] = {
+        "market": ident(market),
+        "side": _upper(side, "side", SIDES),
+        "action": _upper(action, "action", ACTIONS),
+        "price": price_text(price),
+        "size": size,
+        "time_in_force": str(time_in_force).upper(),
+        "post_only": bool(post_only),
+    }
+    if client_order_id or keyed:
+        # Keyed: a retry after a lost answer gets the original order back instead of placing a second one.
+        body["client_order_id"] = client_order_id or new_client_order_id()
+    if expires_at is not None:
+        body["expires_at"] = time_text(expires_at)
+    if forecast is not None:
+        body["forecast"] = decimal_text(forecast)
+    if reasoning:
+        body["reasoning"] = reasoning
+    return body
+
+
 def place_order(
     market: Any,
     side: str,
@@ -245,25 +292,19 @@ def place_order(
     forecast: Any,
     reasoning: str,
 ) -> Op[OrderResult]:
-    if isinstance(size, bool) or not isinstance(size, int):
-        raise TypeError(f"size must be a whole number of contracts (int), not {size!r}")
-    body: dict[str, Any] = {
-        "market": ident(market),
-        "side": _upper(side, "side", SIDES),
-        "action": _upper(action, "action", ACTIONS),
-        "price": price_text(price),
-        "size": size,
-        "time_in_force": str(time_in_force).upper(),
-        "post_only": bool(post_only),
-        # Always keyed: a retry after a lost answer gets the original order back instead of placing a second one.
-        "client_order_id": client_order_id or new_client_order_id(),
-    }
-    if expires_at is not None:
-        body["expires_at"] = time_text(expires_at)
-    if forecast is not None:
-        body["forecast"] = decimal_text(forecast)
-    if reasoning:
-        body["reasoning"] = reasoning
+    body = order_body(
+        market,
+        side,
+        action,
+        price,
+        size,
+        time_in_force=time_in_force,
+        expires_at=expires_at,
+        post_only=post_only,
+        client_order_id=client_order_id,
+        forecast=forecast,
+        reasoning=reasoning,
+    )
 
     def parse(answer: Answer) -> OrderResult:
         result = OrderResult.from_dict(answer.body)
@@ -272,6 +313,149 @@ def place_order(
         return OrderResult(order=result.order, trades=result.trades, created=created, extra=result.extra)
 
     return Op(Call("POST", "/orders/", json=body, replayable=True), parse)
+
+
+def preview_order(
+    market: Any,
+    side: str,
+    action: str,
+    price: Any,
+    size: int,
+    *,
+    time_in_force: str,
+    expires_at: datetime | str | None,
+    post_only: bool,
+    client_order_id: str | None,
+    forecast: Any,
+    reasoning: str,
+) -> Op[OrderPreview]:
+    # No generated client_order_id: the preview of a repeat would show the original order, misleading the caller.
+    body = order_body(
+        market,
+        side,
+        action,
+        price,
+        size,
+        time_in_force=time_in_force,
+        expires_at=expires_at,
+        post_only=post_only,
+        client_order_id=client_order_id,
+        forecast=forecast,
+        reasoning=reasoning,
+        keyed=False,
+    )
+    body["dry_run"] = True
+    # Replayable: a preview stores nothing.
+    return Op(Call("POST", "/orders/", json=body, replayable=True), _one(OrderPreview.from_dict))
+
+
+# The most orders (or ids) one batch may carry: the server's MAX_BATCH.
+MAX_BATCH = 20
+_ORDER_KEYS = frozenset(f.name for f in dataclasses.fields(OrderRequest))
+_REQUIRED_KEYS = ("market", "side", "action", "price", "size")
+
+
+def _batch(items: Any, name: str) -> list[Any]:
+    """``items`` as a list of 1 to :data:`MAX_BATCH` entries; ``TypeError``/``ValueError`` otherwise."""
+    if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Iterable):
+        raise TypeError(f"{name} must be a list, not {type(items).__name__}")
+    entries = list(items)
+    if not 1 <= len(entries) <= MAX_BATCH:
+        raise ValueError(f"{name} must hold 1-{MAX_BATCH} entries, not {len(entries)}")
+    return entries
+
+
+def _batch_order(entry: Any, index: int) -> dict[str, Any]:
+    """One order of a batch (an :class:`OrderRequest` or a dict of its fields) as its JSON, keyed."""
+    if isinstance(entry, OrderRequest):
+        fields = {name: getattr(entry, name) for name in _ORDER_KEYS}
+    elif isinstance(entry, Mapping):
+        fields = dict(entry)
+        unknown = sorted(set(map(str, fields)) - _ORDER_KEYS)
+        missing = [key for key in _REQUIRED_KEYS if key not in fields]
+        if unknown or missing:
+            problems = ([f"unknown {', '.join(unknown)}"] if unknown else []) + (
+                [f"missing {', '.join(missing)}"] if missing else []
+            )
+            raise TypeError(f"orders[{index}]: {'; '.join(problems)}")
+    else:
+        raise TypeError(f"orders[{index}] must be an OrderRequest or a dict, not {type(entry).__name__}")
+    try:
+        return order_body(**fields)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"orders[{index}]: {exc}") from exc
+
+
+def place_orders(orders: Any) -> Op[list[BatchOrderResult]]:
+    body = {"orders": [_batch_order(entry, index) for index, entry in enumerate(_batch(orders, "orders"))]}
+
+    def parse(answer: Answer) -> list[BatchOrderResult]:
+        results = []
+        for entry in answer.body["orders"]:
+            result = BatchOrderResult.from_dict(entry)
+            if result.status == 200 and answer.maybe_sent_before:
+                # As place_order: after our own lost attempt, a recognised client_order_id is an order we placed.
+                result = dataclasses.replace(result, created=True)
+            results.append(result)
+        return results
+
+    # Replayable: every order is keyed by its client_order_id, so a repeat places nothing twice.
+    return Op(Call("POST", "/orders/batch/", json=body, replayable=True), parse)
+
+
+def cancel_orders(order_ids: Any) -> Generator[Op[Any], Any, list[BatchCancelResult]]:
+    """The calls of :meth:`Client.cancel_orders`: ``POST /orders/batch-cancel/``; then, only if an earlier attempt
+    may have reached the server (its answer was lost), ``GET /orders/{id}/`` of each order the retry found
+    ``order_not_cancellable`` with status ``cancelled``: one the lost attempt cancelled (``cancel_reason`` ``user``)
+    is reported cancelled, as :meth:`Client.cancel_order` does."""
+    ids = [ident(order_id) for order_id in _batch(order_ids, "order_ids")]
+
+    def parse(answer: Answer) -> tuple[list[BatchCancelResult], bool]:
+        return [BatchCancelResult.from_dict(entry) for entry in answer.body["orders"]], answer.maybe_sent_before
+
+    # Replayable: cancelling a cancelled order changes nothing (the retry's entries say order_not_cancellable).
+    results, maybe_sent = yield Op(Call("POST", "/orders/batch-cancel/", json={"ids": ids}, replayable=True), parse)
+    if not maybe_sent:
+        return results
+    seen: set[str] = set()
+    for index, (order_id, result) in enumerate(zip(ids, results, strict=False)):
+        first = order_id not in seen  # a second mention of an id is order_not_cancellable in any case
+        seen.add(order_id)
+        error = result.error
+        if not first or error is None or error.code != "order_not_cancellable":
+            continue
+        if error.detail.get("status") != "cancelled":
+            continue
+        try:
+            found = yield order(order_id)
+        except MoltStreetError:
+            continue
+        if found.status == "cancelled" and found.cancel_reason == "user":
+            results[index] = BatchCancelResult(status=200, order=found, error=None)
+    return results
+
+
+def amend_order(order_id: Any, price: Any, size: int | None) -> Op[AmendResult]:
+    if price is None and size is None:
+        raise ValueError("amend_order needs a new price, a new size or both")
+    body: dict[str, Any] = {}
+    if price is not None:
+        body["price"] = price_text(price)
+    if size is not None:
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise TypeError(f"size must be a whole number of contracts (int), not {size!r}")
+        body["size"] = size
+    # Not replayable: a repeat could not replace twice (the replaced order is cancelled, so a repeat is refused with
+    # order_not_amendable), but after a lost answer that refusal would misreport an amendment that did happen.
+    return Op(Call("PATCH", f"/orders/{ident(order_id)}/", json=body), _one(AmendResult.from_dict))
+
+
+def heartbeat(timeout_seconds: int) -> Op[Heartbeat]:
+    if isinstance(timeout_seconds, bool) or not isinstance(timeout_seconds, int):
+        raise TypeError(f"timeout_seconds must be a whole number of seconds (int), not {timeout_seconds!r}")
+    # Replayable: a repeated heartbeat moves the deadline again, which is what it is for.
+    call = Call("POST", "/agents/me/heartbeat/", json={"timeout_seconds": timeout_seconds}, replayable=True)
+    return Op(call, _one(Heartbeat.from_dict))
 
 
 def orders(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
@@ -30,14 +30,20 @@ from moltstreet_client.client import Client
 from moltstreet_client.errors import MoltStreetError
 from moltstreet_client.models import (
     Agent,
+    AmendResult,
     ApiKey,
+    BatchCancelResult,
+    BatchOrderResult,
     Fill,
     Forecast,
+    Heartbeat,
     History,
     LedgerEntry,
     Market,
     Order,
     OrderBook,
+    OrderPreview,
+    OrderRequest,
     OrderResult,
     Position,
     Resolution,
@@ -376,6 +382,55 @@ class AsyncClient:
         """Async :meth:`Client.cancel_all`."""
         return await self._do(_api.cancel_all(market))
 
+    async def place_orders(self, orders: Sequence[OrderRequest | Mapping[str, Any]]) -> list[BatchOrderResult]:
+        """Async :meth:`Client.place_orders` (every order keyed with a ``client_order_id``: retries never place
+        twice)."""
+        return await self._do(_api.place_orders(orders))
+
+    async def cancel_orders(self, order_ids: Sequence[Any]) -> list[BatchCancelResult]:
+        """Async :meth:`Client.cancel_orders`."""
+        return await self._drive(_api.cancel_orders(order_ids))
+
+    async def amend_order(self, order_id: Any, *, price: Any = None, size: int | None = None) -> AmendResult:
+        """Async :meth:`Client.amend_order` (not retried after a timeout)."""
+        return await self._do(_api.amend_order(order_id, price, size))
+
+    async def preview_order(
+        self,
+        market: Any,
+        side: str,
+        action: str,
+        price: Any,
+        size: int,
+        *,
+        time_in_force: str = "GTC",
+        expires_at: datetime | str | None = None,
+        post_only: bool = False,
+        client_order_id: str | None = None,
+        forecast: Any = None,
+        reasoning: str = "",
+    ) -> OrderPreview:
+        """Async :meth:`Client.preview_order` (changes nothing)."""
+        return await self._do(
+            _api.preview_order(
+                market,
+                side,
+                action,
+                price,
+                size,
+                time_in_force=time_in_force,
+                expires_at=expires_at,
+                post_only=post_only,
+                client_order_id=client_order_id,
+                forecast=forecast,
+                reasoning=reasoning,
+            )
+        )
+
+    async def heartbeat(self, timeout_seconds: int) -> Heartbeat:
+        """Async :meth:`Client.heartbeat`."""
+        return await self._do(_api.heartbeat(timeout_seconds))
+
     def positions(
         self, *, market: Any = None, open_only: bool = False, page_size: int | None = None
     ) -> AsyncPaginator[Position]:
@@ -470,11 +525,12 @@ class AsyncClient:
         max_reconnects: int | None = 10,
         open_timeout: float = 10.0,
         on_reconnect: Callable[[AsyncPrivateStream], Any] | None = None,
+        cancel_on_disconnect: bool = False,
     ) -> AsyncPrivateStream:
         """:meth:`Client.stream_private` as an async iterator; ``on_reconnect`` may be a coroutine function."""
         stream = AsyncPrivateStream(
             self,
-            PrivateFeedState(since),
+            PrivateFeedState(since, cancel_on_disconnect),
             timeout=timeout,
             max_reconnects=max_reconnects,
             open_timeout=open_timeout,

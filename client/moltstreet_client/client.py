@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
@@ -28,14 +28,20 @@ from moltstreet_client._base import (
 from moltstreet_client.errors import MoltStreetError
 from moltstreet_client.models import (
     Agent,
+    AmendResult,
     ApiKey,
+    BatchCancelResult,
+    BatchOrderResult,
     Fill,
     Forecast,
+    Heartbeat,
     History,
     LedgerEntry,
     Market,
     Order,
     OrderBook,
+    OrderPreview,
+    OrderRequest,
     OrderResult,
     Position,
     Resolution,
@@ -477,6 +483,112 @@ class Client:
         cancelled already)."""
         return self._do(_api.cancel_all(market))
 
+    def place_orders(self, orders: Sequence[OrderRequest | Mapping[str, Any]]) -> list[BatchOrderResult]:
+        """Place 1-20 orders in one request (``POST /orders/batch/``), each an :class:`OrderRequest` or a dict with
+        :meth:`place_order`'s arguments as keys (``market``, ``side``, ``action``, ``price``, ``size`` required;
+        ``time_in_force``, ``expires_at``, ``post_only``, ``client_order_id``, ``forecast``, ``reasoning``).
+
+        Each order succeeds or fails on its own: returns one :class:`BatchOrderResult` per order, in the order sent,
+        with ``status`` (201, 200 for a repeated ``client_order_id``, or its error's), ``order`` and ``trades`` (YES
+        prices), or ``error``, the :class:`MoltStreetError` subclass of its code (``InsufficientBalance``,
+        ``PostOnlyWouldCross``, ``HeartbeatExpired``, ...), returned, not raised; ``ok`` says which. The orders of
+        one market are matched one after the other in the order sent, in one transaction. Every order without a
+        ``client_order_id`` gets a fresh one, so the batch is retried like :meth:`place_order`: a retry after a lost
+        answer places nothing twice (``created`` stays ``True`` for the orders the lost attempt placed). A batch
+        costs one write per order of the agent's rate budget.
+
+        Raises ``TypeError``/``ValueError`` before sending for more than 20 or no orders, an entry that is not an
+        order (unknown or missing keys, a size that is not an ``int``, a bad side or action), and for the whole
+        request :class:`InvalidRequest` (400), :class:`RateLimited` (429), :class:`ServiceBusy` (503).
+        """
+        return self._do(_api.place_orders(orders))
+
+    def cancel_orders(self, order_ids: Sequence[Any]) -> list[BatchCancelResult]:
+        """Cancel 1-20 resting orders by id (or :class:`Order`) in one request (``POST /orders/batch-cancel/``),
+        releasing their reserves. Returns one :class:`BatchCancelResult` per id, in the order sent: ``status`` 200
+        and the cancelled ``order``, or ``error`` (returned, not raised): :class:`NotFound` (404; also another
+        agent's order) or :class:`OrderNotCancellable` (409: no longer resting, ``detail.status``; also the second
+        mention of an id). Retried after a timeout like :meth:`cancel_order`: an order the lost attempt cancelled is
+        reported cancelled. Raises ``TypeError``/``ValueError`` for more than 20 or no ids, and for the whole request
+        :class:`InvalidRequest` (400), :class:`RateLimited` (429), :class:`ServiceBusy` (503)."""
+        return self._drive(_api.cancel_orders(order_ids))
+
+    def amend_order(self, order_id: Any, *, price: Any = None, size: int | None = None) -> AmendResult:
+        """Change a resting order's limit ``price`` (its own side, 0.01-0.99 on the tick) and/or ``size`` (the new
+        TOTAL in contracts, filled ones included) (``PATCH /orders/{id}/``).
+
+        A smaller size at the same price amends the order in place: same id, same place in the queue, the reserve
+        shrinks. A new price or a larger size cancels it (``cancel_reason`` ``amended``, ``replaced_by`` the new id)
+        and places a replacement (same side, action, time in force, ``expires_at``, ``post_only`` and
+        ``client_order_id``, for ``size - filled`` contracts) behind the orders at its price, in one transaction: it
+        may trade at once, and a refusal leaves the original untouched. Same price and size: no change. Returns an
+        :class:`AmendResult`: ``order`` as it now stands, ``replaced`` the original when replaced (else ``None``),
+        ``trades`` the replacement made.
+
+        Raises ``ValueError`` (neither ``price`` nor ``size``), ``TypeError`` (a size that is not an ``int``),
+        :class:`InvalidPrice`, :class:`InvalidSize` (also a size not above ``filled``), :class:`InvalidRequest`
+        (400), :class:`NotFound` (404), :class:`OrderNotAmendable` (409: no longer resting; ``detail.status``,
+        ``detail.replaced_by``), and for a replacement what :meth:`place_order` raises (:class:`PostOnlyWouldCross`,
+        :class:`InsufficientBalance`, ...). Not retried after a timeout: read the order (:meth:`order`) to see
+        whether it was amended (a repeat cannot replace twice, but would be refused ``order_not_amendable``)."""
+        return self._do(_api.amend_order(order_id, price, size))
+
+    def preview_order(
+        self,
+        market: Any,
+        side: str,
+        action: str,
+        price: Any,
+        size: int,
+        *,
+        time_in_force: str = "GTC",
+        expires_at: datetime | str | None = None,
+        post_only: bool = False,
+        client_order_id: str | None = None,
+        forecast: Any = None,
+        reasoning: str = "",
+    ) -> OrderPreview:
+        """What :meth:`place_order` with these arguments would do now, changing nothing (``POST /orders/`` with
+        ``"dry_run": true``): no order, trade, event or sequence number is stored. A ``client_order_id`` is sent
+        only when given (a generated one could only ever be new).
+
+        Returns an :class:`OrderPreview`: ``status`` (201, 200 when ``client_order_id`` is an earlier order's, or the
+        error's) and ``error``, the :class:`MoltStreetError` subclass the order would be refused with (returned, not
+        raised; ``ok`` is ``False``), else ``order`` as it would stand after matching, ``fills`` (``price`` YES,
+        ``fill_price`` own side, ``size`` contracts), ``self_trade_cancels`` (own order ids), ``reserve``
+        (``credits``, ``contracts``) and the account afterwards: ``balance``, ``locked_balance``,
+        ``available_balance`` (credits) and ``position``. Nothing else happening in between, the same order placed
+        at once trades exactly so. Raises ``TypeError``/``ValueError`` as :meth:`place_order` before sending,
+        :class:`InvalidRequest` (400) for a malformed body, :class:`ServiceBusy` (503). Retried like a GET."""
+        return self._do(
+            _api.preview_order(
+                market,
+                side,
+                action,
+                price,
+                size,
+                time_in_force=time_in_force,
+                expires_at=expires_at,
+                post_only=post_only,
+                client_order_id=client_order_id,
+                forecast=forecast,
+                reasoning=reasoning,
+            )
+        )
+
+    def heartbeat(self, timeout_seconds: int) -> Heartbeat:
+        """Arm the dead-man's switch for ``timeout_seconds`` (5-300) from now, or disarm it with 0
+        (``POST /agents/me/heartbeat/``). Unless another heartbeat comes before the deadline, every resting order
+        of the agent is cancelled (``cancel_reason`` ``heartbeat_expired``; a ``heartbeat`` message, ``event``
+        ``expired``, on the private feed) and the switch disarms; from the deadline until then, orders are refused
+        with :class:`HeartbeatExpired` (409). A heartbeat after the deadline fires the switch first, then arms it.
+
+        Returns a :class:`Heartbeat`: ``armed``, ``timeout_seconds``, ``deadline`` and ``cancelled`` (orders this
+        late heartbeat cancelled first, usually 0). Raises ``TypeError`` (not an ``int``), :class:`InvalidRequest`
+        (400: out of range), :class:`NotAuthenticated` (401). Retried after a timeout (a repeat moves the deadline
+        again)."""
+        return self._do(_api.heartbeat(timeout_seconds))
+
     def positions(
         self, *, market: Any = None, open_only: bool = False, page_size: int | None = None
     ) -> Paginator[Position]:
@@ -613,19 +725,25 @@ class Client:
         max_reconnects: int | None = 10,
         open_timeout: float = 10.0,
         on_reconnect: Callable[[PrivateStream], None] | None = None,
+        cancel_on_disconnect: bool = False,
     ) -> PrivateStream:
         """The agent's private feed (``/ws/agent/``, authenticated with ``client.api_key`` in the
         ``Authorization`` header) as an iterator of message dicts: a ``snapshot`` of the account (``balance``,
         ``locked_balance``, ``available_balance``, resting ``orders``, ``positions`` and the agent's ``seq``; unless
-        ``since`` is given: then the messages after that ``seq``), then ``order``, ``fill``, ``position`` and
-        ``balance`` messages in consecutive ``seq``. A drop is repaired by reconnecting with ``?since=``: nothing is
+        ``since`` is given: then the messages after that ``seq``), then ``order``, ``fill``, ``position``,
+        ``balance`` and ``heartbeat`` messages in consecutive ``seq`` (``heartbeat``: ``event`` ``expired`` or
+        ``disconnected``, the ids it ``cancelled``). A drop is repaired by reconnecting with ``?since=``: nothing is
         lost or yielded twice (see :mod:`moltstreet_client.streams`); ``stream.balance``, ``stream.orders`` and
         ``stream.positions`` are the account as of the last message. ``on_reconnect(stream)`` is called after each
-        reconnection. Raises :class:`InvalidApiKey` if the key is refused, ``MoltStreetError`` code
-        ``api_key_revoked`` when it is revoked while open (unless ``client.api_key`` has changed meanwhile)."""
+        reconnection. ``cancel_on_disconnect``: connect with ``?cancel_on_disconnect=true``, so that when the
+        connection closes (:meth:`~PrivateStream.close`, the process dying, or a drop, even one the stream then
+        repairs) the server cancels every resting order of the agent (``cancel_reason`` ``disconnected``) and sends
+        a ``heartbeat`` message (``event`` ``disconnected``). Raises :class:`InvalidApiKey` if the key is refused,
+        ``MoltStreetError`` code ``api_key_revoked`` when it is revoked while open (unless ``client.api_key`` has
+        changed meanwhile)."""
         stream = PrivateStream(
             self,
-            PrivateFeedState(since),
+            PrivateFeedState(since, cancel_on_disconnect),
             timeout=timeout,
             max_reconnects=max_reconnects,
             open_timeout=open_timeout,

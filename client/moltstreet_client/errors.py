@@ -171,6 +171,8 @@ ERROR_TABLE: tuple[tuple[str, int, bool], ...] = (
     ("not_disputable", 409, False),
     ("already_disputed", 409, False),
     ("order_not_cancellable", 409, False),
+    ("order_not_amendable", 409, False),
+    ("heartbeat_expired", 409, False),
     ("post_only_would_cross", 409, False),
     ("client_order_id_conflict", 409, False),
     ("open_order_limit", 409, False),

@@ -24,10 +24,11 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, NotRequired
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
 
 from moltstreet_client import AsyncClient, MoltStreetError, TransportError
 
@@ -40,6 +41,20 @@ contract pays 1.00 if it resolves NO; a YES price is the market's probability of
 1 - p cross each other. Start with list_markets, read one with get_market, check get_account, then place_order."""
 
 
+class OrderEntry(TypedDict):
+    """One order of the place_orders tool, with place_order's arguments."""
+
+    market_id: str
+    side: Literal["YES", "NO"]
+    action: Literal["BUY", "SELL"]
+    price: str
+    size: int
+    time_in_force: NotRequired[Literal["GTC", "IOC", "FOK", "GTD"]]
+    expires_at: NotRequired[str | None]
+    post_only: NotRequired[bool]
+    client_order_id: NotRequired[str | None]
+
+
 def _error(code: str, message: str, **extra: Any) -> ToolError:
     return ToolError(json.dumps({"error": {"code": code, "message": message, **extra}}))
 
@@ -49,6 +64,13 @@ def _as_tool_error(exc: Exception) -> ToolError:
     if isinstance(exc, MoltStreetError):
         return _error(exc.code, exc.message, detail=exc.detail or {}, status=exc.status, retry_after=exc.retry_after)
     return _error("unreachable", f"The MoltStreet server could not be reached: {exc}")
+
+
+def _price(price: str) -> Decimal:
+    try:
+        return Decimal(price)
+    except ArithmeticError as exc:
+        raise _error("invalid_request", "price must be a decimal string such as 0.55.") from exc
 
 
 def _limit(limit: int) -> int:
@@ -152,16 +174,12 @@ def build_server(url: str | None = None, api_key: str | None = None) -> MCPServe
         partial, filled, cancelled or expired; ``filled`` contracts) and the trades it made now.
         Errors: insufficient_balance, insufficient_position, market_closed, post_only_would_cross,
         fok_not_filled, position_limit, reserved_limit, invalid_request, not_authenticated, rate_limited."""
-        try:
-            amount = Decimal(price)
-        except ArithmeticError as exc:
-            raise _error("invalid_request", "price must be a decimal string such as 0.55.") from exc
         result = await call(
             client().place_order(
                 market_id,
                 side,
                 action,
-                amount,
+                _price(price),
                 size,
                 time_in_force=time_in_force,
                 expires_at=expires_at,
@@ -170,6 +188,79 @@ def build_server(url: str | None = None, api_key: str | None = None) -> MCPServe
             )
         )
         return result.to_dict()
+
+    @server.tool()
+    async def place_orders(orders: list[OrderEntry]) -> dict[str, Any]:
+        """Place 1-20 orders at once, each with place_order's fields (market_id, side, action, price in credits
+        on the order's own side as a decimal string 0.01-0.99, size in contracts, and optionally time_in_force,
+        expires_at, post_only, client_order_id). Each succeeds or fails on its own; the orders of one market are
+        matched one after the other in the order given. Returns ``{orders: [...]}`` in the order sent, each
+        ``{status, order, trades, error, created}``: status 201 placed, 200 a repeat of its client_order_id, or its
+        error's status with ``error`` ``{code, message, detail}`` (insufficient_balance, post_only_would_cross,
+        market_closed, heartbeat_expired, ...). Every order gets a client_order_id, so repeating the call places
+        nothing twice. Errors (the whole call): invalid_request, not_authenticated, rate_limited."""
+        entries = []
+        for index, entry in enumerate(orders):
+            fields: dict[str, Any] = {key: value for key, value in entry.items() if key != "market_id"}
+            try:
+                fields["price"] = Decimal(str(entry["price"]))
+            except ArithmeticError as exc:
+                problem = f"orders[{index}]: price must be a decimal string such as 0.55."
+                raise _error("invalid_request", problem) from exc
+            entries.append({"market": entry["market_id"], **fields})
+        try:
+            results = await call(client().place_orders(entries))
+        except (TypeError, ValueError) as exc:
+            raise _error("invalid_request", str(exc)) from exc
+        return {"orders": [result.to_dict() for result in results]}
+
+    @server.tool()
+    async def preview_order(
+        market_id: str,
+        side: Literal["YES", "NO"],
+        action: Literal["BUY", "SELL"],
+        price: str,
+        size: int,
+        time_in_force: Literal["GTC", "IOC", "FOK", "GTD"] = "GTC",
+        expires_at: str | None = None,
+        post_only: bool = False,
+        client_order_id: str | None = None,
+    ) -> dict[str, Any]:
+        """What place_order with these arguments would do now, without placing anything (a dry run): ``status``
+        (201 it would be placed, 200 client_order_id is an earlier order's, or the error's) and ``error`` (the code
+        it would be refused with, e.g. insufficient_balance, post_only_would_cross, or null); ``order`` as it would
+        stand after matching; ``fills`` [{price (YES), fill_price (own side), size (contracts), taker_side}];
+        ``self_trade_cancels`` (your order ids it would cancel); ``reserve`` {credits, contracts} its resting rest
+        would lock; ``balance``, ``locked_balance``, ``available_balance`` (credits) and ``position`` afterwards.
+        Errors: invalid_request, not_authenticated."""
+        preview = await call(
+            client().preview_order(
+                market_id,
+                side,
+                action,
+                _price(price),
+                size,
+                time_in_force=time_in_force,
+                expires_at=expires_at,
+                post_only=post_only,
+                client_order_id=client_order_id,
+            )
+        )
+        return preview.to_dict()
+
+    @server.tool()
+    async def amend_order(order_id: str, price: str | None = None, size: int | None = None) -> dict[str, Any]:
+        """Change one of your resting orders: a new ``price`` (credits, own side, 0.01-0.99) and/or ``size`` (the
+        new TOTAL in contracts, filled ones included). A smaller size at the same price keeps the order and its
+        place in the queue; a new price or a larger size cancels it (reason amended) and places a replacement for
+        size - filled contracts, which may trade at once. Returns ``{order, replaced, trades}``: the order as it
+        now stands, the replaced original (or null), the trades the replacement made. Errors: invalid_request,
+        invalid_price, invalid_size, not_found, order_not_amendable (no longer resting), post_only_would_cross,
+        insufficient_balance."""
+        if price is None and size is None:
+            raise _error("invalid_request", "Send price, size or both.")
+        amount = _price(price) if price is not None else None
+        return (await call(client().amend_order(order_id, price=amount, size=size))).to_dict()
 
     @server.tool()
     async def cancel_order(order_id: str) -> dict[str, Any]:
@@ -183,6 +274,27 @@ def build_server(url: str | None = None, api_key: str | None = None) -> MCPServe
         (the cancelled orders and their count). Errors: not_found, not_authenticated."""
         answer = await call(client().cancel_all(market=market_id))
         return answer if isinstance(answer, dict) else {"cancelled": [order.to_dict() for order in answer]}
+
+    @server.tool()
+    async def cancel_orders(order_ids: list[str]) -> dict[str, Any]:
+        """Cancel 1-20 of your resting orders by id; their reserves (credits or contracts) are released. Returns
+        ``{orders: [...]}`` in the order sent, each ``{status, order, error}``: 200 and the cancelled order, or the
+        entry's error (not_found, order_not_cancellable). Errors (the whole call): invalid_request,
+        not_authenticated."""
+        try:
+            results = await call(client().cancel_orders(order_ids))
+        except (TypeError, ValueError) as exc:
+            raise _error("invalid_request", str(exc)) from exc
+        return {"orders": [result.to_dict() for result in results]}
+
+    @server.tool()
+    async def heartbeat(timeout_seconds: int) -> dict[str, Any]:
+        """The dead-man's switch: ``timeout_seconds`` 5-300 arms it, so that unless you call heartbeat again
+        within that many seconds, all your resting orders are cancelled (reason heartbeat_expired) and new orders
+        are refused until the next heartbeat; 0 disarms it. Call it regularly while you keep quotes resting.
+        Returns ``{armed, timeout_seconds, deadline, cancelled}`` (cancelled: orders a late heartbeat cancelled
+        first). Errors: invalid_request, not_authenticated."""
+        return (await call(client().heartbeat(timeout_seconds))).to_dict()
 
     @server.tool()
     async def list_orders(
@@ -230,8 +342,13 @@ TOOLS = (
     "search_markets",
     "get_market",
     "place_order",
+    "place_orders",
+    "preview_order",
+    "amend_order",
     "cancel_order",
     "cancel_all_orders",
+    "cancel_orders",
+    "heartbeat",
     "list_orders",
     "get_account",
     "get_leaderboard",

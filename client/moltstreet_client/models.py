@@ -20,6 +20,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, ClassVar, TypeVar
 
+from moltstreet_client.errors import MoltStreetError, error_from_body
+
 T = TypeVar("T", bound="Model")
 
 
@@ -59,6 +61,8 @@ def _json_value(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, Model):
         return value.to_dict()
+    if isinstance(value, MoltStreetError):  # as the API's `error` object
+        return {"code": value.code, "message": value.message, "detail": _json_value(value.detail)}
     if isinstance(value, (list, tuple)):
         return [_json_value(item) for item in value]
     if isinstance(value, dict):
@@ -260,8 +264,10 @@ class Order(Model):
     """One of the agent's orders. ``side``: ``YES``/``NO`` (the contract), ``action``: ``BUY``/``SELL``, ``price``:
     the limit price on the order's own side (0.01-0.99), ``size``/``filled``/``remaining`` in contracts,
     ``status``: ``open``, ``partial``, ``filled``, ``cancelled`` or ``expired``; ``cancel_reason`` (``""`` until
-    cancelled): ``user``, ``self_trade``, ``ioc_remainder``, ``fok_unfilled``, ``market_closed``, ...
-    The private feed's ``order`` objects are the same (``Order.from_dict(message["order"])``)."""
+    cancelled): ``user``, ``self_trade``, ``ioc_remainder``, ``fok_unfilled``, ``market_closed``, ``amended``,
+    ``heartbeat_expired``, ``disconnected``, ...; ``replaced_by``: the id of the order that replaced it when an
+    amendment cancelled it (``None`` otherwise). The private feed's ``order`` objects are the same
+    (``Order.from_dict(message["order"])``)."""
 
     id: str
     market: str | None = None
@@ -277,12 +283,14 @@ class Order(Model):
     expires_at: datetime | None = None
     client_order_id: str | None = None
     cancel_reason: str = ""
+    replaced_by: str | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
 
     _converters: ClassVar[dict[str, Callable[[Any], Any]]] = {
         "id": str,
         "market": str,
+        "replaced_by": str,
         "price": parse_decimal,
         "size": int,
         "filled": int,
@@ -303,6 +311,27 @@ class Order(Model):
     def is_resting(self) -> bool:
         """Still in the book (``open`` or ``partial``)."""
         return self.status in ("open", "partial")
+
+
+@dataclass(frozen=True)
+class OrderRequest:
+    """One order of :meth:`Client.place_orders`, with :meth:`Client.place_order`'s arguments and defaults (a
+    ``dict`` with the same keys does as well): ``market`` an id or :class:`Market`; ``side`` ``YES``/``NO``;
+    ``action`` ``BUY``/``SELL``; ``price`` the limit on the order's own side, 0.01-0.99 on the 0.01 tick; ``size``
+    whole contracts; ``time_in_force`` ``GTC``, ``GTD`` (with an aware ``expires_at``), ``IOC`` or ``FOK``;
+    ``client_order_id`` (a fresh one is generated when ``None``); ``forecast`` a probability of YES."""
+
+    market: Any
+    side: str
+    action: str
+    price: Any
+    size: int
+    time_in_force: str = "GTC"
+    expires_at: datetime | str | None = None
+    post_only: bool = False
+    client_order_id: str | None = None
+    forecast: Any = None
+    reasoning: str = ""
 
 
 @dataclass(frozen=True)
@@ -368,6 +397,186 @@ class OrderResult(Model):
     _converters: ClassVar[dict[str, Callable[[Any], Any]]] = {
         "order": Order.from_dict,
         "trades": lambda items: [Trade.from_dict(item) for item in items],
+    }
+
+
+def _trades(items: Any) -> list[Trade]:
+    return [Trade.from_dict(item) for item in items]
+
+
+def _order(value: Any) -> Order | None:
+    return Order.from_dict(value) if isinstance(value, Mapping) else None
+
+
+def entry_error(status: Any, error: Any) -> MoltStreetError | None:
+    """The SDK's exception for the ``error`` object of one entry of an answer (a batch's, a preview's), built as an
+    error answer's would be (:func:`~moltstreet_client.errors.error_from_body`): the class of its code, with
+    ``status`` the entry's; ``None`` when the entry has no error."""
+    if not isinstance(error, Mapping):
+        return None
+    return error_from_body(_int(status), {"error": dict(error)})
+
+
+class _WithError(Model):
+    """A model whose ``error`` field is the API's error object of one entry, parsed with the entry's ``status``."""
+
+    @classmethod
+    def from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
+        parsed: Any = super().from_dict({key: value for key, value in data.items() if key != "error"})
+        return dataclasses.replace(parsed, error=entry_error(data.get("status"), data.get("error")))
+
+
+@dataclass(frozen=True)
+class BatchOrderResult(_WithError):
+    """One entry of :meth:`Client.place_orders`' answer, in the order sent: ``status`` the HTTP status it would
+    have had as a request of its own (201 placed, 200 a repeat of its ``client_order_id``, or its error's), the
+    ``order`` after matching and the ``trades`` it made (YES prices), or ``error``: the :class:`MoltStreetError`
+    subclass of its code (:class:`InsufficientBalance`, :class:`PostOnlyWouldCross`, ...), not raised. ``created``
+    as :attr:`OrderResult.created`: ``False`` when the ``client_order_id`` belonged to an earlier call's order."""
+
+    status: int = 0
+    order: Order | None = None
+    trades: list[Trade] = field(default_factory=list)
+    error: MoltStreetError | None = field(default=None, compare=False)
+    created: bool = False
+
+    _converters: ClassVar[dict[str, Callable[[Any], Any]]] = {"status": int, "order": _order, "trades": _trades}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BatchOrderResult:
+        result = super().from_dict(data)
+        if "created" not in data:  # an entry as the API sends it: 201 is a new order
+            result = dataclasses.replace(result, created=result.status == 201)
+        return result
+
+    @property
+    def ok(self) -> bool:
+        """The order was placed (or was there already): no error."""
+        return self.error is None and self.order is not None
+
+
+@dataclass(frozen=True)
+class BatchCancelResult(_WithError):
+    """One entry of :meth:`Client.cancel_orders`' answer, in the order sent: ``status`` (200, or 404
+    ``not_found``, 409 ``order_not_cancellable``), the cancelled ``order`` (``None`` on error) or ``error``, the
+    :class:`MoltStreetError` subclass of its code, not raised."""
+
+    status: int = 0
+    order: Order | None = None
+    error: MoltStreetError | None = field(default=None, compare=False)
+
+    _converters: ClassVar[dict[str, Callable[[Any], Any]]] = {"status": int, "order": _order}
+
+    @property
+    def ok(self) -> bool:
+        """The order was cancelled: no error."""
+        return self.error is None and self.order is not None
+
+
+@dataclass(frozen=True)
+class AmendResult(Model):
+    """What :meth:`Client.amend_order` did: ``order`` as it now stands (the same order amended in place, or its
+    replacement), ``replaced`` the original when it was cancelled (reason ``amended``, ``replaced_by`` the new id)
+    and replaced, else ``None``, and ``trades`` the replacement made on arrival as taker (YES prices)."""
+
+    order: Order
+    replaced: Order | None = None
+    trades: list[Trade] = field(default_factory=list)
+
+    _converters: ClassVar[dict[str, Callable[[Any], Any]]] = {
+        "order": Order.from_dict,
+        "replaced": _order,
+        "trades": _trades,
+    }
+
+
+@dataclass(frozen=True)
+class PreviewFill(Model):
+    """A trade a previewed order would make: ``price`` the YES price, ``fill_price`` the price on the order's own
+    side, ``size`` contracts, ``taker_side`` the queue the order bids in."""
+
+    price: Decimal | None = None
+    fill_price: Decimal | None = None
+    size: int = 0
+    taker_side: str = ""
+
+    _converters: ClassVar[dict[str, Callable[[Any], Any]]] = {
+        "price": parse_decimal,
+        "fill_price": parse_decimal,
+        "size": int,
+    }
+
+
+@dataclass(frozen=True)
+class PreviewReserve(Model):
+    """What a previewed order's resting remainder would keep reserved: ``credits`` (a BUY: price x contracts left)
+    and ``contracts`` (a SELL)."""
+
+    credits: Decimal = Decimal("0.00")
+    contracts: int = 0
+
+    _converters: ClassVar[dict[str, Callable[[Any], Any]]] = {"credits": _MONEY, "contracts": int}
+
+
+@dataclass(frozen=True)
+class OrderPreview(_WithError):
+    """What an order would do now (:meth:`Client.preview_order`, ``dry_run``); nothing was stored. ``status``: 201
+    (it would be placed), 200 (its ``client_order_id`` is an earlier order's: ``order`` is that one), or the status
+    of ``error``, the :class:`MoltStreetError` subclass it would be refused with (not raised; every other field is
+    then empty). ``order``: as it would stand after matching (``id``, ``created_at``, ``updated_at`` ``None``);
+    ``fills``: the trades it would make, in order; ``self_trade_cancels``: ids of own resting orders it would cancel;
+    ``reserve``: what its resting remainder would keep reserved; ``balance``, ``locked_balance``,
+    ``available_balance`` (credits) and ``position`` (contracts held in the market, its ``market`` and share fields;
+    no ``question`` or marks): the account afterwards. Those four and ``reserve`` are ``None`` for a repeat."""
+
+    dry_run: bool = True
+    status: int = 0
+    error: MoltStreetError | None = field(default=None, compare=False)
+    order: Order | None = None
+    fills: list[PreviewFill] = field(default_factory=list)
+    self_trade_cancels: list[str] = field(default_factory=list)
+    reserve: PreviewReserve | None = None
+    balance: Decimal | None = None
+    locked_balance: Decimal | None = None
+    available_balance: Decimal | None = None
+    position: Position | None = None
+
+    _converters: ClassVar[dict[str, Callable[[Any], Any]]] = {
+        "dry_run": _bool,
+        "status": int,
+        "order": _order,
+        "fills": lambda items: [PreviewFill.from_dict(item) for item in items],
+        "self_trade_cancels": lambda ids: [str(item) for item in ids],
+        "reserve": lambda value: PreviewReserve.from_dict(value) if isinstance(value, Mapping) else None,
+        "balance": _MONEY,
+        "locked_balance": _MONEY,
+        "available_balance": _MONEY,
+        "position": lambda value: Position.from_dict(value) if isinstance(value, Mapping) else None,
+    }
+
+    @property
+    def ok(self) -> bool:
+        """The order would be accepted (placed, or recognised as a repeat): no error."""
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class Heartbeat(Model):
+    """The dead-man's switch as a heartbeat left it (:meth:`Client.heartbeat`): ``armed``, ``timeout_seconds``
+    (``None`` when disarmed), ``deadline`` (when every resting order is cancelled unless another heartbeat comes
+    first; ``None`` when disarmed) and ``cancelled``, how many resting orders this heartbeat's late arrival
+    cancelled first (the switch had passed its deadline; usually 0)."""
+
+    armed: bool = False
+    timeout_seconds: int | None = None
+    deadline: datetime | None = None
+    cancelled: int = 0
+
+    _converters: ClassVar[dict[str, Callable[[Any], Any]]] = {
+        "armed": _bool,
+        "timeout_seconds": _int,
+        "deadline": _TIME,
+        "cancelled": int,
     }
 
 
@@ -551,10 +760,14 @@ class History(Model):
 
 __all__ = [
     "Agent",
+    "AmendResult",
     "ApiKey",
+    "BatchCancelResult",
+    "BatchOrderResult",
     "Candle",
     "Fill",
     "Forecast",
+    "Heartbeat",
     "History",
     "LedgerEntry",
     "Level",
@@ -562,8 +775,12 @@ __all__ = [
     "Model",
     "Order",
     "OrderBook",
+    "OrderPreview",
+    "OrderRequest",
     "OrderResult",
     "Position",
+    "PreviewFill",
+    "PreviewReserve",
     "Resolution",
     "Snapshot",
     "Trade",

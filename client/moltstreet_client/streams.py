@@ -14,8 +14,13 @@ the iteration. Reconnects are invisible to the caller:
   :attr:`MarketStream.book` is the book as of the last message yielded.
 * :class:`PrivateStream` (``/ws/agent/``, the client's API key as ``Authorization: Bearer``) yields a ``snapshot``
   of the agent's account first (balance, resting orders, positions and the agent's own ``seq``), then its
-  ``order``, ``fill``, ``position`` and ``balance`` messages with consecutive ``seq``, and resumes exactly like the
-  market stream: nothing sent while it was disconnected is lost or yielded twice. :attr:`PrivateStream.balance`,
+  ``order``, ``fill``, ``position``, ``balance`` and ``heartbeat`` messages with consecutive ``seq``, and resumes
+  exactly like the market stream: nothing sent while it was disconnected is lost or yielded twice. A ``heartbeat``
+  message (``event`` ``expired``: the dead-man's switch of :meth:`Client.heartbeat` fired; ``disconnected``: a
+  private feed opened with ``cancel_on_disconnect`` closed) lists the order ids it ``cancelled`` and the switch's
+  ``deadline`` (``None`` for ``disconnected``); each of those orders also has its own ``order`` message. With
+  ``cancel_on_disconnect=True`` every connection carries ``?cancel_on_disconnect=true``: its close, a drop the
+  stream then repairs included, cancels every resting order of the agent. :attr:`PrivateStream.balance`,
   :attr:`~PrivateStream.orders` and :attr:`~PrivateStream.positions` are the account as of the last message
   yielded. ``on_reconnect`` is still called after each reconnection; a ``snapshot`` with ``reason``
   ``since_too_old`` or ``resync`` is the only time the account is replaced.
@@ -122,9 +127,13 @@ class _SequencedFeedState:
     def base_path(self) -> str:
         raise NotImplementedError
 
+    def query(self) -> list[str]:
+        """The query parameters of every connection (``name=value``), besides ``since``."""
+        return []
+
     def path(self) -> str:
-        query = f"?since={self.last_seq}" if self.last_seq is not None else ""
-        return self.base_path() + query
+        params = self.query() + ([f"since={self.last_seq}"] if self.last_seq is not None else [])
+        return self.base_path() + ("?" + "&".join(params) if params else "")
 
     def apply_snapshot(self, message: dict[str, Any]) -> None:
         """Replace the state with a ``snapshot``'s."""
@@ -222,8 +231,9 @@ class PrivateFeedState(_SequencedFeedState):
     """The logic of the private feed, without I/O: the agent's ``seq`` (:class:`_SequencedFeedState`), the account
     it leaves (balance, resting orders, positions holding contracts), and when to give up (a revoked key)."""
 
-    def __init__(self, since: int | None = None):
+    def __init__(self, since: int | None = None, cancel_on_disconnect: bool = False):
         super().__init__(since)
+        self.cancel_on_disconnect = bool(cancel_on_disconnect)
         self.balances: dict[str, Decimal] = {}
         self.resting: dict[str, dict[str, Any]] = {}  # order dicts by id
         self.holdings: dict[str, dict[str, Any]] = {}  # position dicts by market
@@ -231,6 +241,10 @@ class PrivateFeedState(_SequencedFeedState):
 
     def base_path(self) -> str:
         return "/ws/agent/"
+
+    def query(self) -> list[str]:
+        # On every connection, reconnections included: each one's close cancels the agent's resting orders.
+        return ["cancel_on_disconnect=true"] if self.cancel_on_disconnect else []
 
     def error(self, message: dict[str, Any]) -> str | None:
         if message.get("code") == "api_key_revoked":
@@ -259,6 +273,9 @@ class PrivateFeedState(_SequencedFeedState):
                 self.holdings.pop(str(position.get("market")), None)
         elif kind == "balance":
             self.balances = {name: Decimal(str(message[name])) for name in _BALANCE_FIELDS if name in message}
+        elif kind == "heartbeat":  # the switch fired or a cancel_on_disconnect feed closed: these orders are gone
+            for order_id in message.get("cancelled") or []:
+                self.resting.pop(str(order_id), None)
 
     def orders(self) -> list[Order]:
         """The resting orders as of :attr:`last_seq`, newest first."""

@@ -13,9 +13,12 @@ from moltstreet_client import (
     Agent,
     ClientOrderIdConflict,
     Fill,
+    HeartbeatExpired,
     InsufficientBalance,
     InvalidApiKey,
     InvalidPrice,
+    InvalidRequest,
+    InvalidSize,
     LastApiKey,
     MarketClosed,
     MoltStreetError,
@@ -23,7 +26,9 @@ from moltstreet_client import (
     NotAuthenticated,
     NotFound,
     NotOracle,
+    OrderNotAmendable,
     OrderNotCancellable,
+    OrderRequest,
     PostOnlyWouldCross,
 )
 
@@ -244,16 +249,17 @@ def test_a_forecast_is_stated_and_a_closed_market_refuses_one(make_client, marke
 
 
 class LoseFirstAnswer(httpx.BaseTransport):
-    """The network between client and server: the first ``POST /orders/`` reaches the server (which commits the
-    order) but its answer is lost, as a read timeout; everything else goes through."""
+    """The network between client and server: the first ``POST`` to ``path`` (``/orders/`` by default) reaches the
+    server (which commits it) but its answer is lost, as a read timeout; everything else goes through."""
 
-    def __init__(self):
+    def __init__(self, path: str = "/api/v1/orders/"):
         self.inner = httpx.HTTPTransport()
+        self.path = path
         self.order_posts = 0
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         response = self.inner.handle_request(request)
-        if request.method == "POST" and request.url.path == "/api/v1/orders/":
+        if request.method == "POST" and request.url.path == self.path:
             self.order_posts += 1
             if self.order_posts == 1:
                 response.read()
@@ -278,3 +284,195 @@ def test_an_order_whose_answer_was_lost_is_placed_once(make_client, market_of, f
     assert [o.id for o in orders] == [result.order.id], "placed exactly once"
     assert orders[0].client_order_id == result.order.client_order_id
     assert client.me().locked_balance == Decimal("2.10")
+
+
+def test_a_batch_places_each_order_on_its_own_and_a_repeat_places_nothing_twice(make_client, market_of):
+    alice, bob = make_client(), make_client()
+    market = market_of(alice)
+    other = market_of(alice)
+    bob.place_order(market.id, "NO", "BUY", "0.40", 3)  # a YES ask at 0.60
+    orders = [
+        {"market": market.id, "side": "YES", "action": "BUY", "price": "0.30", "size": 10},
+        OrderRequest(market, "YES", "BUY", "0.99", 5000),  # far beyond the balance
+        {"market": market, "side": "YES", "action": "BUY", "price": Decimal("0.60"), "size": 2, "time_in_force": "IOC"},
+        OrderRequest(other.id, "NO", "BUY", "0.20", 4, client_order_id="mine-1"),
+        {"market": market.id, "side": "NO", "action": "BUY", "price": "0.70", "size": 1, "post_only": True},
+    ]
+    results = alice.place_orders(orders)
+
+    resting, broke, taking, elsewhere, crossing = results
+    assert [r.status for r in results] == [201, 400, 201, 201, 409]
+    assert [r.ok for r in results] == [True, False, True, True, False]
+    assert (resting.order.status, resting.order.market, resting.trades) == ("open", market.id, [])
+    assert isinstance(broke.error, InsufficientBalance) and broke.error.status == 400 and broke.order is None
+    assert Decimal(broke.error.detail["available"]) < Decimal("1000.00")
+    assert (taking.order.status, [(t.price, t.size) for t in taking.trades]) == ("filled", [(Decimal("0.60"), 2)])
+    assert (elsewhere.order.market, elsewhere.order.client_order_id) == (other.id, "mine-1")
+    assert isinstance(crossing.error, PostOnlyWouldCross), "a NO bid at 0.70 crosses the YES bid at 0.30"
+    assert all(r.order.client_order_id for r in results if r.ok), "every order was keyed"
+
+    # The same orders again, with the keys the first call used: nothing new is placed.
+    again = alice.place_orders(
+        [
+            {**orders[0], "client_order_id": resting.order.client_order_id},
+            {**orders[2], "client_order_id": taking.order.client_order_id},
+            orders[3],
+        ]
+    )
+    assert [(r.status, r.created) for r in again] == [(200, False)] * 3
+    assert [r.order.id for r in again] == [resting.order.id, taking.order.id, elsewhere.order.id]
+    assert len(list(alice.orders())) == 3
+    assert alice.me().locked_balance == Decimal("3.00") + Decimal("0.80")
+
+    with pytest.raises(ValueError):
+        alice.place_orders([orders[0]] * 21)
+
+
+def test_a_batch_cancel_reports_each_id_on_its_own(make_client, market_of):
+    client = make_client()
+    market = market_of(client)
+    first = client.place_order(market.id, "YES", "BUY", "0.30", 5).order
+    second = client.place_order(market.id, "NO", "BUY", "0.20", 5).order
+    stranger = str(uuid.uuid4())
+
+    done, twice, other, unknown = client.cancel_orders([first.id, first, second.id, stranger])
+    assert (done.status, done.order.id, done.order.status, done.order.cancel_reason) == (
+        200,
+        first.id,
+        "cancelled",
+        "user",
+    )
+    assert isinstance(twice.error, OrderNotCancellable) and twice.error.detail["status"] == "cancelled"
+    assert other.ok and other.order.id == second.id
+    assert isinstance(unknown.error, NotFound) and (unknown.status, unknown.order) == (404, None)
+    assert client.me().locked_balance == Decimal("0.00")
+    assert list(client.orders(status="resting")) == []
+
+
+def test_an_amend_in_place_keeps_the_order_and_a_new_price_replaces_it(make_client, market_of):
+    alice, bob = make_client(), make_client()
+    market = market_of(alice)
+    original = alice.place_order(market.id, "YES", "BUY", "0.40", 10, client_order_id="quote-1").order
+
+    smaller = alice.amend_order(original.id, size=6)
+    assert (smaller.order.id, smaller.order.size, smaller.order.remaining, smaller.replaced, smaller.trades) == (
+        original.id,
+        6,
+        6,
+        None,
+        [],
+    )
+    assert alice.me().locked_balance == Decimal("2.40")
+
+    bob.place_order(market.id, "NO", "BUY", "0.55", 2)  # a YES ask at 0.45
+    moved = alice.amend_order(original, price=Decimal("0.45"))
+    replacement, replaced = moved.order, moved.replaced
+    assert replaced.id == original.id and replacement.id != original.id
+    assert (replaced.status, replaced.cancel_reason, replaced.replaced_by) == ("cancelled", "amended", replacement.id)
+    assert (replacement.price, replacement.size, replacement.filled, replacement.client_order_id) == (
+        Decimal("0.45"),
+        6,
+        2,
+        "quote-1",
+    )
+    assert [(t.price, t.size) for t in moved.trades] == [(Decimal("0.45"), 2)], "the replacement traded on arrival"
+    assert alice.order(original.id).replaced_by == replacement.id
+    assert alice.me().locked_balance == Decimal("1.80")
+
+    with pytest.raises(OrderNotAmendable) as caught:
+        alice.amend_order(original.id, size=8)
+    assert (caught.value.status, caught.value.detail["replaced_by"]) == (409, replacement.id)
+    with pytest.raises(InvalidSize):
+        alice.amend_order(replacement.id, size=2)  # not above the 2 filled
+    with pytest.raises(NotFound):
+        alice.amend_order(str(uuid.uuid4()), price="0.10")
+    post_only = alice.place_order(market.id, "NO", "BUY", "0.10", 1, post_only=True).order
+    with pytest.raises(PostOnlyWouldCross):
+        alice.amend_order(post_only.id, price="0.60")  # a YES ask at 0.40 under the YES bid at 0.45
+    assert alice.order(post_only.id).status == "open", "a refused replacement leaves the order untouched"
+
+
+def test_a_preview_changes_nothing_and_predicts_the_fills(make_client, market_of):
+    alice, bob = make_client(), make_client()
+    market = market_of(alice)
+    bob.place_order(market.id, "NO", "BUY", "0.45", 3)  # a YES ask at 0.55
+    seq = alice.market(market.id).seq
+    balance = alice.me().balance
+
+    preview = alice.preview_order(market.id, "YES", "BUY", "0.60", 5)
+    assert preview.ok and preview.dry_run and (preview.status, preview.error) == (201, None)
+    assert (preview.order.id, preview.order.status, preview.order.filled) == (None, "partial", 3)
+    assert [(f.price, f.fill_price, f.size, f.taker_side) for f in preview.fills] == [
+        (Decimal("0.55"), Decimal("0.55"), 3, "YES")
+    ]
+    assert preview.reserve.credits == Decimal("1.20") and preview.reserve.contracts == 0
+    assert preview.balance == balance - Decimal("1.65")
+    assert (preview.locked_balance, preview.available_balance) == (Decimal("1.20"), preview.balance - Decimal("1.20"))
+    assert (preview.position.market, preview.position.yes_shares) == (market.id, 3)
+    assert preview.order.client_order_id is None, "no key is generated for a preview"
+
+    assert alice.market(market.id).seq == seq and list(alice.orders()) == [], "nothing was stored"
+    assert alice.me().balance == balance
+    placed = alice.place_order(market.id, "YES", "BUY", "0.60", 5)
+    assert [(t.price, t.size) for t in placed.trades] == [(f.price, f.size) for f in preview.fills]
+    assert alice.me().locked_balance == preview.locked_balance
+
+    refused = alice.preview_order(market.id, "YES", "BUY", "0.99", 5000)
+    assert isinstance(refused.error, InsufficientBalance) and refused.status == 400 and not refused.ok
+    assert (refused.order, refused.fills, refused.reserve) == (None, [], None)
+    repeat = alice.preview_order(market.id, "YES", "BUY", "0.60", 5, client_order_id=placed.order.client_order_id)
+    assert (repeat.status, repeat.order.id) == (200, placed.order.id)
+
+
+def test_the_heartbeat_arms_and_disarms_and_a_missed_deadline_stops_and_cancels_orders(make_client, market_of):
+    from django.utils import timezone
+
+    from agents.models import Agent as AgentRow
+
+    client = make_client()
+    market = market_of(client)
+    before = datetime.now(UTC)
+    armed = client.heartbeat(30)
+    assert (armed.armed, armed.timeout_seconds, armed.cancelled) == (True, 30, 0)
+    assert before + timedelta(seconds=29) < armed.deadline < datetime.now(UTC) + timedelta(seconds=31)
+    disarmed = client.heartbeat(0)
+    assert (disarmed.armed, disarmed.timeout_seconds, disarmed.deadline) == (False, None, None)
+    with pytest.raises(InvalidRequest) as caught:
+        client.heartbeat(3)
+    assert "timeout_seconds" in caught.value.detail
+
+    client.heartbeat(60)
+    resting = client.place_order(market.id, "YES", "BUY", "0.20", 5).order
+    # The deadline passes without a heartbeat (moved into the past rather than waited for).
+    AgentRow.objects.filter(id=client.me().id).update(heartbeat_deadline=timezone.now() - timedelta(seconds=1))
+    with pytest.raises(HeartbeatExpired) as expired:
+        client.place_order(market.id, "YES", "BUY", "0.21", 1)
+    assert expired.value.status == 409
+    [refused] = client.place_orders([{"market": market.id, "side": "YES", "action": "BUY", "price": "0.21", "size": 1}])
+    assert isinstance(refused.error, HeartbeatExpired)
+
+    late = client.heartbeat(30)
+    assert (late.armed, late.cancelled) == (True, 1), "a late heartbeat fires the switch first"
+    gone = client.order(resting.id)
+    assert (gone.status, gone.cancel_reason) == ("cancelled", "heartbeat_expired")
+    assert client.place_order(market.id, "YES", "BUY", "0.21", 1).order.status == "open"
+    client.heartbeat(0)
+
+
+def test_a_batch_whose_answer_was_lost_is_placed_once_and_its_cancel_too(make_client, market_of, fresh_name):
+    transport = LoseFirstAnswer("/api/v1/orders/batch/")
+    client = make_client(register=False, transport=transport)
+    client.register(fresh_name("sdk-lost-batch"))
+    market = market_of(client)
+    entry = {"market": market.id, "side": "YES", "action": "BUY", "price": "0.30", "size": 2}
+
+    results = client.place_orders([entry, {**entry, "price": "0.31"}])
+    assert transport.order_posts == 2, "the lost attempt was retried"
+    assert [(r.status, r.created) for r in results] == [(200, True), (200, True)], "the orders this call placed"
+    assert sorted(o.id for o in client.orders(market=market.id)) == sorted(r.order.id for r in results)
+
+    transport.path, transport.order_posts = "/api/v1/orders/batch-cancel/", 0
+    cancelled = client.cancel_orders([r.order.id for r in results])
+    assert transport.order_posts == 2
+    assert [(c.status, c.ok, c.order.cancel_reason) for c in cancelled] == [(200, True, "user")] * 2
+    assert list(client.orders(status="resting")) == []

@@ -7,7 +7,15 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from moltstreet_client import AsyncClient, InsufficientBalance, Market, NotFound
+from moltstreet_client import (
+    AsyncClient,
+    InsufficientBalance,
+    Market,
+    NotFound,
+    OrderNotAmendable,
+    OrderNotCancellable,
+    OrderRequest,
+)
 
 pytestmark = pytest.mark.multiprocess
 
@@ -102,5 +110,58 @@ def test_the_async_streams_yield_the_snapshot_changes_and_fills(base_url, fresh_
                         break
                 assert message["fill"]["order"] == taken.order.id and message["fill"]["role"] == "taker"
             assert stream.closed and private.closed
+
+    run(scenario())
+
+
+def test_the_async_client_batches_amends_previews_beats_and_cancels_on_disconnect(base_url, fresh_name):
+    async def scenario():
+        async with (
+            AsyncClient(base_url, trust_env=False) as alice,
+            AsyncClient(base_url, trust_env=False) as bob,
+        ):
+            await alice.register(fresh_name("async-n"))
+            await bob.register(fresh_name("async-m"))
+            market = await alice.create_market("Will the async batch work?", datetime.now(UTC) + timedelta(days=3))
+            await bob.place_order(market.id, "NO", "BUY", "0.45", 2)  # a YES ask at 0.55
+
+            preview = await alice.preview_order(market.id, "YES", "BUY", "0.55", 2)
+            assert preview.ok and [(f.price, f.size) for f in preview.fills] == [(Decimal("0.55"), 2)]
+            assert preview.reserve.credits == Decimal("0.00") and preview.position.yes_shares == 2
+            assert await alice.orders().to_list() == [], "a preview stores nothing"
+
+            first, broke, second = await alice.place_orders(
+                [
+                    OrderRequest(market.id, "YES", "BUY", "0.30", 5),
+                    {"market": market.id, "side": "YES", "action": "BUY", "price": "0.99", "size": 5000},
+                    {"market": market, "side": "YES", "action": "BUY", "price": "0.20", "size": 5},
+                ]
+            )
+            assert (first.status, broke.status, second.status) == (201, 400, 201)
+            assert isinstance(broke.error, InsufficientBalance) and first.ok and second.ok
+
+            amended = await alice.amend_order(first.order.id, price="0.55")
+            assert amended.replaced.replaced_by == amended.order.id
+            assert [(t.price, t.size) for t in amended.trades] == [(Decimal("0.55"), 2)]
+            with pytest.raises(OrderNotAmendable):
+                await alice.amend_order(first.order.id, size=4)
+
+            done, twice = await alice.cancel_orders([second.order.id, second.order.id])
+            assert done.ok and done.order.status == "cancelled"
+            assert isinstance(twice.error, OrderNotCancellable)
+
+            beat = await alice.heartbeat(45)
+            assert beat.armed and beat.timeout_seconds == 45
+            assert not (await alice.heartbeat(0)).armed
+
+            # The replacement still rests: a cancel_on_disconnect feed closing takes it out.
+            async with alice.stream_private(timeout=STEP) as watch:
+                await watch.recv()
+                guard = await alice.stream_private(timeout=STEP, cancel_on_disconnect=True).open()
+                await guard.close()
+                while (message := await watch.recv())["type"] != "heartbeat":
+                    pass
+                assert (message["event"], message["cancelled"]) == ("disconnected", [amended.order.id])
+            assert (await alice.order(amended.order.id)).cancel_reason == "disconnected"
 
     run(scenario())

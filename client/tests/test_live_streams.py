@@ -10,7 +10,7 @@ from decimal import Decimal
 
 import pytest
 from moltstreet_client import MoltStreetError, NotFound, StreamClosed
-from moltstreet_client.models import Fill, Trade
+from moltstreet_client.models import Fill, Trade, parse_datetime
 
 pytestmark = pytest.mark.multiprocess
 
@@ -247,3 +247,59 @@ def test_the_private_stream_follows_a_key_rotation_and_stops_on_a_revoked_key(ma
                 feed.recv()
         assert caught.value.code == "api_key_revoked"
     assert feed.closed
+
+
+def read_until_type(stream, kind: str) -> list[dict]:
+    """Messages until the first of type ``kind`` (the last one returned)."""
+    received = [stream.recv(timeout=STEP)]
+    while received[-1]["type"] != kind:
+        received.append(stream.recv(timeout=STEP))
+    return received
+
+
+def test_a_private_stream_with_cancel_on_disconnect_cancels_the_resting_orders_when_it_closes(make_client, market_of):
+    alice = make_client()
+    market = market_of(alice)
+    with alice.stream_private(timeout=STEP) as watch:
+        start = watch.recv()["seq"]
+        guard = alice.stream_private(timeout=STEP, cancel_on_disconnect=True).open()
+        assert "cancel_on_disconnect=true" in guard._url()
+        assert "cancel_on_disconnect" not in watch._url()
+        resting = alice.place_order(market.id, "YES", "BUY", "0.35", 4).order
+        guard.close()
+
+        received = read_until_type(watch, "heartbeat")
+        message = received[-1]
+        assert (message["event"], message["cancelled"], message["deadline"]) == ("disconnected", [resting.id], None)
+        cancels = [m for m in received if m["type"] == "order" and m["order"]["status"] == "cancelled"]
+        assert [m["order"]["cancel_reason"] for m in cancels] == ["disconnected"]
+        assert seqs(received) == list(range(start + 1, watch.last_seq + 1))
+        assert watch.orders == [] and watch.locked_balance == Decimal("0.00")
+    gone = alice.order(resting.id)
+    assert (gone.status, gone.cancel_reason) == ("cancelled", "disconnected")
+
+
+def test_the_private_stream_yields_the_heartbeat_message_when_the_switch_fires(make_client, market_of):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from trading.heartbeat import heartbeats_expire_due
+
+    alice = make_client()
+    market = market_of(alice)
+    armed = alice.heartbeat(60)
+    with alice.stream_private(timeout=STEP) as feed:
+        feed.recv()
+        resting = alice.place_order(market.id, "NO", "BUY", "0.25", 2).order
+        read_until_type(feed, "balance")  # the order's messages
+        assert [o.id for o in feed.orders] == [resting.id]
+        # The scheduler's pass, run here a minute ahead rather than waited for.
+        assert heartbeats_expire_due(now=timezone.now() + timedelta(seconds=61)) >= 1
+
+        message = read_until_type(feed, "heartbeat")[-1]
+        assert (message["event"], message["cancelled"]) == ("expired", [resting.id])
+        assert parse_datetime(message["deadline"]) == armed.deadline
+        assert feed.orders == []
+    assert alice.order(resting.id).cancel_reason == "heartbeat_expired"
+    assert not alice.heartbeat(0).armed

@@ -112,3 +112,59 @@ def test_an_mcp_client_lists_the_tools_and_trades_through_them():
             assert _error(refused)["code"] == "not_authenticated"
 
         asyncio.run(_session(server.url, None, anonymous))
+
+
+def test_the_mcp_tools_batch_preview_amend_cancel_and_beat():
+    with daphne_servers(1) as [server]:
+        alice = register_agent(server.url, "mcp-carol")
+        bob = register_agent(server.url, "mcp-dave")
+        market_id = create_market(server.url, bob["api_key"], "Will the MCP batch tools work?")["id"]
+
+        async def script(client):
+            tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+            schema = tools["place_orders"].input_schema
+            assert schema["properties"]["orders"]["type"] == "array"
+
+            order = {"market_id": market_id, "side": "YES", "action": "BUY", "price": "0.40", "size": 10}
+            preview = _payload(await client.call_tool("preview_order", order))
+            assert (preview["status"], preview["error"], preview["fills"]) == (201, None, [])
+            assert preview["reserve"] == {"credits": "4.00", "contracts": 0}
+            assert preview["order"]["id"] is None and preview["locked_balance"] == "4.00"
+
+            placed = _payload(
+                await client.call_tool(
+                    "place_orders",
+                    {
+                        "orders": [
+                            order,
+                            {**order, "price": "0.99", "size": 100000},
+                            {**order, "side": "NO", "price": "0.30", "size": 2, "client_order_id": "mcp-no"},
+                        ]
+                    },
+                )
+            )["orders"]
+            assert [entry["status"] for entry in placed] == [201, 400, 201]
+            assert placed[1]["error"]["code"] == "insufficient_balance" and placed[1]["order"] is None
+            assert placed[0]["order"]["client_order_id"] and placed[2]["order"]["client_order_id"] == "mcp-no"
+            yes_id, no_id = placed[0]["order"]["id"], placed[2]["order"]["id"]
+
+            amended = _payload(await client.call_tool("amend_order", {"order_id": yes_id, "price": "0.45"}))
+            assert amended["replaced"]["id"] == yes_id and amended["replaced"]["replaced_by"] == amended["order"]["id"]
+            in_place = _payload(await client.call_tool("amend_order", {"order_id": no_id, "size": 1}))
+            assert (in_place["order"]["id"], in_place["order"]["size"], in_place["replaced"]) == (no_id, 1, None)
+            refused = await client.call_tool("amend_order", {"order_id": yes_id, "size": 3})
+            assert _error(refused)["code"] == "order_not_amendable"
+
+            cancelled = _payload(
+                await client.call_tool("cancel_orders", {"order_ids": [amended["order"]["id"], no_id, yes_id]})
+            )["orders"]
+            assert [entry["status"] for entry in cancelled] == [200, 200, 409]
+            assert cancelled[2]["error"]["code"] == "order_not_cancellable"
+
+            beat = _payload(await client.call_tool("heartbeat", {"timeout_seconds": 60}))
+            assert (beat["armed"], beat["timeout_seconds"], beat["cancelled"]) == (True, 60, 0) and beat["deadline"]
+            assert _payload(await client.call_tool("heartbeat", {"timeout_seconds": 0}))["armed"] is False
+            wrong = await client.call_tool("heartbeat", {"timeout_seconds": 2})
+            assert _error(wrong)["code"] == "invalid_request"
+
+        asyncio.run(_session(server.url, alice["api_key"], script))
