@@ -12,7 +12,11 @@ ledgered operator adjustment).
 The team (strategies and their parameters are documented in :mod:`moltstreet_client.strategies`):
 
 - ``maker``: :class:`~moltstreet_client.strategies.MarketMaker` (``market_maker``), post-only quotes around the fair
-  value, skewed against its inventory (Avellaneda and Stoikov 2008).
+  value, skewed against its inventory (Avellaneda and Stoikov 2008). Each requote is one batch cancel and one batch
+  place (``POST /orders/batch-cancel/``, ``POST /orders/batch/``: the runner sends the built-ins' requotes so), and
+  its runner keeps the agent's dead-man's switch armed (``MAKER_HEARTBEAT`` seconds, a heartbeat every third of
+  that): if the desk dies or stalls, the server cancels its quotes (``heartbeat_expired``) instead of leaving them
+  in the book for anyone to pick off. A clean stop withdraws them, then disarms the switch.
 - ``noise``: :class:`~moltstreet_client.strategies.NoiseTrader` (``noise``), small random orders (Kyle 1985); its
   ``interval`` grows with the number of markets so each trader keeps about one turn every four seconds in all.
 - ``momentum``: :class:`~moltstreet_client.strategies.Momentum` (``momentum``), follows the last trades' trend.
@@ -58,6 +62,8 @@ DESCRIPTIONS = {
 NOISE_PACE = 4.0
 # Seconds between balance checks of the traders (the top-up).
 BALANCE_CHECK_EVERY = 60.0
+# Timeout of the house market maker's dead-man's switch (seconds, 5-300): its quotes outlive a dead desk this long.
+MAKER_HEARTBEAT = 30
 
 
 def house_params(
@@ -105,6 +111,8 @@ class Desk:
     ``BALANCE_CHECK_EVERY`` seconds for each trader (the command grants credits there, as an operator would, when
     its balance runs low). ``report(line)``: progress lines. Refusals of the exchange are counted by the runners,
     never fatal; a runner whose feed fails for good (the server went away) ends its cycle early.
+    ``maker_heartbeat``: the market makers' runners arm the agent's dead-man's switch with this timeout (seconds,
+    5-300; ``None``: off) for each cycle, and disarm it when they stop cleanly.
     """
 
     def __init__(
@@ -118,8 +126,10 @@ class Desk:
         top_up: Callable[[Trader], None] | None = None,
         report: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        maker_heartbeat: int | None = MAKER_HEARTBEAT,
     ) -> None:
         self.traders = traders
+        self.maker_heartbeat = maker_heartbeat
         self.market_count = markets
         self.seed = seed
         self.refresh = refresh
@@ -202,6 +212,7 @@ class Desk:
                 stop_event=cycle,
                 feeds=feeds,
                 report=self._reporter(trader.name),
+                heartbeat_seconds=self.maker_heartbeat if trader.kind == MAKER else None,
             )
             self.runners.append(runner)
             threads.append(threading.Thread(target=self._run, args=(trader, runner), name=trader.name, daemon=True))

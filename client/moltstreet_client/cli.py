@@ -7,7 +7,7 @@
         [--start 2026-01-01T00:00Z] [--end ...] [--cash 1000] [--param edge=0.04 ...]
         [--executions out.csv | out.json] [--json] [--upload --key <api key>]
     moltstreet-run my_bots:Leaner --url http://127.0.0.1:8000 --key <api key> --market <id> [--param k=v ...]
-        [--duration S] [--keep-orders]
+        [--duration S] [--keep-orders] [--heartbeat S]
 
 The strategy is ``module:Class`` (imported from the current directory or the Python path) or a built-in's name
 (``market_maker``, ``momentum``, ``reference_leaner``, ``noise``). ``--url`` and ``--key`` default to the environment's
@@ -129,6 +129,13 @@ def run_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--keep-orders", action="store_true", help="Leave the strategy's resting orders in the book when it stops."
     )
+    parser.add_argument(
+        "--heartbeat",
+        type=int,
+        metavar="SECONDS",
+        help="Arm the agent's dead-man's switch with this timeout (5-300) while it runs: if the runner dies or "
+        "stalls that long, the server cancels its resting orders (default: off).",
+    )
     return parser
 
 
@@ -225,10 +232,12 @@ def backtest_command(args: argparse.Namespace) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from moltstreet_client.runner import run_live
+    from moltstreet_client.runner import HEARTBEAT_MAX, HEARTBEAT_MIN, run_live
 
     if not args.key:
         raise CommandError("moltstreet-run needs the agent's API key: --key, or MOLTSTREET_API_KEY")
+    if args.heartbeat is not None and not HEARTBEAT_MIN <= args.heartbeat <= HEARTBEAT_MAX:
+        raise CommandError(f"--heartbeat must be from {HEARTBEAT_MIN} to {HEARTBEAT_MAX} seconds")
     strategy = _strategy(args.strategy, args.params)
     with Client(args.url, api_key=args.key) as client:
         agent = client.me()
@@ -244,6 +253,7 @@ def run_command(args: argparse.Namespace) -> int:
             duration=args.duration,
             cancel_on_exit=not args.keep_orders,
             report=lambda line: print(line, file=sys.stderr, flush=True),
+            heartbeat_seconds=args.heartbeat,
         )
     print(f"Stopped: {result.summary()}")
     if result.withdrawn is False:

@@ -23,6 +23,24 @@ their order are the backtest engine's (:mod:`moltstreet_client.backtest`):
   that got no answer (:class:`TransportError`, counted as ``transport_errors``). Any other exception is the
   strategy's bug: the runner stops (cleaning up as below) and re-raises it.
 
+Batches: :meth:`Context.place_orders` and :meth:`Context.cancel_orders` (which the built-ins' requotes use:
+:func:`~moltstreet_client.strategies.reconcile`) go to the exchange as ``POST /orders/batch/`` and
+``POST /orders/batch-cancel/``, 20 orders a request, instead of one request an order; each entry succeeds or fails
+on its own. The orders taken are booked as single ones; the first entry's refusal is raised out of the call once
+all are booked (so the hook stops there, and is counted, as with one order), the others are counted by the runner.
+A backtest places and cancels them one after the other (the same outcome as before batches existed).
+
+The dead-man's switch (``heartbeat_seconds``, ``moltstreet-run --heartbeat``): the runner arms it when it connects
+(``POST /agents/me/heartbeat/`` with the timeout, before reading the agent's orders), sends a heartbeat every third
+of the timeout from its loop, and disarms it (timeout 0) on the way out, after withdrawing its orders. A runner that
+dies or stalls longer than the timeout has its resting orders cancelled by the server (``cancel_reason``
+``heartbeat_expired``). A heartbeat that fails is reported and counted, and the next one arms the switch again. An
+order refused with ``heartbeat_expired`` (the loop stalled past the deadline), or the private feed's ``heartbeat``
+message saying the switch fired, makes the next heartbeat due at once (a late heartbeat fires the switch first, then
+arms it); once it is armed again, the orders the switch cancelled are booked so and :meth:`~Strategy.on_book` is
+called in each open market, so that a quoting strategy quotes again at once. If the orders could not be withdrawn
+on the way out (the server went away), the switch is left armed: the server cancels them at the deadline.
+
 What the context shows: the book, the last trades and the reference price from the market feed, in ``seq`` order;
 the agent's holding, resting orders and available cash from ``GET /positions/``, ``/orders/`` and
 ``/agents/me/`` at the start (and again whenever the private feed replaces the account with a ``snapshot``: after a
@@ -34,7 +52,8 @@ credits, adjusted at once for what the runner's own orders reserve and release u
 Stopping: :meth:`LiveRunner.stop` (thread-safe), SIGINT/SIGTERM (when run from the main thread), ``duration``, or a
 feed that cannot be recovered (its error is raised after the cleanup). Then ``on_end``, then, unless
 ``cancel_on_exit=False``, every resting order of the agent in the runner's markets is cancelled
-(``LiveResult.withdrawn``: whether that worked), and the feeds close. Reconnections are the streams' business.
+(``LiveResult.withdrawn``: whether that worked), the dead-man's switch is disarmed (unless the withdrawal failed),
+and the feeds close. Reconnections are the streams' business.
 
 Several runners in one process (the house traders: several agents in the same markets) can share the public feeds
 through one :class:`MarketFeeds`: one websocket a market instead of one a market and runner.
@@ -47,14 +66,15 @@ import queue
 import signal
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from moltstreet_client.errors import MoltStreetError, TransportError
+from moltstreet_client.errors import MoltStreetError, TransportError, error_class
 from moltstreet_client.strategy import (
     BUY,
     MAKER,
@@ -63,6 +83,7 @@ from moltstreet_client.strategy import (
     ONE,
     SELL,
     TAKER,
+    TIMES_IN_FORCE,
     YES,
     ZERO,
     Context,
@@ -71,6 +92,7 @@ from moltstreet_client.strategy import (
     OpenOrder,
     Print,
     Strategy,
+    parse_price,
     refusal,
 )
 from moltstreet_client.streams import StreamClosed
@@ -82,6 +104,10 @@ if TYPE_CHECKING:
 TERMINAL = ("filled", "cancelled", "expired")
 SEEN_FILLS = 100_000  # fill keys (and ended orders' ids) remembered to apply each once
 IDLE = 0.5  # seconds the loop waits for a message before checking stop, ticks and the clock
+MAX_BATCH = 20  # orders (or ids) one POST /orders/batch/ or /orders/batch-cancel/ carries at most
+HEARTBEAT_MIN, HEARTBEAT_MAX = 5, 300  # the timeouts the server arms the dead-man's switch with (seconds)
+HEARTBEAT_EXPIRED = "heartbeat_expired"
+NOT_RESTING = ("order_not_cancellable", "not_found")  # a cancel's refusals that just mean "no longer resting"
 
 
 def _decimal(value: Any) -> Decimal | None:
@@ -95,6 +121,36 @@ def _time(value: Any) -> datetime:
         parsed = datetime.fromisoformat(value)
         return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
     return datetime.now(UTC)
+
+
+def _order_problem(side: Any, action: Any, price: Any, size: Any, time_in_force: str) -> str | None:
+    """Why the exchange would refuse this order's fields (``invalid_request``), or ``None``."""
+    if side not in (YES, NO):
+        return f"side must be YES or NO, got {side!r}"
+    if action not in (BUY, SELL):
+        return f"action must be BUY or SELL, got {action!r}"
+    if time_in_force not in TIMES_IN_FORCE:
+        return f"time_in_force must be one of {', '.join(TIMES_IN_FORCE)}, got {time_in_force!r}"
+    if type(size) is not int or size < 1:
+        return f"size must be a whole number of contracts >= 1, got {size!r}"
+    try:
+        parse_price(price)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _entry_error(answer: Any) -> MoltStreetError:
+    """The refusal one entry of a batch got, as the SDK raises it for a single request."""
+    error = getattr(answer, "error", None)
+    if isinstance(error, MoltStreetError):
+        return error
+    status = getattr(answer, "status", None)
+    if isinstance(error, dict):
+        code = error.get("code") if isinstance(error.get("code"), str) else None
+        detail = error.get("detail") if isinstance(error.get("detail"), dict) else {}
+        return error_class(code, status)(str(error.get("message") or ""), code=code, detail=detail, status=status)
+    return error_class(None, status)(f"the batch entry failed (status {status})", status=status)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -195,8 +251,21 @@ class LiveContext(MarketContext):
     def _place(self, side, action, price, size, time_in_force, post_only, expires_at) -> OpenOrder:
         return self._runner.place(self._m, side, action, price, size, time_in_force, post_only, expires_at)
 
+    def place_orders(
+        self,
+        orders: Iterable[tuple[str, str, Decimal | str, int]],
+        *,
+        time_in_force: str = "GTC",
+        post_only: bool = False,
+        expires_at: datetime | None = None,
+    ) -> list[OpenOrder]:
+        return self._runner.place_orders(self._m, list(orders), time_in_force, post_only, expires_at)
+
     def cancel(self, order: OpenOrder | str) -> bool:
         return self._runner.cancel(self._m, order if isinstance(order, str) else order.id)
+
+    def cancel_orders(self, orders: Iterable[OpenOrder | str]) -> list[bool]:
+        return self._runner.cancel_orders(self._m, [order if isinstance(order, str) else order.id for order in orders])
 
     def cancel_all(self) -> int:
         return self._runner.cancel_all(self._m)
@@ -213,8 +282,9 @@ class LiveContext(MarketContext):
 @dataclass
 class LiveResult:
     """What a live run did: its ``executions`` (fills and nettings, as a backtest's), orders placed and cancelled,
-    forecasts stated, refusals by error code, requests without an answer, and whether its resting orders were
-    withdrawn at the end (``None`` when not asked: ``cancel_on_exit=False``)."""
+    forecasts stated, refusals by error code, requests without an answer, heartbeats the server took (with
+    ``heartbeat_seconds``), and whether its resting orders were withdrawn at the end (``None`` when not asked:
+    ``cancel_on_exit=False``)."""
 
     strategy: str
     markets: list[str]
@@ -226,6 +296,7 @@ class LiveResult:
     forecasts: int = 0
     refusals: dict[str, int] = field(default_factory=dict)
     transport_errors: int = 0
+    heartbeats: int = 0
     withdrawn: bool | None = None
 
     @property
@@ -258,7 +329,10 @@ class LiveResult:
 class LiveRunner:
     """One strategy trading ``markets`` through ``client`` (which holds the agent's API key). Use :func:`run_live`,
     or build one to :meth:`stop` it from another thread; :meth:`run` blocks until it stops. ``feeds``: a
-    :class:`MarketFeeds` to read the public feeds from, shared with other runners, instead of opening its own."""
+    :class:`MarketFeeds` to read the public feeds from, shared with other runners, instead of opening its own.
+    ``heartbeat_seconds`` (5-300, ``None``: off): arm the agent's dead-man's switch with that timeout and keep it
+    armed while the runner runs (see the module's doc). Raises ``ValueError`` for no market, a market listed twice,
+    a client without a key or another ``heartbeat_seconds``."""
 
     def __init__(
         self,
@@ -272,6 +346,7 @@ class LiveRunner:
         max_reconnects: int | None = 10,
         report: Callable[[str], None] | None = None,
         feeds: MarketFeeds | None = None,
+        heartbeat_seconds: int | None = None,
     ):
         ids = [str(getattr(m, "id", m)) for m in markets]
         if not ids:
@@ -280,12 +355,24 @@ class LiveRunner:
             raise ValueError("a market is listed twice")
         if not client.api_key:
             raise ValueError("run_live needs a client with an API key (it places orders and reads the private feed)")
+        if heartbeat_seconds is not None and (
+            type(heartbeat_seconds) is not int or not HEARTBEAT_MIN <= heartbeat_seconds <= HEARTBEAT_MAX
+        ):
+            raise ValueError(
+                f"heartbeat_seconds must be a whole number of seconds from {HEARTBEAT_MIN} to {HEARTBEAT_MAX} "
+                "(or None: no heartbeat)"
+            )
         self.strategy = strategy
         self.client = client
         self.markets = {market_id: _LiveMarket(market_id) for market_id in ids}
         for market in self.markets.values():
             market.ctx = LiveContext(self, market)
         self.cancel_on_exit = cancel_on_exit
+        self.heartbeat_seconds = heartbeat_seconds
+        self._next_beat: float | None = None  # when the next heartbeat is due (monotonic); None before the first
+        self._armed = False  # the last heartbeat armed the switch, and no expiry was seen since
+        self._resume = False  # the switch cancelled the strategy's orders: on_book once it is armed again
+        self._beat_at: datetime | None = None  # when the server took the last heartbeat (its deadline - timeout)
         self.feeds = feeds
         self.open_timeout = open_timeout
         self.max_reconnects = max_reconnects
@@ -328,6 +415,7 @@ class LiveRunner:
         try:
             self._connect()
             for market in self.markets.values():
+                self._heartbeat_if_due()
                 self._call(market, self.strategy.on_start)
             self._started = True
             self._loop(deadline)
@@ -358,6 +446,10 @@ class LiveRunner:
                 market.snapshot(first)
             if self.feeds is None:
                 self._read_in_thread(stream, "market", market.id)
+        if self.heartbeat_seconds:
+            # Armed before the state is read: a switch left expired by an earlier run fires now (its orders are
+            # cancelled), and the read below already shows it.
+            self._heartbeat(first=True)
         self._read_state()
         self._connected = True
 
@@ -413,8 +505,11 @@ class LiveRunner:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 break
+            self._heartbeat_if_due()
+            if self._resume and (self._armed or not self.heartbeat_seconds):
+                self._resume_quoting()
             wait = IDLE
-            for moment in (deadline, next_tick):
+            for moment in (deadline, next_tick, self._next_beat):
                 if moment is not None:
                     wait = min(wait, max(0.0, moment - now))
             try:
@@ -461,10 +556,93 @@ class LiveRunner:
         try:
             hook(*args)
         except MoltStreetError as exc:
-            self.result.refusals[exc.code] = self.result.refusals.get(exc.code, 0) + 1
+            self._refused(exc)
         except TransportError as exc:
             self.result.transport_errors += 1
             self.report(f"{self.strategy.label()}: no answer from the server ({exc})")
+
+    def _refused(self, exc: MoltStreetError) -> None:
+        """Count a refusal of the exchange; one for ``heartbeat_expired`` (the switch passed its deadline: the loop
+        stalled) also makes the next heartbeat due at once, so that the strategy's next attempt is taken."""
+        self.result.refusals[exc.code] = self.result.refusals.get(exc.code, 0) + 1
+        self._heartbeat_expired(exc)
+
+    def _heartbeat_expired(self, exc: MoltStreetError) -> None:
+        if exc.code == HEARTBEAT_EXPIRED and self.heartbeat_seconds:
+            self._next_beat = time.monotonic()
+            self._armed = False
+            self._resume = True
+
+    # The dead-man's switch -------------------------------------------------------------------------------------------
+
+    def _heartbeat_if_due(self) -> None:
+        if self._next_beat is not None and time.monotonic() >= self._next_beat:
+            self._heartbeat()
+
+    def _heartbeat(self, *, first: bool = False) -> None:
+        """``POST /agents/me/heartbeat/`` with ``heartbeat_seconds``: arms the switch (again) and moves its deadline;
+        the next one is due a third of the timeout later. A heartbeat that fails is reported and counted, and the
+        next one arms the switch again; only the first one's refusal, unless retryable, is raised (the server does
+        not take this timeout or this key: better not to trade unprotected)."""
+        timeout = self.heartbeat_seconds
+        assert timeout is not None
+        self._next_beat = time.monotonic() + timeout / 3
+        try:
+            beat = self.client.heartbeat(timeout)
+        except TransportError as exc:
+            self.result.transport_errors += 1
+            self.report(f"{self.strategy.label()}: the heartbeat got no answer ({exc}); the next one re-arms")
+            return
+        except MoltStreetError as exc:
+            if first and not exc.retryable:
+                self._next_beat = None  # never armed: nothing to disarm on the way out
+                raise
+            self.result.refusals[exc.code] = self.result.refusals.get(exc.code, 0) + 1
+            self.report(f"{self.strategy.label()}: the heartbeat was refused ({exc}); the next one re-arms")
+            return
+        self.result.heartbeats += 1
+        self._armed = True
+        if beat.deadline is not None and beat.timeout_seconds:
+            self._beat_at = beat.deadline - timedelta(seconds=beat.timeout_seconds)
+        if beat.cancelled and not first:  # at the start, the state read next shows it
+            # It came after the deadline: the switch fired first, cancelling every resting order of the agent.
+            self.report(
+                f"{self.strategy.label()}: the dead-man's switch had expired; {beat.cancelled} resting orders were "
+                "cancelled and the switch is armed again"
+            )
+            self._switch_fired(None)
+            self._resume = True
+
+    def _switch_fired(self, order_ids: set[str] | None) -> int:
+        """The switch cancelled the strategy's resting orders (``order_ids``, or all): book it as the exchange did
+        (their late ``order`` messages are then ignored). Returns how many were still resting here."""
+        booked = 0
+        for market in self.markets.values():
+            for order in market.resting():
+                if order_ids is None or order.id in order_ids:
+                    self._release(market, order)
+                    order.status, order.cancel_reason = "cancelled", HEARTBEAT_EXPIRED
+                    booked += 1
+            self._net(market)
+            self._prune(market)
+        return booked
+
+    def _resume_quoting(self) -> None:
+        """After the switch fired: :meth:`Strategy.on_book` in each open market (its orders left the book), so that
+        a strategy that quotes there places them again without waiting for the market to move."""
+        self._resume = False
+        for market in self.markets.values():
+            if market.status == "open" and not self._stop.is_set():
+                self._call(market, self.strategy.on_book)
+
+    def _disarm(self) -> None:
+        """``POST /agents/me/heartbeat/`` with 0: the switch is off (a clean stop)."""
+        try:
+            self.client.heartbeat(0)
+        except (MoltStreetError, TransportError) as exc:
+            self.report(
+                f"{self.strategy.label()}: could not disarm the dead-man's switch ({exc}); it fires at its deadline"
+            )
 
     # The public feed -------------------------------------------------------------------------------------------------
 
@@ -537,6 +715,21 @@ class LiveRunner:
             self._apply_private_batch()
             if message.get("available_balance") is not None:
                 self.cash = Decimal(str(message["available_balance"]))
+        elif kind == "heartbeat" and message.get("event") == "expired":
+            # The switch fired and is off now: book its cancellations, arm it again at once, then quote again. Unless
+            # a heartbeat the server took after that deadline re-armed it already (a late heartbeat fires it first).
+            cancelled = {str(order_id) for order_id in message.get("cancelled") or ()}
+            fired = _time(message["deadline"]) if message.get("deadline") else None
+            rearmed = self._beat_at is not None and fired is not None and self._beat_at > fired
+            if not rearmed:
+                self.report(
+                    f"{self.strategy.label()}: the dead-man's switch fired; {len(cancelled)} resting orders cancelled"
+                )
+                if self.heartbeat_seconds:
+                    self._next_beat = time.monotonic()
+                    self._armed = False
+            if self._switch_fired(cancelled) or not rearmed:
+                self._resume = True
 
     def _apply_private_batch(self) -> None:
         batch, self._private_batch, self._batch_since = self._private_batch, [], None
@@ -647,12 +840,18 @@ class LiveRunner:
             )
         except (ValueError, TypeError) as exc:  # refused by the SDK before sending: the server's code for it
             raise refusal("invalid_request", str(exc)) from None
-        order = answer.order
+        except MoltStreetError as exc:
+            self._heartbeat_expired(exc)
+            raise
+        return self._placed(market, answer.order, answer.trades)
+
+    def _placed(self, market: _LiveMarket, order: Order, trades: Iterable[Any]) -> OpenOrder:
+        """Book an order the exchange took (as its answer has it after matching) and its taking ``trades``."""
         self.result.orders += 1
         view = self._track(market, order)
         if order.action == BUY:
             self.cash -= order.price * order.size  # reserved until filled or released
-        for trade in answer.trades:
+        for trade in trades:
             own = trade.price if order.side == YES else ONE - trade.price
             if order.action == BUY:
                 self.cash += (order.price - own) * trade.size  # bought below the limit: the difference is released
@@ -681,6 +880,10 @@ class LiveRunner:
             if exc.code in ("order_not_cancellable", "not_found"):
                 return False
             raise
+        return self._cancelled(market, order_id, order)
+
+    def _cancelled(self, market: _LiveMarket, order_id: str, order: Order) -> bool:
+        """Book an order the exchange cancelled (``order``: as the answer has it)."""
         self.result.cancels += 1
         view = market.orders.get(order_id)
         if view is not None and view.is_resting:
@@ -689,6 +892,96 @@ class LiveRunner:
         self._net(market)
         self._prune(market)
         return True
+
+    def place_orders(
+        self,
+        market: _LiveMarket,
+        entries: list[tuple[str, str, Decimal | str, int]],
+        time_in_force: str,
+        post_only: bool,
+        expires_at: datetime | None,
+    ) -> list[OpenOrder]:
+        """``POST /orders/batch/`` of ``entries`` (``(side, action, price, size)``, all with the same options) in
+        ``market``, :data:`MAX_BATCH` a request: every entry is sent, each succeeds or fails on its own, and each
+        order taken is booked as :meth:`place` books one. Returns the orders taken, in the order given. Raises the
+        first entry's refusal once all are booked (the other refusals are counted here), or what a whole request
+        got (a :class:`TransportError`, a refusal of the batch itself) once the entries before it are booked."""
+        if market.status != "open":
+            raise refusal("market_closed", "The market is closed.", market=market.id)
+        placed: list[OpenOrder] = []
+        errors: list[tuple[int, MoltStreetError]] = []  # by the entry's index
+        bodies: list[tuple[int, dict[str, Any]]] = []
+        for index, (side, action, price, size) in enumerate(entries):
+            problem = _order_problem(side, action, price, size, time_in_force)
+            if problem is not None:  # what the SDK or the server would refuse anyway, not sent
+                errors.append((index, refusal("invalid_request", problem)))
+                continue
+            body: dict[str, Any] = {
+                "market": market.id,
+                "side": side,
+                "action": action,
+                "price": price,
+                "size": size,
+                "time_in_force": time_in_force,
+                "post_only": post_only,
+                "client_order_id": uuid.uuid4().hex,  # a retried request cannot place an order twice
+            }
+            if expires_at is not None:
+                body["expires_at"] = expires_at
+            bodies.append((index, body))
+        try:
+            for start in range(0, len(bodies), MAX_BATCH):
+                chunk = bodies[start : start + MAX_BATCH]
+                try:
+                    answers = self.client.place_orders([body for _index, body in chunk])
+                except (ValueError, TypeError) as exc:  # refused by the SDK before sending
+                    raise refusal("invalid_request", str(exc)) from None
+                for (index, _body), answer in zip(chunk, answers, strict=True):
+                    if answer.ok and answer.order is not None:
+                        placed.append(self._placed(market, answer.order, answer.trades or ()))
+                    else:
+                        errors.append((index, _entry_error(answer)))
+        except BaseException:
+            for _index, error in errors:
+                self._refused(error)
+            raise
+        self._raise_first([error for _index, error in sorted(errors, key=lambda item: item[0])])
+        return placed
+
+    def cancel_orders(self, market: _LiveMarket, order_ids: list[str]) -> list[bool]:
+        """``POST /orders/batch-cancel/`` of ``order_ids`` (:data:`MAX_BATCH` a request); for each, whether it was
+        cancelled (``False``: no longer resting, or not the agent's), in the order given. Raises as
+        :meth:`place_orders` does for a refusal other than those."""
+        done: list[bool] = []
+        errors: list[MoltStreetError] = []
+        try:
+            for start in range(0, len(order_ids), MAX_BATCH):
+                chunk = order_ids[start : start + MAX_BATCH]
+                answers = self.client.cancel_orders(chunk)
+                for order_id, answer in zip(chunk, answers, strict=True):
+                    if answer.ok and answer.order is not None:
+                        done.append(self._cancelled(market, order_id, answer.order))
+                        continue
+                    error = _entry_error(answer)
+                    if error.code not in NOT_RESTING:
+                        errors.append(error)
+                    done.append(False)
+        except BaseException:
+            for error in errors:
+                self._refused(error)
+            raise
+        self._raise_first(errors)
+        return done
+
+    def _raise_first(self, errors: list[MoltStreetError]) -> None:
+        """A batch's refusals, in the order of its entries: count all but the first, raise the first (a hook that
+        does not catch it stops there, and the runner counts it as a single order's refusal)."""
+        for error in errors:
+            self._heartbeat_expired(error)
+        if errors:
+            for error in errors[1:]:
+                self._refused(error)
+            raise errors[0]
 
     def cancel_all(self, market: _LiveMarket) -> int:
         """``POST /orders/cancel-all/`` for ``market``; how many were cancelled."""
@@ -789,6 +1082,12 @@ class LiveRunner:
         finally:
             if self.cancel_on_exit and self._connected:
                 self.result.withdrawn = self._withdraw()
+            if self._next_beat is not None:  # the switch was armed (or tried to be)
+                if self.result.withdrawn is False:
+                    # Left armed on purpose: the server cancels what could not be withdrawn at the deadline.
+                    self.report(f"{self.strategy.label()}: the dead-man's switch stays armed and fires at its deadline")
+                else:
+                    self._disarm()
             for stream in self._streams:
                 stream.close()
             if self.feeds is not None:
@@ -913,15 +1212,20 @@ def run_live(
     report: Callable[[str], None] | None = None,
     open_timeout: float = 15.0,
     max_reconnects: int | None = 10,
+    heartbeat_seconds: int | None = None,
 ) -> LiveResult:
     """Trade ``strategy`` live in ``markets`` (one id or :class:`Market`, or several) through ``client`` (with the
     agent's API key) until ``stop_event`` is set, SIGINT/SIGTERM arrives (``handle_signals``, in the main thread),
     or ``duration`` seconds pass; hooks as in the module's doc. On the way out the strategy's resting orders in
-    those markets are cancelled unless ``cancel_on_exit=False``. Returns the :class:`LiveResult`.
+    those markets are cancelled unless ``cancel_on_exit=False``. ``heartbeat_seconds`` (5-300 seconds; ``None``:
+    off) keeps the agent's dead-man's switch armed while it runs, so that a runner that dies or stalls has its
+    resting orders cancelled by the server that many seconds after its last heartbeat; a clean stop disarms it.
+    Returns the :class:`LiveResult`.
 
-    Raises ``ValueError`` for no market, a market listed twice or a client without a key; :class:`NotFound` for an
-    unknown market; :class:`InvalidApiKey` for a refused key; :class:`TransportError` when a feed cannot be
-    recovered after ``max_reconnects`` attempts; and whatever the strategy's own code raises (not a refusal)."""
+    Raises ``ValueError`` for no market, a market listed twice, a client without a key or another
+    ``heartbeat_seconds``; :class:`NotFound` for an unknown market; :class:`InvalidApiKey` for a refused key;
+    :class:`TransportError` when a feed cannot be recovered after ``max_reconnects`` attempts; the first
+    heartbeat's refusal (not a retryable one); and whatever the strategy's own code raises (not a refusal)."""
     if isinstance(markets, (str, bytes)) or hasattr(markets, "id"):
         markets = [markets]
     runner = LiveRunner(
@@ -933,6 +1237,7 @@ def run_live(
         open_timeout=open_timeout,
         max_reconnects=max_reconnects,
         report=report,
+        heartbeat_seconds=heartbeat_seconds,
     )
     previous: dict[int, Any] = {}
     if handle_signals and threading.current_thread() is threading.main_thread():

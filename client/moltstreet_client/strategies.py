@@ -78,16 +78,20 @@ def no_exposure(yes_price: Decimal, size: int, yes_shares: int) -> tuple[str, st
 def reconcile(ctx: Context, wanted: list[tuple[str, str, Decimal, int]], **options) -> None:
     """Make the strategy's resting orders in ``ctx``'s market the ``wanted`` ``(side, action, price, size)``: keep
     those already resting (same side, action and price), cancel the rest, place what is missing with ``options``
-    (``post_only``...)."""
+    (``post_only``...). The cancels go together (:meth:`Context.cancel_orders`), then the new orders
+    (:meth:`Context.place_orders`): live, one batch request each; in a backtest, one after the other."""
     missing = list(wanted)
+    stale = []
     for order in ctx.orders:
         match = next((w for w in missing if w[:3] == (order.side, order.action, order.price)), None)
         if match is not None:
             missing.remove(match)
         else:
-            ctx.cancel(order)
-    for side, action, price, size in missing:
-        ctx.place(side, action, price, size, **options)
+            stale.append(order)
+    if stale:
+        ctx.cancel_orders(stale)
+    if missing:
+        ctx.place_orders(missing, **options)
 
 
 def rests_at(ctx: Context, yes_queue: bool, yes_price: Decimal) -> bool:
@@ -107,7 +111,8 @@ class MarketMaker(Strategy):
     buys less). At ``max_inventory`` net contracts it quotes only the side that reduces them. A new quote never crosses
     the book (a bid goes below the best ask, an ask above the best bid), so post-only holds; a quote already resting
     where it wants it stays even when the book comes to cross it (in a backtest, the next print through it fills
-    it). It requotes whenever the book, a trade or a fill moves what it wants.
+    it). It requotes whenever the book, a trade or a fill moves what it wants: live, a requote is at most one batch
+    cancel of the quotes that moved and one batch place of the new ones (:func:`reconcile`).
     """
 
     name = "market_maker"

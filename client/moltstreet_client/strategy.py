@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -256,7 +256,9 @@ class Context(ABC):
     ``None``); the holding (``yes_shares``, ``no_shares``, ``inventory`` = YES - NO) and ``cash`` (available
     credits: balance less what resting BUY orders reserve); ``orders`` (its resting orders here).
 
-    Trade: :meth:`place` (and :meth:`buy`/:meth:`sell`), :meth:`cancel`, :meth:`cancel_all`, :meth:`forecast`.
+    Trade: :meth:`place` (and :meth:`buy`/:meth:`sell`), :meth:`cancel`, :meth:`cancel_all`, :meth:`forecast`;
+    several orders at once: :meth:`place_orders` and :meth:`cancel_orders` (live, one batch request for all; in a
+    backtest, one after the other, as :meth:`place` and :meth:`cancel` would).
     """
 
     market: str
@@ -384,9 +386,38 @@ class Context(ABC):
         validates as the exchange would (a backtest as the server does; live, the SDK and the server) and raises
         the exchange's refusals."""
 
+    def place_orders(
+        self,
+        orders: Iterable[tuple[str, str, Decimal | str, int]],
+        *,
+        time_in_force: str = "GTC",
+        post_only: bool = False,
+        expires_at: datetime | None = None,
+    ) -> list[OpenOrder]:
+        """Place several orders in this market, in the order given: each ``(side, action, price, size)`` as
+        :meth:`place` takes them (price on that side, credits; size contracts), all with the same options. Returns
+        the orders as matching left them, in the order given.
+
+        Here (and in a backtest) they are placed one after the other and the first refusal is raised at once: the
+        orders before it are placed, those after it are not. Live (:class:`~moltstreet_client.runner.LiveContext`)
+        they go in one ``POST /orders/batch/`` (20 a request), every one is sent, and the first refusal is raised
+        once all are applied (the runner counts the others)."""
+        return [
+            self.place(
+                side, action, price, size, time_in_force=time_in_force, post_only=post_only, expires_at=expires_at
+            )
+            for side, action, price, size in orders
+        ]
+
     @abstractmethod
     def cancel(self, order: OpenOrder | str) -> bool:
         """Cancel a resting order (``DELETE /orders/{id}/``); ``False`` when it was no longer resting."""
+
+    def cancel_orders(self, orders: Iterable[OpenOrder | str]) -> list[bool]:
+        """Cancel several resting orders (or ids), in the order given; for each, ``False`` when it was no longer
+        resting. Here (and in a backtest) one :meth:`cancel` after the other; live, one
+        ``POST /orders/batch-cancel/`` (20 a request)."""
+        return [self.cancel(order) for order in orders]
 
     @abstractmethod
     def cancel_all(self) -> int:

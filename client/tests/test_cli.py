@@ -194,13 +194,19 @@ def test_moltstreet_backtest_explains_what_is_wrong(make_client, market_of, base
     assert usage.returncode == 2 and "--market" in usage.stderr
     assert "--upload" in cli("moltstreet-backtest", "--help", cwd=workdir).stdout
     assert "--keep-orders" in cli("moltstreet-run", "--help", cwd=workdir).stdout
+    run_args = ["my_bots:TakeTheAsk", *args, "--key", "k", "--heartbeat", "3"]
+    refused = cli("moltstreet-run", *run_args, cwd=workdir, check=False)
+    assert refused.returncode == 1 and "--heartbeat must be from 5 to 300 seconds" in refused.stderr, refused.stderr
 
 
 def test_moltstreet_run_trades_live_until_interrupted(make_client, market_of, base_url, workdir):
+    from agents.models import Agent
+
     trader = make_client()
     market = market_of(make_client())
+    agent = Agent.objects.get(name=trader.me().name)
     process = subprocess.Popen(  # noqa: S603  (the installed console script)
-        [str(BIN / "moltstreet-run"), "my_bots:Quoter", "--url", base_url, "--market", market.id],
+        [str(BIN / "moltstreet-run"), "my_bots:Quoter", "--url", base_url, "--market", market.id, "--heartbeat", "30"],
         cwd=workdir,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -214,6 +220,8 @@ def test_moltstreet_run_trades_live_until_interrupted(make_client, market_of, ba
             time.sleep(0.2)
         [order] = trader.orders(market=market.id, status="resting")
         assert (order.side, order.action, order.price, order.size) == ("YES", "BUY", D("0.20"), 2)
+        agent.refresh_from_db()
+        assert agent.heartbeat_timeout == 30 and agent.heartbeat_deadline is not None, "--heartbeat armed the switch"
         process.send_signal(signal.SIGINT)
         stdout, stderr = process.communicate(timeout=30)
     finally:
@@ -222,3 +230,5 @@ def test_moltstreet_run_trades_live_until_interrupted(make_client, market_of, ba
     assert process.returncode == 0, (stdout, stderr)
     assert "Running Quoter as" in stdout and "Stopped: 1 orders" in stdout, stdout
     assert list(trader.orders(market=market.id, status="resting")) == [], "withdrawn on Ctrl-C"
+    agent.refresh_from_db()
+    assert (agent.heartbeat_timeout, agent.heartbeat_deadline) == (None, None), "then the switch disarmed"

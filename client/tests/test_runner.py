@@ -1,9 +1,10 @@
 """The live runner against a live server: a strategy places and cancels through its context, its fills reach
-``on_fill`` (taking at once, resting from the private feed), refusals are counted as in a backtest, and stopping
-withdraws what rests."""
+``on_fill`` (taking at once, resting from the private feed), refusals are counted as in a backtest, several orders
+go in batch requests, the dead-man's switch is kept armed while it runs, and stopping withdraws what rests."""
 
 from __future__ import annotations
 
+import json
 import threading
 from decimal import Decimal
 
@@ -11,7 +12,9 @@ import pytest
 from moltstreet_client import (
     Execution,
     InsufficientBalance,
+    InvalidRequest,
     LiveRunner,
+    MoltStreetError,
     NotFound,
     Strategy,
     run_live,
@@ -76,6 +79,29 @@ class Recorder(Strategy):
     def on_end(self, ctx):
         self.calls.append("end")
         self.ended_with = {"yes": ctx.yes_shares, "orders": len(ctx.orders)}
+
+
+def _record_requests(client) -> list[tuple[str, str, dict | None]]:
+    """Every request ``client`` sends from now on, as ``(method, path, JSON body or None)``."""
+    sent: list[tuple[str, str, dict | None]] = []
+
+    def record(request):
+        body = json.loads(request.content) if request.content else None
+        sent.append((request.method, request.url.path, body))
+
+    client._http.event_hooks = {"request": [record], "response": []}
+    return sent
+
+
+def _routes(sent) -> list[str]:
+    """The requests as ``METHOD /path/``, order ids replaced by ``{id}``."""
+    routes = []
+    for method, path, _body in sent:
+        parts = path.rstrip("/").split("/")
+        if len(parts) == 5 and parts[3] == "orders" and len(parts[4]) == 36:
+            parts[4] = "{id}"
+        routes.append(f"{method} {'/'.join(parts)}/")
+    return routes
 
 
 def _run_in_thread(runner: LiveRunner, **options):
@@ -188,7 +214,8 @@ def test_the_built_in_market_maker_quotes_live_and_withdraws_on_stop(make_client
     other.place_order(market.id, "NO", "BUY", "0.50", 1)  # a trade at 0.50: the fair value
 
     strategy = MarketMaker(half_spread="0.03", size=4)
-    runner = LiveRunner(strategy, maker, [market.id])
+    sent = _record_requests(maker)
+    runner = LiveRunner(strategy, maker, [market.id], heartbeat_seconds=5)
     thread, box = _run_in_thread(runner)
     quotes = []
     for _ in range(100):
@@ -208,6 +235,81 @@ def test_the_built_in_market_maker_quotes_live_and_withdraws_on_stop(make_client
     assert "error" not in box, box
     assert ("YES", "SELL") in {(s, a) for s, a, _ in quotes}, "long YES, it offers what it holds"
     assert box["result"].withdrawn and list(maker.orders(market=market.id, status="resting")) == []
+
+    # Its quotes went in batches: one request for the new quotes of a requote, one for the quotes it withdrew.
+    routes = _routes(sent)
+    assert "POST /api/v1/orders/" not in routes and "DELETE /api/v1/orders/{id}/" not in routes, routes
+    batches = [body["orders"] for method, path, body in sent if path == "/api/v1/orders/batch/"]
+    assert [len(orders) for orders in batches[:1]] == [2], "both first quotes in one request"
+    assert all(order["post_only"] for orders in batches for order in orders)
+    assert routes.count("POST /api/v1/orders/batch-cancel/") >= 1, "the requote after the fill moved a quote"
+    # The switch: armed before anything was placed, disarmed after the quotes were withdrawn, on the way out.
+    beats = [body["timeout_seconds"] for method, path, body in sent if path == "/api/v1/agents/me/heartbeat/"]
+    assert beats[0] == 5 and beats[-1] == 0 and set(beats[:-1]) == {5}, beats
+    writes = [route for route in routes if not route.startswith("GET ")]  # the test reads with this client too
+    assert writes.index("POST /api/v1/agents/me/heartbeat/") < writes.index("POST /api/v1/orders/batch/")
+    assert writes[-2:] == ["POST /api/v1/orders/cancel-all/", "POST /api/v1/agents/me/heartbeat/"], writes
+    assert box["result"].heartbeats == len(beats) - 1
+
+
+class Batcher(Strategy):
+    """On start: places 23 bids in one call (one with a bad price, one beyond its cash), cancels the 21 that rest in
+    one call (one id twice), then tries a batch that is refused whole, out of the hook."""
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self.done = threading.Event()
+
+    def on_start(self, ctx):
+        wanted = [("YES", "BUY", D(n) / 100, 1) for n in range(1, 24)]
+        wanted[5] = ("YES", "BUY", "0.555", 1)  # off the tick: refused without being sent
+        wanted[21] = ("YES", "BUY", "0.22", 100_000)  # beyond its cash: refused by the exchange
+        try:
+            ctx.place_orders(wanted, post_only=True)
+        except MoltStreetError as exc:
+            self.raised = exc
+        self.resting = [(o.price, o.size) for o in ctx.orders]
+        ids = [o.id for o in ctx.orders]
+        self.cancelled = ctx.cancel_orders([*ids, ids[0]])
+        self.left = list(ctx.orders)
+        self.done.set()
+        ctx.place_orders([("YES", "BUY", "0.50", 50_000)])  # refused, out of the hook: counted by the runner
+
+
+def test_several_orders_go_in_batches_of_twenty_and_each_refusal_is_handled_on_its_own(make_client, market_of):
+    alice = make_client()
+    market = market_of(alice)
+    strategy = Batcher()
+    sent = _record_requests(alice)
+    runner = LiveRunner(strategy, alice, [market.id])
+    thread, box = _run_in_thread(runner)
+    assert strategy.done.wait(STEP), box
+    runner.stop()
+    thread.join(STEP)
+    assert "error" not in box, box
+    result = box["result"]
+
+    placed = [(D(n) / 100, 1) for n in range(1, 24) if n not in (6, 22)]
+    assert strategy.resting == placed, "every entry but the two refused, in the order given"
+    assert isinstance(strategy.raised, InvalidRequest), "the first refusal in the order given is raised"
+    assert strategy.cancelled == [True] * 21 + [False] and strategy.left == []
+    batches = [len(body["orders"]) for method, path, body in sent if path == "/api/v1/orders/batch/"]
+    assert batches == [20, 2, 1], "22 sent (the bad price was not), 20 a request"
+    cancels = [len(body["ids"]) for method, path, body in sent if path == "/api/v1/orders/batch-cancel/"]
+    assert cancels == [20, 2]
+    assert "POST /api/v1/orders/" not in _routes(sent)
+    # The refusal it caught is its own business; the one in the batch and the one out of the hook are counted.
+    assert result.refusals == {"insufficient_balance": 2}
+    assert (result.orders, result.cancels) == (21, 21)
+    assert result.heartbeats == 0 and "/api/v1/agents/me/heartbeat/" not in {path for _m, path, _b in sent}
+    assert result.withdrawn is True and list(alice.orders(market=market.id, status="resting")) == []
+    assert alice.me().available_balance == alice.me().balance
+
+
+def test_a_heartbeat_outside_the_servers_range_is_refused_before_anything_runs(make_client):
+    for seconds in (0, 4, 301, 30.0, True):
+        with pytest.raises(ValueError, match="heartbeat_seconds"):
+            LiveRunner(Recorder(), make_client(), ["m"], heartbeat_seconds=seconds)
 
 
 def test_an_unknown_market_is_refused_before_anything_runs(make_client):

@@ -1,10 +1,12 @@
 """``python manage.py run_traders [--url URL] [--makers N] [--noise N] [--momentum N] [--leaners N] [--markets N]
-[--refresh S] [--noise-pace S] [--duration S]``.
+[--refresh S] [--noise-pace S] [--maker-heartbeat S] [--duration S]``.
 
 Runs MoltStreet's house traders (trading/traders.py: the SDK's built-in strategies, run live by the SDK's runner like
 any agent's ``moltstreet-run``) against a running server. ``make run`` starts it next to the server (``make run
 TRADERS=0`` does not). Stops cleanly on SIGINT/SIGTERM: every house trader cancels its resting orders (directly
-through the service when the server stopped at the same moment), then a summary is printed.
+through the service when the server stopped at the same moment), then a summary is printed. The market maker
+requotes with batch requests and keeps its dead-man's switch armed (``--maker-heartbeat``, 30 s): if this process
+dies without that cleanup (SIGKILL, a crash, a hang), the server cancels its quotes when the switch expires.
 
 Server side it does only what an operator does in the admin: the house agents register over the API like anyone,
 then are marked ``is_house`` (shown on the pages); on a later start each gets a fresh API key (its older keys are
@@ -31,6 +33,7 @@ from moltstreet_client import Client, MoltStreetError, TransportError
 from agents.models import Agent, ApiKey
 from agents.services import agent_grant_credits, agent_mark_house, api_key_create, api_key_revoke
 from trading import traders
+from trading.heartbeat import TIMEOUT_MAX, TIMEOUT_MIN, heartbeat_arm
 from trading.orders import order_cancel_all
 
 # Available credits below which a house trader is topped up.
@@ -84,6 +87,13 @@ class Command(BaseCommand):
             default=traders.NOISE_PACE,
             help="Seconds between one noise trader's orders, across its markets (default %(default)s).",
         )
+        parser.add_argument(
+            "--maker-heartbeat",
+            type=int,
+            default=traders.MAKER_HEARTBEAT,
+            help="Timeout in seconds (5-300) of the market makers' dead-man's switch: their quotes are cancelled by "
+            "the server if this process stops heartbeating that long; 0 turns it off (default %(default)s).",
+        )
         parser.add_argument("--duration", type=float, default=None, help="Stop after this many seconds.")
         parser.add_argument("--seed", type=int, default=None, help="Seed of the strategies' random choices.")
         parser.add_argument("--wait", type=float, default=60.0, help="Seconds to wait for the server to answer.")
@@ -112,6 +122,9 @@ class Command(BaseCommand):
             raise CommandError("--markets must be at least 1.")
         if options["refresh"] <= 0 or options["noise_pace"] <= 0:
             raise CommandError("--refresh and --noise-pace must be positive.")
+        heartbeat = options["maker_heartbeat"]
+        if heartbeat != 0 and not TIMEOUT_MIN <= heartbeat <= TIMEOUT_MAX:
+            raise CommandError(f"--maker-heartbeat must be 0 (off) or from {TIMEOUT_MIN} to {TIMEOUT_MAX} seconds.")
         wait_for_server(url, options["wait"])
         team = [self._trader(url, kind, number) for kind, count in counts.items() for number in range(1, count + 1)]
         amount = options["top_up"]
@@ -139,6 +152,7 @@ class Command(BaseCommand):
             noise_pace=options["noise_pace"],
             top_up=top_up if amount > 0 else None,
             report=lambda line: self.stdout.write(line),
+            maker_heartbeat=heartbeat or None,
         )
         names = ", ".join(t.name for t in team)
         self.stdout.write(f"House traders at {url}: {names}. Ctrl-C stops them.")
@@ -151,7 +165,10 @@ class Command(BaseCommand):
         for trader in desk.unwithdrawn():
             # The server went away with us (Ctrl-C under `make run` stops both): cancel through the service,
             # as an operator would, so no house order outlives its trader.
-            cancelled = order_cancel_all(agent=Agent.objects.get(name=trader.name))
+            agent = Agent.objects.get(name=trader.name)
+            cancelled = order_cancel_all(agent=agent)
+            if agent.heartbeat_deadline is not None:
+                heartbeat_arm(agent=agent, timeout_seconds=0)  # its runner could not disarm the switch either
             self.stdout.write(f"{trader.name}: {len(cancelled)} resting orders cancelled directly")
         self.stdout.write(f"Stopped; resting orders cancelled. {desk.summary(time.monotonic() - started)}")
 
