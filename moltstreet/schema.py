@@ -22,7 +22,7 @@ does not declare (``moltstreet.strict``).
 
 It also states what the generated schema gets wrong or leaves out: request fields the serializers accept more loosely
 than the services (prices on the tick, probabilities in [0, 1], agent names) and OpenAPI links from each created resource to the operations that use it (``POST /orders/`` to
-``GET``/``DELETE /orders/{id}/``, ...), which also drive the stateful fuzz test (moltstreet/tests/test_fuzz.py).
+``GET``/``PATCH``/``DELETE /orders/{id}/``, ...), which also drive the stateful fuzz test (moltstreet/tests/test_fuzz.py).
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ ERRORS: dict[str, tuple[str, dict[str, Any]]] = {
     "406": ("`not_acceptable`: the `Accept` header rules out `application/json`.", {}),
     "409": (
         "State conflict: `market_closed`, "
-        "`market_already_resolved`, `order_not_cancellable`, `post_only_would_cross`, `client_order_id_conflict`, "
+        "`market_already_resolved`, `order_not_cancellable`, `order_not_amendable`, `post_only_would_cross`, "
+        "`client_order_id_conflict`, `heartbeat_expired`, "
         "`open_order_limit`, `position_limit`, `reserved_limit`, `name_taken`, `last_api_key`, `upload_conflict`.",
         {},
     ),
@@ -92,12 +93,23 @@ PROBABILITY = {
     "pattern": r"^(0?\.[0-9]{1,4}|0\.?|1\.?|1\.0{1,4})$",
     "example": "0.62",
 }
+FORECAST = {**PROBABILITY, "nullable": True, "description": "Your probability of YES, 0-1."}
 REQUEST_FIELDS: dict[tuple[str, str], dict[str, Any]] = {
+    # An order as POST /orders/ takes it (with dry_run), and as each order of POST /orders/batch/ is.
+    ("OrderRequestRequest", "price"): PRICE,
+    ("OrderRequestRequest", "forecast"): FORECAST,
     ("OrderInputRequest", "price"): PRICE,
-    ("OrderInputRequest", "forecast"): {
-        **PROBABILITY,
-        "nullable": True,
-        "description": "Your probability of YES, 0-1.",
+    ("OrderInputRequest", "forecast"): FORECAST,
+    ("PatchedAmendInputRequest", "price"): {
+        **PRICE,
+        "description": "New limit price on the order's own side, 0.01-0.99 on the 0.01 tick. A change loses queue "
+        "priority.",
+    },
+    # 0 disarms; 1-4 are refused (trading.heartbeat.parse_timeout).
+    ("HeartbeatInputRequest", "timeout_seconds"): {
+        "type": "integer",
+        "anyOf": [{"enum": [0]}, {"minimum": 5, "maximum": 300}],
+        "description": "5-300 seconds until your resting orders are cancelled; 0 disarms.",
     },
     ("ForecastInputRequest", "probability"): {**PROBABILITY, "description": "Stated probability of YES, 0-1."},
     ("AgentRegistrationRequest", "name"): {
@@ -149,6 +161,7 @@ def _order_links(order_id: str) -> dict[str, Any]:
     return {
         "GetOrder": _link("v1_orders_retrieve", "The order.", {"id": order_id}),
         "CancelOrder": _link("v1_orders_destroy", "Cancel the order.", {"id": order_id}),
+        "AmendOrder": _link("v1_orders_partial_update", "Amend the order's price or size.", {"id": order_id}),
     }
 
 

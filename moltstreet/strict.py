@@ -1,6 +1,6 @@
 """Nothing an agent sends is silently ignored: an unknown query parameter or body field is a 400 that names it.
 
-An agent that misspells a filter (``?market_id=`` for ``?market=``) or a field (``"dry_run": true``) must learn so at
+An agent that misspells a filter (``?market_id=`` for ``?market=``) or a field (``"postonly": true``) must learn so at
 once, not act on a list that was never filtered or an order it thought was a test. Two mechanisms, one message:
 
 - **Query parameters** (:class:`StrictQueryMixin`, the base of every viewset of the agent API): an operation takes

@@ -370,6 +370,14 @@ class PreviewPositionSerializer(serializers.Serializer):
     realized_pnl = Money()
 
 
+class PreviewOrderSerializer(OrderSerializer):
+    """An order as a preview shows it: not stored, so without ``id`` and times (a repeat shows the stored one)."""
+
+    id = serializers.UUIDField(read_only=True, allow_null=True)
+    created_at = serializers.DateTimeField(read_only=True, allow_null=True)
+    updated_at = serializers.DateTimeField(read_only=True, allow_null=True)
+
+
 class PreviewSerializer(serializers.Serializer):
     """What an order would do now (``dry_run``), changing nothing."""
 
@@ -378,7 +386,7 @@ class PreviewSerializer(serializers.Serializer):
         help_text="The status the order would get: 201 placed, 200 a repeat of its `client_order_id`, or the error's."
     )
     error = ErrorBody(allow_null=True, help_text="The error it would get, or null.")
-    order = OrderSerializer(
+    order = PreviewOrderSerializer(
         allow_null=True,
         help_text="The order as it would stand after matching (`id`, `created_at`, `updated_at` null: not created; "
         "a repeat shows the stored original).",

@@ -322,7 +322,7 @@ ORDER_FIELDS: tuple[str, ...] = tuple(inspect.signature(parse_order).parameters)
 
 def check_order_fields(names: Iterable[str], *, besides: Iterable[str] = ()) -> None:
     """Refuse an order request with a field that is not an order's (:data:`ORDER_FIELDS`, or one of ``besides``,
-    such as the API's ``market``): a misspelt or made-up field (``"dry_run": true``) is never ignored.
+    such as the API's ``market``): a misspelt or made-up field (``"postonly": true``) is never ignored.
 
     Raises :class:`InvalidRequest` (``invalid_request``, ``detail`` naming each unknown field with the known ones).
     """

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 
 import pytest
 from django.contrib import admin
@@ -109,6 +110,49 @@ def check_cancel_all(world, mallory, audit_clean):
     cancelled = mallory.post(f"{API}/orders/cancel-all/", {"market": str(world["market"].id)}).json()
     assert world["order"] not in json.dumps(cancelled)
     assert Order.objects.get(id=world["order"]).status == Order.Status.OPEN
+
+
+def check_amend_order(world, mallory, audit_clean):
+    # Neither in place (a smaller size) nor by replacement (a new price): alice's order is not mallory's to amend.
+    with unchanged(audit_clean):
+        for body in ({"size": 1}, {"price": "0.25"}):
+            assert_error(mallory.patch(f"{API}/orders/{world['order']}/", body), 404, "not_found")
+    assert Order.objects.values_list("size", "price", "replaced_by").get(id=world["order"]) == (
+        2,
+        Decimal("0.20"),
+        None,
+    )
+
+
+def check_batch_cancel(world, mallory, audit_clean):
+    with unchanged(audit_clean):
+        [entry] = mallory.post(f"{API}/orders/batch-cancel/", {"ids": [world["order"]]}).json()["orders"]
+    assert (entry["status"], entry["order"], entry["error"]["code"]) == (404, None, "not_found")
+    assert Order.objects.get(id=world["order"]).status == Order.Status.OPEN
+
+
+def check_batch_place(world, mallory, audit_clean):
+    # Every order of a batch is the caller's: an entry naming another agent is refused (and only that entry), and
+    # alice's client_order_id is no key to her order.
+    body = {"market": str(world["market"].id), "side": "NO", "action": "BUY", "price": "0.05", "size": 1}
+    naming = {**body, "agent": str(world["alice"].id)}
+    answer = mallory.post(f"{API}/orders/batch/", {"orders": [naming, {**body, "client_order_id": "alice-1"}]})
+    refused, placed = answer.json()["orders"]
+    assert (refused["status"], refused["order"], set(refused["error"]["detail"])) == (400, None, {"agent"})
+    assert placed["status"] == 201, placed
+    assert Order.objects.get(id=placed["order"]["id"]).agent.name == "mallory"
+    assert placed["order"]["id"] != world["order"]
+
+
+def check_heartbeat(world, mallory, audit_clean):
+    # A heartbeat arms the caller's own switch; a body naming another agent is refused.
+    with unchanged(audit_clean):
+        _refuses_naming_another_agent(
+            mallory.post(f"{API}/agents/me/heartbeat/", {"timeout_seconds": 5, "agent": "alice"}), "agent"
+        )
+    assert mallory.post(f"{API}/agents/me/heartbeat/", {"timeout_seconds": 5}).json()["armed"] is True
+    deadlines = dict(Agent.objects.filter(name__in=["alice", "mallory"]).values_list("name", "heartbeat_deadline"))
+    assert deadlines["alice"] is None and deadlines["mallory"] is not None
 
 
 def _refuses_naming_another_agent(response, field: str) -> None:
@@ -218,6 +262,10 @@ CHECKS = {
     ("GET", "/orders/{order}/"): check_read_order,
     ("DELETE", "/orders/{order}/"): check_cancel_order,
     ("POST", "/orders/cancel-all/"): check_cancel_all,
+    ("PATCH", "/orders/{order}/"): check_amend_order,
+    ("POST", "/orders/batch/"): check_batch_place,
+    ("POST", "/orders/batch-cancel/"): check_batch_cancel,
+    ("POST", "/agents/me/heartbeat/"): check_heartbeat,
     ("GET", "/positions/"): _own_list("/positions/"),
     ("GET", "/trades/"): _own_list("/trades/"),
     ("GET", "/ledger/"): _own_list("/ledger/"),

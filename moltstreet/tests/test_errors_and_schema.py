@@ -35,6 +35,7 @@ ROUTES = [
     ("POST", "/agents/", "anyone"),
     ("GET", "/agents/", "anyone"),
     ("GET", "/agents/me/", "agent"),
+    ("POST", "/agents/me/heartbeat/", "agent"),
     ("GET", "/agents/me/keys/", "agent"),
     ("POST", "/agents/me/keys/", "agent"),
     ("DELETE", "/agents/me/keys/{key}/", "agent"),
@@ -53,8 +54,11 @@ ROUTES = [
     ("POST", "/orders/", "agent"),
     ("GET", "/orders/", "agent"),
     ("GET", "/orders/{order}/", "agent"),
+    ("PATCH", "/orders/{order}/", "agent"),
     ("DELETE", "/orders/{order}/", "agent"),
     ("POST", "/orders/cancel-all/", "agent"),
+    ("POST", "/orders/batch/", "agent"),
+    ("POST", "/orders/batch-cancel/", "agent"),
     ("GET", "/positions/", "agent"),
     ("GET", "/trades/", "agent"),
     ("GET", "/ledger/", "agent"),
@@ -67,9 +71,11 @@ ROUTES = [
 ]
 ROUTE_IDS = [f"{method} {path}" for method, path, _ in ROUTES]
 
-# A valid body per POST route, so that the error a test provokes is the one it means to.
+# A valid body per POST route (and per "METHOD path" where methods of one path take different bodies), so that the
+# error a test provokes is the one it means to.
 VALID_BODIES = {
     "/agents/": lambda ctx: {"name": "newcomer"},
+    "/agents/me/heartbeat/": lambda ctx: {"timeout_seconds": 30},
     "/agents/me/keys/": lambda ctx: {"revoke_current": True},
     "/markets/": lambda ctx: {"question": "Will it work?", "deadline": "2030-01-01T00:00:00Z"},
     "/markets/{market}/resolve/": lambda ctx: {"outcome": "YES"},
@@ -77,6 +83,11 @@ VALID_BODIES = {
     "/markets/{market}/forecast/": lambda ctx: {"probability": "0.5"},
     "/orders/": lambda ctx: {"market": ctx["market"], "side": "YES", "action": "BUY", "price": "0.50", "size": 1},
     "/orders/cancel-all/": lambda ctx: {},
+    "PATCH /orders/{order}/": lambda ctx: {"size": 4},
+    "/orders/batch/": lambda ctx: {
+        "orders": [{"market": ctx["market"], "side": "YES", "action": "BUY", "price": "0.50", "size": 1}]
+    },
+    "/orders/batch-cancel/": lambda ctx: {"ids": [ctx["order"]]},
     "/backtests/": lambda ctx: {"strategy": "market_maker", "markets": [ctx["market"]]},
     "/backtests/{backtest}/executions/": lambda ctx: {
         "offset": 0,
@@ -94,6 +105,12 @@ VALID_BODIES = {
         ],
     },
 }
+
+
+def _body(method: str, path: str, ctx: dict) -> dict | None:
+    """The valid body of ``method`` ``path`` (:data:`VALID_BODIES`), or ``None``."""
+    make = VALID_BODIES.get(f"{method} {path}") or VALID_BODIES.get(path)
+    return make(ctx) if make is not None else None
 
 
 def _shape(path: str) -> str:
@@ -157,7 +174,7 @@ def test_the_route_table_lists_every_endpoint_of_the_api():
 @pytest.mark.parametrize(("method", "path", "who"), ROUTES, ids=ROUTE_IDS)
 def test_every_route_refuses_a_wrong_key(method, path, who, ctx, audit_clean):
     url = _url(path, **ctx)
-    body = VALID_BODIES[path](ctx) if path in VALID_BODIES else None
+    body = _body(method, path, ctx)
     with unchanged(audit_clean):
         assert_error(_call(api_client(key="ms_" + "0" * 43), method, url, body), 401, "invalid_api_key")
         assert_error(_call(api_client(authorization="Token abc"), method, url, body), 401, "invalid_api_key")
@@ -165,7 +182,7 @@ def test_every_route_refuses_a_wrong_key(method, path, who, ctx, audit_clean):
 
 @pytest.mark.parametrize(("method", "path", "who"), [r for r in ROUTES if r[2] != "anyone"], ids=str)
 def test_every_agent_route_asks_for_a_key(method, path, who, ctx, audit_clean):
-    body = VALID_BODIES[path](ctx) if path in VALID_BODIES else None
+    body = _body(method, path, ctx)
     with unchanged(audit_clean):
         response = _call(api_client(), method, _url(path, **ctx), body)
         assert_error(response, 401, "not_authenticated")
@@ -177,7 +194,7 @@ def test_every_agent_route_asks_for_a_key(method, path, who, ctx, audit_clean):
 def test_every_route_with_an_id_answers_404_for_an_unknown_one(method, path, who, missing, ctx, audit_clean):
     values = {**ctx, "market": missing, "order": missing, "key": missing, "backtest": missing}
     values["name"] = "no-such-agent-" + missing
-    body = VALID_BODIES[path](ctx) if path in VALID_BODIES else None
+    body = _body(method, path, ctx)
     with unchanged(audit_clean):
         error = assert_error(_call(api_client(ctx["agent"]), method, _url(path, **values), body), 404, "not_found")
     # The refusal names what is missing (``No market with id 0000....``), in the message and in ``detail``.
@@ -243,7 +260,7 @@ def test_every_viewset_of_the_api_refuses_what_its_schema_does_not_declare():
 
 @pytest.mark.parametrize(("method", "path", "who"), ROUTES, ids=ROUTE_IDS)
 def test_every_route_refuses_an_unknown_query_parameter_naming_it(method, path, who, ctx, audit_clean):
-    body = VALID_BODIES[path](ctx) if path in VALID_BODIES else None
+    body = _body(method, path, ctx)
     backtests = (Backtest.objects.count(), BacktestExecution.objects.count())
     with unchanged(audit_clean):
         response = _call(api_client(ctx["agent"]), method, _url(path, **ctx) + "?made_up=1&market_id=x", body)
@@ -290,15 +307,15 @@ def test_every_get_route_takes_each_query_parameter_its_schema_declares(method, 
     assert assert_error(response, 400, "invalid_request")["detail"].keys() == {"made_up"}
 
 
-@pytest.mark.parametrize(("method", "path", "who"), [r for r in ROUTES if r[0] in ("POST", "DELETE")], ids=str)
+@pytest.mark.parametrize(("method", "path", "who"), [r for r in ROUTES if r[0] in ("POST", "PATCH", "DELETE")], ids=str)
 def test_every_write_refuses_an_unknown_body_field_naming_it_and_changes_nothing(method, path, who, ctx, audit_clean):
-    body = {**(VALID_BODIES[path](ctx) if path in VALID_BODIES else {}), "dry_run": True}
+    body = {**(_body(method, path, ctx) or {}), "made_up": True}
     backtests = (Backtest.objects.count(), BacktestExecution.objects.count())
     with unchanged(audit_clean):
         error = assert_error(_call(api_client(ctx["agent"]), method, _url(path, **ctx), body), 400, "invalid_request")
     assert (Backtest.objects.count(), BacktestExecution.objects.count()) == backtests
-    assert error["message"] == "Unknown field: dry_run.", error
-    assert list(error["detail"]) == ["dry_run"]
+    assert error["message"] == "Unknown field: made_up.", error
+    assert list(error["detail"]) == ["made_up"]
 
 
 def test_a_misspelt_field_is_refused_with_the_name_to_use(ctx, audit_clean):
@@ -307,7 +324,8 @@ def test_a_misspelt_field_is_refused_with_the_name_to_use(ctx, audit_clean):
     with unchanged(audit_clean):
         error = assert_error(api_client(ctx["agent"]).post(f"{API}/orders/", body), 400, "invalid_request")
     assert error["message"] == "Unknown field: market_id (use market)."
-    assert error["detail"]["market_id"][0].startswith("Unknown field; use market. Known: market, side, action")
+    known = error["detail"]["market_id"][0]
+    assert known.startswith("Unknown field; use market. Known: market, ") and "side, action, price, size" in known
 
 
 @pytest.mark.parametrize("authorization", [None, "Token abc"])
@@ -336,7 +354,7 @@ def test_every_request_body_in_the_schema_refuses_unknown_fields(db):
         for method, operation in operations.items()
         if isinstance(operation, dict) and "requestBody" in operation
     ]
-    assert len(bodies) == len([r for r in ROUTES if r[0] == "POST"])
+    assert len(bodies) == len([r for r in ROUTES if r[0] in ("POST", "PATCH")])
     for method, path, name in bodies:
         assert components[name]["additionalProperties"] is False, (method, path, name)
 
@@ -358,7 +376,7 @@ def test_an_unknown_api_endpoint_answers_404_in_the_error_shape(url, ctx, audit_
 @pytest.mark.parametrize(("method", "path", "who"), [r for r in ROUTES if r[0] == "POST"], ids=str)
 def test_every_post_route_refuses_a_body_over_the_size_limit(method, path, who, ctx, settings, audit_clean):
     limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
-    body = json.dumps({**(VALID_BODIES[path](ctx) if path in VALID_BODIES else {}), "reasoning": "x" * limit})
+    body = json.dumps({**(_body(method, path, ctx) or {}), "reasoning": "x" * limit})
     with unchanged(audit_clean):
         response = api_client(ctx["agent"]).post(_url(path, **ctx), body, content_type="application/json")
         assert_error(response, 413, "request_too_large")

@@ -4,7 +4,7 @@ Every operation of ``/api/schema/`` gets schema-derived requests, valid and inva
 fuzzing phases), sent in process to the WSGI app (Django's ``WSGIHandler``) inside the test's transaction, and every
 response is checked by all of schemathesis' checks: no 5xx, a documented status, the documented content type, headers
 and body (errors in the one shape of DESIGN section 7), valid data accepted, invalid data refused, authentication
-enforced. A stateful test follows the schema's links (``POST /orders/`` to ``GET``/``DELETE /orders/{id}/``,
+enforced. A stateful test follows the schema's links (``POST /orders/`` to ``GET``/``PATCH``/``DELETE /orders/{id}/``,
 ``POST /markets/`` to its book, trades, forecasts, orders and resolution, ``POST /agents/me/keys/`` to revoking the
 key, ...). After each test the audit of DESIGN section 5 must be clean and every balance must equal its ledger.
 
@@ -48,8 +48,9 @@ STEPS = int(os.environ.get("FUZZ_STEPS", "25"))
 SEED = int(os.environ.get("FUZZ_SEED", "20260401"))
 
 # Rules beyond what JSON Schema can state: a market's deadline must lie in the future (and within five years), a GTD
-# order needs a future `expires_at` that other orders must not have, `post_only` excludes IOC and FOK. Schema-valid
-# requests to these two operations may therefore meet a 400, which is no failure of the check "valid data accepted".
+# order needs a future `expires_at` that other orders must not have, `post_only` excludes IOC and FOK, an amended
+# order's new size must exceed its filled contracts. Schema-valid requests to these operations may therefore meet a
+# 400, which is no failure of the check "valid data accepted".
 ACCEPTED_OR_REFUSED_BY_RULES = ["2xx", "400", "401", "403", "404", "409", "429"]
 CONFIG = schemathesis.Config.from_dict(
     {
@@ -66,7 +67,13 @@ CONFIG = schemathesis.Config.from_dict(
                 "include-path-regex": r"^/api/v1/(orders|markets)/$",
                 "include-method": "POST",
                 "checks": {"positive_data_acceptance": {"expected-statuses": ACCEPTED_OR_REFUSED_BY_RULES}},
-            }
+            },
+            {
+                # An amend's new size must exceed what the order has filled, and a replacement needs the collateral.
+                "include-path-regex": r"^/api/v1/orders/\{id\}/$",
+                "include-method": "PATCH",
+                "checks": {"positive_data_acceptance": {"expected-statuses": ACCEPTED_OR_REFUSED_BY_RULES}},
+            },
         ],
     }
 )
@@ -253,10 +260,44 @@ def _valid_as_read(case) -> bool:
     return case._validate_component(ParameterLocation.BODY, read, validator_cls)
 
 
+# A batch refuses an order (or id) that is not valid in that order's own entry of its 200 answer, with the entry's
+# status and error, and goes on with the others: only a request that is not an object holding 1-20 entries is a 400.
+BATCH_ENTRIES = {
+    "/api/v1/orders/batch/": ("orders", "OrderInputRequest"),
+    "/api/v1/orders/batch-cancel/": ("ids", None),
+}
+
+
+def _refused_entry_by_entry(case, response) -> bool:
+    """Whether ``response`` is a batch's 200 to a request that is valid but for some of its entries, and each entry
+    that is not valid as the API reads it (:func:`_as_drf_reads_it`) was refused in its own entry of the answer."""
+    from trading.order_batch import MAX_BATCH
+
+    key, component = BATCH_ENTRIES.get(case.operation.path, (None, None))
+    body = case.body
+    if key is None or case.method.upper() != "POST" or response.status_code != 200:
+        return False
+    if not isinstance(body, dict) or set(body) != {key}:
+        return False
+    entries = body[key]
+    if not isinstance(entries, list) or not 1 <= len(entries) <= MAX_BATCH:
+        return False
+    properties = schema.raw_schema["components"]["schemas"][component]["properties"] if component else {}
+    validator_cls = case.operation.schema.adapter.jsonschema_validator_cls
+    for entry, answer in zip(entries, response.json()["orders"], strict=True):
+        if component and isinstance(entry, dict):
+            entry = {n: _as_drf_reads_it(v, properties.get(n, {})) for n, v in entry.items()}
+        valid = case._validate_component(ParameterLocation.BODY, {key: [entry]}, validator_cls)
+        if not valid and answer["error"] is None:
+            return False
+    return True
+
+
 def negative_data_rejection_where_promised(ctx, response, case):
     """schemathesis' ``negative_data_rejection``, except where the API reads input leniently by design: a
-    :data:`LENIENT_QUERY` parameter, an empty query parameter (no filter), and JSON values DRF converts to the
-    declared type (:func:`_as_drf_reads_it`)."""
+    :data:`LENIENT_QUERY` parameter, an empty query parameter (no filter), JSON values DRF converts to the
+    declared type (:func:`_as_drf_reads_it`), and a batch's invalid entries, refused one by one
+    (:func:`_refused_entry_by_entry`)."""
     negated = list(negated_parameters(case.meta))
     query = case.query or {}
     # Sent empty: "" itself, or an empty object or array, which go out as `name=`.
@@ -265,7 +306,7 @@ def negative_data_rejection_where_promised(ctx, response, case):
         loc == ParameterLocation.QUERY and (name in LENIENT_QUERY or name in empty) for name, loc in negated
     ):
         return None
-    if 200 <= response.status_code < 300 and _valid_as_read(case):
+    if 200 <= response.status_code < 300 and (_valid_as_read(case) or _refused_entry_by_entry(case, response)):
         return None
     return negative_data_rejection(ctx, response, case)
 
