@@ -1,10 +1,12 @@
 """Random sequences of exchange commands keep every invariant of DESIGN section 5 (a Hypothesis state machine).
 
 Each step calls one service the way the API would: registering agents, creating markets, placing orders of all four
-intents with random prices, sizes and times in force (and invalid ones), selling held contracts, cancelling,
-expiring, closing, resolving (operators at once; oracles proposing, agents disputing, the scheduler settling),
-linking agents (one owner: their trades earn no rank) and adjusting credits. After every step ``run_audit`` (which replays the ledger) must
-find nothing. Only ``MoltStreetError`` may escape a service, and a refused call must change nothing at all.
+intents with random prices, sizes and times in force (and invalid ones), alone or in batches, selling held contracts,
+amending, cancelling, expiring, closing, resolving (operators at once; oracles proposing, agents disputing, the
+scheduler settling), linking agents (one owner: their trades earn no rank), adjusting credits, and arming, missing and
+firing the dead-man's switch. After every step ``run_audit`` (which replays the ledger) must
+find nothing. Only ``MoltStreetError`` may escape a service, and a refused call must change nothing at all. A preview
+followed at once by the same order must have predicted it exactly.
 
 Each example runs inside its own savepoint that is rolled back afterwards, so examples are independent.
 """
@@ -20,7 +22,7 @@ from decimal import Decimal
 
 import pytest
 from django.db import transaction
-from django.db.models import Sum
+from django.db.models import Max, Sum
 from django.utils import timezone
 from hypothesis import seed
 from hypothesis import strategies as st
@@ -33,21 +35,24 @@ from hypothesis.stateful import (
     rule,
 )
 
-from agents.models import Agent, LedgerEntry
+from agents.models import Agent, AgentEvent, LedgerEntry
 from agents.services import agent_grant_credits, agents_link
 from markets.models import Market
 from markets.services import forecast_record
 from moltstreet.errors import (
     InsufficientBalance,
     InsufficientPosition,
+    InvalidRequest,
     MoltStreetError,
 )
 from moltstreet.money import quantize
 from testsupport.api import operator_resolver
 from trading.audit import run_audit
+from trading.heartbeat import heartbeat_arm, heartbeat_expire, heartbeats_expire_due
 from trading.lifecycle import market_close, orders_expire_due
 from trading.models import Order, Position
-from trading.orders import order_cancel, order_cancel_all, order_place
+from trading.order_batch import OrderRequest, order_place_batch
+from trading.orders import PlaceResult, order_amend, order_cancel, order_cancel_all, order_place, order_preview
 from trading.resolution import market_resolve, resolution_dispute, resolution_propose, resolutions_finalize_due
 from trading.suspension import agent_reinstate, agent_suspend
 from trading.tests.factories import new_agent, new_market, snapshot
@@ -107,6 +112,38 @@ INVALID = [
 ]
 
 
+# A batch entry's invalidity: mostly none (the order as drawn), else an index into INVALID.
+invalid_picks = st.one_of(st.none(), st.none(), st.none(), st.integers(min_value=0, max_value=len(INVALID) - 1))
+# Heartbeat timeouts that never lapse by the clock within an example (a lapse is a step of its own), and refused ones.
+timeouts = st.sampled_from([60, 300])
+bad_timeouts = st.sampled_from([-1, 1, 4, 301, "30", 2.5, True, None])
+
+
+def full_state() -> dict:
+    """``snapshot()`` and what it leaves out that the order tools change: order sizes and amend chains, the agents'
+    private feeds (a preview must not number a message) and their dead-man's switches."""
+    state = snapshot()
+    state["amends"] = list(Order.objects.order_by("id").values_list("id", "size", "replaced_by"))
+    state["feeds_and_switches"] = list(Agent.objects.order_by("id").values_list("id", "feed_seq", "heartbeat_deadline"))
+    state["feed_events"] = AgentEvent.objects.count()
+    return state
+
+
+def position_figures(position: Position | None) -> tuple:
+    """What a position holds, owes and made; zeros for none."""
+    if position is None:
+        return (0, 0, 0, 0, ZERO, ZERO, ZERO)
+    return (
+        position.yes_shares,
+        position.no_shares,
+        position.yes_reserved,
+        position.no_reserved,
+        position.yes_cost,
+        position.no_cost,
+        position.realized_pnl,
+    )
+
+
 class Exchange(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
@@ -118,20 +155,22 @@ class Exchange(RuleBasedStateMachine):
         self.orders: list[uuid.UUID] = []
         self.keyed: list[dict] = []  # successful requests with a client_order_id, to repeat
         self.names = itertools.count()
-        self.audited = None  # the snapshot() of the last audited state
+        self.audited = None  # the state (snapshot() and the feed message count) last audited
 
     def teardown(self):
         transaction.set_rollback(True)
         self._atomic.__exit__(None, None, None)
 
     # -- helpers ------------------------------------------------------------------------------------------------
-    def call(self, fn, /, **kwargs):
-        """Call a service; a refusal must be a MoltStreetError and leave every row as it was."""
-        before = snapshot()
+    def call(self, fn, /, *, whole: bool = False, **kwargs):
+        """Call a service; a refusal must be a MoltStreetError and leave every row as it was (``whole``: also order
+        sizes, amend chains, feeds and switches, :func:`full_state`)."""
+        state = full_state if whole else snapshot
+        before = state()
         try:
             return fn(**kwargs), None
         except MoltStreetError as exc:
-            assert snapshot() == before, f"{fn.__name__} refused with {exc.code} but changed something"
+            assert state() == before, f"{fn.__name__} refused with {exc.code} but changed something"
             return None, exc
 
     def pick(self, items, n):
@@ -200,12 +239,32 @@ class Exchange(RuleBasedStateMachine):
         for request in orders:
             self.place_one(**request)
 
-    def place_one(
-        self, agent, market, intent, price, size, share, tif, post_only, expiry_hours, client_order_id, forecast
-    ):
+    def place_one(self, **request):
+        kwargs, free = self.order_kwargs(**request)
+        _result, error = self.place(kwargs)
+        if free is not None:  # selling contracts it holds unreserved is never refused for the position
+            assert not isinstance(error, InsufficientPosition), (kwargs, free)
+
+    def order_kwargs(
+        self,
+        agent,
+        market,
+        intent,
+        price,
+        size,
+        share,
+        tif,
+        post_only,
+        expiry_hours,
+        client_order_id,
+        forecast,
+        owner=None,
+    ) -> tuple[dict, int | None]:
+        """``order_place``'s arguments for one drawn request, and for "SELL held" the contracts the seller holds
+        unreserved (``None`` otherwise). ``owner``: the order is that agent's, and sells only what it holds."""
         action, side = intent.split()
         kwargs = {
-            "agent": self.pick(self.agents, agent),
+            "agent": owner or self.pick(self.agents, agent),
             "market_id": self.open_market(market).id,
             "side": side,
             "action": action,
@@ -219,9 +278,12 @@ class Exchange(RuleBasedStateMachine):
         }
         free = None
         if side == "held":
+            held = Position.objects.filter(market__in=[m.id for m in self.markets]).order_by("id")
+            if owner is not None:
+                held = held.filter(agent=owner)
             sellable = [
                 (p, side, free)
-                for p in Position.objects.filter(market__in=[m.id for m in self.markets]).order_by("id")
+                for p in held
                 for side, free in (("YES", p.yes_shares - p.yes_reserved), ("NO", p.no_shares - p.no_reserved))
                 if free > 0
             ]
@@ -231,19 +293,228 @@ class Exchange(RuleBasedStateMachine):
                 kwargs["size"] = max(1, free * share // 100)
             else:
                 kwargs |= {"action": "BUY", "side": "YES" if share % 2 else "NO"}
-        _result, error = self.place(kwargs)
-        if free is not None:  # selling contracts it holds unreserved is never refused for the position
-            assert not isinstance(error, InsufficientPosition), (kwargs, free)
+        return kwargs, free
 
     @precondition(lambda self: self.keyed)
     @rule(which=picks)
     def repeat_a_keyed_order(self, which):
-        """A repeated client_order_id returns the original order and creates nothing."""
+        """A repeated client_order_id returns the original order (the newest of its amend chain, as amended) and
+        creates nothing."""
         kwargs = self.pick(self.keyed, which)
         before = snapshot()
         result = order_place(**kwargs)
         assert result.created is False
         assert snapshot() == before
+
+    def rekey(self, order: Order) -> None:
+        """After an amend: a retry of the request behind ``order``'s chain is answered with ``order`` as it now
+        stands (the newest order of a chain holds the ``client_order_id``), so it must now carry its price and size."""
+        for kwargs in self.keyed:
+            if kwargs["agent"].id == order.agent_id and kwargs["client_order_id"] == order.client_order_id:
+                kwargs |= {"price": order.price, "size": order.size}
+
+    @rule(agent=picks, orders=st.lists(st.tuples(order_requests, invalid_picks), min_size=1, max_size=5))
+    def place_a_batch(self, agent, orders):
+        """One to five orders of one agent in one batch, some of them invalid: each succeeds or fails on its own
+        (an invalid one always fails), what succeeds trades within its limits, and a batch that wholly fails changes
+        nothing."""
+        owner = self.pick(self.agents, agent)
+        entries = []
+        for request, invalid in orders:
+            if invalid is None:
+                kwargs, _free = self.order_kwargs(**request, owner=owner)
+            else:
+                base = {"agent": owner, "market_id": self.open_market(request["market"]).id, "side": "YES"}
+                kwargs = base | {"action": "BUY", "price": "0.50", "size": 1} | INVALID[invalid][0]
+            entries.append(kwargs)
+        requests = [
+            OrderRequest(kwargs["market_id"], {k: v for k, v in kwargs.items() if k not in ("agent", "market_id")})
+            for kwargs in entries
+        ]
+        before = full_state()
+        outcomes = order_place_batch(agent=owner, requests=requests)
+        assert len(outcomes) == len(entries)
+        for kwargs, (_request, invalid), outcome in zip(entries, orders, outcomes, strict=True):
+            if invalid is not None:
+                assert isinstance(outcome, MoltStreetError), f"a batch accepted an order with {INVALID[invalid][1]}"
+            if isinstance(outcome, MoltStreetError):
+                continue
+            assert isinstance(outcome, PlaceResult), outcome
+            self.check_fills(kwargs, outcome)
+            if outcome.created:
+                self.orders.append(outcome.order.id)
+                if kwargs.get("client_order_id"):
+                    self.keyed.append(kwargs)
+        if all(isinstance(outcome, MoltStreetError) for outcome in outcomes):
+            assert full_state() == before, "a batch of refused orders changed something"
+
+    @precondition(lambda self: self.orders)
+    @rule(
+        which=picks,
+        resting=st.booleans(),
+        own=st.sampled_from([True, True, True, False]),
+        agent=picks,
+        change=st.sampled_from(["smaller", "smaller", "price", "larger", "price and size", "neither"]),
+        price=prices,
+        share=st.integers(min_value=0, max_value=100),
+    )
+    def amend_an_order(self, which, resting, own, agent, change, price, share):
+        """Amend one of the orders placed (``resting``: one still resting, if any), usually by its owner: to a
+        ``smaller`` size (``share`` percent of it: 0 is refused, 100 changes nothing), a new ``price``, a ``larger``
+        size, both, or ``neither`` (refused). A new price or a larger size replaces it by an order for what is left, a
+        smaller size shrinks it in place; any refusal changes nothing."""
+        candidates = self.orders
+        if resting:
+            still = set(Order.objects.filter(id__in=self.orders, status__in=Order.RESTING).values_list("id", flat=True))
+            candidates = [order_id for order_id in self.orders if order_id in still] or self.orders
+        order = Order.objects.get(id=self.pick(candidates, which))
+        amender = order.agent if own else self.pick(self.agents, agent)
+        size = {
+            "smaller": order.size * share // 100,
+            "larger": order.size + max(1, order.size * share // 100),
+            "price and size": order.size * (share + 50) // 100,
+        }.get(change)
+        price = price if "price" in change else None
+        result, error = self.call(order_amend, whole=True, agent=amender, order_id=order.id, price=price, size=size)
+        if error is not None:
+            return
+        assert amender.id == order.agent_id, "another agent amended an order"
+        old = Order.objects.get(id=order.id)
+        if result.replaced is None:  # in place (or no change): same order, same price, the new size
+            assert result.order.id == old.id and old.status in Order.RESTING
+            assert (old.price, old.size) == (order.price, order.size if size is None else size)
+        else:
+            new = Order.objects.get(id=result.order.id)
+            assert (old.status, old.cancel_reason, old.replaced_by_id) == ("cancelled", "amended", new.id)
+            assert new.price == (order.price if price is None else price)
+            assert new.size == (order.size if size is None else size) - old.filled
+            kept = ("side", "action", "time_in_force", "expires_at", "post_only", "client_order_id")
+            assert [getattr(new, f) for f in kept] == [getattr(old, f) for f in kept]
+            as_placed = {f: getattr(new, f) for f in kept} | {"price": new.price}
+            self.check_fills(as_placed, PlaceResult(order=result.order, trades=result.trades, created=True))
+            self.orders.append(new.id)
+        if old.client_order_id:
+            self.rekey(result.order)
+
+    @rule(
+        request=order_requests,
+        marketable=st.sampled_from([True, True, True, False]),
+        reach=st.integers(min_value=0, max_value=3),
+    )
+    def preview_then_place(self, request, marketable, reach):
+        """A preview stores nothing, and the same order placed right after it does exactly what it said: the same
+        fills [(price, size, maker order)] in order, the same order, balance, reserve and position, the same
+        self-trade cancels, or the same error. ``marketable``: priced to cross the best opposite order and ``reach``
+        cents beyond, when there is one, so that most previews predict fills."""
+        kwargs, _free = self.order_kwargs(**request)
+        if marketable:
+            bids_on = kwargs["side"] if kwargs["action"] == "BUY" else {"YES": "NO", "NO": "YES"}[kwargs["side"]]
+            best = (
+                Order.objects.filter(market_id=kwargs["market_id"], status__in=Order.RESTING)
+                .exclude(book_side=bids_on)
+                .aggregate(best=Max("book_price"))["best"]
+            )
+            if best is not None:  # where it rests in the YES-price book, then its own side's price
+                book_price = min(ONE - best + reach * CENT, ONE - CENT)
+                kwargs["price"] = book_price if kwargs["action"] == "BUY" else ONE - book_price
+        agent = self.refresh(kwargs["agent"])
+        fields = {k: v for k, v in kwargs.items() if k not in ("agent", "market_id")}
+        before = full_state()
+        preview = order_preview(agent=agent, market_id=kwargs["market_id"], **fields)
+        assert full_state() == before, "a preview changed something"
+        self_traded = set(Order.objects.filter(cancel_reason="self_trade").values_list("id", flat=True))
+        result, error = self.place(kwargs)
+        if preview.error is not None:
+            assert error is not None and error.code == preview.error.code, (preview.error, error, kwargs)
+            return
+        assert error is None, (error, kwargs)
+        fills = [(t.price, t.size, t.maker_order_id) for t in result.trades]
+        assert [(t.price, t.size, t.maker_order_id) for t in preview.trades] == fills, kwargs
+        assert preview.created == result.created
+        if not result.created:
+            return
+        taker, agent = result.order, self.refresh(agent)
+        assert (preview.order.status, preview.order.size, preview.order.filled) == (
+            taker.status,
+            taker.size,
+            taker.filled,
+        )
+        assert (preview.agent.balance, preview.agent.locked_balance) == (agent.balance, agent.locked_balance)
+        stored = Position.objects.filter(agent=agent, market_id=kwargs["market_id"]).first()
+        assert position_figures(preview.position) == position_figures(stored), kwargs
+        cancelled = set(Order.objects.filter(cancel_reason="self_trade").values_list("id", flat=True)) - self_traded
+        assert {o.id for o in preview.self_trade_cancels} == cancelled
+        left = taker.size - taker.filled if taker.is_resting else 0
+        buying = taker.action == "BUY"
+        assert (preview.reserve_credits, preview.reserve_contracts) == (
+            quantize(taker.price * left) if buying else ZERO,
+            0 if buying else left,
+        )
+
+    @rule(
+        what=st.sampled_from(
+            ["arm", "arm", "disarm", "refused", "lapse", "lapse", "late", "expire", "expire", "scheduler"]
+        ),
+        armed=st.booleans(),
+        agent=picks,
+        timeout=timeouts,
+        bad=bad_timeouts,
+        minutes=st.integers(min_value=0, max_value=10),
+    )
+    def heartbeat(self, what, armed, agent, timeout, bad, minutes):
+        """The dead-man's switch of an agent (``armed``: one whose switch is armed, if any): arming and disarming
+        it (a ``late`` heartbeat fires it first), a refused timeout, the clock passing its deadline (the deadline moved
+        back a second, instead of sleeping), and firing it at a ``now`` past the deadline, by one agent's expiry or
+        the scheduler's pass: every resting order of the agent cancelled, the switch disarmed; before its deadline,
+        or disarmed, it does not fire."""
+        candidates = self.agents
+        if armed:
+            ids = set(Agent.objects.filter(heartbeat_deadline__isnull=False).values_list("id", flat=True))
+            candidates = [a for a in self.agents if a.id in ids] or self.agents
+        agent = self.pick(candidates, agent)
+        now = timezone.now()
+        deadline = Agent.objects.values_list("heartbeat_deadline", flat=True).get(id=agent.id)
+        resting = set(Order.objects.filter(agent=agent, status__in=Order.RESTING).values_list("id", flat=True))
+        if what == "late":  # the deadline passes, then the heartbeat comes
+            deadline = now - timedelta(seconds=1) if deadline is not None else None
+            Agent.objects.filter(id=agent.id).update(heartbeat_deadline=deadline)
+        if what in ("arm", "late", "disarm"):
+            beat, _error = self.call(
+                heartbeat_arm, whole=True, agent=agent, timeout_seconds=0 if what == "disarm" else timeout
+            )
+            late = deadline is not None and deadline <= now
+            assert beat.cancelled == (len(resting) if late else 0)
+            assert Agent.objects.values_list("heartbeat_deadline", flat=True).get(id=agent.id) == beat.deadline
+            assert (beat.deadline is None) == (what == "disarm")
+        elif what == "refused":
+            _beat, error = self.call(heartbeat_arm, whole=True, agent=agent, timeout_seconds=bad)
+            assert isinstance(error, InvalidRequest), bad
+        elif what == "lapse":
+            Agent.objects.filter(id=agent.id, heartbeat_deadline__isnull=False).update(
+                heartbeat_deadline=now - timedelta(seconds=1)
+            )
+        elif what == "expire":
+            before = full_state()
+            at = (deadline or now) + timedelta(seconds=1 if minutes else -1)  # past the deadline, or just before
+            cancelled = heartbeat_expire(agent_id=agent.id, now=at)
+            if deadline is None or at < deadline:
+                assert cancelled is None and full_state() == before
+            else:
+                assert {o.id for o in cancelled} == resting
+                assert not Order.objects.filter(agent=agent, status__in=Order.RESTING).exists()
+                assert Agent.objects.values_list("heartbeat_deadline", flat=True).get(id=agent.id) is None
+                beat = AgentEvent.objects.filter(agent=agent).latest("seq")
+                assert (beat.kind, beat.data["event"], set(beat.data["cancelled"])) == (
+                    "heartbeat",
+                    "expired",
+                    {str(order_id) for order_id in resting},
+                )
+        elif what == "scheduler":
+            at = now + timedelta(minutes=minutes)
+            due = set(Agent.objects.filter(heartbeat_deadline__lte=at).values_list("id", flat=True))
+            assert heartbeats_expire_due(now=at) == len(due)
+            assert not Agent.objects.filter(id__in=due, heartbeat_deadline__isnull=False).exists()
+            assert not Order.objects.filter(agent__in=due, status__in=Order.RESTING).exists()
 
     @rule(
         what=st.sampled_from(
@@ -338,7 +609,7 @@ class Exchange(RuleBasedStateMachine):
     @invariant()
     def every_invariant_of_section_5_holds(self):
         # The audit is a pure function of the rows; a step that changed none of them (a refusal) cannot break it.
-        state = snapshot()
+        state = (snapshot(), AgentEvent.objects.count())  # a switch firing with no order to cancel adds only a message
         if state == self.audited:
             return
         report = run_audit()
