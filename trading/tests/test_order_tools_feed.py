@@ -165,7 +165,10 @@ def test_a_cancel_on_disconnect_that_is_not_true_or_false_is_refused_with_4400(f
     alice = make_agent()
     order = place(alice, market, "YES", "BUY", "0.30", 2).order
 
-    message, code = run(lambda: refusal(flagged_feed(alice, flag)))
+    async def scenario():
+        return await refusal(flagged_feed(alice, flag))
+
+    message, code = run(scenario)
 
     assert (message["type"], message["code"]) == ("error", "invalid_request"), message
     assert "cancel_on_disconnect" in message["message"]
