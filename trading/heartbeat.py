@@ -30,7 +30,7 @@ from moltstreet.db import service_transaction
 from moltstreet.errors import InvalidRequest, ServiceBusy
 from trading import book_store
 from trading.models import Order
-from trading.orders import cancel_resting_in_market
+from trading.orders import order_cancel_all
 
 logger = logging.getLogger(__name__)
 
@@ -151,21 +151,17 @@ class _MarketsMoved(Exception):
 
 @service_transaction
 def _cancel_all_once(agent_id: uuid.UUID, *, now: datetime | None, reason: str) -> list[Order] | None:
-    markets = book_store.resting_markets(agent_id)
-    for market_id in markets:  # every market row first, ascending, then the agent (DESIGN section 6)
-        book_store.lock_market(market_id)
-    agent = Agent.objects.select_for_update().only("id", "heartbeat_deadline").get(id=agent_id)
+    # Every market with the agent's resting orders locked ascending, then the agent (DESIGN section 6), as any
+    # cancel-all; then, holding the agent, whether the switch is due at all (if not, all of it rolls back) and
+    # whether an order that committed meanwhile rests in a market the cancel-all had not locked.
+    cancelled = order_cancel_all(agent=Agent.objects.only("id").get(id=agent_id), reason=reason)
+    agent = Agent.objects.select_for_update().get(id=agent_id)
     if now is not None and (agent.heartbeat_deadline is None or agent.heartbeat_deadline > now):
         raise _Late()  # not due: a heartbeat moved the deadline, or another expiry fired the switch
-    if not set(book_store.resting_markets(agent_id)) <= set(markets):
-        raise _MarketsMoved()  # an order that committed before we held the agent rests in an unlocked market
-    cancelled: list[Order] = []
-    for market_id in markets:
-        cancelled += cancel_resting_in_market(market_id, reason, agent_id=agent_id)
+    if book_store.resting_markets(agent_id):
+        raise _MarketsMoved()
     if now is None and not cancelled:
         return cancelled  # a feed closed with nothing resting: nothing to say
-    # Read again: the cancellations above moved its feed sequence and balance.
-    agent = Agent.objects.select_for_update().get(id=agent_id)
     deadline = agent.heartbeat_deadline
     fields = ["feed_seq"]
     if reason == Order.CancelReason.HEARTBEAT_EXPIRED:
