@@ -46,6 +46,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import threading
 import time
 from array import array
 from collections import Counter
@@ -327,7 +328,9 @@ class LibraryFeed:
                 self.s.on_message(message, time.time())
         except ConnectionClosed:
             pass
-        rcvd = self.ws.close_rcvd
+        # The close frame the server sent, if any: on the sans-I/O protocol in websockets >= 13's asyncio client
+        # (the connection object itself no longer has ``close_rcvd``, which crashed this task at every close).
+        rcvd = getattr(self.ws.protocol, "close_rcvd", None)
         self.s.lost(rcvd.code if rcvd is not None else 1006)
 
     def close(self) -> None:
@@ -336,10 +339,53 @@ class LibraryFeed:
             self.task = asyncio.ensure_future(self.ws.close())
 
 
+class ParentLink:
+    """A client process's end of its pipe to the parent, which stays blocking from start to end.
+
+    The event loop never watches the pipe: under uvloop ``loop.add_reader`` makes the descriptor non-blocking (libuv
+    does, and ``remove_reader`` leaves it so), and a ``send`` bigger than the socket's buffer (``wmem_default``,
+    208 KiB here; the result carries every latency sample, megabytes in a long run) then fails half-way with
+    ``BlockingIOError`` [Errno 11], leaving the parent with a truncated message ("got end of file during message").
+    Instead a thread of its own
+    receives the parent's commands (``go``, then ``final``) and hands them to the loop; answers (``ready``,
+    ``result``) are sent with a blocking ``send`` that waits for the parent to read them, however big."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.loop = asyncio.get_running_loop()
+        self.commands: asyncio.Queue = asyncio.Queue()
+        self.thread = threading.Thread(target=self._read, name="fanout-commands", daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                message = self.conn.recv()
+            except (EOFError, OSError) as exc:  # the parent went away
+                message = ("eof", repr(exc))
+            try:
+                self.loop.call_soon_threadsafe(self.commands.put_nowait, message)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                return
+            if message[0] in ("final", "eof"):
+                return
+
+    async def command(self, kind: str) -> tuple[Any, ...]:
+        """The parent's next command, which must be ``kind``; raises ``RuntimeError`` otherwise (or on EOF)."""
+        message = await self.commands.get()
+        if message[0] != kind:
+            raise RuntimeError(f"expected the command {kind!r} from the parent, got {message!r}")
+        return message
+
+    def send(self, kind: str, payload: Any) -> None:
+        """Send ``(kind, payload)`` to the parent, blocking until the pipe has taken all of it."""
+        self.conn.send((kind, payload))
+
+
 async def client_async(conn: Any, spec: dict[str, Any]) -> None:
-    loop = asyncio.get_running_loop()
-    commands: asyncio.Queue = asyncio.Queue()
-    loop.add_reader(conn.fileno(), lambda: commands.put_nowait(conn.recv()))
+    """One client process's spectators: connect them, answer ``ready``, count what they receive between ``go`` and
+    ``final`` (plus the drain), then answer ``result`` with the counts and every latency sample."""
+    link = ParentLink(conn)
     proc = Process()
     spectators = [Spectator(proc) for _ in range(spec["count"])]
     feeds: list[Any] = []
@@ -364,14 +410,11 @@ async def client_async(conn: Any, spec: dict[str, Any]) -> None:
     connect_s = time.perf_counter() - started
     live = [s for s in spectators if s.failure is None and s.snapshot_seq is not None]
     failures = Counter(s.failure for s in spectators if s.failure is not None or s.snapshot_seq is None)
-    conn.send(("ready", {"connected": len(live), "failures": dict(failures), "connect_s": connect_s}))
+    link.send("ready", {"connected": len(live), "failures": dict(failures), "connect_s": connect_s})
 
-    command = await commands.get()
-    assert command[0] == "go", command
+    await link.command("go")
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    command = await commands.get()
-    assert command[0] == "final", command
-    _, final_seq, drain_timeout = command
+    _, final_seq, drain_timeout = await link.command("final")
     cpu_load, wall_load = time.process_time() - cpu0, time.perf_counter() - wall0
     drain0 = time.perf_counter()
     proc.drained = asyncio.Event()
@@ -416,26 +459,20 @@ async def client_async(conn: Any, spec: dict[str, Any]) -> None:
         if s.closed:
             closes[s.close_code] += 1
         errors.update(s.errors)
-    # The event loop made the pipe non-blocking (add_reader): a result bigger than the pipe's buffer (the latency
-    # samples of a long run) would fail with EAGAIN.
-    loop.remove_reader(conn.fileno())
-    os.set_blocking(conn.fileno(), True)
-    conn.send(
-        (
-            "result",
-            {
-                "totals": dict(totals),
-                "closes": dict(closes),
-                "errors": dict(errors),
-                "cpu_s": cpu,
-                "wall_s": wall,
-                "cpu_load_s": cpu_load,
-                "wall_load_s": wall_load,
-                "drain_s": drain_s,
-                "drained": proc.pending <= 0,
-                "latencies": proc.latencies_ms.tobytes(),
-            },
-        )
+    link.send(
+        "result",
+        {
+            "totals": dict(totals),
+            "closes": dict(closes),
+            "errors": dict(errors),
+            "cpu_s": cpu,
+            "wall_s": wall,
+            "cpu_load_s": cpu_load,
+            "wall_load_s": wall_load,
+            "drain_s": drain_s,
+            "drained": proc.pending <= 0,
+            "latencies": proc.latencies_ms.tobytes(),
+        },
     )
 
 
@@ -460,6 +497,30 @@ def process_cpu(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes under ``pid``, children first (``uvicorn --workers N``'s workers), from ``/proc``."""
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        parent = pending.pop()
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{parent}/task"):
+                with open(f"/proc/{parent}/task/{task}/children") as f:
+                    children = [int(child) for child in f.read().split()]
+                found += children
+                pending += children
+    return found
+
+
+def server_cpu(pid: int) -> float:
+    """User + system CPU seconds so far of the server process ``pid`` and of the workers it runs (those alive now)."""
+    total = process_cpu(pid)
+    for child in descendants(pid):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += process_cpu(child)
+    return total
 
 
 def machine_cpu() -> tuple[float, float]:
@@ -515,7 +576,10 @@ def redis_cpu() -> float:
 class BacklogSampler:
     """Samples, every ``interval`` seconds in a thread, the messages waiting in Redis for the server process to pick
     up: channels-redis keeps one sorted set per server process (``asgispecific.<process>!``) for all its
-    subscribers, capped at ``capacity`` (1000) messages, beyond which new messages are dropped for that process."""
+    subscribers, capped at ``capacity`` (1000) messages, beyond which new messages are dropped for that process.
+    With the pub/sub layer (``CHANNEL_LAYER_BACKEND=pubsub``) nothing waits in a key: the messages not yet read by a
+    subscribed server process sit in Redis's output buffer of its connection, sampled as ``pubsub_peak`` (bytes;
+    Redis drops a subscriber whose buffer passes ``client-output-buffer-limit pubsub``, 32 MB by default)."""
 
     def __init__(self, interval: float = 0.25) -> None:
         import threading
@@ -525,6 +589,7 @@ class BacklogSampler:
         self.client = redis.Redis.from_url(harness.REDIS_URL)
         self.interval = interval
         self.peak = 0
+        self.pubsub_peak = 0
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self.loop, daemon=True)
 
@@ -534,6 +599,9 @@ class BacklogSampler:
                 keys = list(self.client.scan_iter(match="asgispecific.*", count=100))
                 if keys:
                     self.peak = max(self.peak, max(self.client.zcard(k) for k in keys))
+                for client in self.client.client_list():
+                    if int(client.get("sub", 0)) or int(client.get("psub", 0)):
+                        self.pubsub_peak = max(self.pubsub_peak, int(client.get("omem", 0)))
 
     def __enter__(self) -> BacklogSampler:
         self.thread.start()
@@ -545,13 +613,13 @@ class BacklogSampler:
 
 
 def settle(pid: int, *, below: float = 0.15, window: float = 1.0, timeout: float = 90.0) -> float:
-    """Wait until the server process uses less than ``below`` of a core over ``window`` seconds (the previous run's
-    backlog worked off), at most ``timeout`` seconds; the seconds waited."""
+    """Wait until the server process and its workers use less than ``below`` of a core over ``window`` seconds (the
+    previous run's backlog worked off), at most ``timeout`` seconds; the seconds waited."""
     started = time.perf_counter()
     while time.perf_counter() - started < timeout:
-        before = process_cpu(pid)
+        before = server_cpu(pid)
         time.sleep(window)
-        if process_cpu(pid) - before < below * window:
+        if server_cpu(pid) - before < below * window:
             break
     return time.perf_counter() - started
 
@@ -654,7 +722,11 @@ def run_once(args, server, keys: list[str], market: str, number: int) -> dict[st
                 process.join(5)
 
 
-def _receive_all(pipes, kind: str, timeout: float) -> list[Any]:
+def _receive_all(pipes, kind: str, timeout: float, processes=None) -> list[Any]:
+    """Every client process's answer ``kind`` (``ready`` or ``result``), in the order of ``pipes``; the pipes are
+    read as their answers come (a child's big answer waits in its blocking ``send`` until it is read here). Stops the
+    benchmark (``SystemExit``) if one is missing after ``timeout`` seconds, or a process died or answered something
+    else."""
     answers: dict[int, Any] = {}
     deadline = time.monotonic() + timeout
     while len(answers) < len(pipes):
@@ -665,8 +737,14 @@ def _receive_all(pipes, kind: str, timeout: float) -> list[Any]:
             index = pipes.index(conn)
             try:
                 message = conn.recv()
-            except EOFError:
-                raise SystemExit(f"client process {index} died before answering {kind!r}") from None
+            except (EOFError, OSError) as exc:  # OSError: "got end of file during message", a truncated answer
+                process = processes[index] if processes else None
+                if process is not None:
+                    process.join(2)
+                status = f" (exit code {process.exitcode})" if process is not None else ""
+                raise SystemExit(
+                    f"client process {index} died before answering {kind!r}{status}: {exc!r}; see its traceback above"
+                ) from None
             if message[0] != kind:
                 raise SystemExit(f"client process {index} answered {message[0]!r}, not {kind!r}")
             answers[index] = message[1]
@@ -674,7 +752,7 @@ def _receive_all(pipes, kind: str, timeout: float) -> list[Any]:
 
 
 def _drive(args, server, keys, market, tag, seq0, current_seq, pipes, processes, MarketEvent) -> dict[str, Any]:
-    ready = _receive_all(pipes, "ready", args.connect_timeout * 4 + 60)
+    ready = _receive_all(pipes, "ready", args.connect_timeout * 4 + 60, processes)
     connected = sum(r["connected"] for r in ready)
     failures: Counter = Counter()
     for r in ready:
@@ -690,7 +768,7 @@ def _drive(args, server, keys, market, tag, seq0, current_seq, pipes, processes,
         return Call(i % AGENTS, "POST", "/api/v1/orders/", order_body(market, "YES" if i % 2 == 0 else "NO"))
 
     pid = server.process.pid
-    server0, redis0, machine0 = process_cpu(pid), redis_cpu(), machine_cpu()
+    server0, redis0, machine0 = server_cpu(pid), redis_cpu(), machine_cpu()
     pg0 = postgres_cpu(postgres_pids())
     reads0 = event_reads()
     with BacklogSampler() as backlog:
@@ -704,12 +782,15 @@ def _drive(args, server, keys, market, tag, seq0, current_seq, pipes, processes,
         else:
             load = drive_services(args, market, args.agent_ids)
         load_cpu = time.process_time() - self0
+        # Until the last order was answered: longer than --duration when the order process fell behind (a machine
+        # short of CPU), and the trade rate the server really faced is then lower than the target.
+        load_span = max(time.perf_counter() - wall0, args.duration)
         final = current_seq()
         for conn in pipes:
             conn.send(("final", final, args.drain_timeout))
-        results = _receive_all(pipes, "result", args.drain_timeout + 120)
+        results = _receive_all(pipes, "result", args.drain_timeout + 120, processes)
         wall = time.perf_counter() - wall0
-    server_s, redis_s = process_cpu(pid) - server0, redis_cpu() - redis0
+    server_s, redis_s = server_cpu(pid) - server0, redis_cpu() - redis0
     pg1 = postgres_cpu(set(pg0) | postgres_pids())
     postgres_s = sum(value - pg0.get(pid, 0.0) for pid, value in pg1.items())
     machine1 = machine_cpu()
@@ -746,6 +827,7 @@ def _drive(args, server, keys, market, tag, seq0, current_seq, pipes, processes,
         "http_p99": load.pct(99),
         "http_errors": load.errors,
         "trades_per_s": trades / args.duration,
+        "trades_per_s_actual": trades / load_span,
         "seqs": final - seq0,
         "samples": len(values),
         "expected_samples": trades * connected,
@@ -766,6 +848,7 @@ def _drive(args, server, keys, market, tag, seq0, current_seq, pipes, processes,
         "drain_s": drain_s,
         "drained": drained,
         "backlog": backlog.peak,
+        "pubsub_backlog": backlog.pubsub_peak,
         "refills": refills,
         "server_cpu": server_s / wall * 100,
         "redis_cpu": redis_s / wall * 100,
@@ -787,7 +870,8 @@ def _drive(args, server, keys, market, tag, seq0, current_seq, pipes, processes,
     say(f"{tag} orders: {load.describe()}")
     say(
         f"{tag} trades: {trades} committed in {args.duration:.0f} s = {figures['trades_per_s']:.1f} trades/s "
-        f"(target {args.trades_per_second:g}/s); {final - seq0} seqs in all"
+        f"(target {args.trades_per_second:g}/s), {figures['trades_per_s_actual']:.1f} trades/s over the "
+        f"{load_span:.1f} s the orders actually took; {final - seq0} seqs in all"
     )
     say(
         f"{tag} delivery latency, receipt - created_at (upper bound of commit-to-receipt), "
@@ -802,7 +886,8 @@ def _drive(args, server, keys, market, tag, seq0, current_seq, pipes, processes,
             if drained
             else f" within --drain-timeout {args.drain_timeout:g} s after the load ended"
         )
-        + f"; Redis backlog for the server process peaked at {backlog.peak} messages (capacity 1000); the "
+        + f"; Redis backlog for the server process peaked at {backlog.peak} messages (capacity 1000), pub/sub "
+        f"output buffer at {backlog.pubsub_peak / 1024:.0f} KiB; the "
         f"consumers read the stored events {refills} times to refill a gap in seq (PostgreSQL scans of "
         f"markets_marketevent during the run)"
     )
@@ -867,9 +952,18 @@ def main() -> None:
         "the feed, as a websocket worker would), or over HTTP to the same server (its order intake then limits "
         "the trade rate; bench/orders.py measures that).",
     )
+    parser.add_argument(
+        "--channel-layer",
+        choices=["redis", "pubsub"],
+        default=os.environ.get("CHANNEL_LAYER_BACKEND", "redis"),
+        help="The channels-redis layer of the server and of the order process (CHANNEL_LAYER_BACKEND): "
+        "RedisChannelLayer (redis, the default) or RedisPubSubChannelLayer (pubsub).",
+    )
     args = parser.parse_args()
 
     started = time.perf_counter()
+    # Inherited by the server (serving.server_env copies this environment) and by the order process (spawned).
+    os.environ["CHANNEL_LAYER_BACKEND"] = args.channel_layer
     harness.setup()
     agents = harness.make_agents(AGENTS, "bench-fanout")
     market = harness.make_markets(1, agents[0], "fanout")[0]
@@ -879,7 +973,8 @@ def main() -> None:
         say(
             f"fan-out: {args.spectators} spectators on market {market}, {args.trades_per_second:g} trades/s "
             f"({args.trades_per_second * 2:g} orders/s from {AGENTS} agents) for {args.duration:g} s, "
-            f"{args.runs} runs; server {args.server} x{args.workers} {server.url}; code {code_version()}"
+            f"{args.runs} runs; server {args.server} x{args.workers} {server.url}, channel layer "
+            f"{args.channel_layer}; code {code_version()}"
         )
         if args.warmup > 0:  # a fresh server's first requests are slow (connections, caches): not part of a run
             warm = harness.open_loop(
@@ -908,12 +1003,13 @@ def main() -> None:
     say(
         f"setup: {args.spectators} spectators ({med('connected'):.0f} connected; median connect "
         f"{med('connect_s'):.1f} s), {args.client_processes} client processes ({args.client}), {args.server} x{args.workers}, "
-        f"{args.duration:g} s per run, median of {args.runs} runs"
+        f"channel layer {args.channel_layer}, {args.duration:g} s per run, median of {args.runs} runs"
     )
     say(
         f"load: {med('offered'):.0f} orders/s offered, {med('answered'):.1f}/s answered 2xx, HTTP p50 "
         f"{med('http_p50'):.1f} ms, p99 {med('http_p99'):.1f} ms, errors {sum(r['http_errors'] for r in runs)}; "
-        f"{med('trades_per_s'):.1f} trades/s committed (target {args.trades_per_second:g})"
+        f"{med('trades_per_s'):.1f} trades/s committed (target {args.trades_per_second:g}; "
+        f"{med('trades_per_s_actual'):.1f}/s over the time the orders actually took)"
     )
     say(
         f"delivery latency (receipt - trade created_at, an upper bound of commit-to-receipt): p50 {med('p50'):.1f} ms, "
@@ -925,7 +1021,8 @@ def main() -> None:
         f"{sum(r['overflows'] for r in runs)}, errors {sum(r['errors'] for r in runs)}, closed "
         f"{sum(r['closed'] for r in runs)}, resyncs {sum(r['resyncs'] for r in runs)}; all drained: "
         f"{all(r['drained'] for r in runs)} (median drain {med('drain_s'):.1f} s); Redis backlog peak "
-        f"{max(r['backlog'] for r in runs)} of 1000; gap refills from the database (median) {med('refills'):.0f}"
+        f"{max(r['backlog'] for r in runs)} of 1000 (pub/sub output buffer "
+        f"{max(r['pubsub_backlog'] for r in runs) / 1024:.0f} KiB); gap refills from the database (median) {med('refills'):.0f}"
     )
     say(
         f"CPU (% of one core): server {med('server_cpu'):.0f}, postgres {med('postgres_cpu'):.0f}, redis "

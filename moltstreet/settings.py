@@ -183,14 +183,31 @@ REDIS_URL = env("REDIS_URL", default="")
 # `group_expiry` must outlive the longest connection (daphne closes websockets after 24 hours by default), or a live
 # subscriber would silently fall out of its group.
 _channel_layer_options = {"capacity": 1000, "expiry": 60, "group_expiry": 86400}
+# With Redis, which channels-redis layer carries the feeds: `redis` (RedisChannelLayer, the default: one Redis entry per
+# subscriber for every message, buffers capped as above) or `pubsub` (RedisPubSubChannelLayer: one PUBLISH per group
+# and message, each server process subscribed once per group, handing it to its local subscribers; no per-subscriber
+# cap or expiry in Redis). docs/performance.md, "Fan-out", compares them.
+CHANNEL_LAYER_BACKEND = env.str("CHANNEL_LAYER_BACKEND", default="redis")
+_CHANNEL_LAYER_BACKENDS = {
+    "redis": "channels_redis.core.RedisChannelLayer",
+    # channels-redis's RedisPubSubChannelLayer, with the feeds' failure contract kept (trading/realtime.py)
+    "pubsub": "trading.realtime.PubSubChannelLayer",
+}
+if CHANNEL_LAYER_BACKEND not in _CHANNEL_LAYER_BACKENDS:
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(f"CHANNEL_LAYER_BACKEND must be one of {sorted(_CHANNEL_LAYER_BACKENDS)}")
 CHANNEL_LAYERS: dict[str, dict[str, Any]]
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "BACKEND": _CHANNEL_LAYER_BACKENDS[CHANNEL_LAYER_BACKEND],
             # redis-py 8 times socket reads out after 5 s by default, the very time channels-redis blocks reading an
             # idle channel (BZPOPMIN, 5 s): every quiet websocket would crash. Reads may take longer than that.
-            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 15}], **_channel_layer_options},
+            "CONFIG": {
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
+                **(_channel_layer_options if CHANNEL_LAYER_BACKEND == "redis" else {}),
+            },
         },
     }
     # The cache only backs the rate limits, which let a request through when it fails (moltstreet/throttling.py): a
@@ -391,6 +408,9 @@ MOLTSTREET = {
     "LOCK_TIMEOUT_MS": env.int("MOLTSTREET_LOCK_TIMEOUT_MS", default=3000),
     # How many times a service transaction is retried after PostgreSQL reports a deadlock.
     "DEADLOCK_RETRIES": env.int("MOLTSTREET_DEADLOCK_RETRIES", default=3),
+    # Group commit of POST /orders/ per market (trading/combiner.py): orders of one market queued in a web process
+    # while its previous batch runs are matched together in one transaction, each answered with its own result.
+    "ORDER_COMBINING": env.bool("MOLTSTREET_ORDER_COMBINING", default=False),
     "MAX_ORDER_SIZE": env.int("MOLTSTREET_MAX_ORDER_SIZE", default=1_000_000),
     "MAX_QUESTION_LENGTH": env.int("MOLTSTREET_MAX_QUESTION_LENGTH", default=300),
     # Resting (open or partly filled GTC/GTD) orders one agent may have across all markets; a new order that could

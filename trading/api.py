@@ -47,7 +47,7 @@ from moltstreet.logs import bind
 from moltstreet.money import MAX_PRICE, MIN_PRICE, complement, quantize
 from moltstreet.pagination import CheckedCursorPagination
 from moltstreet.strict import refuse_unknown
-from trading import selectors
+from trading import combiner, selectors
 from trading.agent_feed import position_view
 from trading.models import Action, Order, Position, Side, TimeInForce, Trade
 from trading.order_batch import MAX_BATCH, OrderRequest, order_cancel_batch, order_place_batch
@@ -679,7 +679,8 @@ class OrderViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ApiViewSet)
             preview = order_preview(agent=request.user, market_id=market_id, **fields)
             return Response(preview_body(preview))
         # The service parses the fields (trading.order_input); its errors are the client's (invalid_price, ...).
-        result = order_place(agent=request.user, market_id=market_id, **fields)
+        place = combiner.place if combiner.enabled() else order_place  # group commit per market (issue 17)
+        result = place(agent=request.user, market_id=market_id, **fields)
         bind(order_id=result.order.id)
         return Response(placed_body(result), status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
 

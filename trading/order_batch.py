@@ -12,9 +12,11 @@ higher id. Cancelling: one transaction per market, the market row, then the agen
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from django.db import transaction
 
 from agents.models import Agent
 from markets.models import Market
@@ -66,7 +68,7 @@ def order_place_batch(*, agent: Agent, requests: list[OrderRequest]) -> list[Out
         parsed.setdefault(market_id, []).append((index, order))
     for market_id, entries in parsed.items():  # in the order of each market's first order
         try:
-            results = _place_in_market(agent=agent, market_id=market_id, entries=entries)
+            results = place_in_market(market_id=market_id, entries=[(agent, order) for _index, order in entries])
         except MoltStreetError as exc:  # the market's transaction failed as a whole (unknown market, lock timeout)
             results = [exc] * len(entries)
         for (index, _order), outcome in zip(entries, results, strict=True):
@@ -74,12 +76,34 @@ def order_place_batch(*, agent: Agent, requests: list[OrderRequest]) -> list[Out
     return outcomes
 
 
+def place_in_market(
+    *,
+    market_id: str,
+    entries: list[tuple[Agent, OrderInput]],
+    committed: Callable[[list[Outcome]], None] | None = None,
+) -> list[Outcome]:
+    """Place parsed orders of one market, each ``(agent, order)``, one after the other in the order given, in one
+    transaction under one market lock (the agents may differ: ``trading.combiner`` combines concurrent single
+    orders this way). Returns each one's :class:`~trading.orders.PlaceResult` or the :class:`MoltStreetError` it got
+    (its error changes nothing). ``committed``, if given, is called with those outcomes right after the commit,
+    before the orders' own after-commit work (feed publishes, metrics). Raises :class:`NotFound` (unknown market) or
+    :class:`ServiceBusy` (lock wait timed out, deadlocks persisted) for them all: then nothing was stored."""
+    return _place_in_market(market_id=market_id, entries=entries, committed=committed)
+
+
 @service_transaction
-def _place_in_market(*, agent: Agent, market_id: str, entries: list[tuple[int, OrderInput]]) -> list[Outcome]:
-    market = book_store.lock_market(market_id)  # the first lock (DESIGN section 6); NotFound for an unknown market
-    _lock_counterparties(agent, market, [order for _index, order in entries])
+def _place_in_market(
+    *,
+    market_id: str,
+    entries: list[tuple[Agent, OrderInput]],
+    committed: Callable[[list[Outcome]], None] | None = None,
+) -> list[Outcome]:
     results: list[Outcome] = []
-    for _index, order in entries:
+    if committed is not None:  # registered first, so run first after the commit: with the list filled below
+        transaction.on_commit(lambda: committed(results))
+    market = book_store.lock_market(market_id)  # the first lock (DESIGN section 6); NotFound for an unknown market
+    _lock_counterparties({agent.id for agent, _order in entries}, market, [order for _agent, order in entries])
+    for agent, order in entries:
         try:
             results.append(_place_one(agent=agent, market_id=market.id, order=order))
         except ServiceBusy:
@@ -99,16 +123,17 @@ def _place_one(*, agent: Agent, market_id: uuid.UUID, order: OrderInput) -> orde
     return result
 
 
-def _lock_counterparties(agent: Agent, market: Market, batch: list[OrderInput]) -> None:
-    """Lock, ascending and at once, the agent and every agent the batch's orders could touch in the market (as
-    makers, or as owners of GTD orders found expired on the way), with the market locked: the book changes only by
-    the batch itself from here, and its own orders are the agent's.
+def _lock_counterparties(batch_agents: set[uuid.UUID], market: Market, batch: list[OrderInput]) -> None:
+    """Lock, ascending and at once, the batch's agents and every agent the batch's orders could touch in the market
+    (as makers, or as owners of GTD orders found expired on the way), with the market locked: the book changes only
+    by the batch itself from here, and its own orders are its agents'.
 
     Per queue the batch's orders cross, the orders they can reach are a prefix of the opposite queue in priority
     order: everything crossing the batch's best price on that side, until the other agents' contracts that never
     expire cover the batch's total size on that side (an order's failure or a FOK kill only leaves more of the same
-    prefix untouched). GTD orders do not count towards the size, since one may expire before it is reached."""
-    wanted = {agent.id}
+    prefix untouched). GTD orders do not count towards the size, since one may expire before it is reached, nor do
+    the batch's agents' own orders, which one of them may cancel as a self-trade instead of filling."""
+    wanted = set(batch_agents)
     for book_side in {order.book_position[0] for order in batch}:
         on_side = [order for order in batch if order.book_position[0] == book_side]
         best = max(order.book_position[1] for order in on_side)
@@ -118,7 +143,7 @@ def _lock_counterparties(agent: Agent, market: Market, batch: list[OrderInput]) 
             page = book_store.crossing_page(market.id, book_side, best, after=after, limit=200)
             for resting in page:
                 wanted.add(resting.agent_id)
-                if resting.agent_id != agent.id and resting.expires_at is None:
+                if resting.agent_id not in batch_agents and resting.expires_at is None:
                     needed -= resting.size - resting.filled
                 if needed <= 0:
                     break

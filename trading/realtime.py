@@ -27,8 +27,16 @@ from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.layers import InMemoryChannelLayer, get_channel_layer
+from channels_redis.pubsub import (  # type: ignore[import-untyped]
+    RedisPubSubChannelLayer,
+    RedisPubSubLoopLayer,
+    RedisSingleShardConnection,
+)
+from channels_redis.utils import _wrap_close  # type: ignore[import-untyped]
 from django.conf import settings
 from django.db import connection, transaction
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 
 from markets.models import Market, MarketEvent
 from markets.shape import FEED, market_view, recorded_view, render_time
@@ -254,6 +262,85 @@ def _group_send_all(sends: list[tuple[str, Message]]) -> None:
     for (group, _message), result in zip(sends, results, strict=True):
         if isinstance(result, BaseException):
             logger.error("live feed: group_send to %s failed: %r", group, result)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The publish/subscribe channel layer (CHANNEL_LAYER_BACKEND=pubsub)
+
+
+class PubSubChannelLayer(RedisPubSubChannelLayer):
+    """channels-redis's ``RedisPubSubChannelLayer`` (one ``PUBLISH`` per group and message; each server process
+    subscribed once per group hands it to its local subscribers), with the feeds' failure contract kept
+    (docs/realtime.md): its own receive task swallows a lost Redis connection and retries, so an open feed would wait
+    forever; here every local channel is told instead (``receive`` raises ``redis.ConnectionError``, the consumer
+    answers ``feed_unavailable`` and closes with 4503). And since ``SUBSCRIBE`` returns before Redis answers, joining
+    a group ends with a ``PING``: a handshake against a frozen Redis times out (HTTP 403) instead of being served a
+    feed that never updates."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except RuntimeError:  # no running event loop, so no layer of its own to ask: as if it had no such attribute
+            raise AttributeError(name) from None
+
+    def _get_layer(self) -> Any:
+        loop = asyncio.get_running_loop()
+        layer = self._layers.get(loop)
+        if layer is None:
+            layer = self._layers[loop] = _PubSubLoopLayer(*self._args, **self._kwargs, channel_layer=self)
+            _wrap_close(self, loop)
+        return layer
+
+
+_LAYER_LOST = "channel_layer.lost"
+
+
+class _PubSubLoopLayer(RedisPubSubLoopLayer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._shards: list[_PubSubShard] = [_PubSubShard(shard.host, self) for shard in self._shards]
+
+    async def new_channel(self, prefix: str = "specific.") -> str:
+        """The consumer's own channel. Called by channels before the consumer can answer its handshake: with Redis
+        down the subscription fails here and is left out (the feeds use groups only), so that the consumer's join,
+        which does reach Redis, is what refuses the handshake (HTTP 403) rather than an error (HTTP 500)."""
+        channel = f"{self.prefix}{prefix}{uuid.uuid4().hex}"
+        self.channels[channel] = asyncio.Queue()
+        try:
+            await self._get_shard(channel).subscribe(channel)
+        except (RedisError, OSError) as exc:
+            logger.warning("live feed: subscribing %s failed (%s: %s)", channel, exc.__class__.__name__, exc)
+        return channel
+
+    async def receive(self, channel: str) -> Any:
+        message = await super().receive(channel)
+        if message.get("type") == _LAYER_LOST:
+            raise RedisConnectionError("the channel layer lost its Redis subscription")
+        return message
+
+    async def group_add(self, group: str, channel: str) -> None:
+        await super().group_add(group, channel)
+        shard = self._get_shard(self._get_group_channel_name(group))
+        await shard._redis.ping()
+
+
+class _PubSubShard(RedisSingleShardConnection):
+    async def _do_receiving(self) -> None:
+        while True:
+            try:
+                if self._pubsub and self._pubsub.subscribed:
+                    message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+                    self._receive_message(message)
+                else:
+                    await asyncio.sleep(0.1)
+            except (asyncio.CancelledError, GeneratorExit):
+                raise
+            except Exception as exc:
+                logger.warning("live feed: the Redis subscription failed (%s: %s)", exc.__class__.__name__, exc)
+                lost = self.channel_layer.channel_layer.serialize({"type": _LAYER_LOST})
+                for queue in self.channel_layer.channels.values():
+                    queue.put_nowait(lost)
+                await asyncio.sleep(1)
 
 
 # --------------------------------------------------------------------------------------------------------------------
