@@ -644,10 +644,11 @@ class OrderViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ApiViewSet)
 
     def throttle_weight(self, request) -> int:
         """What the request costs of the agent's write budget (``moltstreet.throttling.AgentWriteThrottle``): a
-        batch one per order or id it carries (at most ``MAX_BATCH``), any other request 1."""
+        batch one per order or id it carries (1 to ``MAX_BATCH``), any other request (a refused batch too) 1."""
         key = {"batch": "orders", "batch_cancel": "ids"}.get(getattr(self, "action", None) or "")
         items = request.data.get(key) if key and isinstance(request.data, dict) else None
-        return max(1, min(len(items), MAX_BATCH)) if isinstance(items, list) else 1
+        # A batch refused as a whole (empty, or over MAX_BATCH) did nothing: it costs one request.
+        return len(items) if isinstance(items, list) and 1 <= len(items) <= MAX_BATCH else 1
 
     @extend_schema(
         summary="Place an order (or preview it with dry_run)",

@@ -1207,3 +1207,15 @@ def test_a_batch_costs_one_write_per_order_or_id_it_carries(write_budget, market
     place_batch(client, _one(market))  # the 6th
     with unchanged(audit_clean):
         assert_error(post_order(client, market, "YES", "BUY", "0.30", 1), 429, "rate_limited")
+
+
+def test_a_batch_refused_as_a_whole_costs_one_write(write_budget, market, make_agent, audit_clean):
+    write_budget("3/min")
+    client = api_client(make_agent())
+
+    with unchanged(audit_clean):
+        assert_error(client.post(f"{API}/orders/batch/", {"orders": [_one(market)] * 21}), 400, "invalid_request")
+        assert_error(client.post(f"{API}/orders/batch-cancel/", {"ids": []}), 400, "invalid_request")
+    place_batch(client, _one(market))  # the 3rd write: the two refusals cost one each
+    with unchanged(audit_clean):
+        assert_error(post_order(client, market, "YES", "BUY", "0.30", 1), 429, "rate_limited")
