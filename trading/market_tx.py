@@ -239,9 +239,10 @@ class MarketTx:
         self.agents[order.agent_id].linked_pnl += pos.linked_worth() - before
         self.linked_agents.add(order.agent_id)
 
-    def release(self, order: Order) -> None:
-        """Give back what a resting order still reserves (credits for a BUY, contracts for a SELL)."""
-        left = order.size - order.filled
+    def release(self, order: Order, contracts: int | None = None) -> None:
+        """Give back what a resting order reserves for ``contracts`` of its unfilled contracts (all of them by
+        default): ``price`` credits each for a BUY, the contracts themselves for a SELL."""
+        left = order.size - order.filled if contracts is None else contracts
         if order.action == Action.BUY:
             self.cash.release(self.agents[order.agent_id], order.price * left)
         else:

@@ -621,15 +621,7 @@ def _amend_in_place(market: Market, order: Order, size: int) -> None:
     tx = MarketTx(market)
     tx.prepare({order.agent_id})
     taken_off = order.size - size
-    agent = tx.agents[order.agent_id]
-    if order.action == Action.BUY:
-        tx.cash.release(agent, order.price * taken_off)
-    else:
-        pos = tx.position(order.agent_id)
-        if order.side == Side.YES:
-            pos.yes_reserved -= taken_off
-        else:
-            pos.no_reserved -= taken_off
+    tx.release(order, taken_off)
     order.size = size
     tx.order_event(order, "amended", level_delta=-taken_off)
     tx.net(order.agent_id)
