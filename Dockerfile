@@ -25,6 +25,8 @@ EXPOSE 8000
 # WEB_WORKERS: one per core. --no-access-log: the server's own log would write query strings (keys) verbatim;
 # moltstreet.middleware logs requests with secrets redacted. Several workers need REDIS_URL (the channel layer).
 # LOG_FORMAT=json: one JSON object per line, uvicorn's own lines included (--log-config). PROMETHEUS_MULTIPROC_DIR:
-# /metrics sums every worker's values (moltstreet/metrics.py).
+# /metrics sums every worker's values (moltstreet/metrics.py). --timeout-graceful-shutdown 8: on SIGTERM the requests
+# in flight get 8 s, then uvicorn cancels what is left and exits, inside docker-compose.yml's stop_grace_period
+# (15 s), rather than waiting without end and being SIGKILLed.
 ENV WEB_WORKERS=2 WEB_HOST=0.0.0.0 WEB_PORT=8000 LOG_FORMAT=json PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus
-CMD ["sh", "-c", "exec uvicorn moltstreet.asgi:application --host ${WEB_HOST} --port ${WEB_PORT} --workers ${WEB_WORKERS} --no-access-log --timeout-keep-alive 75 --log-config moltstreet/uvicorn-logging.json"]
+CMD ["sh", "-c", "exec uvicorn moltstreet.asgi:application --host ${WEB_HOST} --port ${WEB_PORT} --workers ${WEB_WORKERS} --no-access-log --timeout-keep-alive 75 --timeout-graceful-shutdown 8 --log-config moltstreet/uvicorn-logging.json"]

@@ -35,6 +35,7 @@ DOCKERFILE = BASE_DIR / "Dockerfile"
 ENV_EXAMPLE = BASE_DIR / ".env.example"
 APP_SERVICES = ("migrate", "web", "scheduler", "poller", "worker")
 DEADLINE = 50.0  # seconds the whole served-commands test may take
+STOP_GRACE = 15.0  # seconds a stopped command may take: docker-compose.yml's stop_grace_period of the web service
 
 
 def compose() -> dict[str, Any]:
@@ -259,7 +260,8 @@ def _compose_argv(service: str) -> list[str]:
 
 
 class Process:
-    """A command of the image run from the repository root, its output in a file; stopped with SIGTERM."""
+    """A command of the image run from the repository root, its output in a file; stopped with SIGTERM, and
+    SIGKILLed (so failing the test: exit code -9) if it has not exited within docker-compose.yml's grace period."""
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path):
         self.name, self.log_path = name, log_dir / f"{name}.log"
@@ -275,7 +277,7 @@ class Process:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(timeout=15)
+                self.process.wait(timeout=STOP_GRACE)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)
@@ -322,6 +324,10 @@ def test_the_images_commands_serve_health_and_metrics_outside_a_container(tmp_pa
         LOG_FORMAT="json",
     )
     assert env["WEB_WORKERS"] == "2", "the image serves several workers"
+    # The web server's SIGTERM grace is bounded (uvicorn otherwise waits for its tasks without end) within compose's.
+    graceful = re.search(r"--timeout-graceful-shutdown (\d+)", " ".join(dockerfile_cmd()))
+    assert graceful and int(graceful[1]) < STOP_GRACE, dockerfile_cmd()
+    assert compose()["services"]["web"]["stop_grace_period"] == f"{STOP_GRACE:.0f}s"
 
     migrate = subprocess.run(
         _compose_argv("migrate"), cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=40
