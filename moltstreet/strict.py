@@ -18,6 +18,7 @@ Both answer ``400 invalid_request`` with ``detail`` mapping each unknown name to
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
@@ -80,17 +81,26 @@ def refuse_unknown(what: str, names: Iterable[str], known: Iterable[str]) -> Non
 
 # (route callback, method) -> (the query parameters its operation declares, whether it declares a request body)
 _DECLARED: dict[tuple[Any, str], tuple[frozenset[str], bool]] = {}
+# drf-spectacular builds operations with class-level state it fills on first use (its extensions import their target
+# classes lazily, and two threads doing so at once fail with an AttributeError): one build at a time per process.
+_BUILDING = threading.Lock()
 
 
 def declared_query_parameters(request) -> tuple[frozenset[str], bool]:
     """The query parameter names the OpenAPI operation of ``request``'s route and method declares, and whether it
     declares a request body: drf-spectacular's own operation (what ``/api/schema/`` serves), built once per route
-    and method. ``HEAD`` is answered as ``GET``."""
+    and method, one build at a time (drf-spectacular is not thread-safe on first use: concurrent first orders of a
+    fresh worker got 500s). ``HEAD`` is answered as ``GET``."""
     method = "GET" if request.method == "HEAD" else request.method
     match = request.resolver_match
     key = (match.func, method)
     declared = _DECLARED.get(key)
-    if declared is None:
+    if declared is not None:
+        return declared
+    with _BUILDING:
+        declared = _DECLARED.get(key)
+        if declared is not None:  # built by the thread this one waited for
+            return declared
         generator = SchemaGenerator()
         view = generator.create_view(match.func, method)
         path = EndpointEnumerator().get_path_from_regex(match.route)
