@@ -25,52 +25,16 @@ firm figures on a shared machine, the spread over rounds says how firm.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import time
 from contextlib import ExitStack
 from typing import Any
-from urllib.parse import urlsplit
 
 import harness
 from fanout import AGENTS, WEBSOCKET_LIMITS, process_cpu, run_once, settle
-from harness import Call, HttpConnection, median, order_body, say
+from harness import Call, median, order_body, say
 
 ASGI_VARIANTS = ("stock", "sync-chain")
 DISPATCH_VARIANTS = ("channels", "skip-close")
-
-
-def closed_loop(base_url: str, keys: list[str], make_call, duration: float) -> tuple[int, int]:
-    """Each agent sends its next request as soon as the previous one is answered, for ``duration`` seconds:
-    ``(answered 2xx, other answers and failures)`` within that time."""
-
-    async def run() -> tuple[int, int]:
-        parts = urlsplit(base_url)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + duration
-        counts = [0, 0]
-
-        async def agent(index: int) -> None:
-            conn = HttpConnection(parts.hostname, parts.port)
-            headers = {"Authorization": f"Bearer {keys[index]}"}
-            i = index
-            try:
-                while loop.time() < deadline:
-                    call = make_call(i)
-                    i += len(keys)
-                    try:
-                        status, _body, _headers = await conn.request(call.method, call.path, call.body, headers)
-                    except (ConnectionError, OSError, asyncio.IncompleteReadError, ValueError):
-                        counts[1] += 1
-                        continue
-                    if loop.time() <= deadline:
-                        counts[0 if 200 <= status < 300 else 1] += 1
-            finally:
-                conn.close()
-
-        await asyncio.gather(*(agent(i) for i in range(len(keys))))
-        return counts[0], counts[1]
-
-    return asyncio.run(run())
 
 
 def measure_asgi(args, server, keys: list[str], market: str) -> dict[str, float]:
@@ -87,7 +51,8 @@ def measure_asgi(args, server, keys: list[str], market: str) -> dict[str, float]
     for name, call in (("order", order), ("read", read)):  # closed loop: as fast as the server answers
         settle(pid)
         cpu0 = process_cpu(pid)
-        ok, bad = closed_loop(server.url, keys, call, args.duration)
+        result = harness.closed_loop(server.url, keys, call, duration=args.duration)
+        ok, bad = result.ok, result.errors
         figures[f"{name}s_per_s"] = ok / args.duration
         figures[f"cpu_ms_per_{name}"] = (process_cpu(pid) - cpu0) * 1000 / max(ok + bad, 1)
         figures[f"{name}_errors"] = bad

@@ -343,8 +343,13 @@ class LoadResult:
         return sum(n for status, n in self.statuses.items() if not 200 <= status < 300) + sum(self.failures.values())
 
     @property
+    def ok(self) -> int:
+        """Requests answered 2xx."""
+        return sum(n for status, n in self.statuses.items() if 200 <= status < 300)
+
+    @property
     def achieved(self) -> float:
-        return sum(n for status, n in self.statuses.items() if 200 <= status < 300) / self.duration
+        return self.ok / self.duration
 
     def pct(self, q: float) -> float:
         return percentile(self.latencies_ms, q)
@@ -440,6 +445,54 @@ async def _open_loop(base_url, keys, make_call, *, rate, duration, timeout) -> L
     unanswered = total - result.answered - sum(result.failures.values())
     if unanswered > 0:
         result.failures["unanswered"] += unanswered
+    return result
+
+
+def closed_loop(base_url: str, keys: Sequence[str], make_call: Callable[[int], Call], *, duration: float) -> LoadResult:
+    """Each agent (``keys[i]``, its own connection) sends its next request as soon as its previous one is answered,
+    for ``duration`` seconds; agent ``i`` sends calls ``i``, ``i + len(keys)``, ... Latency runs from the send to
+    the end of the answer; answers after the deadline are not counted. The result's ``rate`` is what was answered
+    2xx per second (a closed loop offers no rate of its own)."""
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
+        runner = asyncio.run
+    return runner(_closed_loop(base_url, keys, make_call, duration=duration))
+
+
+async def _closed_loop(base_url, keys, make_call, *, duration) -> LoadResult:
+    parts = urlsplit(base_url)
+    result = LoadResult(rate=0.0, duration=duration)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + duration
+
+    async def agent(index: int) -> None:
+        conn = HttpConnection(parts.hostname, parts.port)
+        headers = {"Authorization": f"Bearer {keys[index]}"}
+        i = index
+        try:
+            while loop.time() < deadline:
+                call = make_call(i)
+                i += len(keys)
+                sent = loop.time()
+                try:
+                    status, _body, answer = await conn.request(call.method, call.path, call.body, headers)
+                except (ConnectionError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
+                    result.failures[type(exc).__name__] += 1
+                    continue
+                if loop.time() > deadline:
+                    return
+                result.latencies_ms.append((loop.time() - sent) * 1000)
+                result.statuses[status] += 1
+                if (server := server_time_ms(answer)) is not None:
+                    result.server_ms.append(server)
+        finally:
+            conn.close()
+
+    await asyncio.gather(*(agent(i) for i in range(len(keys))))
+    result.rate = result.achieved
     return result
 
 

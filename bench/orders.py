@@ -7,6 +7,12 @@ at least 95 % of the offer answered in time; then at that rate it runs ``--runs`
 orders/s, p50, p99 and p99.9, and the p50 at half that rate. pgbench (tpcb-like, the same client count, scale 1 for
 the hot case and 50 for the spread case) runs right before each case; the ratio is orders/s over pgbench TPS.
 
+``--case closed`` is the hot market closed loop: 16 agents on one market, each sending its next crossing order as
+soon as its last one is answered, for ``--duration`` seconds, ``--runs`` times after a warm-up: orders/s, p50, p99,
+the server's CPU per order (its workers included) and how many orders each transaction placed (the market's
+insert-only event rows of one transaction share their ``xmin``). ``--combining`` serves with
+``MOLTSTREET_ORDER_COMBINING=on`` (trading/combiner.py). The target of issue 17 is >= 210 orders/s at p99 <= 100 ms.
+
 ``--case batch`` measures something else: contracts quoted per second when agents quote with batches of 20 post-only
 orders (``POST /api/v1/orders/batch/``) and when they send the same 20 orders as 20 ``POST /api/v1/orders/``, closed
 loop, same agents, markets and orders, in one run (the two take turns), and the ratio of the two.
@@ -14,6 +20,7 @@ loop, same agents, markets and orders, in one run (the two take turns), and the 
     .venv/bin/python bench/orders.py                    # both cases, daphne as make run serves
     .venv/bin/python bench/orders.py --case hot --server uvicorn --workers 2
     .venv/bin/python bench/orders.py --case batch       # batches against single orders
+    .venv/bin/python bench/orders.py --case closed --server uvicorn --workers 2 --combining
 """
 
 from __future__ import annotations
@@ -213,6 +220,89 @@ async def _quote_runs(base_url: str, keys: list[str], markets: list[str], modes:
     return results
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# The hot market closed loop (--case closed)
+
+CLOSED_TARGET = (210.0, 100.0)  # orders/s, p99 ms: issue 17
+
+
+def combining_env(args) -> dict[str, str]:
+    """The server's environment for ``--combining``."""
+    return {"MOLTSTREET_ORDER_COMBINING": "on"} if args.combining else {}
+
+
+def market_transactions(market: str, after_seq: int) -> tuple[int, int]:
+    """``(last seq, transactions that wrote the market's events after after_seq)``: the event rows are only ever
+    inserted, so the rows one transaction wrote share their ``xmin``."""
+    from django.db import connection
+
+    from markets.models import MarketEvent
+
+    table = MarketEvent._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT coalesce(max(seq), 0), count(DISTINCT xmin::text) FROM {table} "  # noqa: S608 (our table)
+            "WHERE market_id = %s AND seq > %s",
+            [market, after_seq],
+        )
+        last, transactions = cursor.fetchone()
+    return max(last, after_seq), transactions
+
+
+def run_closed_case(args) -> list[str]:
+    """``--runs`` closed-loop runs of 16 agents on one market; one line of medians (each run's line said before)."""
+    from fanout import server_cpu, settle
+
+    from trading.models import Order
+
+    tps = None
+    if not args.no_pgbench:
+        tps = harness.pgbench_tps(clients=16, scale=1, seconds=args.pgbench_seconds)
+        say(f"[closed] pgbench tpcb-like scale 1, 16 clients: {tps:.0f} TPS")
+    agents = harness.make_agents(16, "bench-closed")
+    (market,) = harness.make_markets(1, agents[0], "closed")
+    keys = [agent.key for agent in agents]
+    load = make_calls([market], 16)
+    runs: list[dict[str, float]] = []
+    with harness.running_server(args.server, args.workers, **combining_env(args)) as server:
+        say(f"[closed] warm-up: {harness.closed_loop(server.url, keys, load, duration=3).describe()}")
+        for number in range(args.runs):
+            settle(server.process.pid)
+            seq, _ = market_transactions(market, 0)
+            placed = Order.objects.filter(market_id=market).count()
+            cpu = server_cpu(server.process.pid)
+            result = harness.closed_loop(server.url, keys, load, duration=args.duration)
+            cpu = server_cpu(server.process.pid) - cpu
+            _, transactions = market_transactions(market, seq)
+            placed = Order.objects.filter(market_id=market).count() - placed
+            run = {
+                "rate": result.achieved,
+                "p50": result.pct(50),
+                "p99": result.pct(99),
+                "cpu_ms": cpu * 1000 / max(placed, 1),
+                "per_txn": placed / max(transactions, 1),
+                "errors": result.errors,
+            }
+            runs.append(run)
+            say(
+                f"[closed] run {number + 1}: {result.describe()}; server CPU {run['cpu_ms']:.2f} ms/order; "
+                f"{run['per_txn']:.2f} orders/transaction"
+            )
+    figures = {name: median([run[name] for run in runs]) for name in runs[0]}
+    rate, p99 = CLOSED_TARGET
+    met = figures["rate"] >= rate and figures["p99"] <= p99
+    ratio = f"; ratio to pgbench {figures['rate'] / tps:.3f} ({tps:.0f} TPS)" if tps else ""
+    label = (
+        f"closed (16 agents, 1 market, {args.server} x{args.workers}, combining {'on' if args.combining else 'off'})"
+    )
+    return [
+        f"{label}: {figures['rate']:.0f} orders/s, p50 {figures['p50']:.1f} ms, p99 {figures['p99']:.1f} ms, server "
+        f"CPU {figures['cpu_ms']:.2f} ms/order, {figures['per_txn']:.2f} orders/transaction, errors "
+        f"{sum(run['errors'] for run in runs)} (median of {args.runs}; target >= {rate:.0f}/s at p99 <= {p99:.0f} ms "
+        f"{'met' if met else 'NOT met'}){ratio}"
+    ]
+
+
 def run_batch_case(args) -> list[str]:
     """Batches of 20 post-only quotes against 20 single orders: ``--runs`` runs, the two modes taking turns (batch
     first in odd runs, single first in even ones) after a warm-up of each; the medians and their ratio."""
@@ -249,7 +339,13 @@ def run_batch_case(args) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--case", choices=[*CASES, "both", "batch"], default="both", help="both: hot and spread; batch: on its own."
+        "--case",
+        choices=[*CASES, "both", "batch", "closed"],
+        default="both",
+        help="both: hot and spread; batch and closed: on their own.",
+    )
+    parser.add_argument(
+        "--combining", action="store_true", help="Serve with MOLTSTREET_ORDER_COMBINING=on (group commit per market)."
     )
     parser.add_argument("--server", choices=["daphne", "uvicorn", "gunicorn"], default="daphne")
     parser.add_argument("--workers", type=int, default=1)
@@ -263,8 +359,8 @@ def main() -> None:
     args = parser.parse_args()
 
     harness.setup()
-    if args.case == "batch":
-        lines = run_batch_case(args)
+    if args.case in ("batch", "closed"):
+        lines = run_batch_case(args) if args.case == "batch" else run_closed_case(args)
         say(harness.audit_line())
         say("== orders ==")
         for line in lines:
@@ -280,7 +376,7 @@ def main() -> None:
             say(f"[{name}] pgbench tpcb-like scale {spec['scale']}, {spec['agents']} clients: {tps:.0f} TPS")
         agents = harness.make_agents(spec["agents"], f"bench-{name}")
         markets = harness.make_markets(spec["markets"], agents[0], name)
-        with harness.running_server(args.server, args.workers) as server:
+        with harness.running_server(args.server, args.workers, **combining_env(args)) as server:
             figures = run_case(name, args, server, [a.key for a in agents], markets)
         label = (
             f"{name} ({spec['agents']} agents, {spec['markets']} market{'s' if spec['markets'] > 1 else ''}, "
