@@ -129,7 +129,12 @@ class Spectator:
         self.ready: asyncio.Future = asyncio.get_running_loop().create_future()
 
     def on_message(self, payload: bytes | str, now: float) -> None:
-        message = json.loads(payload)
+        """One frame: a message, or a batch of them (a JSON array, ``?batch_ms=``)."""
+        frame = json.loads(payload)
+        for message in frame if isinstance(frame, list) else (frame,):
+            self.on_one(message, now)
+
+    def on_one(self, message: dict[str, Any], now: float) -> None:
         kind = message.get("type")
         seq = message.get("seq")
         if kind == "snapshot":
@@ -702,7 +707,7 @@ def run_once(args, server, keys: list[str], market: str, number: int) -> dict[st
             "count": count,
             "host": "127.0.0.1",
             "port": server.port,
-            "path": f"/ws/markets/{market}/",
+            "path": f"/ws/markets/{market}/" + (f"?batch_ms={args.batch_ms}" if args.batch_ms else ""),
             "client": args.client,
             "connect_concurrency": args.connect_concurrency,
             "connect_timeout": args.connect_timeout,
@@ -959,6 +964,13 @@ def main() -> None:
         help="The channels-redis layer of the server and of the order process (CHANNEL_LAYER_BACKEND): "
         "RedisChannelLayer (redis, the default) or RedisPubSubChannelLayer (pubsub).",
     )
+    parser.add_argument(
+        "--batch-ms",
+        type=int,
+        default=0,
+        help="Spectators take batched frames (?batch_ms=N: a JSON array of the messages of up to N ms, served by "
+        "the market's hub, one subscription per server process); 0 (the default): a frame per message.",
+    )
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -974,7 +986,8 @@ def main() -> None:
             f"fan-out: {args.spectators} spectators on market {market}, {args.trades_per_second:g} trades/s "
             f"({args.trades_per_second * 2:g} orders/s from {AGENTS} agents) for {args.duration:g} s, "
             f"{args.runs} runs; server {args.server} x{args.workers} {server.url}, channel layer "
-            f"{args.channel_layer}; code {code_version()}"
+            f"{args.channel_layer}, {f'batched frames of {args.batch_ms} ms' if args.batch_ms else 'a frame per message'}"
+            f"; code {code_version()}"
         )
         if args.warmup > 0:  # a fresh server's first requests are slow (connections, caches): not part of a run
             warm = harness.open_loop(
@@ -1003,7 +1016,9 @@ def main() -> None:
     say(
         f"setup: {args.spectators} spectators ({med('connected'):.0f} connected; median connect "
         f"{med('connect_s'):.1f} s), {args.client_processes} client processes ({args.client}), {args.server} x{args.workers}, "
-        f"channel layer {args.channel_layer}, {args.duration:g} s per run, median of {args.runs} runs"
+        f"channel layer {args.channel_layer}, "
+        f"{f'batched frames of {args.batch_ms} ms' if args.batch_ms else 'a frame per message'}, "
+        f"{args.duration:g} s per run, median of {args.runs} runs"
     )
     say(
         f"load: {med('offered'):.0f} orders/s offered, {med('answered'):.1f}/s answered 2xx, HTTP p50 "

@@ -20,6 +20,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -204,13 +205,21 @@ def place_order(
 
 
 class Feed:
-    """A websocket connection that decodes JSON messages and keeps every one it received, for failure messages."""
+    """A websocket connection that decodes JSON messages and keeps every one it received, for failure messages. A
+    batched frame (a JSON array, ``?batch_ms=``) is taken message by message."""
 
     def __init__(self, connection, url: str, server: DaphneServer | None = None):
         self.connection = connection
         self.url = url
         self.server = server
         self.received: list[dict[str, Any]] = []
+        self.waiting: deque[dict[str, Any]] = deque()  # the rest of the last batched frame
+
+    @staticmethod
+    def messages(raw: str | bytes) -> list[dict[str, Any]]:
+        """The messages of one frame: one, or a batch's."""
+        frame = json.loads(raw)
+        return frame if isinstance(frame, list) else [frame]
 
     def fail(self, what: str) -> None:
         log = f"\nserver {self.server.name} log:\n{self.server.output(3000)}" if self.server else ""
@@ -230,7 +239,7 @@ class Feed:
         except ConnectionClosed as exc:
             closed = exc
         else:
-            self.received.append(json.loads(raw))
+            self.received.extend(self.messages(raw))
             self.fail(f"unexpected message while idle: {self.received[-1]}")
         self.fail(f"the server closed the idle connection: {closed}")
 
@@ -244,6 +253,12 @@ class Feed:
 
         deadline = time.monotonic() + timeout
         while True:
+            if self.waiting:
+                message = self.waiting.popleft()
+                self.received.append(message)
+                if predicate(message):
+                    return message
+                continue
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self.fail(f"no {what} within {timeout:.0f}s")
@@ -256,10 +271,7 @@ class Feed:
                 closed = exc
             if closed is not None:
                 self.fail(f"connection closed while waiting for {what}: {closed}")
-            message = json.loads(raw)
-            self.received.append(message)
-            if predicate(message):
-                return message
+            self.waiting.extend(self.messages(raw))
 
 
 @contextmanager

@@ -37,6 +37,7 @@ from moltstreet.clients import network_key, scope_address
 from moltstreet.metrics import WEBSOCKETS
 from moltstreet.throttling import HandshakeThrottle
 from trading import agent_feed, heartbeat, realtime
+from trading.feed_hub import MarketHub
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ CLOSE_KEY_REVOKED = 4401
 CLOSE_RATE_LIMITED = 4429
 # Close code sent after an ``invalid_request`` error (a malformed query parameter); 4400 echoes HTTP 400.
 CLOSE_INVALID_REQUEST = 4400
+# The longest wait ``?batch_ms=`` may ask for (docs/realtime.md, "Batched frames").
+MAX_BATCH_MS = 1000
 # The spellings of ``cancel_on_disconnect`` (lower-cased).
 _FLAGS = {"true": True, "1": True, "false": False, "0": False}
 
@@ -268,11 +271,20 @@ class SequencedFeed(FeedConsumer):
     pending: dict[int, tuple[dict[str, Any], str | None]]
     gap_timer: asyncio.TimerHandle | None = None
 
+    # Batched frames (``?batch_ms=``, docs/realtime.md): the sequenced messages are sent as JSON arrays, one frame
+    # per ``batch_s`` at most; ``outbox`` holds the texts not sent yet, ``wake`` tells ``flusher`` there are some.
+    batch_s = 0.0
+    outbox: list[str]
+    outbox_first = 0  # the seq of the first message in outbox
+    wake: asyncio.Event | None = None
+    flusher: asyncio.Task | None = None
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.last_seq, self.overflowed = 0, False
         self.pending, self.lock = {}, asyncio.Lock()
         self.limit = settings.MOLTSTREET["LIVE_REPLAY_LIMIT"]
+        self.outbox = []
 
     async def read_snapshot(self, reason: str) -> dict[str, Any] | None:
         """The feed's ``snapshot`` message with ``reason``; ``None`` when what it shows is gone."""
@@ -328,13 +340,7 @@ class SequencedFeed(FeedConsumer):
         ``buffer_overflow``, close with 4008 and return ``False``. Should the store not hold them all (it always
         does, each sequence is numbered in commit order), a ``resync`` snapshot replaces them."""
         if until - self.last_seq > self.limit:
-            self.overflowed = True
-            await self.send_error(
-                "buffer_overflow",
-                f"This connection fell more than {self.limit} changes behind; reconnect with ?since={self.last_seq}.",
-                last_seq=self.last_seq,
-            )
-            await self.close(code=CLOSE_BUFFER_OVERFLOW)
+            await self.overflow()
             return False
         messages = await self.read_stored(self.last_seq, until)
         if [m["seq"] for m in messages] != list(range(self.last_seq + 1, until + 1)):
@@ -342,9 +348,82 @@ class SequencedFeed(FeedConsumer):
             await self.send_snapshot("resync")
             return True
         for message in messages:
-            await self.send_json(message)
+            await self.emit(message)
         self.last_seq = until
         return True
+
+    async def overflow(self, last_sent: int | None = None) -> None:
+        """The connection fell more than ``limit`` messages behind: ``buffer_overflow`` with the last ``seq`` the
+        client was sent (``last_sent``, by default ``last_seq``), and close with 4008."""
+        self.overflowed = True
+        if last_sent is not None:
+            self.last_seq = last_sent
+        await self.send_error(
+            "buffer_overflow",
+            f"This connection fell more than {self.limit} changes behind; reconnect with ?since={self.last_seq}.",
+            last_seq=self.last_seq,
+        )
+        await self.close(code=CLOSE_BUFFER_OVERFLOW)
+
+    async def emit(self, message: dict[str, Any], text: str | None = None) -> None:
+        """Send one sequenced message (``text``: its JSON, if the publisher encoded it): a frame of its own, or, with
+        batched frames, into the next array."""
+        if self.batch_s:
+            self.enqueue(message["seq"], text if text is not None else json.dumps(message))
+        elif text is None:
+            await self.send_json(message)
+        else:
+            await self.send(text_data=text)
+
+    # ---- batched frames --------------------------------------------------------------------------------------------
+
+    def enqueue(self, seq: int, text: str) -> None:
+        """Put the text of the message ``seq`` into the next batched frame. More than ``limit`` waiting (the client
+        does not read what it is sent): ``buffer_overflow`` from the last ``seq`` it was sent, and close."""
+        if self.overflowed:
+            return
+        if not self.outbox:
+            self.outbox_first = seq
+        self.outbox.append(text)
+        if len(self.outbox) > self.limit:
+            self.overflowed = True
+            self.outbox = []
+            asyncio.get_running_loop().create_task(self.overflow(last_sent=self.outbox_first - 1))
+        elif self.wake is not None:
+            self.wake.set()
+
+    def start_batching(self, batch_ms: int) -> None:
+        """From now on, sequenced messages go out as arrays, one frame per ``batch_ms`` at most."""
+        self.batch_s = batch_ms / 1000
+        self.wake = asyncio.Event()
+        self.flusher = asyncio.get_running_loop().create_task(self.flush_every())
+
+    async def flush_every(self) -> None:
+        """The batched frames: ``batch_s`` after the first message waiting, everything waiting as one frame."""
+        assert self.wake is not None
+        try:
+            while True:
+                await self.wake.wait()
+                await asyncio.sleep(self.batch_s)
+                self.wake.clear()
+                await self.flush()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the connection went away under a send; its disconnect ends the feed
+            logger.info("live feed %s: batched send failed (%s)", self.sequence, exc.__class__.__name__)
+
+    async def flush(self) -> None:
+        """Send what waits as one JSON array (nothing if nothing waits)."""
+        if self.outbox:
+            frame, self.outbox = "[" + ",".join(self.outbox) + "]", []
+            await super().send(text_data=frame)
+
+    async def send(self, text_data: str | None = None, bytes_data: bytes | None = None, close: bool = False) -> None:
+        """Any frame that is not a batch (a snapshot, an error, a pong) goes after the messages waiting to be sent,
+        so the client sees everything in ``seq`` order."""
+        if self.outbox:
+            await self.flush()
+        await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
 
     async def receive_batch(self, messages: list[dict[str, Any]], texts: list[str | None] | None = None) -> None:
         """One committed transaction's messages, each with its JSON text if the publisher encoded it (``texts``).
@@ -371,10 +450,7 @@ class SequencedFeed(FeedConsumer):
         """Send the pending messages that follow ``last_seq`` without a gap."""
         while not self.overflowed and (entry := self.pending.pop(self.last_seq + 1, None)) is not None:
             message, text = entry
-            if text is None:
-                await self.send_json(message)
-            else:
-                await self.send(text_data=text)
+            await self.emit(message, text)
             self.last_seq = message["seq"]
         if not self.pending and self.gap_timer is not None:
             self.gap_timer.cancel()
@@ -399,29 +475,106 @@ class SequencedFeed(FeedConsumer):
     async def websocket_disconnect(self, message: WebSocketDisconnectEvent) -> None:
         if self.gap_timer is not None:
             self.gap_timer.cancel()
+        self.stop_batching()
         await super().websocket_disconnect(message)
+
+    def stop_batching(self) -> None:
+        if self.flusher is not None:
+            self.flusher.cancel()
+            self.flusher = None
 
 
 class MarketConsumer(SequencedFeed):
     """``/ws/markets/<id>/``: a ``snapshot`` (or the ``?since=`` replay), then every committed change of the market,
-    by the market's ``seq`` (:class:`SequencedFeed`)."""
+    by the market's ``seq`` (:class:`SequencedFeed`).
+
+    With ``?batch_ms=N`` (1-1000; docs/realtime.md, "Batched frames") the changes come as JSON arrays, one frame per
+    ``N`` ms at most, and the feed is served by its market's :class:`~trading.feed_hub.MarketHub` (one subscription
+    per market and process) instead of joining the group itself. A ``batch_ms`` that is not a whole number from 0 to
+    1000 gets ``invalid_request`` and close code 4400; 0 is the default, a frame per message."""
 
     feed = "market"
     market_id: str
+    hub: MarketHub | None = None
+    started = False  # the snapshot or replay is sent: what the hub hands over can go out
+    early: list[tuple[list[dict[str, Any]], list[str | None] | None]]
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:  # however the feed ended, its hub no longer serves it
+            self.leave_hub()
 
     async def connect(self) -> None:
         self.market_id = str(self.scope["url_route"]["kwargs"]["market_id"])
         self.sequence = f"market {self.market_id}"
+        batch_ms = query_param(self.scope, "batch_ms")
+        if batch_ms is not None and not (batch_ms.isascii() and batch_ms.isdigit() and int(batch_ms) <= MAX_BATCH_MS):
+            await self.refuse(
+                "invalid_request",
+                f"batch_ms must be a whole number of milliseconds from 0 to {MAX_BATCH_MS}.",
+                close_code=CLOSE_INVALID_REQUEST,
+            )
+            return
         if not await database_sync_to_async(realtime.market_exists)(self.market_id):
             await self.close()  # before accept: the handshake is refused (HTTP 403)
             return
         # Join first, then read: whatever commits after the read is published after the join and reaches us;
         # what arrives twice (committed between join and read) is cut by seq.
-        if not await self.join(realtime.market_group(self.market_id)):
+        group = realtime.market_group(self.market_id)
+        if batch_ms is not None and int(batch_ms) > 0:
+            self.early = []
+            self.hub = MarketHub.of(self.channel_layer, group)
+            joined = await self.hub.add(self)
+        else:
+            joined = await self.join(group)
+        if not joined:
+            self.hub = None
             await self.close()
             return
         await self.accept()
+        if self.hub is not None:
+            self.start_batching(int(batch_ms or 0))
         await self.start_sequence()
+        self.started = True
+        if self.hub is not None:  # what the hub handed over during the snapshot or replay, cut by seq
+            early, self.early = self.early, []
+            for messages, texts in early:
+                await self.receive_batch(messages, texts)
+
+    def take(self, messages: list[dict[str, Any]], texts: list[str | None] | None) -> None:
+        """One committed transaction's messages, from the hub (batched frames). In the common case (the next seqs,
+        nothing pending, no refill running) they go straight into the next frame, without an await; anything else
+        (a gap, a refill under way) takes the path of :meth:`receive_batch`, in a task of its own."""
+        if self.overflowed or self.disconnected:
+            return
+        if not self.started:
+            self.early.append((messages, texts))
+            return
+        texts = texts or [None] * len(messages)
+        if self.pending or self.lock.locked():
+            asyncio.get_running_loop().create_task(self.receive_batch(messages, texts))
+            return
+        for index, message in enumerate(messages):
+            seq = message["seq"]
+            if seq <= self.last_seq:
+                continue
+            if seq != self.last_seq + 1:  # a gap: waited for, then refilled, as receive_batch does
+                asyncio.get_running_loop().create_task(self.receive_batch(messages[index:], texts[index:]))
+                return
+            text = texts[index]
+            self.enqueue(seq, text if text is not None else json.dumps(message))
+            self.last_seq = seq
+
+    def leave_hub(self) -> None:
+        self.stop_batching()
+        if self.hub is not None:
+            self.hub.remove(self)
+            self.hub = None
+
+    async def websocket_disconnect(self, message: WebSocketDisconnectEvent) -> None:
+        self.leave_hub()
+        await super().websocket_disconnect(message)
 
     async def read_snapshot(self, reason: str) -> dict[str, Any] | None:
         return await database_sync_to_async(realtime.market_snapshot)(self.market_id, reason)

@@ -17,7 +17,6 @@ see the rows. Every wait is bounded.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import subprocess
@@ -433,7 +432,7 @@ def read_until_closed(feed: Feed, timeout: float = STEP) -> int | None:
     deadline = time.monotonic() + timeout
     while (remaining := deadline - time.monotonic()) > 0:
         try:
-            feed.received.append(json.loads(feed.connection.recv(timeout=remaining)))
+            feed.received.extend(Feed.messages(feed.connection.recv(timeout=remaining)))
         except TimeoutError:
             break
         except ConnectionClosed as exc:
@@ -443,23 +442,26 @@ def read_until_closed(feed: Feed, timeout: float = STEP) -> int | None:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_trading_survives_redis_going_away_and_feeds_catch_up_when_it_returns():
+@pytest.mark.parametrize("batch_ms", [None, 50], ids=["frame per message", "batched (the market's hub)"])
+def test_trading_survives_redis_going_away_and_feeds_catch_up_when_it_returns(batch_ms):
     """The server's Redis (channel layer and the rate limits' cache) is SIGKILLed, later restarted empty, later
     frozen (SIGSTOP): orders go on being accepted and matched, every websocket closes or is refused cleanly, and a
-    client reconnecting with ``?since=`` gets every change it missed."""
+    client reconnecting with ``?since=`` gets every change it missed. The same with batched frames, whose feeds the
+    market's hub serves (one subscription per process)."""
     with (
         private_redis("down") as redis_server,
         killable_daphne("redis", {**server_env(), "REDIS_URL": redis_server.url()}) as server,
     ):
-        _redis_outage(server, redis_server)
+        _redis_outage(server, redis_server, batch_ms)
 
 
-def _redis_outage(server: KillableDaphne, redis_server) -> None:
+def _redis_outage(server: KillableDaphne, redis_server, batch_ms: int | None = None) -> None:
     creator = register_agent(server.url, "redis-creator")
     alice = register_agent(server.url, "redis-alice")
     bob = register_agent(server.url, "redis-bob")
     market_id = create_market(server.url, creator["api_key"], "Will trading outlive Redis?")["id"]
-    path = f"/ws/markets/{market_id}/"
+    batched = f"batch_ms={batch_ms}&" if batch_ms else ""
+    path = f"/ws/markets/{market_id}/?{batched}"
     coids = ["r-0"]
 
     def place(n: int) -> HttpAnswer:
@@ -499,7 +501,7 @@ def _redis_outage(server: KillableDaphne, redis_server) -> None:
         assert answer.elapsed < FAST, answer
         assert bool(answer.body["trades"]) == (n % 2 == 1), answer
     # New feeds are refused at the handshake (HTTP 403), at once.
-    for refused_path, key in ((path, None), (f"{path}?since={seen}", None), ("/ws/agent/", alice["api_key"])):
+    for refused_path, key in ((path, None), (f"{path}since={seen}", None), ("/ws/agent/", alice["api_key"])):
         started = time.monotonic()
         conn, refusal = handshake(server, refused_path, api_key=key)
         assert conn is None and refusal == 403, (refused_path, refusal)
@@ -507,9 +509,9 @@ def _redis_outage(server: KillableDaphne, redis_server) -> None:
 
     # Redis is back (empty): a client resuming from the last seq it saw gets every change it missed, in order.
     redis_server.start()
-    conn = wait_for(lambda: handshake(server, f"{path}?since={seen}")[0], "the feed to accept connections again")
+    conn = wait_for(lambda: handshake(server, f"{path}since={seen}")[0], "the feed to accept connections again")
     with conn:
-        feed = Feed(conn, f"{server.ws_url}{path}?since={seen}", server)
+        feed = Feed(conn, f"{server.ws_url}{path}since={seen}", server)
         now = Market.objects.get(id=market_id).seq
         assert now > seen
         feed.until(lambda m: m.get("seq") == now, f"the replay up to seq {now}", STEP)

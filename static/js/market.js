@@ -3,7 +3,9 @@
  * The page is rendered at the market's `seq` (data-seq); the script connects with ?since=<seq>, applies each `book`,
  * `trade` and `market` message whose seq is the next one, and on a gap or a dropped socket reconnects (exponential
  * backoff) from the last seq it applied. A `snapshot` (on connect without since, or reason since_too_old/resync)
- * replaces the whole state. Prices are handled in integer cents, so 1 - 0.45 is exactly 0.55.
+ * replaces the whole state. Prices are handled in integer cents, so 1 - 0.45 is exactly 0.55. The page asks for
+ * batched frames (?batch_ms=100: a JSON array of the messages of up to 100 ms), so a busy market's page gets at most
+ * ten frames a second from one subscription per server process (docs/realtime.md, "Batched frames").
  */
 (function () {
   "use strict";
@@ -16,6 +18,7 @@
   var MAX_TRADES = 50;
   var PING_MS = 25000;
   var BACKOFF_MIN = 500;
+  var BATCH_MS = 100;
   var BACKOFF_MAX = 10000;
 
   // ---- state ---------------------------------------------------------------------------------------------------
@@ -490,7 +493,7 @@
 
   function url() {
     var proto = location.protocol === "https:" ? "wss:" : "ws:";
-    return proto + "//" + location.host + "/ws/markets/" + root.dataset.marketId + "/?since=" + state.seq;
+    return proto + "//" + location.host + "/ws/markets/" + root.dataset.marketId + "/?batch_ms=" + BATCH_MS + "&since=" + state.seq;
   }
 
   function stopPing() { clearInterval(pingTimer); pingTimer = null; }
@@ -518,7 +521,9 @@
       if (sock !== ws) return;
       var msg;
       try { msg = JSON.parse(ev.data); } catch (e) { return; }
-      handle(msg);
+      if (!Array.isArray(msg)) msg = [msg]; // a batch, or one message (a snapshot, an error, a pong)
+      // A gap mid-batch resyncs (a new socket): the rest of this batch is then not ours to apply.
+      for (var i = 0; i < msg.length && sock === ws; i++) handle(msg[i]);
     };
     sock.onclose = function () {
       if (sock !== ws) return;

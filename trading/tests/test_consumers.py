@@ -8,12 +8,14 @@ own that is flushed afterwards) and the consumers read committed rows.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import logging
 import os
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
@@ -31,8 +33,14 @@ from markets import services as market_services
 from markets.models import Market
 from moltstreet.asgi import application
 from testsupport.api import operator_resolver
-from trading import realtime
-from trading.consumers import CLOSE_BUFFER_OVERFLOW, CLOSE_KEY_REVOKED, CLOSE_RATE_LIMITED, HandshakeThrottle
+from trading import feed_hub, realtime
+from trading.consumers import (
+    CLOSE_BUFFER_OVERFLOW,
+    CLOSE_INVALID_REQUEST,
+    CLOSE_KEY_REVOKED,
+    CLOSE_RATE_LIMITED,
+    HandshakeThrottle,
+)
 from trading.lifecycle import market_close
 from trading.models import Order
 from trading.orders import order_cancel, order_cancel_all, order_place
@@ -78,6 +86,8 @@ class Feed:
         if client is not None:  # the client's address, as the server's socket sees it
             self.communicator.scope["client"] = (client, 50000)
         self.received: list[dict[str, Any]] = []
+        self.frames: list[Any] = []  # every frame as received: an object, or a batch (a list of them)
+        self.waiting: deque[dict[str, Any]] = deque()  # the rest of the last batch
         self.close_code: int | None = None
 
     async def connect(self) -> bool:
@@ -85,7 +95,12 @@ class Feed:
         return connected
 
     async def recv(self) -> dict[str, Any]:
-        message = await self.communicator.receive_json_from(timeout=STEP)
+        """The next message: of the last batched frame, or the next frame's (a batch is a JSON array)."""
+        if not self.waiting:
+            frame = await self.communicator.receive_json_from(timeout=STEP)
+            self.frames.append(frame)
+            self.waiting.extend(frame if isinstance(frame, list) else [frame])
+        message = self.waiting.popleft()
         self.received.append(message)
         return message
 
@@ -112,8 +127,23 @@ class Feed:
         await self.communicator.disconnect()
 
 
-def market_path(market, since: Any = None) -> str:
-    return f"/ws/markets/{market.id}/" + (f"?since={since}" if since is not None else "")
+# The framing of the market feeds the tests open: ``batch_ms`` None (a frame per message) unless ``framing`` says so.
+FRAMING: dict[str, int | None] = {"batch_ms": None}
+
+
+@pytest.fixture(params=["frame per message", "batched"])
+def framing(request, monkeypatch) -> str:
+    """Run the test on both framings of the market feed: a frame per message, and ``?batch_ms=20`` (served by the
+    market's hub, docs/realtime.md "Batched frames"), whose contract is the same message for message."""
+    monkeypatch.setitem(FRAMING, "batch_ms", 20 if request.param == "batched" else None)
+    return request.param
+
+
+def market_path(market, since: Any = None, batch_ms: Any = None) -> str:
+    batch_ms = FRAMING["batch_ms"] if batch_ms is None else batch_ms
+    query = [f"since={since}"] if since is not None else []
+    query += [f"batch_ms={batch_ms}"] if batch_ms is not None else []
+    return f"/ws/markets/{market.id}/" + ("?" + "&".join(query) if query else "")
 
 
 def seq_of(market) -> int:
@@ -194,7 +224,7 @@ def test_a_new_subscriber_gets_a_snapshot_whose_seq_matches_its_book_trades_and_
     }
 
 
-def test_changes_arrive_with_consecutive_seq_and_rebuild_the_book_from_the_snapshot(market, make_agent):
+def test_changes_arrive_with_consecutive_seq_and_rebuild_the_book_from_the_snapshot(market, make_agent, framing):
     alice, bob = make_agent(), make_agent()
 
     async def scenario():
@@ -227,7 +257,7 @@ def test_changes_arrive_with_consecutive_seq_and_rebuild_the_book_from_the_snaps
     assert sizes[-1] == ("NO", "0.30", 0)  # the cancel, last
 
 
-def test_closing_and_resolving_the_market_send_market_messages(market, make_agent):
+def test_closing_and_resolving_the_market_send_market_messages(market, make_agent, framing):
     alice = make_agent()
 
     async def scenario():
@@ -256,7 +286,7 @@ def test_closing_and_resolving_the_market_send_market_messages(market, make_agen
     assert (resolved["market"]["best_bid"], resolved["market"]["best_ask"]) == (None, None)
 
 
-def test_since_replays_exactly_the_missed_changes_then_goes_live(market, make_agent):
+def test_since_replays_exactly_the_missed_changes_then_goes_live(market, make_agent, framing):
     alice, bob = make_agent(), make_agent()
 
     async def scenario():
@@ -283,7 +313,7 @@ def test_since_replays_exactly_the_missed_changes_then_goes_live(market, make_ag
     assert live["levels"] == [{"side": "NO", "price": "0.20", "size": 1}]
 
 
-def test_a_since_that_cannot_be_replayed_gets_a_snapshot_saying_so(market, make_agent, settings):
+def test_a_since_that_cannot_be_replayed_gets_a_snapshot_saying_so(market, make_agent, settings, framing):
     settings.MOLTSTREET = {**settings.MOLTSTREET, "LIVE_REPLAY_LIMIT": 3}
     alice = make_agent()
     for price in ("0.10", "0.11", "0.12", "0.13"):
@@ -317,7 +347,7 @@ def test_a_since_that_cannot_be_replayed_gets_a_snapshot_saying_so(market, make_
         assert (snapshot["type"], snapshot["reason"], snapshot["seq"]) == ("snapshot", "connect", current), case
 
 
-def test_a_ping_gets_a_pong_and_any_other_message_an_error_on_an_open_connection(market):
+def test_a_ping_gets_a_pong_and_any_other_message_an_error_on_an_open_connection(market, framing):
     async def scenario():
         feed = Feed(market_path(market))
         assert await feed.connect()
@@ -770,7 +800,7 @@ def unpublished(fn: Callable[[], Any]) -> Any:
         market_services.EVENT_SUBSCRIBERS[:] = saved
 
 
-def test_a_gap_in_seq_is_filled_from_the_stored_events_in_order(market, make_agent):
+def test_a_gap_in_seq_is_filled_from_the_stored_events_in_order(market, make_agent, framing):
     alice = make_agent()
 
     async def scenario():
@@ -790,7 +820,7 @@ def test_a_gap_in_seq_is_filled_from_the_stored_events_in_order(market, make_age
     assert [m["levels"][0]["price"] for m in live] == ["0.10", "0.11", "0.12", "0.13"]
 
 
-def test_batches_arriving_out_of_order_reach_the_client_once_and_in_order(market, make_agent, monkeypatch):
+def test_batches_arriving_out_of_order_reach_the_client_once_and_in_order(market, make_agent, monkeypatch, framing):
     alice = make_agent()
     held: list[tuple[str, dict[str, Any]]] = []
     send_all = realtime._group_send_all
@@ -824,7 +854,9 @@ def test_batches_arriving_out_of_order_reach_the_client_once_and_in_order(market
     assert (after["seq"], after["levels"][0]["price"]) == (snapshot["seq"] + 4, "0.13")
 
 
-def test_a_batch_that_arrives_late_is_awaited_rather_than_read_from_the_database(market, make_agent, monkeypatch):
+def test_a_batch_that_arrives_late_is_awaited_rather_than_read_from_the_database(
+    market, make_agent, monkeypatch, framing
+):
     """Batches published out of order within ``LIVE_GAP_WAIT`` are put back in order by the consumer itself: no
     subscriber reads the stored events for them (with 500 subscribers that was 500 reads per crossing)."""
     alice = make_agent()
@@ -858,7 +890,7 @@ def test_a_batch_that_arrives_late_is_awaited_rather_than_read_from_the_database
     assert reads == []
 
 
-def test_a_gap_beyond_the_bound_tells_the_client_buffer_overflow_and_closes_4008(market, make_agent, settings):
+def test_a_gap_beyond_the_bound_tells_the_client_buffer_overflow_and_closes_4008(market, make_agent, settings, framing):
     settings.MOLTSTREET = {**settings.MOLTSTREET, "LIVE_REPLAY_LIMIT": 3}
     alice = make_agent()
 
@@ -1045,3 +1077,78 @@ def test_handshakes_go_through_when_the_cache_is_down(market, settings, monkeypa
     assert any(
         "websocket_handshake" in r.getMessage() and "cache unavailable" in r.getMessage() for r in caplog.records
     )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Batched frames (?batch_ms=): one subscription per market and process, arrays of messages
+
+
+def test_batched_frames_are_arrays_of_every_change_in_order_from_one_subscription_per_market(market, make_agent):
+    """Two batched feeds of one market share its hub (one subscription in this process); changes committed within
+    ``batch_ms`` of each other arrive as one JSON array; both feeds get every message once, in seq order; the hub
+    leaves with the last feed."""
+    alice = make_agent()
+
+    async def scenario():
+        feeds = [Feed(market_path(market, batch_ms=300)) for _ in range(2)]
+        for feed in feeds:
+            assert await feed.connect()
+        snapshots = [await feed.recv() for feed in feeds]
+        hub = feed_hub._hubs[(id(asyncio.get_running_loop()), realtime.market_group(market.id))]
+        sharing = (feed_hub.hub_count(), len(hub.subscribers))
+        for price in ("0.10", "0.11", "0.12"):
+            await aplace(alice, market, "YES", "BUY", price, 1)
+        end = await aseq_of(market)
+        lives = [await feed.until_seq(end) for feed in feeds]
+        for feed in feeds:
+            await feed.disconnect()
+        await asyncio.sleep(0)  # the hub's departure runs on the loop
+        return snapshots, sharing, lives, [feed.frames for feed in feeds], feed_hub.hub_count()
+
+    snapshots, sharing, lives, frames, hubs_after = run(scenario)
+    assert sharing == (1, 2)
+    start = snapshots[0]["seq"]
+    assert snapshots[1]["seq"] == start
+    for live, feed_frames in zip(lives, frames, strict=True):
+        assert [m["seq"] for m in live] == [start + 1, start + 2, start + 3]
+        assert [m["levels"][0]["price"] for m in live] == ["0.10", "0.11", "0.12"]
+        assert isinstance(feed_frames[0], dict) and feed_frames[0]["type"] == "snapshot"
+        batches = feed_frames[1:]
+        assert all(isinstance(frame, list) for frame in batches), batches
+        assert len(batches) < 3, batches  # three transactions within 300 ms: fewer frames than messages
+    assert lives[0] == lives[1]
+    assert hubs_after == 0
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "1001", "1.5", "²"])
+def test_a_malformed_batch_ms_is_refused_with_invalid_request_and_4400(market, value):
+    async def scenario():
+        feed = Feed(f"/ws/markets/{market.id}/?batch_ms={value}")
+        assert await feed.connect()
+        error = await feed.recv()
+        return error, await feed.closed()
+
+    error, code = run(scenario)
+    assert (error["type"], error["code"]) == ("error", "invalid_request")
+    assert "batch_ms" in error["message"]
+    assert code == CLOSE_INVALID_REQUEST == 4400
+
+
+def test_a_batched_feed_whose_frame_would_exceed_the_bound_gets_buffer_overflow_and_4008(market, make_agent, settings):
+    """More than ``LIVE_REPLAY_LIMIT`` messages waiting for one batched frame: ``buffer_overflow`` from the last seq
+    the client was sent (none of the waiting ones), and close 4008."""
+    settings.MOLTSTREET = {**settings.MOLTSTREET, "LIVE_REPLAY_LIMIT": 3}
+    alice = make_agent()
+
+    async def scenario():
+        feed = Feed(market_path(market, batch_ms=1000))
+        assert await feed.connect()
+        snapshot = await feed.recv()
+        for price in ("0.10", "0.11", "0.12", "0.13"):
+            await aplace(alice, market, "YES", "BUY", price, 1)
+        error = await feed.recv()
+        return snapshot, error, await feed.closed()
+
+    snapshot, error, code = run(scenario)
+    assert (error["type"], error["code"], error["last_seq"]) == ("error", "buffer_overflow", snapshot["seq"])
+    assert code == CLOSE_BUFFER_OVERFLOW
