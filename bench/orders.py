@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import os
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -251,7 +252,7 @@ def market_transactions(market: str, after_seq: int) -> tuple[int, int]:
 
 def run_closed_case(args) -> list[str]:
     """``--runs`` closed-loop runs of 16 agents on one market; one line of medians (each run's line said before)."""
-    from fanout import server_cpu, settle
+    from fanout import machine_cpu, postgres_cpu, postgres_pids, server_cpu, settle
 
     from trading.models import Order
 
@@ -270,9 +271,18 @@ def run_closed_case(args) -> list[str]:
             settle(server.process.pid)
             seq, _ = market_transactions(market, 0)
             placed = Order.objects.filter(market_id=market).count()
-            cpu = server_cpu(server.process.pid)
+            backends = postgres_pids()
+            cpu, pg, machine, me = (
+                server_cpu(server.process.pid),
+                postgres_cpu(backends),
+                machine_cpu(),
+                sum(os.times()[:2]),
+            )
             result = harness.closed_loop(server.url, keys, load, duration=args.duration)
             cpu = server_cpu(server.process.pid) - cpu
+            pg = sum(postgres_cpu(backends).get(pid, 0.0) - used for pid, used in pg.items())
+            busy, total = (after - before for after, before in zip(machine_cpu(), machine, strict=True))
+            me = sum(os.times()[:2]) - me
             _, transactions = market_transactions(market, seq)
             placed = Order.objects.filter(market_id=market).count() - placed
             run = {
@@ -281,12 +291,16 @@ def run_closed_case(args) -> list[str]:
                 "p99": result.pct(99),
                 "cpu_ms": cpu * 1000 / max(placed, 1),
                 "per_txn": placed / max(transactions, 1),
+                "pg_ms": pg * 1000 / max(placed, 1),
+                "client_ms": me * 1000 / max(placed, 1),
+                "machine": 100 * busy / max(total, 1e-9),
                 "errors": result.errors,
             }
             runs.append(run)
             say(
-                f"[closed] run {number + 1}: {result.describe()}; server CPU {run['cpu_ms']:.2f} ms/order; "
-                f"{run['per_txn']:.2f} orders/transaction"
+                f"[closed] run {number + 1}: {result.describe()}; CPU ms/order: server {run['cpu_ms']:.2f}, "
+                f"PostgreSQL {run['pg_ms']:.2f}, load generator {run['client_ms']:.2f}; machine "
+                f"{run['machine']:.0f} % busy; {run['per_txn']:.2f} orders/transaction"
             )
     figures = {name: median([run[name] for run in runs]) for name in runs[0]}
     rate, p99 = CLOSED_TARGET
@@ -296,8 +310,10 @@ def run_closed_case(args) -> list[str]:
         f"closed (16 agents, 1 market, {args.server} x{args.workers}, combining {'on' if args.combining else 'off'})"
     )
     return [
-        f"{label}: {figures['rate']:.0f} orders/s, p50 {figures['p50']:.1f} ms, p99 {figures['p99']:.1f} ms, server "
-        f"CPU {figures['cpu_ms']:.2f} ms/order, {figures['per_txn']:.2f} orders/transaction, errors "
+        f"{label}: {figures['rate']:.0f} orders/s, p50 {figures['p50']:.1f} ms, p99 {figures['p99']:.1f} ms; CPU "
+        f"ms/order: server {figures['cpu_ms']:.2f}, PostgreSQL {figures['pg_ms']:.2f}, load generator "
+        f"{figures['client_ms']:.2f}; machine {figures['machine']:.0f} % busy; {figures['per_txn']:.2f} "
+        "orders/transaction, errors "
         f"{sum(run['errors'] for run in runs)} (median of {args.runs}; target >= {rate:.0f}/s at p99 <= {p99:.0f} ms "
         f"{'met' if met else 'NOT met'}){ratio}"
     ]
