@@ -50,6 +50,7 @@ run: $(STAMP) local-env
 		$(BIN)/python manage.py run_poller --sources "$(SOURCES)" & echo $$! > .poller.pid; \
 	fi; \
 	trap 'kill $$(cat .scheduler.pid .worker.pid .traders.pid .poller.pid 2>/dev/null) 2>/dev/null; rm -f .scheduler.pid .worker.pid .traders.pid .poller.pid' EXIT INT TERM; \
+	echo "Serving http://$(HOST):$(PORT)/ with daphne, one process (SQLite and the in-memory channel layer; production serves uvicorn workers, see the README)"; \
 	$(BIN)/daphne -v 0 -b $(HOST) -p $(PORT) moltstreet.asgi:application
 
 # Chromium and ChromeDriver for the browser tests: installed with apt-get when missing and we are root, otherwise the

@@ -418,7 +418,9 @@ class SequencedFeed(FeedConsumer):
             frame, self.outbox = "[" + ",".join(self.outbox) + "]", []
             await super().send(text_data=frame)
 
-    async def send(self, text_data: str | None = None, bytes_data: bytes | None = None, close: bool = False) -> None:
+    async def send(  # type: ignore[override]  # the signature of channels' AsyncWebsocketConsumer.send
+        self, text_data: str | None = None, bytes_data: bytes | None = None, close: bool = False
+    ) -> None:
         """Any frame that is not a batch (a snapshot, an error, a pong) goes after the messages waiting to be sent,
         so the client sees everything in ``seq`` order."""
         if self.outbox:

@@ -1152,3 +1152,24 @@ def test_a_batched_feed_whose_frame_would_exceed_the_bound_gets_buffer_overflow_
     snapshot, error, code = run(scenario)
     assert (error["type"], error["code"], error["last_seq"]) == ("error", "buffer_overflow", snapshot["seq"])
     assert code == CLOSE_BUFFER_OVERFLOW
+
+
+def test_batched_frames_work_on_the_in_memory_channel_layer_of_make_run(market, make_agent, settings):
+    """``make run`` serves on the in-memory channel layer (one process), where the market page asks for batched
+    frames: its hub joins and reads that layer the same way."""
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    alice = make_agent()
+
+    async def scenario():
+        feed = Feed(market_path(market, batch_ms=50))
+        assert await feed.connect()
+        snapshot = await feed.recv()
+        for price in ("0.10", "0.11"):
+            await aplace(alice, market, "YES", "BUY", price, 1)
+        live = await feed.until_seq(await aseq_of(market))
+        await feed.disconnect()
+        return snapshot, live, feed.frames
+
+    snapshot, live, frames = run(scenario)
+    assert [m["seq"] for m in live] == [snapshot["seq"] + 1, snapshot["seq"] + 2]
+    assert all(isinstance(frame, list) for frame in frames[1:])
