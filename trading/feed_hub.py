@@ -74,6 +74,8 @@ class MarketHub:
                     return False
                 self.channel = channel
                 self.task = self.loop.create_task(self.run())
+                # Serving again after its last feed left (forgotten then): the market's hub for new feeds too.
+                _hubs.setdefault((id(self.loop), self.group), self)
             self.subscribers.add(subscriber)
         return True
 

@@ -504,11 +504,12 @@ class AsyncClient:
         timeout: float | None = None,
         max_reconnects: int | None = 10,
         open_timeout: float = 10.0,
+        batch_ms: int | None = None,
     ) -> AsyncMarketStream:
         """:meth:`Client.stream_market` as an async iterator (``async for message in stream``)."""
         stream = AsyncMarketStream(
             self,
-            MarketFeedState(_api.ident(market_id), since),
+            MarketFeedState(_api.ident(market_id), since, batch_ms),
             timeout=timeout,
             max_reconnects=max_reconnects,
             open_timeout=open_timeout,

@@ -11,7 +11,9 @@ the iteration. Reconnects are invisible to the caller:
   ``buffer_overflow``/``feed_unavailable`` error it reconnects with ``?since=<last seq yielded>``; the server replays
   what was missed and nothing is yielded twice. It yields another ``snapshot`` only when the server replaces the state
   (``reason`` ``resync``, or ``since_too_old`` when the gap is too old to replay): replace your state with it.
-  :attr:`MarketStream.book` is the book as of the last message yielded.
+  :attr:`MarketStream.book` is the book as of the last message yielded. With ``batch_ms`` (1-1000) the server sends
+  every message of up to that many milliseconds in one frame (a JSON array): fewer frames on a busy market, the same
+  messages yielded one by one.
 * :class:`PrivateStream` (``/ws/agent/``, the client's API key as ``Authorization: Bearer``) yields a ``snapshot``
   of the agent's account first (balance, resting orders, positions and the agent's own ``seq``), then its
   ``order``, ``fill``, ``position``, ``balance`` and ``heartbeat`` messages with consecutive ``seq``, and resumes
@@ -42,6 +44,7 @@ import json
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -65,6 +68,7 @@ CLOSE_RATE_LIMITED = 4429
 UNAVAILABLE_PAUSE = 1.0  # seconds before reconnecting after feed_unavailable / 4503 ("after a pause")
 RATE_LIMITED_PAUSE = 5.0  # seconds before reconnecting after a 4429 close that came without its retry_after
 MAX_MESSAGE_BYTES = 16 * 2**20  # a snapshot of a deep book is larger than websockets' 1 MiB default
+MAX_BATCH_MS = 1000  # the longest batch the market feed takes (?batch_ms=, docs/realtime.md "Batched frames")
 _ONE = Decimal("1")
 
 # What handle() tells the loop to do with a message.
@@ -177,16 +181,26 @@ class _SequencedFeedState:
 
 
 class MarketFeedState(_SequencedFeedState):
-    """The logic of a market feed, without I/O: its ``seq`` (:class:`_SequencedFeedState`) and the book it leaves."""
+    """The logic of a market feed, without I/O: its ``seq`` (:class:`_SequencedFeedState`) and the book it leaves.
+    ``batch_ms`` (1-1000) asks the server for batched frames: every message of up to that many milliseconds in one
+    frame (a JSON array), taken apart by the stream, so what it yields is the same message for message."""
 
-    def __init__(self, market_id: str, since: int | None = None):
+    def __init__(self, market_id: str, since: int | None = None, batch_ms: int | None = None):
         super().__init__(since)
+        if batch_ms is not None and (
+            not isinstance(batch_ms, int) or isinstance(batch_ms, bool) or not 0 <= batch_ms <= MAX_BATCH_MS
+        ):
+            raise ValueError(f"batch_ms must be a whole number of milliseconds from 0 to {MAX_BATCH_MS}")
         self.market_id = market_id
+        self.batch_ms = batch_ms or None
         self._book: dict[str, dict[Decimal, int]] = {"YES": {}, "NO": {}}
         self.book_known = False  # only after a snapshot: a since= resume starts from the caller's own state
 
     def base_path(self) -> str:
         return f"/ws/markets/{self.market_id}/"
+
+    def query(self) -> list[str]:
+        return [f"batch_ms={self.batch_ms}"] if self.batch_ms else []
 
     def apply_snapshot(self, message: dict[str, Any]) -> None:
         book = message.get("book") or {}
@@ -334,6 +348,7 @@ class _StreamBase:
         self._pause = 0.0
         self._closed = False
         self._key_used: str | None = None
+        self._waiting: deque[Any] = deque()  # the messages of the last batched frame not read yet
 
     @property
     def closed(self) -> bool:
@@ -374,9 +389,24 @@ class _StreamBase:
         caller), a :class:`_Reconnect` (a gap or a server error the feed state repairs by resuming), or the
         ``api_key_revoked`` error to raise."""
         try:
-            message = json.loads(raw)
+            frame = json.loads(raw)
         except (TypeError, ValueError):
             return None
+        if isinstance(frame, list):  # a batched frame (batch_ms): its messages, one by one
+            self._waiting.extend(frame)
+            return self._read_waiting()
+        return self._take(frame)
+
+    def _read_waiting(self) -> dict[str, Any] | _Reconnect | BaseException | None:
+        """What the next messages of the last batched frame mean (as :meth:`_read`), up to the first that is not
+        skipped; ``None`` once they are all read."""
+        while self._waiting:
+            outcome = self._take(self._waiting.popleft())
+            if outcome is not None:
+                return outcome
+        return None
+
+    def _take(self, message: Any) -> dict[str, Any] | _Reconnect | BaseException | None:
         try:
             action = self._state.handle(message)
         except _Reconnect as why:
@@ -515,14 +545,17 @@ class Stream(_StreamBase):
             if self._connection is None:
                 self._connect(deadline)
                 continue
-            try:
-                raw = self._recv_raw(self._remaining(deadline))
-            except TimeoutError:
-                raise TimeoutError(f"no message from {self._url()} within {wait} s") from None
-            except (ConnectionClosed, OSError) as exc:
-                outcome = self._lost(exc)
+            if self._waiting:
+                outcome = self._read_waiting()
             else:
-                outcome = self._read(raw)
+                try:
+                    raw = self._recv_raw(self._remaining(deadline))
+                except TimeoutError:
+                    raise TimeoutError(f"no message from {self._url()} within {wait} s") from None
+                except (ConnectionClosed, OSError) as exc:
+                    outcome = self._lost(exc)
+                else:
+                    outcome = self._read(raw)
             if isinstance(outcome, _Reconnect):
                 self._drop(outcome.cause, outcome.pause)
             elif isinstance(outcome, BaseException):
@@ -537,6 +570,7 @@ class Stream(_StreamBase):
         return self._connection.recv(timeout=timeout)
 
     def _drop(self, why: BaseException, pause: float) -> None:
+        self._waiting.clear()  # the next connection resumes after the last seq yielded
         with self._lock:
             connection, self._connection = self._connection, None
         if connection is not None:
@@ -654,14 +688,17 @@ class AsyncStream(_StreamBase):
             if self._connection is None:
                 await self._connect(deadline)
                 continue
-            try:
-                raw = await asyncio.wait_for(self._recv_raw(), self._remaining(deadline))
-            except TimeoutError:
-                raise TimeoutError(f"no message from {self._url()} within {wait} s") from None
-            except (ConnectionClosed, OSError) as exc:
-                outcome = self._lost(exc)
+            if self._waiting:
+                outcome = self._read_waiting()
             else:
-                outcome = self._read(raw)
+                try:
+                    raw = await asyncio.wait_for(self._recv_raw(), self._remaining(deadline))
+                except TimeoutError:
+                    raise TimeoutError(f"no message from {self._url()} within {wait} s") from None
+                except (ConnectionClosed, OSError) as exc:
+                    outcome = self._lost(exc)
+                else:
+                    outcome = self._read(raw)
             if isinstance(outcome, _Reconnect):
                 await self._drop(outcome.cause, outcome.pause)
             elif isinstance(outcome, BaseException):
@@ -675,6 +712,7 @@ class AsyncStream(_StreamBase):
         return await self._connection.recv()
 
     async def _drop(self, why: BaseException, pause: float) -> None:
+        self._waiting.clear()  # the next connection resumes after the last seq yielded
         connection, self._connection = self._connection, None
         if connection is not None:
             with contextlib.suppress(Exception):

@@ -183,3 +183,14 @@ def test_a_refused_handshake_waits_as_told_or_gives_up(state):
     with pytest.raises(MoltStreetError) as refused:  # too many open: reconnecting cannot help
         state.handle({"type": "error", "code": "too_many_connections", "message": "50 open", "limit": 50})
     assert refused.value.code == "too_many_connections"
+
+
+def test_batched_frames_are_asked_for_on_every_connection_and_a_bad_batch_ms_is_refused():
+    state = MarketFeedState(MARKET, batch_ms=100)
+    assert state.path() == f"/ws/markets/{MARKET}/?batch_ms=100"
+    state.handle(snapshot(5))
+    assert state.path() == f"/ws/markets/{MARKET}/?batch_ms=100&since=5"
+    assert MarketFeedState(MARKET, batch_ms=0).path() == f"/ws/markets/{MARKET}/"
+    for bad in (-1, 1001, 1.5, "100", True):
+        with pytest.raises(ValueError, match="batch_ms"):
+            MarketFeedState(MARKET, batch_ms=bad)

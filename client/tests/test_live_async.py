@@ -68,7 +68,8 @@ def test_the_async_client_registers_trades_and_pages(base_url, fresh_name):
     run(scenario())
 
 
-def test_the_async_streams_yield_the_snapshot_changes_and_fills(base_url, fresh_name):
+@pytest.mark.parametrize("batch_ms", [None, 50], ids=["frame per message", "batched frames"])
+def test_the_async_streams_yield_the_snapshot_changes_and_fills(base_url, fresh_name, batch_ms):
     async def scenario():
         async with (
             AsyncClient(base_url, trust_env=False) as alice,
@@ -80,7 +81,7 @@ def test_the_async_streams_yield_the_snapshot_changes_and_fills(base_url, fresh_
                 "Will async streams agree?", (datetime.now(UTC) + timedelta(days=3)).isoformat()
             )
             async with (
-                alice.stream_market(market.id, timeout=STEP) as stream,
+                alice.stream_market(market.id, timeout=STEP, batch_ms=batch_ms) as stream,
                 bob.stream_private(timeout=STEP) as private,
             ):
                 snapshot = await stream.__anext__()

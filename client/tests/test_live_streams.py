@@ -29,10 +29,14 @@ def seqs(messages: list[dict]) -> list[int]:
     return [m["seq"] for m in messages if "seq" in m]
 
 
-def test_a_market_stream_yields_the_snapshot_then_book_and_trade_in_seq_order(make_client, market_of):
+BATCHING = pytest.mark.parametrize("batch_ms", [None, 50], ids=["frame per message", "batched frames"])
+
+
+@BATCHING
+def test_a_market_stream_yields_the_snapshot_then_book_and_trade_in_seq_order(make_client, market_of, batch_ms):
     alice, bob = make_client(), make_client()
     market = market_of(alice)
-    with alice.stream_market(market.id, timeout=STEP) as stream:
+    with alice.stream_market(market.id, timeout=STEP, batch_ms=batch_ms) as stream:
         snapshot = next(stream)
         assert snapshot["type"] == "snapshot" and snapshot["reason"] == "connect"
         start = snapshot["seq"]
@@ -54,10 +58,11 @@ def test_a_market_stream_yields_the_snapshot_then_book_and_trade_in_seq_order(ma
         stream.recv(timeout=1)
 
 
-def test_a_dropped_connection_is_resumed_with_since_and_nothing_is_missed_or_repeated(make_client, market_of):
+@BATCHING
+def test_a_dropped_connection_is_resumed_with_since_and_nothing_is_missed_or_repeated(make_client, market_of, batch_ms):
     trader = make_client()
     market = market_of(trader)
-    with trader.stream_market(market.id, timeout=STEP) as stream:
+    with trader.stream_market(market.id, timeout=STEP, batch_ms=batch_ms) as stream:
         start = next(stream)["seq"]
         trader.place_order(market.id, "YES", "BUY", "0.30", 1)
         before = read_until_seq(stream, trader.market(market.id).seq)
