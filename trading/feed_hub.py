@@ -45,6 +45,7 @@ class MarketHub:
         self.subscribers: set[Subscriber] = set()
         self.channel: str | None = None
         self.task: asyncio.Task | None = None
+        self.leaving: asyncio.Task | None = None  # leaving the group, once the last feed has gone
         self.joining = asyncio.Lock()
 
     @classmethod
@@ -87,7 +88,7 @@ class MarketHub:
         task, self.task = self.task, None
         task.cancel()
         self._forget()
-        self.loop.create_task(self._leave(self.channel))
+        self.leaving = self.loop.create_task(self._leave(self.channel))
 
     async def _leave(self, channel: str | None) -> None:
         try:

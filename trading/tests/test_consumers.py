@@ -1102,8 +1102,10 @@ def test_batched_frames_are_arrays_of_every_change_in_order_from_one_subscriptio
         lives = [await feed.until_seq(end) for feed in feeds]
         for feed in feeds:
             await feed.disconnect()
-        await asyncio.sleep(0)  # the hub's departure runs on the loop
-        return snapshots, sharing, lives, [feed.frames for feed in feeds], feed_hub.hub_count()
+        hubs_after = feed_hub.hub_count()
+        assert hub.leaving is not None
+        await hub.leaving  # the hub leaves the group on the loop, after its last feed
+        return snapshots, sharing, lives, [feed.frames for feed in feeds], hubs_after
 
     snapshots, sharing, lives, frames, hubs_after = run(scenario)
     assert sharing == (1, 2)
@@ -1123,10 +1125,7 @@ def test_batched_frames_are_arrays_of_every_change_in_order_from_one_subscriptio
 @pytest.mark.parametrize("value", ["soon", "-1", "1001", "1.5", "²"])
 def test_a_malformed_batch_ms_is_refused_with_invalid_request_and_4400(market, value):
     async def scenario():
-        feed = Feed(f"/ws/markets/{market.id}/?batch_ms={value}")
-        assert await feed.connect()
-        error = await feed.recv()
-        return error, await feed.closed()
+        return await refusal(Feed(f"/ws/markets/{market.id}/?batch_ms={value}"))
 
     error, code = run(scenario)
     assert (error["type"], error["code"]) == ("error", "invalid_request")
@@ -1147,7 +1146,9 @@ def test_a_batched_feed_whose_frame_would_exceed_the_bound_gets_buffer_overflow_
         for price in ("0.10", "0.11", "0.12", "0.13"):
             await aplace(alice, market, "YES", "BUY", price, 1)
         error = await feed.recv()
-        return snapshot, error, await feed.closed()
+        code = await feed.closed()
+        await feed.disconnect()
+        return snapshot, error, code
 
     snapshot, error, code = run(scenario)
     assert (error["type"], error["code"], error["last_seq"]) == ("error", "buffer_overflow", snapshot["seq"])
