@@ -330,6 +330,13 @@ class LoadResult:
     statuses: Counter = field(default_factory=Counter)
     failures: Counter = field(default_factory=Counter)  # transport errors and unanswered requests
 
+    def record(self, status: int, headers: dict[str, str], latency_ms: float) -> None:
+        """One answer: its status, its latency and the server's own time (``Server-Timing``), if it gave one."""
+        self.latencies_ms.append(latency_ms)
+        self.statuses[status] += 1
+        if (server := server_time_ms(headers)) is not None:
+            self.server_ms.append(server)
+
     @property
     def sent(self) -> int:
         return int(self.rate * self.duration)
@@ -422,10 +429,7 @@ async def _open_loop(base_url, keys, make_call, *, rate, duration, timeout) -> L
                 except (ConnectionError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
                     result.failures[type(exc).__name__] += 1
                     continue
-                result.latencies_ms.append((loop.time() - due) * 1000)
-                result.statuses[status] += 1
-                if (server := server_time_ms(answer)) is not None:
-                    result.server_ms.append(server)
+                result.record(status, answer, (loop.time() - due) * 1000)
         finally:
             conn.close()
 
@@ -484,10 +488,7 @@ async def _closed_loop(base_url, keys, make_call, *, duration) -> LoadResult:
                     continue
                 if loop.time() > deadline:
                     return
-                result.latencies_ms.append((loop.time() - sent) * 1000)
-                result.statuses[status] += 1
-                if (server := server_time_ms(answer)) is not None:
-                    result.server_ms.append(server)
+                result.record(status, answer, (loop.time() - sent) * 1000)
         finally:
             conn.close()
 

@@ -117,6 +117,24 @@ def in_thread(fn, *args: Any, **kwargs: Any) -> tuple[threading.Thread, list]:
     return thread, box
 
 
+def queued_behind_gate(gate: Gate, calls: list[dict[str, Any]]) -> list[Any]:
+    """Place ``calls`` (``combiner.place`` keyword arguments) each in a thread of its own: the first becomes the
+    leader and is held in its transaction by ``gate``, the others queue behind it in this order; then the gate opens.
+    Each call's outcome (its result or the exception raised), in order."""
+    started = []
+    for n, call in enumerate(calls):
+        started.append(in_thread(combiner.place, **call))
+        if n == 0:
+            assert gate.entered.wait(STEP)  # the first order is the leader, held in its transaction
+        else:
+            wait_arrivals(n + 1)  # queued, in this order
+    gate.open()
+    for thread, _box in started:
+        thread.join(STEP)
+        assert not thread.is_alive()
+    return [box[0] for _thread, box in started]
+
+
 def outcome_view(outcome: PlaceResult | Exception) -> Any:
     """What a client can tell of an outcome, ids aside: the error code, or created, status, fills and trades."""
     if isinstance(outcome, MoltStreetError):
@@ -176,29 +194,12 @@ def test_orders_queued_behind_a_batch_are_placed_in_one_transaction_each_with_it
     before = last_seq(market)
     gate = Gate(monkeypatch)
     combiner.reset_stats()
-    started = []
-    for n, (i, side, price, size, c) in enumerate(SCENARIO):
-        started.append(
-            in_thread(
-                combiner.place,
-                agent=agents[i],
-                market_id=market.id,
-                side=side,
-                action="BUY",
-                price=price,
-                size=size,
-                client_order_id=c,
-            )
-        )
-        if n == 0:
-            assert gate.entered.wait(STEP)  # the first order is the leader, held in its transaction
-        else:
-            wait_arrivals(n + 1)  # queued, in this order
-    gate.open()
-    for thread, _box in started:
-        thread.join(STEP)
-        assert not thread.is_alive()
-    combined = [box[0] for _thread, box in started]
+    calls = [
+        {"agent": agents[i], "market_id": market.id, "side": side, "action": "BUY", "price": price, "size": size}
+        | {"client_order_id": c}
+        for i, side, price, size, c in SCENARIO
+    ]
+    combined = queued_behind_gate(gate, calls)
 
     assert [outcome_view(o) for o in combined] == [outcome_view(o) for o in alone]
     assert isinstance(combined[3], InsufficientBalance)
@@ -218,19 +219,9 @@ def test_an_unknown_market_fails_each_order_of_its_batch_and_the_next_batch_runs
     agent = new_agent()
     missing = "00000000-0000-4000-8000-000000000000"
     gate = Gate(monkeypatch)
-    threads = []
-    for n in range(3):
-        threads.append(
-            in_thread(combiner.place, agent=agent, market_id=missing, side="YES", action="BUY", price="0.5", size=1)
-        )
-        if n == 0:
-            assert gate.entered.wait(STEP)
-        else:
-            wait_arrivals(n + 1)
-    gate.open()
-    for thread, _box in threads:
-        thread.join(STEP)
-    assert [box[0].code for _thread, box in threads] == ["not_found"] * 3
+    call = {"agent": agent, "market_id": missing, "side": "YES", "action": "BUY", "price": "0.5", "size": 1}
+    outcomes = queued_behind_gate(gate, [call] * 3)
+    assert [outcome.code for outcome in outcomes] == ["not_found"] * 3
     assert combiner._queues[missing].busy is False
 
 
@@ -249,19 +240,8 @@ def test_a_batch_failing_unexpectedly_is_placed_again_order_by_order_so_only_the
         return original_one(agent=agent, market_id=market_id, order=order)
 
     monkeypatch.setattr(order_batch, "_place_one", flaky)
-    threads = []
-    for n, agent in enumerate([agents[0], agents[0], agents[1], agents[2]]):
-        threads.append(
-            in_thread(combiner.place, agent=agent, market_id=market.id, side="YES", action="BUY", price="0.40", size=1)
-        )
-        if n == 0:
-            assert gate.entered.wait(STEP)
-        else:
-            wait_arrivals(n + 1)
-    gate.open()
-    for thread, _box in threads:
-        thread.join(STEP)
-    outcomes = [box[0] for _thread, box in threads]
+    order = {"market_id": market.id, "side": "YES", "action": "BUY", "price": "0.40", "size": 1}
+    outcomes = queued_behind_gate(gate, [{"agent": a, **order} for a in (agents[0], agents[0], agents[1], agents[2])])
     assert [type(o).__name__ for o in outcomes] == ["PlaceResult", "PlaceResult", "RuntimeError", "PlaceResult"]
     assert Order.objects.filter(market=market).count() == 3
     assert books_problems([*agents, creator]) == []
